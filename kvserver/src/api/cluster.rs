@@ -1,0 +1,509 @@
+//! Cluster management endpoints: inspect, initialize, add a learner, change
+//! the voter set and transfer leadership.
+//!
+//! Every call is idempotent: a request whose effect is already in place
+//! answers success (`"changed": false`) without proposing anything, so an
+//! operator that crashed mid-step can simply repeat it. Membership changes run
+//! on the leader (requests are forwarded) and return once committed.
+
+use std::collections::BTreeMap;
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::response::Response;
+use openraft::ChangeMembers;
+use openraft::ServerState;
+use openraft::error::ClientWriteError;
+use openraft::error::InitializeError;
+use openraft::error::RaftError;
+use serde::Deserialize;
+use serde::Serialize;
+use serde_json::json;
+
+use super::ApiError;
+use super::AppState;
+use super::Q;
+use super::Raw;
+use super::WRITE_TIMEOUT;
+use super::error::write_error;
+use super::kv::NoParams;
+use crate::types::KvNode;
+use crate::types::NodeId;
+use crate::types::TypeConfig;
+
+/// One member as seen by this node.
+#[derive(Debug, Serialize)]
+pub struct MemberInfo {
+    pub id: NodeId,
+    pub role: &'static str,
+    pub api_addr: String,
+    pub raft_addr: String,
+    /// Last log index known replicated to it (leader's view only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub matched_index: Option<u64>,
+    /// Entries behind the leader's last log (leader's view only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lag: Option<u64>,
+}
+
+/// `GET /v1/cluster`.
+#[derive(Debug, Serialize)]
+pub struct ClusterInfo {
+    pub cluster_id: String,
+    pub node_id: NodeId,
+    pub initialized: bool,
+    pub role: &'static str,
+    pub term: u64,
+    pub leader_id: Option<NodeId>,
+    pub leader: Option<KvNode>,
+    pub last_log_index: Option<u64>,
+    pub committed_index: Option<u64>,
+    pub applied_index: Option<u64>,
+    pub snapshot_index: Option<u64>,
+    pub purged_index: Option<u64>,
+    pub revision: u64,
+    /// True while a joint (two-phase) membership change is in progress.
+    pub joint: bool,
+    pub membership_log_index: Option<u64>,
+    pub members: Vec<MemberInfo>,
+}
+
+pub fn role_name(state: ServerState, initialized: bool) -> &'static str {
+    if !initialized {
+        return "uninitialized";
+    }
+    match state {
+        ServerState::Leader => "leader",
+        ServerState::Follower => "follower",
+        ServerState::Candidate => "candidate",
+        ServerState::Learner => "learner",
+        ServerState::Shutdown => "shutdown",
+    }
+}
+
+/// Builds the cluster view from this node's Raft metrics.
+pub fn cluster_info(state: &AppState) -> ClusterInfo {
+    let m = crate::network::raft_metrics(&state.raft);
+    let membership = m.membership_config.membership();
+    let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+    let initialized = membership.nodes().next().is_some();
+    let last = m.last_log_index;
+    let members = membership
+        .nodes()
+        .map(|(id, node)| {
+            let matched = m
+                .replication
+                .as_ref()
+                .and_then(|r| r.get(id))
+                .map(|l| l.as_ref().map(|l| l.index).unwrap_or(0));
+            MemberInfo {
+                id: *id,
+                role: if voters.contains(id) {
+                    "voter"
+                } else {
+                    "learner"
+                },
+                api_addr: node.api_addr.clone(),
+                raft_addr: node.raft_addr.clone(),
+                matched_index: matched,
+                lag: matched.map(|mi| last.unwrap_or(0).saturating_sub(mi)),
+            }
+        })
+        .collect();
+    ClusterInfo {
+        cluster_id: state.cluster_id.clone(),
+        node_id: state.id,
+        initialized,
+        role: role_name(m.state, initialized),
+        term: m.current_term,
+        leader_id: m.current_leader,
+        leader: m
+            .current_leader
+            .and_then(|l| membership.get_node(&l).cloned()),
+        last_log_index: last,
+        committed_index: m.local_committed.as_ref().map(|l| l.index),
+        applied_index: m.last_applied.as_ref().map(|l| l.index),
+        snapshot_index: m.snapshot.as_ref().map(|l| l.index),
+        purged_index: m.purged.as_ref().map(|l| l.index),
+        revision: state.store.revision(),
+        joint: membership.get_joint_config().len() > 1,
+        membership_log_index: m.membership_config.log_id().as_ref().map(|l| l.index),
+        members,
+    }
+}
+
+pub async fn info(State(state): State<AppState>, Q(_): Q<NoParams>) -> Json<ClusterInfo> {
+    Json(cluster_info(&state))
+}
+
+fn node_spec(api_addr: String, raft_addr: String, field: &str) -> Result<KvNode, ApiError> {
+    for (name, a) in [("api_addr", &api_addr), ("raft_addr", &raft_addr)] {
+        let ok = a
+            .rsplit_once(':')
+            .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p != 0));
+        if !ok {
+            return Err(ApiError::bad(
+                "invalid_parameter",
+                format!("{field}.{name}: {a:?} is not a host:port address"),
+            ));
+        }
+    }
+    Ok(KvNode {
+        api_addr,
+        raft_addr,
+    })
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MemberSpec {
+    api_addr: String,
+    raft_addr: String,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct InitBody {
+    /// Initial voters by id; default: this node alone.
+    #[serde(default)]
+    members: Option<BTreeMap<NodeId, MemberSpec>>,
+}
+
+/// `POST /v1/cluster/init`: forms a new cluster with this node (and optionally others) as voters.
+pub async fn init(
+    State(state): State<AppState>,
+    Q(_): Q<NoParams>,
+    raw: Raw,
+) -> Result<Response, ApiError> {
+    let body: InitBody = raw.json_or_default()?;
+    let members: BTreeMap<NodeId, KvNode> = match body.members {
+        None => BTreeMap::from([(state.id, state.advertise.clone())]),
+        Some(m) => {
+            let mut out = BTreeMap::new();
+            for (id, spec) in m {
+                out.insert(
+                    id,
+                    node_spec(spec.api_addr, spec.raft_addr, &format!("members.{id}"))?,
+                );
+            }
+            out
+        }
+    };
+    if !members.contains_key(&state.id) {
+        return Err(ApiError::bad(
+            "invalid_parameter",
+            format!("members must include this node ({})", state.id),
+        ));
+    }
+    if state.initialized() {
+        let info = cluster_info(&state);
+        let current: BTreeSet<NodeId> = info.members.iter().map(|m| m.id).collect();
+        if members.keys().all(|id| current.contains(id)) {
+            return Ok(Json(json!({"changed": false, "cluster": info})).into_response());
+        }
+        return Err(ApiError::Conflict {
+            code: "already_initialized",
+            message: format!(
+                "this node already belongs to a cluster with members {current:?}; add nodes with /v1/cluster/learners"
+            ),
+        });
+    }
+    match state.raft.initialize(members).await {
+        Ok(()) => {}
+        Err(RaftError::APIError(InitializeError::NotAllowed(_))) => {
+            // Lost a race with another init or a leader's append: report the state as is.
+            return Ok(
+                Json(json!({"changed": false, "cluster": cluster_info(&state)})).into_response(),
+            );
+        }
+        Err(RaftError::APIError(InitializeError::NotInMembers(e))) => {
+            return Err(ApiError::bad("invalid_parameter", e.to_string()));
+        }
+        Err(RaftError::Fatal(f)) => return Err(f.into()),
+    }
+    tracing::info!(node_id = state.id, "cluster initialized");
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({"changed": true, "cluster": cluster_info(&state)})),
+    )
+        .into_response())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LearnerBody {
+    id: NodeId,
+    api_addr: String,
+    raft_addr: String,
+    /// Wait until the learner has caught up with the leader's log.
+    #[serde(default)]
+    wait: bool,
+}
+
+/// Runs a membership write on the leader, forwarding when needed.
+async fn membership_write<F, Fut>(
+    state: &AppState,
+    raw: &Raw,
+    op: F,
+) -> Result<Option<Response>, ApiError>
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<
+            Output = Result<(), RaftError<TypeConfig, ClientWriteError<TypeConfig>>>,
+        >,
+{
+    let res = tokio::time::timeout(WRITE_TIMEOUT * 3, op()).await.map_err(|_| ApiError::Unavailable {
+        code: "commit_timeout",
+        message: "membership change not committed in time; check GET /v1/cluster and repeat (it is idempotent)".into(),
+        retry: true,
+    })?;
+    match res {
+        Ok(_) => Ok(None),
+        Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+            Ok(Some(state.forward(raw, f.leader_id).await?))
+        }
+        Err(e) => Err(write_error(e)),
+    }
+}
+
+/// Answers `NotInitialized` / forwards to the leader unless this node leads.
+async fn leader_only(state: &AppState, raw: &Raw) -> Result<Option<Response>, ApiError> {
+    if !state.initialized() {
+        return Err(ApiError::NotInitialized);
+    }
+    let m = crate::network::raft_metrics(&state.raft);
+    if m.state == ServerState::Leader {
+        return Ok(None);
+    }
+    Ok(Some(state.forward(raw, m.current_leader).await?))
+}
+
+/// `POST /v1/cluster/learners`: adds (or confirms) a non-voting member.
+pub async fn add_learner(
+    State(state): State<AppState>,
+    Q(_): Q<NoParams>,
+    raw: Raw,
+) -> Result<Response, ApiError> {
+    let body: LearnerBody = raw.json()?;
+    let node = node_spec(body.api_addr, body.raft_addr, "learner")?;
+    if let Some(fwd) = leader_only(&state, &raw).await? {
+        return Ok(fwd);
+    }
+    let existing = cluster_info(&state)
+        .members
+        .into_iter()
+        .find(|m| m.id == body.id);
+    if let Some(m) = &existing {
+        if m.api_addr == node.api_addr && m.raft_addr == node.raft_addr {
+            return Ok(Json(json!({"changed": false, "id": body.id, "role": m.role, "cluster": cluster_info(&state)})).into_response());
+        }
+        if m.role == "voter" {
+            return Err(ApiError::Conflict {
+                code: "node_exists",
+                message: format!(
+                    "node {} is a voter at {}/{}; remove it before re-adding with new addresses",
+                    m.id, m.api_addr, m.raft_addr
+                ),
+            });
+        }
+    }
+    let raft = state.raft.clone();
+    let id = body.id;
+    let wait = body.wait;
+    let node2 = node.clone();
+    let op = move || async move {
+        if existing.is_some() {
+            // A learner with new addresses: update its record in place.
+            raft.change_membership(ChangeMembers::SetNodes(BTreeMap::from([(id, node2)])), true)
+                .await
+                .map(|_| ())
+        } else {
+            raft.add_learner(id, node2, wait).await.map(|_| ())
+        }
+    };
+    if let Some(fwd) = membership_write(&state, &raw, op).await? {
+        return Ok(fwd);
+    }
+    tracing::info!(learner = id, %node, "learner added");
+    Ok(
+        Json(
+            json!({"changed": true, "id": id, "role": "learner", "cluster": cluster_info(&state)}),
+        )
+        .into_response(),
+    )
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MembershipBody {
+    /// Promote these learners to voters.
+    #[serde(default)]
+    add_voters: Vec<NodeId>,
+    /// Remove these voters from the cluster entirely.
+    #[serde(default)]
+    remove_voters: Vec<NodeId>,
+    /// Remove these nodes (learners or voters) from the cluster entirely.
+    #[serde(default)]
+    remove_nodes: Vec<NodeId>,
+    /// Keep removed voters as learners instead of removing them.
+    #[serde(default)]
+    retain: bool,
+}
+
+/// `POST /v1/cluster/membership`: promotes learners and/or removes members.
+pub async fn change_membership(
+    State(state): State<AppState>,
+    Q(_): Q<NoParams>,
+    raw: Raw,
+) -> Result<Response, ApiError> {
+    let body: MembershipBody = raw.json()?;
+    let actions = [
+        !body.add_voters.is_empty(),
+        !body.remove_voters.is_empty(),
+        !body.remove_nodes.is_empty(),
+    ];
+    if actions.iter().filter(|a| **a).count() != 1 {
+        return Err(ApiError::bad(
+            "invalid_parameter",
+            "give exactly one of add_voters, remove_voters, remove_nodes (one membership change at a time)",
+        ));
+    }
+    if let Some(fwd) = leader_only(&state, &raw).await? {
+        return Ok(fwd);
+    }
+    let info = cluster_info(&state);
+    let voters: BTreeSet<NodeId> = info
+        .members
+        .iter()
+        .filter(|m| m.role == "voter")
+        .map(|m| m.id)
+        .collect();
+    let all: BTreeSet<NodeId> = info.members.iter().map(|m| m.id).collect();
+    let (change, noop) = if !body.add_voters.is_empty() {
+        let ids: BTreeSet<NodeId> = body.add_voters.iter().copied().collect();
+        if let Some(missing) = ids.iter().find(|id| !all.contains(id)) {
+            return Err(ApiError::bad(
+                "learner_not_found",
+                format!("node {missing} is not a member; add it as a learner first"),
+            ));
+        }
+        let noop = ids.is_subset(&voters);
+        (ChangeMembers::AddVoterIds(ids), noop)
+    } else if !body.remove_voters.is_empty() {
+        let ids: BTreeSet<NodeId> = body.remove_voters.iter().copied().collect();
+        if voters.difference(&ids).next().is_none() {
+            return Err(ApiError::bad(
+                "empty_membership",
+                "refusing to remove every voter",
+            ));
+        }
+        let noop = ids.is_disjoint(&voters);
+        (ChangeMembers::RemoveVoters(ids), noop)
+    } else {
+        let ids: BTreeSet<NodeId> = body.remove_nodes.iter().copied().collect();
+        if voters.difference(&ids).next().is_none() {
+            return Err(ApiError::bad(
+                "empty_membership",
+                "refusing to remove every voter",
+            ));
+        }
+        let noop = ids.is_disjoint(&all);
+        // Voters among them must leave the voter set first; openraft does both in one joint change.
+        (ChangeMembers::RemoveNodes(ids), noop)
+    };
+    if noop && !info.joint {
+        return Ok(Json(json!({"changed": false, "cluster": info})).into_response());
+    }
+    let raft = state.raft.clone();
+    let retain = body.retain;
+    let change_desc = format!("{change:?}");
+    let op = move || async move {
+        if let ChangeMembers::RemoveNodes(ids) = change {
+            // openraft removes only learners with RemoveNodes: voters leave the voter set (and the
+            // cluster, retain=false) first, then the remaining learners are dropped.
+            let voters_leaving: BTreeSet<NodeId> = ids.intersection(&voters).copied().collect();
+            let learners_leaving: BTreeSet<NodeId> = ids
+                .difference(&voters)
+                .filter(|id| all.contains(id))
+                .copied()
+                .collect();
+            if !voters_leaving.is_empty() {
+                raft.change_membership(ChangeMembers::RemoveVoters(voters_leaving), false)
+                    .await?;
+            }
+            if !learners_leaving.is_empty() {
+                raft.change_membership(ChangeMembers::RemoveNodes(learners_leaving), false)
+                    .await?;
+            }
+            return Ok(());
+        }
+        raft.change_membership(change, retain).await.map(|_| ())
+    };
+    if let Some(fwd) = membership_write(&state, &raw, op).await? {
+        return Ok(fwd);
+    }
+    tracing::info!(change = %change_desc, "membership changed");
+    Ok(Json(json!({"changed": true, "cluster": cluster_info(&state)})).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TransferBody {
+    to: NodeId,
+}
+
+/// `POST /v1/cluster/transfer-leader`: hands leadership to a voter and waits until it leads.
+pub async fn transfer_leader(
+    State(state): State<AppState>,
+    Q(_): Q<NoParams>,
+    raw: Raw,
+) -> Result<Response, ApiError> {
+    let body: TransferBody = raw.json()?;
+    if !state.initialized() {
+        return Err(ApiError::NotInitialized);
+    }
+    let info = cluster_info(&state);
+    if info.leader_id == Some(body.to) {
+        return Ok(Json(json!({"changed": false, "leader_id": body.to})).into_response());
+    }
+    if !info
+        .members
+        .iter()
+        .any(|m| m.id == body.to && m.role == "voter")
+    {
+        return Err(ApiError::bad(
+            "invalid_parameter",
+            format!("node {} is not a voter; only voters can lead", body.to),
+        ));
+    }
+    if let Some(fwd) = leader_only(&state, &raw).await? {
+        return Ok(fwd);
+    }
+    state.raft.trigger().transfer_leader(body.to).await?;
+    let waited = state
+        .raft
+        .wait(Some(Duration::from_secs(10)))
+        .metrics(
+            |m| m.current_leader == Some(body.to),
+            "leadership transferred",
+        )
+        .await;
+    match waited {
+        Ok(_) => {
+            tracing::info!(to = body.to, "leadership transferred");
+            Ok(Json(json!({"changed": true, "leader_id": body.to})).into_response())
+        }
+        Err(e) => Err(ApiError::Unavailable {
+            code: "transfer_timeout",
+            message: format!(
+                "leadership did not move to {} in time ({e}); the target may be lagging or down",
+                body.to
+            ),
+            retry: true,
+        }),
+    }
+}

@@ -1,0 +1,455 @@
+//! Key-value endpoints: get/put/delete one key, paginated prefix listing,
+//! prefix delete and batch get.
+//!
+//! Input is validated on the node that received the request (so bad input is
+//! refused without a round trip), then writes become [`Command`]s proposed
+//! through Raft and reads are served after a ReadIndex confirmation (or
+//! locally with `consistency=stale`). Time-dependent fields (TTL expiry,
+//! timestamps) are computed here, on the leader, just before proposing.
+
+use axum::Json;
+use axum::extract::Path;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::response::Response;
+use openraft::ReadPolicy;
+use openraft::error::ClientWriteError;
+use openraft::error::LinearizableReadError;
+use openraft::error::RaftError;
+use serde::Deserialize;
+use serde::Serialize;
+use serde_json::json;
+
+use super::ApiError;
+use super::AppState;
+use super::Q;
+use super::Raw;
+use super::Served;
+use super::WRITE_TIMEOUT;
+use super::error::read_error;
+use super::error::write_error;
+use crate::types::ApplyResult;
+use crate::types::Command;
+use crate::types::KeyValue;
+use crate::types::Outcome;
+use crate::types::now_ms;
+
+/// Longest key in bytes.
+pub const MAX_KEY_BYTES: usize = 4096;
+/// Most keys per list page and per batch get.
+pub const MAX_PAGE: usize = 10_000;
+const DEFAULT_PAGE: usize = 1_000;
+/// Longest TTL accepted (10 years): keeps `now + ttl` far from overflow.
+const MAX_TTL_SECONDS: u64 = 10 * 365 * 24 * 3600;
+
+/// Read consistency.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Consistency {
+    /// Confirmed with a quorum (ReadIndex) and served by the leader.
+    #[default]
+    Linearizable,
+    /// Served from this node's applied state without coordination; may lag.
+    Stale,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReadQuery {
+    #[serde(default)]
+    consistency: Consistency,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PutBody {
+    /// New value (UTF-8 string).
+    value: String,
+    /// Time to live in seconds; the key disappears after it.
+    #[serde(default)]
+    ttl_seconds: Option<u64>,
+    /// Compare-and-set: the key's current `mod_revision` must equal this; 0 = key must not exist.
+    #[serde(default)]
+    if_revision: Option<u64>,
+}
+
+/// Endpoints that take no query parameters reject any.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NoParams {}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeleteQuery {
+    #[serde(default)]
+    if_revision: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    #[serde(default)]
+    prefix: String,
+    #[serde(default)]
+    start_after: Option<String>,
+    #[serde(default)]
+    limit: Option<usize>,
+    #[serde(default)]
+    keys_only: bool,
+    #[serde(default)]
+    consistency: Consistency,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PrefixDeleteQuery {
+    prefix: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchGetBody {
+    keys: Vec<String>,
+    #[serde(default)]
+    consistency: Consistency,
+}
+
+/// Response of a single-key read.
+#[derive(Debug, Serialize)]
+struct GetResponse {
+    revision: u64,
+    node_id: u64,
+    kv: KeyValue,
+}
+
+pub fn validate_key(key: &str) -> Result<(), ApiError> {
+    if key.is_empty() {
+        return Err(ApiError::bad("invalid_key", "key must not be empty"));
+    }
+    if key.len() > MAX_KEY_BYTES {
+        return Err(ApiError::bad(
+            "key_too_long",
+            format!("key is {} bytes; the limit is {MAX_KEY_BYTES}", key.len()),
+        ));
+    }
+    if key.chars().any(|c| c == '\0') {
+        return Err(ApiError::bad(
+            "invalid_key",
+            "key must not contain NUL characters",
+        ));
+    }
+    Ok(())
+}
+
+/// Proposes `cmd` (built on the node that turns out to be leader) or forwards `raw` to the leader.
+pub async fn propose(
+    state: &AppState,
+    raw: &Raw,
+    cmd: Command,
+) -> Result<Served<ApplyResult>, ApiError> {
+    if !state.initialized() {
+        return Err(ApiError::NotInitialized);
+    }
+    let res = tokio::time::timeout(super::WRITE_TIMEOUT, state.raft.client_write(cmd))
+        .await
+        .map_err(|_| ApiError::Unavailable {
+            code: "commit_timeout",
+            message: format!(
+                "write not committed within {WRITE_TIMEOUT:?} (no quorum?); its outcome is unknown"
+            ),
+            retry: false,
+        })?;
+    match res {
+        Ok(r) => Ok(Served::Local(r.data)),
+        Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+            Ok(Served::Forwarded(state.forward(raw, f.leader_id).await?))
+        }
+        Err(e) => Err(write_error(e)),
+    }
+}
+
+/// Makes a subsequent local read linearizable, or forwards `raw` to the leader.
+pub async fn linearize(
+    state: &AppState,
+    raw: &Raw,
+    consistency: Consistency,
+) -> Result<Option<Response>, ApiError> {
+    if !state.initialized() {
+        return Err(ApiError::NotInitialized);
+    }
+    if consistency == Consistency::Stale {
+        return Ok(None);
+    }
+    let res = tokio::time::timeout(
+        WRITE_TIMEOUT,
+        state.raft.ensure_linearizable(ReadPolicy::ReadIndex),
+    )
+    .await
+    .map_err(|_| ApiError::Unavailable {
+        code: "read_timeout",
+        message: "could not confirm leadership with a quorum in time".into(),
+        retry: true,
+    })?;
+    match res {
+        Ok(_) => Ok(None),
+        Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(f))) => {
+            Ok(Some(state.forward(raw, f.leader_id).await?))
+        }
+        Err(e) => Err(read_error(e)),
+    }
+}
+
+fn require_outcome(r: ApplyResult) -> Result<(u64, Outcome), ApiError> {
+    match r.outcome {
+        Some(o) => Ok((r.revision, o)),
+        None => Err(ApiError::Internal(
+            "state machine returned no outcome for a command".into(),
+        )),
+    }
+}
+
+pub async fn empty_key() -> ApiError {
+    ApiError::bad("invalid_key", "key must not be empty: use /v1/kv/{key}")
+}
+
+pub async fn get_key(
+    State(state): State<AppState>,
+    Path(key): Path<String>,
+    Q(q): Q<ReadQuery>,
+    raw: Raw,
+) -> Result<Response, ApiError> {
+    validate_key(&key)?;
+    if let Some(fwd) = linearize(&state, &raw, q.consistency).await? {
+        return Ok(fwd);
+    }
+    let kv = state.store.get(&key, now_ms()).await?;
+    let revision = state.store.revision();
+    match kv {
+        Some(kv) => Ok(Json(GetResponse {
+            revision,
+            node_id: state.id,
+            kv,
+        })
+        .into_response()),
+        None => Err(ApiError::KeyNotFound {
+            key,
+            revision,
+            node_id: state.id,
+        }),
+    }
+}
+
+pub async fn put_key(
+    State(state): State<AppState>,
+    Path(key): Path<String>,
+    Q(_): Q<NoParams>,
+    raw: Raw,
+) -> Result<Response, ApiError> {
+    validate_key(&key)?;
+    let body: PutBody = raw.json()?;
+    let limit = state.config.max_value_bytes;
+    if body.value.len() > limit {
+        return Err(ApiError::ValueTooLarge {
+            size: body.value.len(),
+            limit,
+        });
+    }
+    let now = now_ms();
+    let expires_at_ms = match body.ttl_seconds {
+        None => None,
+        Some(0) => {
+            return Err(ApiError::bad(
+                "invalid_ttl",
+                "ttl_seconds must be at least 1",
+            ));
+        }
+        Some(t) if t > MAX_TTL_SECONDS => {
+            return Err(ApiError::bad(
+                "invalid_ttl",
+                format!("ttl_seconds must be at most {MAX_TTL_SECONDS}"),
+            ));
+        }
+        Some(t) => Some(now + t * 1000),
+    };
+    let cmd = Command::Put {
+        key: key.clone(),
+        value: body.value,
+        expires_at_ms,
+        if_revision: body.if_revision,
+        now_ms: now,
+    };
+    let (revision, outcome) = match propose(&state, &raw, cmd).await? {
+        Served::Forwarded(resp) => return Ok(resp),
+        Served::Local(r) => require_outcome(r)?,
+    };
+    match outcome {
+        Outcome::Put { created, kv, prev } => {
+            let status = if created {
+                StatusCode::CREATED
+            } else {
+                StatusCode::OK
+            };
+            let body = json!({"revision": revision, "node_id": state.id, "created": created, "kv": kv, "prev_kv": prev});
+            Ok((status, Json(body)).into_response())
+        }
+        Outcome::PreconditionFailed { current } => Err(ApiError::RevisionMismatch {
+            key,
+            expected: body.if_revision.unwrap_or(0),
+            actual: current.as_ref().map(|k| k.mod_revision).unwrap_or(0),
+            current,
+            revision,
+        }),
+        other => Err(ApiError::Internal(format!(
+            "unexpected outcome for put: {other:?}"
+        ))),
+    }
+}
+
+pub async fn delete_key(
+    State(state): State<AppState>,
+    Path(key): Path<String>,
+    Q(q): Q<DeleteQuery>,
+    raw: Raw,
+) -> Result<Response, ApiError> {
+    validate_key(&key)?;
+    let cmd = Command::Delete {
+        key: key.clone(),
+        if_revision: q.if_revision,
+        now_ms: now_ms(),
+    };
+    let (revision, outcome) = match propose(&state, &raw, cmd).await? {
+        Served::Forwarded(resp) => return Ok(resp),
+        Served::Local(r) => require_outcome(r)?,
+    };
+    match outcome {
+        Outcome::Deleted { count, prev } => Ok(Json(
+            json!({"revision": revision, "node_id": state.id, "deleted": count, "prev_kv": prev}),
+        )
+        .into_response()),
+        Outcome::NotFound => Err(ApiError::KeyNotFound {
+            key,
+            revision,
+            node_id: state.id,
+        }),
+        Outcome::PreconditionFailed { current } => Err(ApiError::RevisionMismatch {
+            key,
+            expected: q.if_revision.unwrap_or(0),
+            actual: current.as_ref().map(|k| k.mod_revision).unwrap_or(0),
+            current,
+            revision,
+        }),
+        other => Err(ApiError::Internal(format!(
+            "unexpected outcome for delete: {other:?}"
+        ))),
+    }
+}
+
+pub async fn list(
+    State(state): State<AppState>,
+    Q(q): Q<ListQuery>,
+    raw: Raw,
+) -> Result<Response, ApiError> {
+    let limit = q.limit.unwrap_or(DEFAULT_PAGE);
+    if limit == 0 || limit > MAX_PAGE {
+        return Err(ApiError::bad(
+            "invalid_parameter",
+            format!("limit must be between 1 and {MAX_PAGE}"),
+        ));
+    }
+    if q.prefix.len() > MAX_KEY_BYTES {
+        return Err(ApiError::bad(
+            "key_too_long",
+            format!("prefix is longer than {MAX_KEY_BYTES} bytes"),
+        ));
+    }
+    if let Some(fwd) = linearize(&state, &raw, q.consistency).await? {
+        return Ok(fwd);
+    }
+    let (kvs, more) = state
+        .store
+        .list(
+            &q.prefix,
+            q.start_after.as_deref(),
+            limit,
+            q.keys_only,
+            now_ms(),
+        )
+        .await?;
+    let revision = state.store.revision();
+    let next = if more {
+        kvs.last().map(|k| k.key.clone())
+    } else {
+        None
+    };
+    Ok(Json(json!({
+        "revision": revision, "node_id": state.id, "count": kvs.len(), "kvs": kvs,
+        "more": more, "next_start_after": next,
+    }))
+    .into_response())
+}
+
+pub async fn delete_prefix(
+    State(state): State<AppState>,
+    Q(q): Q<PrefixDeleteQuery>,
+    raw: Raw,
+) -> Result<Response, ApiError> {
+    let prefix = match q.prefix {
+        Some(p) if !p.is_empty() => p,
+        _ => {
+            return Err(ApiError::bad(
+                "invalid_parameter",
+                "prefix is required and must not be empty",
+            ));
+        }
+    };
+    if prefix.len() > MAX_KEY_BYTES {
+        return Err(ApiError::bad(
+            "key_too_long",
+            format!("prefix is longer than {MAX_KEY_BYTES} bytes"),
+        ));
+    }
+    let cmd = Command::DeletePrefix {
+        prefix,
+        now_ms: now_ms(),
+    };
+    let (revision, outcome) = match propose(&state, &raw, cmd).await? {
+        Served::Forwarded(resp) => return Ok(resp),
+        Served::Local(r) => require_outcome(r)?,
+    };
+    match outcome {
+        Outcome::Deleted { count, .. } => Ok(Json(
+            json!({"revision": revision, "node_id": state.id, "deleted": count}),
+        )
+        .into_response()),
+        other => Err(ApiError::Internal(format!(
+            "unexpected outcome for prefix delete: {other:?}"
+        ))),
+    }
+}
+
+pub async fn batch_get(
+    State(state): State<AppState>,
+    Q(_): Q<NoParams>,
+    raw: Raw,
+) -> Result<Response, ApiError> {
+    let body: BatchGetBody = raw.json()?;
+    if body.keys.is_empty() || body.keys.len() > MAX_PAGE {
+        return Err(ApiError::bad(
+            "invalid_parameter",
+            format!("keys must hold between 1 and {MAX_PAGE} keys"),
+        ));
+    }
+    for k in &body.keys {
+        validate_key(k)?;
+    }
+    if let Some(fwd) = linearize(&state, &raw, body.consistency).await? {
+        return Ok(fwd);
+    }
+    let (kvs, missing) = state.store.get_many(&body.keys, now_ms()).await?;
+    let revision = state.store.revision();
+    Ok(
+        Json(json!({"revision": revision, "node_id": state.id, "kvs": kvs, "missing": missing}))
+            .into_response(),
+    )
+}

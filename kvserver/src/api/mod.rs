@@ -1,0 +1,374 @@
+//! The client HTTP API (axum): routing, per-request observability, request
+//! extraction with JSON errors, and forwarding to the leader.
+//!
+//! Any node accepts any request. Writes and linearizable reads are first
+//! tried locally; when openraft answers "not the leader", the original HTTP
+//! request (method, path, query, body) is replayed once against the leader's
+//! API address taken from the membership. A forwarded request carries
+//! `x-kv-forwarded-by`, and a node receiving one that is not the leader either
+//! answers 503 `no_leader` instead of forwarding again, so there are no loops.
+
+pub mod cluster;
+pub mod error;
+pub mod kv;
+pub mod ops;
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
+use std::time::Instant;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::DefaultBodyLimit;
+use axum::extract::FromRequest;
+use axum::extract::FromRequestParts;
+use axum::extract::MatchedPath;
+use axum::extract::Request;
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::http::HeaderValue;
+use axum::http::Method;
+use axum::http::StatusCode;
+use axum::http::request::Parts;
+use axum::middleware::Next;
+use axum::response::IntoResponse;
+use axum::response::Response;
+use axum::routing::get;
+use axum::routing::post;
+use bytes::Bytes;
+use serde::de::DeserializeOwned;
+use tower_http::catch_panic::CatchPanicLayer;
+
+pub use self::error::ApiError;
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::network::KvRaft;
+use crate::store::Store;
+use crate::types::KvNode;
+use crate::types::NodeId;
+
+/// Header marking a request forwarded by another node (value: that node's id).
+pub const FORWARDED_BY: &str = "x-kv-forwarded-by";
+/// Header naming the node that served a response.
+pub const SERVED_BY: &str = "x-kv-served-by";
+const REQUEST_ID: &str = "x-request-id";
+
+/// Everything a handler needs; shared by all requests of one node.
+pub struct NodeState {
+    pub id: NodeId,
+    pub cluster_id: String,
+    pub raft: KvRaft,
+    pub store: Store,
+    pub config: Config,
+    pub metrics: Arc<Metrics>,
+    pub advertise: KvNode,
+    pub http: reqwest::Client,
+    pub started: Instant,
+    /// Unix ms of the last AppendEntries accepted from a leader (followers' heartbeat clock).
+    pub last_append_ms: Arc<AtomicU64>,
+}
+
+pub type AppState = Arc<NodeState>;
+
+/// Builds the router of the client API.
+pub fn router(state: AppState) -> Router {
+    // JSON may escape a value up to 6x (\u00XX); the exact limit is checked on the decoded value.
+    let body_limit = state
+        .config
+        .max_value_bytes
+        .saturating_mul(6)
+        .saturating_add(64 * 1024);
+    Router::new()
+        .route("/v1/kv", get(kv::list).delete(kv::delete_prefix))
+        .route(
+            "/v1/kv/",
+            get(kv::empty_key).put(kv::empty_key).delete(kv::empty_key),
+        )
+        .route(
+            "/v1/kv/{*key}",
+            get(kv::get_key).put(kv::put_key).delete(kv::delete_key),
+        )
+        .route("/v1/batch/get", post(kv::batch_get))
+        .route("/v1/cluster", get(cluster::info))
+        .route("/v1/cluster/init", post(cluster::init))
+        .route("/v1/cluster/learners", post(cluster::add_learner))
+        .route("/v1/cluster/membership", post(cluster::change_membership))
+        .route(
+            "/v1/cluster/transfer-leader",
+            post(cluster::transfer_leader),
+        )
+        .route("/healthz", get(ops::healthz))
+        .route("/readyz", get(ops::readyz))
+        .route("/status", get(ops::status))
+        .route("/metrics", get(ops::metrics))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(CatchPanicLayer::custom(panic_response))
+        .layer(DefaultBodyLimit::max(body_limit))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), observe))
+        .with_state(state)
+}
+
+async fn not_found() -> ApiError {
+    ApiError::NotFound {
+        code: "no_such_endpoint",
+        message: "no such endpoint; see README for the API".into(),
+    }
+}
+
+async fn method_not_allowed(method: Method) -> Response {
+    let body = serde_json::json!({"error": {"code": "method_not_allowed", "message": format!("method {method} is not allowed on this path")}});
+    (StatusCode::METHOD_NOT_ALLOWED, axum::Json(body)).into_response()
+}
+
+fn panic_response(err: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    let detail = err
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| err.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_else(|| "unknown panic".into());
+    tracing::error!(panic = %detail, "handler panicked");
+    ApiError::Internal("the request handler panicked; the error was logged".into()).into_response()
+}
+
+/// Request id, latency, metrics and one log line per request.
+async fn observe(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let request_id = req
+        .headers()
+        .get(REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 128)
+        .map(str::to_string)
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    if let Ok(v) = HeaderValue::from_str(&request_id) {
+        req.headers_mut().insert(REQUEST_ID, v);
+    }
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|m| m.as_str().to_string())
+        .unwrap_or_else(|| "unmatched".into());
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    let forwarded_by = req
+        .headers()
+        .get(FORWARDED_BY)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let mut resp = next.run(req).await;
+    let status = resp.status();
+    let elapsed = started.elapsed();
+    if let Ok(v) = HeaderValue::from_str(&request_id) {
+        resp.headers_mut().insert(REQUEST_ID, v);
+    }
+    if !resp.headers().contains_key(SERVED_BY) {
+        resp.headers_mut()
+            .insert(SERVED_BY, HeaderValue::from(state.id));
+    }
+    state
+        .metrics
+        .http_requests
+        .with_label_values(&[&route, method.as_str(), status.as_str()])
+        .inc();
+    state
+        .metrics
+        .http_duration
+        .with_label_values(&[&route, method.as_str()])
+        .observe(elapsed.as_secs_f64());
+    let latency_ms = elapsed.as_secs_f64() * 1000.0;
+    if route == "/metrics" || route == "/healthz" || route == "/readyz" {
+        tracing::debug!(request_id, %method, path, status = status.as_u16(), latency_ms, "request");
+    } else {
+        tracing::info!(request_id, %method, path, status = status.as_u16(), latency_ms, forwarded_by, "request");
+    }
+    resp
+}
+
+/// The raw request, kept so it can be replayed against the leader.
+pub struct Raw {
+    pub method: Method,
+    pub path_and_query: String,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Raw {
+    /// Whether another node already forwarded this request here.
+    pub fn forwarded(&self) -> bool {
+        self.headers.contains_key(FORWARDED_BY)
+    }
+
+    /// Parses the body as JSON into `T`, with errors naming the offending field.
+    pub fn json<T: DeserializeOwned>(&self) -> Result<T, ApiError> {
+        if self.body.is_empty() {
+            return Err(ApiError::bad(
+                "invalid_json",
+                "request body is empty; a JSON object is required",
+            ));
+        }
+        let de = &mut serde_json::Deserializer::from_slice(&self.body);
+        serde_path_to_error::deserialize(de).map_err(|e| {
+            let path = e.path().to_string();
+            let inner = e.into_inner();
+            let msg = if path == "." || path.is_empty() {
+                format!("invalid JSON body: {inner}")
+            } else {
+                format!("invalid JSON body at `{path}`: {inner}")
+            };
+            ApiError::bad("invalid_json", msg)
+        })
+    }
+
+    /// Like [`Raw::json`], but an empty body yields `T::default()`.
+    pub fn json_or_default<T: DeserializeOwned + Default>(&self) -> Result<T, ApiError> {
+        if self.body.iter().all(|b| b.is_ascii_whitespace()) {
+            Ok(T::default())
+        } else {
+            self.json()
+        }
+    }
+}
+
+impl<S: Send + Sync> FromRequest<S> for Raw {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let method = req.method().clone();
+        let path_and_query = req
+            .uri()
+            .path_and_query()
+            .map(|p| p.as_str().to_string())
+            .unwrap_or_else(|| "/".into());
+        let headers = req.headers().clone();
+        let body = Bytes::from_request(req, state).await.map_err(|rej| {
+            if rej.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::ValueTooLarge { size: 0, limit: 0 }
+            } else {
+                ApiError::bad("invalid_body", rej.body_text())
+            }
+        })?;
+        Ok(Raw {
+            method,
+            path_and_query,
+            headers,
+            body,
+        })
+    }
+}
+
+/// Query-string extractor with strict fields and JSON errors.
+pub struct Q<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for Q<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        axum::extract::Query::<T>::try_from_uri(&parts.uri)
+            .map(|q| Q(q.0))
+            .map_err(|e| {
+                ApiError::bad(
+                    "invalid_parameter",
+                    format!("invalid query string: {}", e.body_text()),
+                )
+            })
+    }
+}
+
+/// Outcome of a step that may have to run on the leader.
+pub enum Served<T> {
+    Local(T),
+    Forwarded(Response),
+}
+
+impl NodeState {
+    /// Whether this node has a membership (was initialized or joined a cluster).
+    pub fn initialized(&self) -> bool {
+        crate::network::raft_metrics(&self.raft)
+            .membership_config
+            .membership()
+            .nodes()
+            .next()
+            .is_some()
+    }
+
+    /// Replays `raw` against the leader `leader_id` (or answers why it cannot).
+    pub async fn forward(
+        &self,
+        raw: &Raw,
+        leader_id: Option<NodeId>,
+    ) -> Result<Response, ApiError> {
+        if !self.initialized() {
+            return Err(ApiError::NotInitialized);
+        }
+        let Some(leader_id) = leader_id.filter(|l| *l != self.id) else {
+            return Err(ApiError::NoLeader { leader_hint: None });
+        };
+        if raw.forwarded() {
+            // Already forwarded once: the cluster's view of the leader is moving; let the client retry.
+            return Err(ApiError::NoLeader {
+                leader_hint: Some(leader_id),
+            });
+        }
+        let leader = {
+            let m = crate::network::raft_metrics(&self.raft);
+            m.membership_config
+                .membership()
+                .get_node(&leader_id)
+                .cloned()
+        };
+        let Some(leader) = leader else {
+            return Err(ApiError::NoLeader {
+                leader_hint: Some(leader_id),
+            });
+        };
+        let url = format!("http://{}{}", leader.api_addr, raw.path_and_query);
+        let mut req = self
+            .http
+            .request(raw.method.clone(), &url)
+            .header(FORWARDED_BY, self.id.to_string())
+            .body(raw.body.clone());
+        for name in [axum::http::header::CONTENT_TYPE, axum::http::header::ACCEPT] {
+            if let Some(v) = raw.headers.get(&name) {
+                req = req.header(name, v.clone());
+            }
+        }
+        if let Some(v) = raw.headers.get(REQUEST_ID) {
+            req = req.header(REQUEST_ID, v.clone());
+        }
+        let resp = req.send().await.map_err(|e| ApiError::Unavailable {
+            code: "leader_unreachable",
+            message: format!(
+                "could not forward to leader {leader_id} at {}: {e}",
+                leader.api_addr
+            ),
+            retry: true,
+        })?;
+        let status = resp.status();
+        let mut headers = HeaderMap::new();
+        for name in [
+            axum::http::header::CONTENT_TYPE,
+            axum::http::header::RETRY_AFTER,
+        ] {
+            if let Some(v) = resp.headers().get(&name) {
+                headers.insert(name, v.clone());
+            }
+        }
+        if let Some(v) = resp.headers().get(SERVED_BY) {
+            headers.insert(SERVED_BY, v.clone());
+        }
+        let body = resp.bytes().await.map_err(|e| ApiError::Unavailable {
+            code: "leader_unreachable",
+            message: format!("leader {leader_id} response was cut: {e}"),
+            retry: true,
+        })?;
+        let mut out = Response::new(Body::from(body));
+        *out.status_mut() = status;
+        *out.headers_mut() = headers;
+        Ok(out)
+    }
+}
+
+/// Time a client write may wait for commit before the API gives up on it.
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);

@@ -1,0 +1,128 @@
+//! Operations endpoints: liveness, readiness, status and Prometheus metrics.
+//!
+//! `/healthz` only says the process serves HTTP (a liveness probe must not
+//! restart a node just because the cluster lost quorum); `/readyz` says the
+//! node is a member, knows a leader and has applied what it knows committed,
+//! which is what a Service should route on.
+
+use std::sync::atomic::Ordering;
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::http::header::CONTENT_TYPE;
+use axum::response::IntoResponse;
+use axum::response::Response;
+use openraft::ServerState;
+use serde_json::json;
+
+use super::AppState;
+use super::Q;
+use super::cluster::role_name;
+use super::kv::NoParams;
+use crate::types::now_ms;
+
+pub async fn healthz(State(state): State<AppState>) -> Json<serde_json::Value> {
+    Json(json!({"status": "ok", "node_id": state.id}))
+}
+
+pub async fn readyz(State(state): State<AppState>, Q(_): Q<NoParams>) -> Response {
+    let m = crate::network::raft_metrics(&state.raft);
+    let membership = m.membership_config.membership();
+    let mut reasons = Vec::new();
+    if membership.nodes().next().is_none() {
+        reasons.push("not initialized: not a member of any cluster yet".to_string());
+    } else if membership.get_node(&state.id).is_none() {
+        reasons.push("not a member of the cluster's current membership".to_string());
+    }
+    if m.current_leader.is_none() {
+        reasons.push("no known leader".to_string());
+    }
+    let committed = m.local_committed.as_ref().map(|l| l.index).unwrap_or(0);
+    let applied = m.last_applied.as_ref().map(|l| l.index).unwrap_or(0);
+    if applied < committed {
+        reasons.push(format!(
+            "applying: applied index {applied} behind committed {committed}"
+        ));
+    }
+    if m.state == ServerState::Shutdown {
+        reasons.push("shutting down".into());
+    }
+    let ready = reasons.is_empty();
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (
+        status,
+        Json(json!({"ready": ready, "node_id": state.id, "reasons": reasons})),
+    )
+        .into_response()
+}
+
+pub async fn status(
+    State(state): State<AppState>,
+    Q(_): Q<NoParams>,
+) -> Result<Json<serde_json::Value>, super::ApiError> {
+    let m = crate::network::raft_metrics(&state.raft);
+    let initialized = m.membership_config.membership().nodes().next().is_some();
+    let now = now_ms();
+    // Leader: time since a quorum last acknowledged it. Others: since the last append from a leader.
+    let since_heartbeat_ms = if m.state == ServerState::Leader {
+        m.last_quorum_acked.as_ref().map(|i| {
+            use openraft::Instant;
+            i.elapsed().as_millis() as u64
+        })
+    } else {
+        let last = state.last_append_ms.load(Ordering::Relaxed);
+        (last > 0).then(|| now.saturating_sub(last))
+    };
+    let keys = state.store.key_count().await?;
+    Ok(Json(json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "node_id": state.id,
+        "cluster_id": state.cluster_id,
+        "role": role_name(m.state, initialized),
+        "term": m.current_term,
+        "leader_id": m.current_leader,
+        "millis_since_heartbeat": since_heartbeat_ms,
+        "uptime_seconds": state.started.elapsed().as_secs(),
+        "revision": state.store.revision(),
+        "keys": keys,
+        "applied_index": m.last_applied.as_ref().map(|l| l.index),
+        "api_addr": state.advertise.api_addr,
+        "raft_addr": state.advertise.raft_addr,
+        "timestamp_ms": now,
+    })))
+}
+
+pub async fn metrics(State(state): State<AppState>) -> Response {
+    let m = crate::network::raft_metrics(&state.raft);
+    let g = &state.metrics;
+    g.raft_term.set(m.current_term as i64);
+    g.raft_leader
+        .set(m.current_leader.map(|l| l as i64).unwrap_or(-1));
+    g.raft_is_leader
+        .set(i64::from(m.state == ServerState::Leader));
+    g.raft_last_log_index
+        .set(m.last_log_index.unwrap_or(0) as i64);
+    g.raft_committed_index
+        .set(m.local_committed.as_ref().map(|l| l.index).unwrap_or(0) as i64);
+    g.raft_applied_index
+        .set(m.last_applied.as_ref().map(|l| l.index).unwrap_or(0) as i64);
+    g.raft_snapshot_index
+        .set(m.snapshot.as_ref().map(|l| l.index).unwrap_or(0) as i64);
+    g.kv_revision.set(state.store.revision() as i64);
+    g.raft_replication_lag.reset();
+    if let Some(rep) = &m.replication {
+        let last = m.last_log_index.unwrap_or(0);
+        for (id, matched) in rep {
+            let mi = matched.as_ref().map(|l| l.index).unwrap_or(0);
+            g.raft_replication_lag
+                .with_label_values(&[&id.to_string()])
+                .set(last.saturating_sub(mi) as i64);
+        }
+    }
+    ([(CONTENT_TYPE, "text/plain; version=0.0.4")], g.render()).into_response()
+}

@@ -1,0 +1,133 @@
+//! Prometheus metrics of one node, in a registry of its own (not the global
+//! one) so several nodes can live in one process, as they do in tests.
+//!
+//! HTTP and storage metrics are recorded as events happen; Raft gauges are
+//! refreshed from openraft's metrics at scrape time, which keeps them exact
+//! without a background task.
+
+use prometheus::Encoder;
+use prometheus::HistogramOpts;
+use prometheus::HistogramVec;
+use prometheus::IntCounterVec;
+use prometheus::IntGauge;
+use prometheus::IntGaugeVec;
+use prometheus::Opts;
+use prometheus::Registry;
+use prometheus::TextEncoder;
+
+/// All metrics of one node.
+pub struct Metrics {
+    pub registry: Registry,
+    pub http_requests: IntCounterVec,
+    pub http_duration: HistogramVec,
+    pub storage_sync_seconds: prometheus::Histogram,
+    pub raft_term: IntGauge,
+    pub raft_leader: IntGauge,
+    pub raft_is_leader: IntGauge,
+    pub raft_last_log_index: IntGauge,
+    pub raft_committed_index: IntGauge,
+    pub raft_applied_index: IntGauge,
+    pub raft_snapshot_index: IntGauge,
+    pub raft_replication_lag: IntGaugeVec,
+    pub kv_revision: IntGauge,
+}
+
+fn gauge(registry: &Registry, name: &str, help: &str) -> Result<IntGauge, prometheus::Error> {
+    let g = IntGauge::new(name, help)?;
+    registry.register(Box::new(g.clone()))?;
+    Ok(g)
+}
+
+impl Metrics {
+    pub fn new() -> Result<Self, prometheus::Error> {
+        let registry = Registry::new();
+        let http_requests = IntCounterVec::new(
+            Opts::new(
+                "kv_http_requests_total",
+                "HTTP requests by route, method and status",
+            ),
+            &["route", "method", "status"],
+        )?;
+        registry.register(Box::new(http_requests.clone()))?;
+        let http_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "kv_http_request_duration_seconds",
+                "HTTP request latency by route and method",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+            ]),
+            &["route", "method"],
+        )?;
+        registry.register(Box::new(http_duration.clone()))?;
+        let storage_sync_seconds = prometheus::Histogram::with_opts(
+            HistogramOpts::new(
+                "kv_storage_sync_seconds",
+                "Duration of durable storage commits (log appends, applies)",
+            )
+            .buckets(vec![
+                0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0,
+            ]),
+        )?;
+        registry.register(Box::new(storage_sync_seconds.clone()))?;
+        let raft_replication_lag = IntGaugeVec::new(
+            Opts::new(
+                "kv_raft_replication_lag_entries",
+                "Entries a follower is behind the leader's last log (leader only)",
+            ),
+            &["follower"],
+        )?;
+        registry.register(Box::new(raft_replication_lag.clone()))?;
+        Ok(Self {
+            raft_term: gauge(&registry, "kv_raft_term", "Current Raft term")?,
+            raft_leader: gauge(
+                &registry,
+                "kv_raft_leader_id",
+                "Id of the known leader, -1 if none",
+            )?,
+            raft_is_leader: gauge(
+                &registry,
+                "kv_raft_is_leader",
+                "1 if this node is the leader",
+            )?,
+            raft_last_log_index: gauge(
+                &registry,
+                "kv_raft_last_log_index",
+                "Index of the last log entry",
+            )?,
+            raft_committed_index: gauge(
+                &registry,
+                "kv_raft_committed_index",
+                "Index of the last committed entry",
+            )?,
+            raft_applied_index: gauge(
+                &registry,
+                "kv_raft_applied_index",
+                "Index of the last applied entry",
+            )?,
+            raft_snapshot_index: gauge(
+                &registry,
+                "kv_raft_snapshot_index",
+                "Last log index covered by the snapshot",
+            )?,
+            kv_revision: gauge(
+                &registry,
+                "kv_revision",
+                "Cluster revision as applied on this node",
+            )?,
+            registry,
+            http_requests,
+            http_duration,
+            storage_sync_seconds,
+            raft_replication_lag,
+        })
+    }
+
+    /// Renders the registry in Prometheus text format.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        // Encoding into a Vec cannot fail for well-formed metric families.
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
+        String::from_utf8_lossy(&buf).into_owned()
+    }
+}

@@ -1,0 +1,560 @@
+//! Raft peer transport: a small binary protocol over TCP on the peer port.
+//!
+//! Each openraft network client owns one TCP connection to its target, opened
+//! lazily and reused for every RPC until an error drops it; openraft keeps one
+//! client per replication stream, so steady-state replication never reconnects.
+//! Frames are `u32` big-endian length + bincode, bounded in size so a bad peer
+//! cannot make us allocate without limit. A connection starts with a hello
+//! naming cluster id and both node ids: a node of another cluster, or a stale
+//! address now used by another node, is refused before any Raft message.
+//! Snapshots are streamed from the snapshot file in chunks and written to a
+//! temporary file on the receiver, so their size is not bounded by memory.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use openraft::Raft;
+use openraft::RaftNetworkFactory;
+use openraft::RaftNetworkV2;
+use openraft::error::NetworkError;
+use openraft::error::RPCError;
+use openraft::error::ReplicationClosed;
+use openraft::error::StreamingError;
+use openraft::error::Timeout;
+use openraft::error::Unreachable;
+use openraft::network::RPCOption;
+use openraft::raft::AppendEntriesRequest;
+use openraft::raft::AppendEntriesResponse;
+use openraft::raft::SnapshotResponse;
+use openraft::raft::TransferLeaderRequest;
+use openraft::raft::TransferLeaderResponse;
+use openraft::raft::VoteRequest;
+use openraft::raft::VoteResponse;
+use openraft::type_config::alias::SnapshotOf;
+use openraft::type_config::alias::VoteOf;
+use serde::Deserialize;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio::io::AsyncReadExt;
+use tokio::io::AsyncWriteExt;
+use tokio::io::BufReader;
+use tokio::io::BufWriter;
+use tokio::net::TcpListener;
+use tokio::net::TcpStream;
+use tokio::net::tcp::OwnedReadHalf;
+use tokio::net::tcp::OwnedWriteHalf;
+
+use crate::store::StateMachine;
+use crate::store::snapshot::SnapshotFile;
+use crate::store::snapshot::temp_path;
+use crate::types::KvNode;
+use crate::types::NodeId;
+use crate::types::TypeConfig;
+
+/// The Raft handle type of this crate.
+pub type KvRaft = Raft<TypeConfig, StateMachine>;
+
+/// A snapshot of this node's openraft metrics.
+pub fn raft_metrics(raft: &KvRaft) -> openraft::RaftMetrics<TypeConfig> {
+    use openraft::async_runtime::WatchReceiver;
+    raft.metrics().borrow_watched().clone()
+}
+
+/// Largest frame accepted from a peer (entries batches are bounded by config far below this).
+const MAX_FRAME: u32 = 256 * 1024 * 1024;
+const SNAPSHOT_CHUNK: usize = 1024 * 1024;
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Errors of the peer transport.
+#[derive(Debug, thiserror::Error)]
+pub enum PeerError {
+    #[error("peer I/O: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("peer frame of {0} bytes exceeds the {MAX_FRAME} byte limit")]
+    FrameTooLarge(u32),
+    #[error("peer message encoding: {0}")]
+    Codec(#[from] bincode::Error),
+    #[error("peer refused connection: {0}")]
+    Refused(String),
+    #[error("peer answered with an unexpected message")]
+    Unexpected,
+    #[error("remote error: {0}")]
+    Remote(String),
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Hello {
+    cluster_id: String,
+    from: NodeId,
+    to: NodeId,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+enum Request {
+    Append(AppendEntriesRequest<TypeConfig>),
+    Vote(VoteRequest<TypeConfig>),
+    PreVote(VoteRequest<TypeConfig>),
+    TransferLeader(TransferLeaderRequest<TypeConfig>),
+    /// Starts a snapshot transfer; `Chunk`s follow, then `SnapshotEnd`.
+    SnapshotBegin {
+        vote: VoteOf<TypeConfig>,
+        meta: openraft::type_config::alias::SnapshotMetaOf<TypeConfig>,
+    },
+    Chunk(Vec<u8>),
+    SnapshotEnd,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+enum Response {
+    HelloOk,
+    Append(Result<AppendEntriesResponse<TypeConfig>, String>),
+    Vote(Result<VoteResponse<TypeConfig>, String>),
+    TransferLeader(Result<TransferLeaderResponse<TypeConfig>, String>),
+    Snapshot(Result<SnapshotResponse<TypeConfig>, String>),
+    Error(String),
+}
+
+async fn write_frame<W: AsyncWriteExt + Unpin, T: Serialize>(
+    w: &mut W,
+    msg: &T,
+) -> Result<(), PeerError> {
+    let bytes = bincode::serialize(msg)?;
+    w.write_u32(bytes.len() as u32).await?;
+    w.write_all(&bytes).await?;
+    w.flush().await?;
+    Ok(())
+}
+
+async fn read_frame<R: AsyncReadExt + Unpin, T: DeserializeOwned>(
+    r: &mut R,
+) -> Result<T, PeerError> {
+    let len = r.read_u32().await?;
+    if len > MAX_FRAME {
+        return Err(PeerError::FrameTooLarge(len));
+    }
+    let mut buf = vec![0u8; len as usize];
+    r.read_exact(&mut buf).await?;
+    Ok(bincode::deserialize(&buf)?)
+}
+
+/// Creates network clients for openraft.
+#[derive(Clone)]
+pub struct NetworkFactory {
+    pub node_id: NodeId,
+    pub cluster_id: Arc<str>,
+}
+
+impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
+    type Network = PeerClient;
+
+    async fn new_client(&mut self, target: NodeId, node: &KvNode) -> PeerClient {
+        PeerClient {
+            me: self.node_id,
+            target,
+            addr: node.raft_addr.clone(),
+            cluster_id: self.cluster_id.clone(),
+            conn: None,
+        }
+    }
+}
+
+struct Conn {
+    reader: BufReader<OwnedReadHalf>,
+    writer: BufWriter<OwnedWriteHalf>,
+}
+
+/// A client for one target peer holding one reusable connection.
+pub struct PeerClient {
+    me: NodeId,
+    target: NodeId,
+    addr: String,
+    cluster_id: Arc<str>,
+    conn: Option<Conn>,
+}
+
+impl PeerClient {
+    async fn connect(&mut self) -> Result<&mut Conn, PeerError> {
+        if self.conn.is_none() {
+            let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&self.addr))
+                .await
+                .map_err(|_| {
+                    std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out")
+                })??;
+            stream.set_nodelay(true)?;
+            let (r, w) = stream.into_split();
+            let mut conn = Conn {
+                reader: BufReader::new(r),
+                writer: BufWriter::new(w),
+            };
+            let hello = Hello {
+                cluster_id: self.cluster_id.to_string(),
+                from: self.me,
+                to: self.target,
+            };
+            write_frame(&mut conn.writer, &hello).await?;
+            match read_frame::<_, Response>(&mut conn.reader).await? {
+                Response::HelloOk => {}
+                Response::Error(e) => return Err(PeerError::Refused(e)),
+                _ => return Err(PeerError::Unexpected),
+            }
+            self.conn = Some(conn);
+        }
+        self.conn.as_mut().ok_or(PeerError::Unexpected)
+    }
+
+    /// Sends one request and waits for its response; any failure drops the connection.
+    async fn call(&mut self, req: &Request, ttl: Duration) -> Result<Response, PeerError> {
+        let fut = async {
+            let conn = self.connect().await?;
+            write_frame(&mut conn.writer, req).await?;
+            read_frame::<_, Response>(&mut conn.reader).await
+        };
+        let res = match tokio::time::timeout(ttl, fut).await {
+            Ok(r) => r,
+            Err(_) => Err(PeerError::Io(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "rpc timed out",
+            ))),
+        };
+        if res.is_err() {
+            self.conn = None;
+        }
+        res
+    }
+
+    fn rpc_error(
+        &self,
+        e: PeerError,
+        action: openraft::RPCTypes,
+        ttl: Duration,
+    ) -> RPCError<TypeConfig> {
+        match &e {
+            PeerError::Io(io) if io.kind() == std::io::ErrorKind::TimedOut => {
+                RPCError::Timeout(Timeout {
+                    action,
+                    id: self.me,
+                    target: self.target,
+                    timeout: ttl,
+                })
+            }
+            PeerError::Io(io)
+                if matches!(
+                    io.kind(),
+                    std::io::ErrorKind::ConnectionRefused
+                        | std::io::ErrorKind::ConnectionReset
+                        | std::io::ErrorKind::NotConnected
+                        | std::io::ErrorKind::HostUnreachable
+                        | std::io::ErrorKind::NetworkUnreachable
+                ) =>
+            {
+                RPCError::Unreachable(Unreachable::new(&e))
+            }
+            PeerError::Refused(_) => RPCError::Unreachable(Unreachable::new(&e)),
+            _ => RPCError::Network(NetworkError::new(&e)),
+        }
+    }
+
+    async fn send_snapshot(
+        &mut self,
+        vote: VoteOf<TypeConfig>,
+        snapshot: SnapshotOf<TypeConfig, SnapshotFile>,
+    ) -> Result<SnapshotResponse<TypeConfig>, PeerError> {
+        let mut file = snapshot.snapshot.file;
+        use tokio::io::AsyncSeekExt;
+        file.seek(std::io::SeekFrom::Start(0)).await?;
+        let conn = self.connect().await?;
+        write_frame(
+            &mut conn.writer,
+            &Request::SnapshotBegin {
+                vote,
+                meta: snapshot.meta,
+            },
+        )
+        .await?;
+        let mut buf = vec![0u8; SNAPSHOT_CHUNK];
+        loop {
+            let n = file.read(&mut buf).await?;
+            if n == 0 {
+                break;
+            }
+            write_frame(&mut conn.writer, &Request::Chunk(buf[..n].to_vec())).await?;
+        }
+        write_frame(&mut conn.writer, &Request::SnapshotEnd).await?;
+        match read_frame::<_, Response>(&mut conn.reader).await? {
+            Response::Snapshot(Ok(r)) => Ok(r),
+            Response::Snapshot(Err(e)) | Response::Error(e) => Err(PeerError::Remote(e)),
+            _ => Err(PeerError::Unexpected),
+        }
+    }
+}
+
+impl RaftNetworkV2<TypeConfig> for PeerClient {
+    type SnapshotData = SnapshotFile;
+
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
+        let ttl = option.hard_ttl();
+        match self.call(&Request::Append(rpc), ttl).await {
+            Ok(Response::Append(Ok(r))) => Ok(r),
+            Ok(Response::Append(Err(e))) | Ok(Response::Error(e)) => {
+                Err(self.rpc_error(PeerError::Remote(e), openraft::RPCTypes::AppendEntries, ttl))
+            }
+            Ok(_) => Err(self.rpc_error(
+                PeerError::Unexpected,
+                openraft::RPCTypes::AppendEntries,
+                ttl,
+            )),
+            Err(e) => Err(self.rpc_error(e, openraft::RPCTypes::AppendEntries, ttl)),
+        }
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
+        let ttl = option.hard_ttl();
+        match self.call(&Request::Vote(rpc), ttl).await {
+            Ok(Response::Vote(Ok(r))) => Ok(r),
+            Ok(Response::Vote(Err(e))) | Ok(Response::Error(e)) => {
+                Err(self.rpc_error(PeerError::Remote(e), openraft::RPCTypes::Vote, ttl))
+            }
+            Ok(_) => Err(self.rpc_error(PeerError::Unexpected, openraft::RPCTypes::Vote, ttl)),
+            Err(e) => Err(self.rpc_error(e, openraft::RPCTypes::Vote, ttl)),
+        }
+    }
+
+    async fn pre_vote(
+        &mut self,
+        rpc: VoteRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
+        let ttl = option.hard_ttl();
+        match self.call(&Request::PreVote(rpc), ttl).await {
+            Ok(Response::Vote(Ok(r))) => Ok(r),
+            Ok(Response::Vote(Err(e))) | Ok(Response::Error(e)) => {
+                Err(self.rpc_error(PeerError::Remote(e), openraft::RPCTypes::Vote, ttl))
+            }
+            Ok(_) => Err(self.rpc_error(PeerError::Unexpected, openraft::RPCTypes::Vote, ttl)),
+            Err(e) => Err(self.rpc_error(e, openraft::RPCTypes::Vote, ttl)),
+        }
+    }
+
+    async fn full_snapshot(
+        &mut self,
+        vote: VoteOf<TypeConfig>,
+        snapshot: SnapshotOf<TypeConfig, SnapshotFile>,
+        cancel: impl Future<Output = ReplicationClosed> + openraft::OptionalSend + 'static,
+        option: RPCOption,
+    ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
+        let ttl = option.hard_ttl().max(Duration::from_secs(60));
+        let res = tokio::select! {
+            closed = cancel => {
+                self.conn = None;
+                return Err(StreamingError::Closed(closed));
+            }
+            r = tokio::time::timeout(ttl, self.send_snapshot(vote, snapshot)) => r,
+        };
+        match res {
+            Ok(Ok(r)) => Ok(r),
+            Ok(Err(e)) => {
+                self.conn = None;
+                Err(
+                    match self.rpc_error(e, openraft::RPCTypes::InstallSnapshot, ttl) {
+                        RPCError::Timeout(t) => StreamingError::Timeout(t),
+                        RPCError::Unreachable(u) => StreamingError::Unreachable(u),
+                        RPCError::Network(n) => StreamingError::Network(n),
+                        RPCError::RemoteError(r) => StreamingError::Network(NetworkError::new(&r)),
+                    },
+                )
+            }
+            Err(_) => {
+                self.conn = None;
+                Err(StreamingError::Timeout(Timeout {
+                    action: openraft::RPCTypes::InstallSnapshot,
+                    id: self.me,
+                    target: self.target,
+                    timeout: ttl,
+                }))
+            }
+        }
+    }
+
+    async fn transfer_leader(
+        &mut self,
+        req: TransferLeaderRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<TransferLeaderResponse<TypeConfig>, RPCError<TypeConfig>> {
+        let ttl = option.hard_ttl();
+        match self.call(&Request::TransferLeader(req), ttl).await {
+            Ok(Response::TransferLeader(Ok(r))) => Ok(r),
+            Ok(Response::TransferLeader(Err(e))) | Ok(Response::Error(e)) => Err(self.rpc_error(
+                PeerError::Remote(e),
+                openraft::RPCTypes::TransferLeader,
+                ttl,
+            )),
+            Ok(_) => Err(self.rpc_error(
+                PeerError::Unexpected,
+                openraft::RPCTypes::TransferLeader,
+                ttl,
+            )),
+            Err(e) => Err(self.rpc_error(e, openraft::RPCTypes::TransferLeader, ttl)),
+        }
+    }
+}
+
+/// Serves the peer port until `shutdown` resolves.
+pub async fn serve(
+    listener: TcpListener,
+    raft: KvRaft,
+    node_id: NodeId,
+    cluster_id: Arc<str>,
+    snapshot_dir: std::path::PathBuf,
+    last_append_ms: Arc<AtomicU64>,
+    shutdown: impl Future<Output = ()>,
+) {
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => return,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    let raft = raft.clone();
+                    let cluster_id = cluster_id.clone();
+                    let dir = snapshot_dir.clone();
+                    let last_append = last_append_ms.clone();
+                    tokio::spawn(async move {
+                        if let Err(e) = serve_conn(stream, raft, node_id, cluster_id, dir, last_append).await {
+                            tracing::debug!(%peer, error = %e, "peer connection closed");
+                        }
+                    });
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept on peer port failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    }
+}
+
+async fn serve_conn(
+    stream: TcpStream,
+    raft: KvRaft,
+    node_id: NodeId,
+    cluster_id: Arc<str>,
+    snapshot_dir: std::path::PathBuf,
+    last_append_ms: Arc<AtomicU64>,
+) -> Result<(), PeerError> {
+    stream.set_nodelay(true)?;
+    let (r, w) = stream.into_split();
+    let mut reader = BufReader::new(r);
+    let mut writer = BufWriter::new(w);
+    let hello: Hello = read_frame(&mut reader).await?;
+    if hello.cluster_id != *cluster_id {
+        let msg = format!(
+            "cluster id mismatch: peer {} is in {:?}, this node in {:?}",
+            hello.from, hello.cluster_id, cluster_id
+        );
+        tracing::warn!("{msg}");
+        write_frame(&mut writer, &Response::Error(msg.clone())).await?;
+        return Err(PeerError::Refused(msg));
+    }
+    if hello.to != node_id {
+        let msg = format!(
+            "node id mismatch: peer {} dialed node {} but this is node {}",
+            hello.from, hello.to, node_id
+        );
+        tracing::warn!("{msg}");
+        write_frame(&mut writer, &Response::Error(msg.clone())).await?;
+        return Err(PeerError::Refused(msg));
+    }
+    write_frame(&mut writer, &Response::HelloOk).await?;
+    loop {
+        let req: Request = match read_frame(&mut reader).await {
+            Ok(r) => r,
+            Err(PeerError::Io(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        let resp = match req {
+            Request::Append(rpc) => {
+                let r = raft.append_entries(rpc).await.map_err(|e| e.to_string());
+                if r.is_ok() {
+                    last_append_ms.store(crate::types::now_ms(), Ordering::Relaxed);
+                }
+                Response::Append(r)
+            }
+            Request::Vote(rpc) => Response::Vote(raft.vote(rpc).await.map_err(|e| e.to_string())),
+            Request::PreVote(rpc) => {
+                Response::Vote(raft.pre_vote(rpc).await.map_err(|e| e.to_string()))
+            }
+            Request::TransferLeader(rpc) => Response::TransferLeader(
+                raft.handle_transfer_leader(rpc)
+                    .await
+                    .map_err(|e| e.to_string()),
+            ),
+            Request::SnapshotBegin { vote, meta } => Response::Snapshot(
+                receive_snapshot(&mut reader, &raft, &snapshot_dir, vote, meta).await,
+            ),
+            Request::Chunk(_) | Request::SnapshotEnd => {
+                Response::Error("snapshot data outside a transfer".into())
+            }
+        };
+        let failed_transfer = matches!(resp, Response::Snapshot(Err(_)));
+        write_frame(&mut writer, &resp).await?;
+        if failed_transfer {
+            // The stream may still hold chunks of the aborted transfer: start over on a new connection.
+            return Ok(());
+        }
+    }
+}
+
+async fn receive_snapshot(
+    reader: &mut BufReader<OwnedReadHalf>,
+    raft: &KvRaft,
+    dir: &std::path::Path,
+    vote: VoteOf<TypeConfig>,
+    meta: openraft::type_config::alias::SnapshotMetaOf<TypeConfig>,
+) -> Result<SnapshotResponse<TypeConfig>, String> {
+    let path = temp_path(dir);
+    let result = async {
+        let mut out = BufWriter::new(
+            tokio::fs::File::create(&path)
+                .await
+                .map_err(|e| e.to_string())?,
+        );
+        loop {
+            match read_frame::<_, Request>(reader)
+                .await
+                .map_err(|e| e.to_string())?
+            {
+                Request::Chunk(bytes) => out.write_all(&bytes).await.map_err(|e| e.to_string())?,
+                Request::SnapshotEnd => break,
+                _ => return Err("unexpected message inside a snapshot transfer".to_string()),
+            }
+        }
+        out.flush().await.map_err(|e| e.to_string())?;
+        let file = out.into_inner();
+        file.sync_all().await.map_err(|e| e.to_string())?;
+        drop(file);
+        let snapshot = SnapshotFile::open(&path).await.map_err(|e| e.to_string())?;
+        raft.install_full_snapshot(
+            vote,
+            SnapshotOf::<TypeConfig, SnapshotFile> { meta, snapshot },
+        )
+        .await
+        .map_err(|e| e.to_string())
+    }
+    .await;
+    // On success the state machine moved the file to its final name; anything left is debris.
+    if tokio::fs::metadata(&path).await.is_ok() {
+        let _ = tokio::fs::remove_file(&path).await;
+    }
+    result
+}

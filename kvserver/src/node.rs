@@ -1,0 +1,305 @@
+//! Starting and stopping one node: [`start_node`] wires configuration,
+//! storage, Raft, the peer listener, the client API and background tasks, and
+//! is the single entry point used by `main.rs` and by tests.
+//!
+//! Shutdown is two-phase: first the client API stops accepting and drains
+//! in-flight requests (while Raft keeps running, so those requests can still
+//! commit), then Raft, the peer listener and background tasks stop and the
+//! database is closed.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
+use std::time::Instant;
+
+use openraft::ServerState;
+use openraft::SnapshotPolicy;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::api;
+use crate::api::NodeState;
+use crate::config::Config;
+use crate::config::ConfigError;
+use crate::config::hostname;
+use crate::metrics::Metrics;
+use crate::network;
+use crate::network::KvRaft;
+use crate::network::NetworkFactory;
+use crate::store::LogStore;
+use crate::store::StateMachine;
+use crate::store::Store;
+use crate::store::StoreError;
+use crate::store::StoreOptions;
+use crate::types::Command;
+use crate::types::KvNode;
+use crate::types::NodeId;
+use crate::types::now_ms;
+
+/// Errors while starting or stopping a node.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("storage: {0}")]
+    Store(#[from] StoreError),
+    #[error("cannot listen on {field} {addr}: {source}")]
+    Bind {
+        field: &'static str,
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("raft: {0}")]
+    Raft(String),
+    #[error("metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+    #[error("http client: {0}")]
+    Http(#[from] reqwest::Error),
+}
+
+/// A running node.
+pub struct NodeHandle {
+    pub id: NodeId,
+    /// Bound client API address (the real port when configured with port 0).
+    pub api_addr: SocketAddr,
+    /// Bound Raft peer address.
+    pub raft_addr: SocketAddr,
+    pub raft: KvRaft,
+    pub state: api::AppState,
+    api_stop: watch::Sender<bool>,
+    stop: watch::Sender<bool>,
+    api_task: JoinHandle<()>,
+    tasks: Vec<JoinHandle<()>>,
+    store: Store,
+    drain_timeout: Duration,
+}
+
+fn stopped(rx: &watch::Receiver<bool>) -> impl std::future::Future<Output = ()> + use<> {
+    let mut rx = rx.clone();
+    async move {
+        let _ = rx.wait_for(|v| *v).await;
+    }
+}
+
+async fn bind(field: &'static str, addr: &str) -> Result<TcpListener, NodeError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| NodeError::Bind {
+            field,
+            addr: addr.to_string(),
+            source,
+        })
+}
+
+/// Starts a node from a validated configuration.
+pub async fn start_node(config: Config) -> Result<NodeHandle, NodeError> {
+    config.validate()?;
+    let host = hostname();
+    let id = match config.resolve_node_id(&host) {
+        Ok(id) => id,
+        Err(_) if config.bootstrap => {
+            tracing::info!(hostname = %host, "no node_id and no ordinal in the hostname; bootstrap mode uses node id 1");
+            1
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let api_listener = bind("api_addr", &config.api_addr).await?;
+    let raft_listener = bind("raft_addr", &config.raft_addr).await?;
+    let api_addr = api_listener
+        .local_addr()
+        .map_err(|source| NodeError::Bind {
+            field: "api_addr",
+            addr: config.api_addr.clone(),
+            source,
+        })?;
+    let raft_addr = raft_listener
+        .local_addr()
+        .map_err(|source| NodeError::Bind {
+            field: "raft_addr",
+            addr: config.raft_addr.clone(),
+            source,
+        })?;
+    let advertise = KvNode {
+        api_addr: config
+            .advertise_api_addr
+            .clone()
+            .unwrap_or_else(|| api_addr.to_string()),
+        raft_addr: config
+            .advertise_raft_addr
+            .clone()
+            .unwrap_or_else(|| raft_addr.to_string()),
+    };
+
+    let metrics = Arc::new(Metrics::new()?);
+    let store_opts = StoreOptions {
+        data_dir: config.data_dir.clone(),
+        node_id: id,
+        cluster_id: config.cluster_id.clone(),
+    };
+    let store = Store::open(&store_opts, metrics.clone()).await?;
+    let log_store = LogStore::new(store.clone());
+    let sm = StateMachine::new(store.clone()).await?;
+
+    let rc = &config.raft;
+    let raft_config = openraft::Config {
+        cluster_name: config.cluster_id.clone(),
+        heartbeat_interval: rc.heartbeat_interval_ms,
+        election_timeout_min: rc.election_timeout_min_ms,
+        election_timeout_max: rc.election_timeout_max_ms,
+        snapshot_policy: SnapshotPolicy::LogsSinceLast(rc.snapshot_after_entries),
+        max_in_snapshot_log_to_keep: rc.keep_entries_after_snapshot,
+        max_payload_entries: rc.max_payload_entries,
+        install_snapshot_timeout: 30_000,
+        ..Default::default()
+    }
+    .validate()
+    .map_err(|e| NodeError::Raft(e.to_string()))?;
+    let cluster_id: Arc<str> = Arc::from(config.cluster_id.as_str());
+    let factory = NetworkFactory {
+        node_id: id,
+        cluster_id: cluster_id.clone(),
+    };
+    let raft = KvRaft::new(id, Arc::new(raft_config), factory, log_store, sm)
+        .await
+        .map_err(|e| NodeError::Raft(e.to_string()))?;
+
+    let (api_stop, api_stop_rx) = watch::channel(false);
+    let (stop, stop_rx) = watch::channel(false);
+    let last_append_ms = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    tasks.push(tokio::spawn(network::serve(
+        raft_listener,
+        raft.clone(),
+        id,
+        cluster_id,
+        store.snapshot_dir.clone(),
+        last_append_ms.clone(),
+        stopped(&stop_rx),
+    )));
+
+    let http = reqwest::Client::builder()
+        .no_proxy()
+        .connect_timeout(Duration::from_secs(2))
+        .timeout(api::WRITE_TIMEOUT * 4)
+        .pool_max_idle_per_host(64)
+        .build()?;
+    let state = Arc::new(NodeState {
+        id,
+        cluster_id: config.cluster_id.clone(),
+        raft: raft.clone(),
+        store: store.clone(),
+        config: config.clone(),
+        metrics,
+        advertise: advertise.clone(),
+        http,
+        started: Instant::now(),
+        last_append_ms,
+    });
+    let app = api::router(state.clone());
+    let api_shutdown = stopped(&api_stop_rx);
+    let api_task = tokio::spawn(async move {
+        if let Err(e) = axum::serve(api_listener, app)
+            .with_graceful_shutdown(api_shutdown)
+            .await
+        {
+            tracing::error!(error = %e, "client API server failed");
+        }
+    });
+    tasks.push(tokio::spawn(reap_expired(
+        raft.clone(),
+        store.clone(),
+        config.ttl_reap_interval_ms,
+        stopped(&stop_rx),
+    )));
+
+    if config.bootstrap
+        && !raft
+            .is_initialized()
+            .await
+            .map_err(|e| NodeError::Raft(e.to_string()))?
+    {
+        tracing::info!(
+            node_id = id,
+            "bootstrap: initializing a single-node cluster"
+        );
+        raft.initialize(BTreeMap::from([(id, advertise.clone())]))
+            .await
+            .map_err(|e| NodeError::Raft(e.to_string()))?;
+    }
+    tracing::info!(node_id = id, api = %api_addr, raft = %raft_addr, advertise = %advertise, cluster_id = %config.cluster_id, "kvserver started");
+    Ok(NodeHandle {
+        id,
+        api_addr,
+        raft_addr,
+        raft,
+        state,
+        api_stop,
+        stop,
+        api_task,
+        tasks,
+        store,
+        drain_timeout: Duration::from_millis(config.shutdown_timeout_ms),
+    })
+}
+
+/// The leader periodically proposes deletion of expired keys, so expiry is a
+/// replicated event that every replica applies at the same log position.
+async fn reap_expired(
+    raft: KvRaft,
+    store: Store,
+    interval_ms: u64,
+    stop: impl std::future::Future<Output = ()>,
+) {
+    tokio::pin!(stop);
+    let mut tick = tokio::time::interval(Duration::from_millis(interval_ms));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = &mut stop => return,
+            _ = tick.tick() => {}
+        }
+        if crate::network::raft_metrics(&raft).state != ServerState::Leader {
+            continue;
+        }
+        let now = now_ms();
+        match store.expired_keys(now, 1000).await {
+            Ok(keys) if !keys.is_empty() => {
+                if let Err(e) = raft
+                    .client_write(Command::Expire { keys, now_ms: now })
+                    .await
+                {
+                    tracing::debug!(error = %e, "expiry proposal failed; will retry");
+                }
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "scanning expired keys failed"),
+        }
+    }
+}
+
+impl NodeHandle {
+    /// Graceful stop: drain the client API, then stop Raft and close storage.
+    pub async fn shutdown(self) -> Result<(), NodeError> {
+        let _ = self.api_stop.send(true);
+        let mut api_task = self.api_task;
+        if tokio::time::timeout(self.drain_timeout, &mut api_task)
+            .await
+            .is_err()
+        {
+            tracing::warn!(timeout = ?self.drain_timeout, "in-flight requests did not finish in time; closing them");
+            api_task.abort();
+        }
+        let _ = self.stop.send(true);
+        let raft_result = self.raft.shutdown().await;
+        for t in self.tasks {
+            let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
+        }
+        self.store.close().await;
+        raft_result.map_err(|e| NodeError::Raft(e.to_string()))?;
+        tracing::info!(node_id = self.id, "kvserver stopped");
+        Ok(())
+    }
+}

@@ -1,0 +1,215 @@
+//! openraft log storage on the node database: entries, vote, committed index
+//! and the purge marker.
+//!
+//! Every mutating call is one SQLite transaction on the writer connection and
+//! returns only after the commit (and with it the WAL fsync) completed, which
+//! is what lets `append` report the batch flushed right away: one sync covers
+//! all entries openraft handed over in that call.
+
+use std::fmt::Debug;
+use std::io;
+use std::ops::Bound;
+use std::ops::RangeBounds;
+
+use openraft::LogState;
+use openraft::OptionalSend;
+use openraft::RaftLogReader;
+use openraft::storage::IOFlushed;
+use openraft::storage::RaftLogStorage;
+use openraft::type_config::alias::EntryOf;
+use openraft::type_config::alias::LogIdOf;
+use openraft::type_config::alias::VoteOf;
+use sqlx::Row;
+
+use super::Store;
+use super::StoreError;
+use super::decode;
+use super::encode;
+use crate::types::TypeConfig;
+
+const VOTE: &str = "vote";
+const COMMITTED: &str = "committed";
+const LAST_PURGED: &str = "last_purged";
+
+/// The Raft log half of a node's store.
+#[derive(Clone)]
+pub struct LogStore {
+    store: Store,
+}
+
+impl LogStore {
+    pub fn new(store: Store) -> Self {
+        Self { store }
+    }
+
+    async fn last_entry_log_id(&self) -> Result<Option<LogIdOf<TypeConfig>>, StoreError> {
+        let row = sqlx::query("SELECT entry FROM raft_log ORDER BY log_index DESC LIMIT 1")
+            .fetch_optional(&self.store.reader)
+            .await?;
+        match row {
+            None => Ok(None),
+            Some(row) => {
+                let bytes: Vec<u8> = row.try_get(0)?;
+                let entry: EntryOf<TypeConfig> = decode("raft_log entry", &bytes)?;
+                Ok(Some(entry.log_id))
+            }
+        }
+    }
+}
+
+fn range_to_sql<RB: RangeBounds<u64>>(range: &RB) -> (i64, i64) {
+    let start = match range.start_bound() {
+        Bound::Included(s) => *s as i64,
+        Bound::Excluded(s) => *s as i64 + 1,
+        Bound::Unbounded => 0,
+    };
+    // Upper bound exclusive; i64::MAX stands for "to the end".
+    let end = match range.end_bound() {
+        Bound::Included(e) => (*e as i64).saturating_add(1),
+        Bound::Excluded(e) => *e as i64,
+        Bound::Unbounded => i64::MAX,
+    };
+    (start, end)
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<EntryOf<TypeConfig>>, io::Error> {
+        let (start, end) = range_to_sql(&range);
+        let rows = sqlx::query(
+            "SELECT entry FROM raft_log WHERE log_index >= ? AND log_index < ? ORDER BY log_index",
+        )
+        .bind(start)
+        .bind(end)
+        .fetch_all(&self.store.reader)
+        .await
+        .map_err(StoreError::from)?;
+        let mut out = Vec::with_capacity(rows.len());
+        for row in rows {
+            let bytes: Vec<u8> = row.try_get(0).map_err(StoreError::from)?;
+            out.push(decode("raft_log entry", &bytes)?);
+        }
+        Ok(out)
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<VoteOf<TypeConfig>>, io::Error> {
+        Ok(self.store.meta_get(VOTE).await?)
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = Self;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, io::Error> {
+        let last_purged: Option<LogIdOf<TypeConfig>> = self.store.meta_get(LAST_PURGED).await?;
+        let last = self
+            .last_entry_log_id()
+            .await?
+            .or_else(|| last_purged.clone());
+        Ok(LogState {
+            last_purged_log_id: last_purged,
+            last_log_id: last,
+        })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &VoteOf<TypeConfig>) -> Result<(), io::Error> {
+        Ok(self.store.meta_put(VOTE, vote).await?)
+    }
+
+    async fn save_committed(
+        &mut self,
+        committed: Option<LogIdOf<TypeConfig>>,
+    ) -> Result<(), io::Error> {
+        Ok(self.store.meta_put(COMMITTED, &committed).await?)
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogIdOf<TypeConfig>>, io::Error> {
+        let c: Option<Option<LogIdOf<TypeConfig>>> = self.store.meta_get(COMMITTED).await?;
+        Ok(c.flatten())
+    }
+
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: IOFlushed<TypeConfig>,
+    ) -> Result<(), io::Error>
+    where
+        I: IntoIterator<Item = EntryOf<TypeConfig>> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let started = std::time::Instant::now();
+        let result: Result<(), StoreError> = async {
+            let mut tx = self.store.writer.begin().await?;
+            for entry in entries {
+                let bytes = encode(&entry)?;
+                sqlx::query("INSERT OR REPLACE INTO raft_log (log_index, entry) VALUES (?, ?)")
+                    .bind(entry.log_id.index as i64)
+                    .bind(bytes)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            tx.commit().await?;
+            Ok(())
+        }
+        .await;
+        self.store
+            .metrics
+            .storage_sync_seconds
+            .observe(started.elapsed().as_secs_f64());
+        match result {
+            Ok(()) => {
+                // The commit above returned after the WAL fsync: the batch is durable.
+                callback.io_completed(Ok(()));
+                Ok(())
+            }
+            Err(e) => {
+                let e: io::Error = e.into();
+                callback.io_completed(Err(io::Error::new(e.kind(), e.to_string())));
+                Err(e)
+            }
+        }
+    }
+
+    async fn truncate_after(
+        &mut self,
+        last_log_id: Option<LogIdOf<TypeConfig>>,
+    ) -> Result<(), io::Error> {
+        let keep_through = last_log_id.map(|l| l.index as i64).unwrap_or(-1);
+        sqlx::query("DELETE FROM raft_log WHERE log_index > ?")
+            .bind(keep_through)
+            .execute(&self.store.writer)
+            .await
+            .map_err(StoreError::from)?;
+        Ok(())
+    }
+
+    async fn purge(&mut self, log_id: LogIdOf<TypeConfig>) -> Result<(), io::Error> {
+        let bytes = encode(&log_id)?;
+        let result: Result<(), StoreError> = async {
+            let mut tx = self.store.writer.begin().await?;
+            // Record the marker first, in the same transaction, so a crash never leaves
+            // entries gone without the marker that explains their absence.
+            sqlx::query(
+                "INSERT INTO raft_meta (name, value) VALUES (?, ?) ON CONFLICT(name) DO UPDATE SET value = excluded.value",
+            )
+            .bind(LAST_PURGED)
+            .bind(bytes)
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query("DELETE FROM raft_log WHERE log_index <= ?")
+                .bind(log_id.index as i64)
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            Ok(())
+        }
+        .await;
+        Ok(result?)
+    }
+}

@@ -1,0 +1,477 @@
+//! The key-value state machine: applies committed commands to the `kv` table,
+//! builds snapshots from a consistent read of it and installs received ones.
+//!
+//! A batch of entries from openraft is applied in one write transaction that
+//! also records the last applied log id, the membership and the cluster
+//! revision, so the table and its position in the log can never disagree after
+//! a crash. Responses go back to waiting clients only after that commit.
+
+use std::io;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use futures_util::Stream;
+use futures_util::TryStreamExt;
+use openraft::EntryPayload;
+use openraft::OptionalSend;
+use openraft::RaftSnapshotBuilder;
+use openraft::StoredMembership;
+use openraft::storage::EntryResponder;
+use openraft::storage::RaftStateMachine;
+use openraft::type_config::alias::LogIdOf;
+use openraft::type_config::alias::SnapshotMetaOf;
+use openraft::type_config::alias::SnapshotOf;
+use openraft::type_config::alias::StoredMembershipOf;
+use sqlx::Sqlite;
+use sqlx::Transaction;
+
+use super::KV_COLUMNS;
+use super::Store;
+use super::StoreError;
+use super::encode;
+use super::is_expired;
+use super::row_to_kv;
+use super::snapshot::SnapshotFile;
+use super::snapshot::SnapshotWriter;
+use crate::types::ApplyResult;
+use crate::types::Command;
+use crate::types::KeyValue;
+use crate::types::Outcome;
+use crate::types::TypeConfig;
+
+const SM_APPLIED: &str = "sm_applied";
+const SM_MEMBERSHIP: &str = "sm_membership";
+const SM_REVISION: &str = "sm_revision";
+const SNAPSHOT_CURRENT: &str = "snapshot_current";
+
+type Snapshot = SnapshotOf<TypeConfig, SnapshotFile>;
+
+/// The state machine half of a node's store.
+pub struct StateMachine {
+    store: Store,
+    applied: Option<LogIdOf<TypeConfig>>,
+    membership: StoredMembershipOf<TypeConfig>,
+    /// Serialises updates of the "current snapshot" pointer between builds and installs.
+    snapshot_lock: Arc<tokio::sync::Mutex<()>>,
+}
+
+impl StateMachine {
+    /// Loads the applied position and membership recorded in the store.
+    pub async fn new(store: Store) -> Result<Self, StoreError> {
+        let applied: Option<Option<LogIdOf<TypeConfig>>> = store.meta_get(SM_APPLIED).await?;
+        let membership: Option<StoredMembershipOf<TypeConfig>> =
+            store.meta_get(SM_MEMBERSHIP).await?;
+        Ok(Self {
+            store,
+            applied: applied.flatten(),
+            membership: membership.unwrap_or_default(),
+            snapshot_lock: Arc::new(tokio::sync::Mutex::new(())),
+        })
+    }
+
+    async fn apply_batch<S>(&mut self, mut entries: S) -> Result<(), StoreError>
+    where
+        S: Stream<Item = Result<EntryResponder<TypeConfig>, io::Error>> + Unpin + OptionalSend,
+    {
+        let mut tx = self.store.writer.begin().await?;
+        let mut rev = self.store.revision();
+        let mut replies = Vec::new();
+        let mut any = false;
+        while let Some((entry, responder)) = entries.try_next().await? {
+            any = true;
+            let result = match entry.payload {
+                EntryPayload::Blank => ApplyResult::none(rev),
+                EntryPayload::Normal(cmd) => {
+                    let outcome = apply_command(&mut tx, &mut rev, cmd).await?;
+                    ApplyResult {
+                        revision: rev,
+                        outcome: Some(outcome),
+                    }
+                }
+                EntryPayload::Membership(m) => {
+                    self.membership = StoredMembership::new(Some(entry.log_id.clone()), m);
+                    ApplyResult::none(rev)
+                }
+            };
+            self.applied = Some(entry.log_id);
+            if let Some(r) = responder {
+                replies.push((r, result));
+            }
+        }
+        if !any {
+            return Ok(());
+        }
+        put_meta(&mut tx, SM_APPLIED, &encode(&self.applied)?).await?;
+        put_meta(&mut tx, SM_MEMBERSHIP, &encode(&self.membership)?).await?;
+        put_meta(&mut tx, SM_REVISION, &encode(&rev)?).await?;
+        let started = std::time::Instant::now();
+        tx.commit().await?;
+        self.store
+            .metrics
+            .storage_sync_seconds
+            .observe(started.elapsed().as_secs_f64());
+        self.store.revision.store(rev, Ordering::SeqCst);
+        for (r, result) in replies {
+            r.send(result);
+        }
+        Ok(())
+    }
+
+    async fn install(
+        &mut self,
+        meta: &SnapshotMetaOf<TypeConfig>,
+        snapshot: SnapshotFile,
+    ) -> Result<(), StoreError> {
+        let received_path = snapshot.path.clone();
+        let mut reader = snapshot.reader();
+        let revision = reader.header().await?;
+        let mut tx = self.store.writer.begin().await?;
+        sqlx::query("DELETE FROM kv").execute(&mut *tx).await?;
+        while let Some(kv) = reader.next_kv().await? {
+            upsert(&mut tx, &kv).await?;
+        }
+        put_meta(&mut tx, SM_APPLIED, &encode(&meta.last_log_id)?).await?;
+        put_meta(&mut tx, SM_MEMBERSHIP, &encode(&meta.last_membership)?).await?;
+        put_meta(&mut tx, SM_REVISION, &encode(&revision)?).await?;
+        tx.commit().await?;
+        self.applied = meta.last_log_id.clone();
+        self.membership = meta.last_membership.clone();
+        self.store.revision.store(revision, Ordering::SeqCst);
+
+        let final_path = snapshot_path(&self.store, &meta.last_log_id);
+        if received_path != final_path {
+            tokio::fs::rename(&received_path, &final_path).await?;
+        }
+        set_current_snapshot(&self.store, &self.snapshot_lock, meta, &final_path).await
+    }
+
+    async fn current(&self) -> Result<Option<Snapshot>, StoreError> {
+        let cur: Option<(SnapshotMetaOf<TypeConfig>, String)> =
+            self.store.meta_get(SNAPSHOT_CURRENT).await?;
+        let Some((meta, name)) = cur else {
+            return Ok(None);
+        };
+        let path = self.store.snapshot_dir.join(name);
+        match SnapshotFile::open(&path).await {
+            Ok(file) => Ok(Some(Snapshot {
+                meta,
+                snapshot: file,
+            })),
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "current snapshot file is missing");
+                Ok(None)
+            }
+        }
+    }
+}
+
+async fn put_meta(
+    tx: &mut Transaction<'_, Sqlite>,
+    name: &str,
+    value: &[u8],
+) -> Result<(), StoreError> {
+    sqlx::query("INSERT INTO raft_meta (name, value) VALUES (?, ?) ON CONFLICT(name) DO UPDATE SET value = excluded.value")
+        .bind(name)
+        .bind(value)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+async fn load(tx: &mut Transaction<'_, Sqlite>, key: &str) -> Result<Option<KeyValue>, StoreError> {
+    let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT {KV_COLUMNS} FROM kv WHERE key = ?"
+    )))
+    .bind(key)
+    .fetch_optional(&mut **tx)
+    .await?;
+    row.map(|r| row_to_kv(&r, true)).transpose()
+}
+
+async fn upsert(tx: &mut Transaction<'_, Sqlite>, kv: &KeyValue) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO kv (key, value, create_revision, mod_revision, version, expires_at_ms, created_at_ms, updated_at_ms) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value, \
+         create_revision = excluded.create_revision, mod_revision = excluded.mod_revision, version = excluded.version, \
+         expires_at_ms = excluded.expires_at_ms, created_at_ms = excluded.created_at_ms, updated_at_ms = excluded.updated_at_ms",
+    )
+    .bind(&kv.key)
+    .bind(kv.value.as_deref().unwrap_or(""))
+    .bind(kv.create_revision as i64)
+    .bind(kv.mod_revision as i64)
+    .bind(kv.version as i64)
+    .bind(kv.expires_at_ms.map(|v| v as i64))
+    .bind(kv.created_at_ms as i64)
+    .bind(kv.updated_at_ms as i64)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+async fn delete_key(tx: &mut Transaction<'_, Sqlite>, key: &str) -> Result<u64, StoreError> {
+    let r = sqlx::query("DELETE FROM kv WHERE key = ?")
+        .bind(key)
+        .execute(&mut **tx)
+        .await?;
+    Ok(r.rows_affected())
+}
+
+/// The guard of a CAS: the live key's `mod_revision` (0 when absent) must equal `want`.
+fn guard_holds(live: &Option<KeyValue>, want: Option<u64>) -> bool {
+    match want {
+        None => true,
+        Some(w) => live.as_ref().map(|k| k.mod_revision).unwrap_or(0) == w,
+    }
+}
+
+/// Applies one command; bumps `rev` once if (and only if) it changed anything.
+async fn apply_command(
+    tx: &mut Transaction<'_, Sqlite>,
+    rev: &mut u64,
+    cmd: Command,
+) -> Result<Outcome, StoreError> {
+    match cmd {
+        Command::Put {
+            key,
+            value,
+            expires_at_ms,
+            if_revision,
+            now_ms,
+        } => {
+            let live = load(tx, &key).await?.filter(|kv| !is_expired(kv, now_ms));
+            if !guard_holds(&live, if_revision) {
+                return Ok(Outcome::PreconditionFailed { current: live });
+            }
+            *rev += 1;
+            let kv = KeyValue {
+                key,
+                value: Some(value),
+                create_revision: live.as_ref().map(|k| k.create_revision).unwrap_or(*rev),
+                mod_revision: *rev,
+                version: live.as_ref().map(|k| k.version + 1).unwrap_or(1),
+                expires_at_ms,
+                created_at_ms: live.as_ref().map(|k| k.created_at_ms).unwrap_or(now_ms),
+                updated_at_ms: now_ms,
+            };
+            upsert(tx, &kv).await?;
+            Ok(Outcome::Put {
+                created: live.is_none(),
+                kv,
+                prev: live,
+            })
+        }
+        Command::Delete {
+            key,
+            if_revision,
+            now_ms,
+        } => {
+            let live = load(tx, &key).await?.filter(|kv| !is_expired(kv, now_ms));
+            if !guard_holds(&live, if_revision) {
+                return Ok(Outcome::PreconditionFailed { current: live });
+            }
+            if live.is_none() {
+                return Ok(Outcome::NotFound);
+            }
+            *rev += 1;
+            delete_key(tx, &key).await?;
+            Ok(Outcome::Deleted {
+                count: 1,
+                prev: live,
+            })
+        }
+        Command::DeletePrefix { prefix, now_ms } => {
+            let rows = sqlx::query("SELECT key, expires_at_ms FROM kv WHERE key >= ? ORDER BY key")
+                .bind(&prefix)
+                .fetch_all(&mut **tx)
+                .await?;
+            let mut doomed = Vec::new();
+            for row in &rows {
+                use sqlx::Row;
+                let key: String = row.try_get(0)?;
+                if !key.starts_with(&prefix) {
+                    break;
+                }
+                let exp: Option<i64> = row.try_get(1)?;
+                if !matches!(exp, Some(t) if (t as u64) <= now_ms) {
+                    doomed.push(key);
+                }
+            }
+            if doomed.is_empty() {
+                return Ok(Outcome::Deleted {
+                    count: 0,
+                    prev: None,
+                });
+            }
+            *rev += 1;
+            for key in &doomed {
+                delete_key(tx, key).await?;
+            }
+            Ok(Outcome::Deleted {
+                count: doomed.len() as u64,
+                prev: None,
+            })
+        }
+        Command::Expire { keys, now_ms } => {
+            let mut count = 0;
+            for key in &keys {
+                let r = sqlx::query("DELETE FROM kv WHERE key = ? AND expires_at_ms IS NOT NULL AND expires_at_ms <= ?")
+                    .bind(key)
+                    .bind(now_ms as i64)
+                    .execute(&mut **tx)
+                    .await?;
+                count += r.rows_affected();
+            }
+            if count > 0 {
+                *rev += 1;
+            }
+            Ok(Outcome::Deleted { count, prev: None })
+        }
+    }
+}
+
+fn snapshot_path(store: &Store, last: &Option<LogIdOf<TypeConfig>>) -> std::path::PathBuf {
+    let name = match last {
+        Some(l) => format!("snap-{}-{}.snap", l.index, l.leader_id),
+        None => "snap-empty.snap".to_string(),
+    };
+    store.snapshot_dir.join(name.replace(['/', ' ', ':'], "_"))
+}
+
+/// Points "current snapshot" at `path` unless a newer one is already current, then
+/// removes snapshot files nobody points at.
+async fn set_current_snapshot(
+    store: &Store,
+    lock: &tokio::sync::Mutex<()>,
+    meta: &SnapshotMetaOf<TypeConfig>,
+    path: &std::path::Path,
+) -> Result<(), StoreError> {
+    let _guard = lock.lock().await;
+    let cur: Option<(SnapshotMetaOf<TypeConfig>, String)> =
+        store.meta_get(SNAPSHOT_CURRENT).await?;
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let newer_exists =
+        matches!(&cur, Some((m, n)) if m.last_log_id > meta.last_log_id && *n != name);
+    if !newer_exists {
+        store
+            .meta_put(SNAPSHOT_CURRENT, &(meta.clone(), name))
+            .await?;
+    }
+    let keep: Option<String> = store
+        .meta_get::<(SnapshotMetaOf<TypeConfig>, String)>(SNAPSHOT_CURRENT)
+        .await?
+        .map(|(_, n)| n);
+    if let Ok(entries) = std::fs::read_dir(&store.snapshot_dir) {
+        for e in entries.flatten() {
+            let fname = e.file_name().to_string_lossy().into_owned();
+            if fname.ends_with(".snap") && Some(&fname) != keep.as_ref() {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Builds a snapshot from a consistent read of the database.
+pub struct SnapshotBuilder {
+    store: Store,
+    lock: Arc<tokio::sync::Mutex<()>>,
+}
+
+impl SnapshotBuilder {
+    async fn build(&mut self) -> Result<Snapshot, StoreError> {
+        use sqlx::Row;
+        // One read transaction: WAL gives it a fixed view, so the applied position, the
+        // membership, the revision and every key below belong to the same instant.
+        let mut tx = self.store.reader.begin().await?;
+        let meta_row = |name: &'static str| {
+            sqlx::query("SELECT value FROM raft_meta WHERE name = ?").bind(name)
+        };
+        let applied: Option<LogIdOf<TypeConfig>> =
+            match meta_row(SM_APPLIED).fetch_optional(&mut *tx).await? {
+                Some(r) => super::decode::<Option<LogIdOf<TypeConfig>>>(
+                    SM_APPLIED,
+                    &r.try_get::<Vec<u8>, _>(0)?,
+                )?,
+                None => None,
+            };
+        let membership: StoredMembershipOf<TypeConfig> =
+            match meta_row(SM_MEMBERSHIP).fetch_optional(&mut *tx).await? {
+                Some(r) => super::decode(SM_MEMBERSHIP, &r.try_get::<Vec<u8>, _>(0)?)?,
+                None => Default::default(),
+            };
+        let revision: u64 = match meta_row(SM_REVISION).fetch_optional(&mut *tx).await? {
+            Some(r) => super::decode(SM_REVISION, &r.try_get::<Vec<u8>, _>(0)?)?,
+            None => 0,
+        };
+        let mut writer = SnapshotWriter::create(&self.store.snapshot_dir, revision).await?;
+        {
+            let sql = format!("SELECT {KV_COLUMNS} FROM kv ORDER BY key");
+            let mut rows = sqlx::query(sqlx::AssertSqlSafe(sql.clone())).fetch(&mut *tx);
+            while let Some(row) = rows.try_next().await? {
+                writer.kv(row_to_kv(&row, true)?).await?;
+            }
+        }
+        tx.rollback().await?;
+        let path = snapshot_path(&self.store, &applied);
+        let file = writer.finish(&path).await?;
+        let meta = SnapshotMetaOf::<TypeConfig> {
+            last_log_id: applied,
+            last_membership: membership,
+        };
+        set_current_snapshot(&self.store, &self.lock, &meta, &path).await?;
+        let bytes = file.len().await.unwrap_or(0);
+        tracing::info!(last_log_id = ?meta.last_log_id, bytes, "built snapshot");
+        Ok(Snapshot {
+            meta,
+            snapshot: file,
+        })
+    }
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
+    type SnapshotData = SnapshotFile;
+
+    async fn build_snapshot(&mut self) -> Result<Snapshot, io::Error> {
+        Ok(self.build().await?)
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotData = SnapshotFile;
+    type SnapshotBuilder = SnapshotBuilder;
+
+    async fn applied_state(
+        &mut self,
+    ) -> Result<(Option<LogIdOf<TypeConfig>>, StoredMembershipOf<TypeConfig>), io::Error> {
+        Ok((self.applied.clone(), self.membership.clone()))
+    }
+
+    async fn apply<Strm>(&mut self, entries: Strm) -> Result<(), io::Error>
+    where
+        Strm: Stream<Item = Result<EntryResponder<TypeConfig>, io::Error>> + Unpin + OptionalSend,
+    {
+        Ok(self.apply_batch(entries).await?)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        SnapshotBuilder {
+            store: self.store.clone(),
+            lock: self.snapshot_lock.clone(),
+        }
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMetaOf<TypeConfig>,
+        snapshot: Self::SnapshotData,
+    ) -> Result<(), io::Error> {
+        Ok(self.install(meta, snapshot).await?)
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, io::Error> {
+        Ok(self.current().await?)
+    }
+}

@@ -1,0 +1,222 @@
+//! The snapshot file: a streamable dump of the state machine at one log id.
+//!
+//! A snapshot lives in `data_dir/snapshots/` as a sequence of length-prefixed
+//! bincode records (`Header`, one `Kv` per key, `End`), written to a temporary
+//! file, fsynced and renamed, so a crash never leaves a half-written snapshot
+//! under a final name. Files are read and written record by record, so neither
+//! building, sending nor installing a snapshot holds the whole state in memory.
+//! The `End` record carries the key count: a truncated transfer is detected.
+
+use std::path::Path;
+use std::path::PathBuf;
+
+use serde::Deserialize;
+use serde::Serialize;
+use tokio::io::AsyncReadExt;
+use tokio::io::AsyncWriteExt;
+use tokio::io::BufReader;
+use tokio::io::BufWriter;
+
+use super::StoreError;
+use crate::types::KeyValue;
+
+const MAGIC: &[u8; 8] = b"KVSNAP01";
+/// Upper bound of one record: a key (4 KiB) plus the largest value we could ever accept.
+const MAX_RECORD: u32 = 64 * 1024 * 1024;
+
+/// One record of a snapshot file.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum Record {
+    Header { revision: u64 },
+    Kv(KeyValue),
+    End { count: u64 },
+}
+
+/// An open snapshot file: what openraft carries around as `SnapshotData`.
+///
+/// It holds an open handle, so the bytes stay readable even when a newer
+/// snapshot replaces (unlinks) this file while it is being sent.
+#[derive(Debug)]
+pub struct SnapshotFile {
+    pub path: PathBuf,
+    pub file: tokio::fs::File,
+}
+
+impl SnapshotFile {
+    /// Opens an existing snapshot file for reading from the start.
+    pub async fn open(path: &Path) -> Result<Self, StoreError> {
+        let file = tokio::fs::File::open(path).await?;
+        Ok(Self {
+            path: path.to_path_buf(),
+            file,
+        })
+    }
+
+    /// Size in bytes.
+    pub async fn len(&self) -> Result<u64, StoreError> {
+        Ok(self.file.metadata().await?.len())
+    }
+
+    /// Whether the file is empty.
+    pub async fn is_empty(&self) -> Result<bool, StoreError> {
+        Ok(self.len().await? == 0)
+    }
+
+    /// Reads and validates the whole file record by record.
+    pub fn reader(self) -> SnapshotReader {
+        SnapshotReader {
+            inner: BufReader::new(self.file),
+            started: false,
+            seen: 0,
+            done: false,
+        }
+    }
+}
+
+/// Writes a snapshot into a temporary file next to its final place.
+pub struct SnapshotWriter {
+    tmp_path: PathBuf,
+    out: BufWriter<tokio::fs::File>,
+    count: u64,
+}
+
+impl SnapshotWriter {
+    pub async fn create(dir: &Path, revision: u64) -> Result<Self, StoreError> {
+        let tmp_path = dir.join(format!("{}.tmp", uuid::Uuid::new_v4()));
+        let file = tokio::fs::File::create(&tmp_path).await?;
+        let mut w = Self {
+            tmp_path,
+            out: BufWriter::new(file),
+            count: 0,
+        };
+        w.out.write_all(MAGIC).await?;
+        w.record(&Record::Header { revision }).await?;
+        Ok(w)
+    }
+
+    async fn record(&mut self, rec: &Record) -> Result<(), StoreError> {
+        let bytes = super::encode(rec)?;
+        self.out.write_u32(bytes.len() as u32).await?;
+        self.out.write_all(&bytes).await?;
+        Ok(())
+    }
+
+    pub async fn kv(&mut self, kv: KeyValue) -> Result<(), StoreError> {
+        self.count += 1;
+        self.record(&Record::Kv(kv)).await
+    }
+
+    /// Writes the trailer, fsyncs, and renames the file to `final_path`.
+    pub async fn finish(mut self, final_path: &Path) -> Result<SnapshotFile, StoreError> {
+        let count = self.count;
+        self.record(&Record::End { count }).await?;
+        self.out.flush().await?;
+        let file = self.out.into_inner();
+        file.sync_all().await?;
+        drop(file);
+        tokio::fs::rename(&self.tmp_path, final_path).await?;
+        if let Some(dir) = final_path.parent() {
+            sync_dir(dir).await;
+        }
+        SnapshotFile::open(final_path).await
+    }
+}
+
+/// Reads records back, checking framing, magic and trailer.
+pub struct SnapshotReader {
+    inner: BufReader<tokio::fs::File>,
+    started: bool,
+    seen: u64,
+    done: bool,
+}
+
+impl SnapshotReader {
+    /// The next key, `None` after a valid trailer. The header's revision is
+    /// returned through [`SnapshotReader::header`] first.
+    pub async fn header(&mut self) -> Result<u64, StoreError> {
+        let mut magic = [0u8; 8];
+        self.inner
+            .read_exact(&mut magic)
+            .await
+            .map_err(|e| corrupt(format!("missing magic: {e}")))?;
+        if &magic != MAGIC {
+            return Err(corrupt("bad magic".into()));
+        }
+        self.started = true;
+        match self.read_record().await? {
+            Record::Header { revision } => Ok(revision),
+            other => Err(corrupt(format!("expected header, got {other:?}"))),
+        }
+    }
+
+    pub async fn next_kv(&mut self) -> Result<Option<KeyValue>, StoreError> {
+        if !self.started {
+            return Err(corrupt("header not read".into()));
+        }
+        if self.done {
+            return Ok(None);
+        }
+        match self.read_record().await? {
+            Record::Kv(kv) => {
+                self.seen += 1;
+                Ok(Some(kv))
+            }
+            Record::End { count } if count == self.seen => {
+                self.done = true;
+                Ok(None)
+            }
+            Record::End { count } => Err(corrupt(format!(
+                "trailer says {count} keys, file has {}",
+                self.seen
+            ))),
+            Record::Header { .. } => Err(corrupt("second header".into())),
+        }
+    }
+
+    async fn read_record(&mut self) -> Result<Record, StoreError> {
+        let len = self
+            .inner
+            .read_u32()
+            .await
+            .map_err(|e| corrupt(format!("truncated: {e}")))?;
+        if len > MAX_RECORD {
+            return Err(corrupt(format!("record of {len} bytes exceeds limit")));
+        }
+        let mut buf = vec![0u8; len as usize];
+        self.inner
+            .read_exact(&mut buf)
+            .await
+            .map_err(|e| corrupt(format!("truncated: {e}")))?;
+        super::decode("snapshot record", &buf)
+    }
+}
+
+fn corrupt(detail: String) -> StoreError {
+    StoreError::Corrupt {
+        what: "snapshot".into(),
+        detail,
+    }
+}
+
+/// fsync a directory so a rename in it is durable; best effort.
+async fn sync_dir(dir: &Path) {
+    if let Ok(d) = tokio::fs::File::open(dir).await {
+        let _ = d.sync_all().await;
+    }
+}
+
+/// Removes leftovers of interrupted snapshot writes or transfers.
+pub fn remove_temp_files(dir: &Path) {
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            if e.path().extension().is_some_and(|x| x == "tmp") {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
+}
+
+/// A fresh temporary path in `dir` for receiving a snapshot over the network.
+pub fn temp_path(dir: &Path) -> PathBuf {
+    dir.join(format!("{}.tmp", uuid::Uuid::new_v4()))
+}

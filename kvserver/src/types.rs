@@ -1,0 +1,141 @@
+//! The Raft type configuration and the replicated command language.
+//!
+//! Everything that travels through the Raft log is defined here: the node
+//! descriptor stored in the membership, the [`Command`]s a leader proposes and
+//! the [`ApplyResult`] the state machine hands back to the proposer. Commands
+//! are fully deterministic: anything time-dependent (TTL expiry, timestamps)
+//! is decided by the leader *before* proposing and carried in the entry, so
+//! every replica applies the same bytes to the same state and agrees.
+
+use std::fmt;
+
+use serde::Deserialize;
+use serde::Serialize;
+
+/// Node id: the StatefulSet ordinal in Kubernetes, or configured.
+pub type NodeId = u64;
+
+/// What the membership records about a node: where to reach it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KvNode {
+    /// `host:port` of the client HTTP API (used to forward requests to the leader).
+    pub api_addr: String,
+    /// `host:port` of the Raft peer listener.
+    pub raft_addr: String,
+}
+
+impl fmt::Display for KvNode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "api={} raft={}", self.api_addr, self.raft_addr)
+    }
+}
+
+openraft::declare_raft_types!(
+    /// The openraft type configuration of kvserver.
+    pub TypeConfig:
+        D = Command,
+        R = ApplyResult,
+        NodeId = NodeId,
+        Node = KvNode,
+);
+
+/// One replicated mutation. Applied atomically as one revision.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Command {
+    /// Create or replace a key.
+    Put {
+        key: String,
+        value: String,
+        /// Absolute expiry (unix ms), decided by the leader from the TTL.
+        expires_at_ms: Option<u64>,
+        /// Compare-and-set guard on the key's `mod_revision`; `Some(0)` = must not exist.
+        if_revision: Option<u64>,
+        /// Leader wall clock when proposed; used for timestamps and expiry checks.
+        now_ms: u64,
+    },
+    /// Delete one key.
+    Delete {
+        key: String,
+        if_revision: Option<u64>,
+        now_ms: u64,
+    },
+    /// Delete every key that starts with `prefix`.
+    DeletePrefix { prefix: String, now_ms: u64 },
+    /// Remove keys whose expiry is at or before `now_ms` (proposed by the leader's reaper).
+    Expire { keys: Vec<String>, now_ms: u64 },
+}
+
+impl fmt::Display for Command {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Command::Put { key, .. } => write!(f, "put({key})"),
+            Command::Delete { key, .. } => write!(f, "delete({key})"),
+            Command::DeletePrefix { prefix, .. } => write!(f, "delete_prefix({prefix})"),
+            Command::Expire { keys, .. } => write!(f, "expire({} keys)", keys.len()),
+        }
+    }
+}
+
+/// A stored key with its etcd-style revision bookkeeping.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyValue {
+    pub key: String,
+    /// Omitted in keys-only listings.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
+    /// Revision at which the key was (last) created.
+    pub create_revision: u64,
+    /// Revision of the last modification.
+    pub mod_revision: u64,
+    /// Number of modifications since creation (1 after create).
+    pub version: u64,
+    /// Absolute expiry time in unix milliseconds, if the key has a TTL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at_ms: Option<u64>,
+    /// Unix milliseconds of creation.
+    pub created_at_ms: u64,
+    /// Unix milliseconds of the last modification.
+    pub updated_at_ms: u64,
+}
+
+/// What applying one [`Command`] did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Outcome {
+    /// A put succeeded; `created` is true when the key did not exist.
+    Put {
+        created: bool,
+        kv: KeyValue,
+        prev: Option<KeyValue>,
+    },
+    /// Delete / prefix delete / expire: how many keys went away.
+    Deleted { count: u64, prev: Option<KeyValue> },
+    /// The CAS guard did not hold; nothing changed.
+    PreconditionFailed { current: Option<KeyValue> },
+    /// The key to delete did not exist; nothing changed.
+    NotFound,
+}
+
+/// The state machine's answer to an entry; `revision` is the cluster revision after it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApplyResult {
+    pub revision: u64,
+    pub outcome: Option<Outcome>,
+}
+
+impl ApplyResult {
+    /// Result of a blank or membership entry: no outcome.
+    pub fn none(revision: u64) -> Self {
+        Self {
+            revision,
+            outcome: None,
+        }
+    }
+}
+
+/// Wall clock in unix milliseconds (saturating at 0 for clocks before 1970).
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
