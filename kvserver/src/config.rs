@@ -97,8 +97,8 @@ impl Default for RaftConfig {
     fn default() -> Self {
         Self {
             heartbeat_interval_ms: 100,
-            election_timeout_min_ms: 800,
-            election_timeout_max_ms: 1600,
+            election_timeout_min_ms: 500,
+            election_timeout_max_ms: 1000,
             snapshot_after_entries: 10_000,
             keep_entries_after_snapshot: 1_000,
             max_payload_entries: 256,

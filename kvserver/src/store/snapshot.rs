@@ -28,8 +28,52 @@ const MAX_RECORD: u32 = 64 * 1024 * 1024;
 #[derive(Debug, Serialize, Deserialize)]
 pub enum Record {
     Header { revision: u64 },
-    Kv(KeyValue),
+    Kv(SnapKv),
     End { count: u64 },
+}
+
+/// A key as stored in a snapshot. Separate from the API's [`KeyValue`], whose JSON
+/// shape omits absent fields: bincode is positional and must see every field.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct SnapKv {
+    key: String,
+    value: String,
+    create_revision: u64,
+    mod_revision: u64,
+    version: u64,
+    expires_at_ms: Option<u64>,
+    created_at_ms: u64,
+    updated_at_ms: u64,
+}
+
+impl From<KeyValue> for SnapKv {
+    fn from(kv: KeyValue) -> Self {
+        Self {
+            key: kv.key,
+            value: kv.value.unwrap_or_default(),
+            create_revision: kv.create_revision,
+            mod_revision: kv.mod_revision,
+            version: kv.version,
+            expires_at_ms: kv.expires_at_ms,
+            created_at_ms: kv.created_at_ms,
+            updated_at_ms: kv.updated_at_ms,
+        }
+    }
+}
+
+impl From<SnapKv> for KeyValue {
+    fn from(s: SnapKv) -> Self {
+        Self {
+            key: s.key,
+            value: Some(s.value),
+            create_revision: s.create_revision,
+            mod_revision: s.mod_revision,
+            version: s.version,
+            expires_at_ms: s.expires_at_ms,
+            created_at_ms: s.created_at_ms,
+            updated_at_ms: s.updated_at_ms,
+        }
+    }
 }
 
 /// An open snapshot file: what openraft carries around as `SnapshotData`.
@@ -103,7 +147,7 @@ impl SnapshotWriter {
 
     pub async fn kv(&mut self, kv: KeyValue) -> Result<(), StoreError> {
         self.count += 1;
-        self.record(&Record::Kv(kv)).await
+        self.record(&Record::Kv(kv.into())).await
     }
 
     /// Writes the trailer, fsyncs, and renames the file to `final_path`.
@@ -159,7 +203,7 @@ impl SnapshotReader {
         match self.read_record().await? {
             Record::Kv(kv) => {
                 self.seen += 1;
-                Ok(Some(kv))
+                Ok(Some(kv.into()))
             }
             Record::End { count } if count == self.seen => {
                 self.done = true;
@@ -219,4 +263,71 @@ pub fn remove_temp_files(dir: &Path) {
 /// A fresh temporary path in `dir` for receiving a snapshot over the network.
 pub fn temp_path(dir: &Path) -> PathBuf {
     dir.join(format!("{}.tmp", uuid::Uuid::new_v4()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kv(key: &str, expires: Option<u64>) -> KeyValue {
+        KeyValue {
+            key: key.into(),
+            value: Some(format!("value of {key}")),
+            create_revision: 1,
+            mod_revision: 2,
+            version: 2,
+            expires_at_ms: expires,
+            created_at_ms: 10,
+            updated_at_ms: 20,
+        }
+    }
+
+    #[tokio::test]
+    async fn roundtrip_and_truncation_detected() -> Result<(), StoreError> {
+        let dir = tempfile::tempdir()?;
+        let mut w = SnapshotWriter::create(dir.path(), 42).await?;
+        let keys = vec![kv("a", None), kv("b/c", Some(99)), kv("ünï", None)];
+        for k in &keys {
+            w.kv(k.clone()).await?;
+        }
+        let path = dir.path().join("s.snap");
+        let file = w.finish(&path).await?;
+        let mut r = file.reader();
+        assert_eq!(r.header().await?, 42);
+        let mut back = Vec::new();
+        while let Some(k) = r.next_kv().await? {
+            back.push(k);
+        }
+        assert_eq!(back, keys);
+
+        // Cut the trailer off: the reader must refuse the file instead of installing a prefix.
+        let bytes = std::fs::read(&path)?;
+        let cut = dir.path().join("cut.snap");
+        std::fs::write(&cut, &bytes[..bytes.len() - 6])?;
+        let mut r = SnapshotFile::open(&cut).await?.reader();
+        r.header().await?;
+        let mut err = None;
+        for _ in 0..10 {
+            match r.next_kv().await {
+                Ok(Some(_)) => continue,
+                Ok(None) => break,
+                Err(e) => {
+                    err = Some(e);
+                    break;
+                }
+            }
+        }
+        assert!(err.is_some(), "truncated snapshot must fail to read");
+
+        std::fs::write(&cut, b"NOTASNAPSHOT")?;
+        assert!(
+            SnapshotFile::open(&cut)
+                .await?
+                .reader()
+                .header()
+                .await
+                .is_err()
+        );
+        Ok(())
+    }
 }

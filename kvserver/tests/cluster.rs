@@ -1,0 +1,406 @@
+//! Multi-node scenarios on real `kvserver` processes: formation through the
+//! cluster API, forwarding, leader failover and rejoin, snapshot catch-up,
+//! learner join/promotion, voter removal, leadership transfer, and the 503s a
+//! cluster without quorum answers.
+
+mod common;
+
+use std::time::Duration;
+use std::time::Instant;
+
+use anyhow::Context;
+use anyhow::bail;
+use anyhow::ensure;
+use common::Cluster;
+use common::wait_for;
+use serde_json::json;
+
+async fn form_forward_read_everywhere(c: &mut Cluster) -> anyhow::Result<()> {
+    let leader = c.form(3).await?;
+    let follower = (1..=3).find(|id| *id != leader).context("a follower")?;
+
+    let info = c.cluster_info(leader).await?;
+    let members = info["members"].as_array().context("members")?;
+    ensure!(
+        members.len() == 3 && members.iter().all(|m| m["role"] == "voter"),
+        "3 voters expected: {info}"
+    );
+
+    // A write sent to a follower is forwarded; the response names the leader.
+    let (st, body) = c.put_kv(follower, "greeting", "hello").await?;
+    ensure!(st == 201, "put via follower: {st} {body}");
+    ensure!(body["node_id"] == leader, "served by the leader: {body}");
+    let rev = body["revision"].as_u64().context("revision")?;
+
+    // Linearizable reads from every node see it immediately.
+    for id in 1..=3 {
+        let r = c.http.get(c.url(id, "/v1/kv/greeting")).send().await?;
+        let served_by = r
+            .headers()
+            .get("x-kv-served-by")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let body: serde_json::Value = r.json().await?;
+        ensure!(
+            body["kv"]["value"] == "hello",
+            "linearizable read on {id}: {body}"
+        );
+        ensure!(
+            body["revision"].as_u64() >= Some(rev),
+            "revision on {id}: {body}"
+        );
+        ensure!(
+            served_by == Some(leader.to_string()),
+            "linearizable reads are served by the leader, got {served_by:?}"
+        );
+    }
+    // Stale reads are local and converge.
+    for id in 1..=3 {
+        let cr = &*c;
+        wait_for(
+            &format!("stale read on {id}"),
+            Duration::from_secs(5),
+            || async move {
+                (cr.read(id, "greeting", true).await.ok()?.as_deref() == Some("hello"))
+                    .then_some(())
+            },
+        )
+        .await?;
+    }
+    // Initialization is idempotent, and a second init elsewhere is refused rather than forming a new cluster.
+    let (st, body) = c.post(1, "/v1/cluster/init", json!({})).await?;
+    ensure!(
+        st == 200 && body["changed"] == false,
+        "repeated init: {st} {body}"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_form_forward_and_read_everywhere() {
+    let mut c = Cluster::new(&[]);
+    if let Err(e) = form_forward_read_everywhere(&mut c).await {
+        c.fail(e);
+    }
+}
+
+async fn failover_and_rejoin(c: &mut Cluster) -> anyhow::Result<()> {
+    let leader = c.form(3).await?;
+    let mut acked = Vec::new();
+    for i in 0..40 {
+        let id = 1 + (i % 3);
+        let (st, body) = c.put_kv(id, &format!("k{i}"), &format!("v{i}")).await?;
+        ensure!(st == 201, "put k{i}: {st} {body}");
+        acked.push(i);
+    }
+    c.kill(leader);
+    let killed_at = Instant::now();
+    let survivor = (1..=3).find(|id| *id != leader).context("survivor")?;
+    // Another node must accept writes within 3 s of the kill.
+    let cr = &*c;
+    let took = wait_for(
+        "a write after leader kill",
+        Duration::from_secs(3),
+        || async move {
+            let (st, _) = cr.put_kv(survivor, "after-failover", "yes").await.ok()?;
+            (st == 201 || st == 200).then(|| killed_at.elapsed())
+        },
+    )
+    .await?;
+    eprintln!("failover: first write accepted {took:?} after kill -9 of the leader");
+    let new_leader = c.wait_leader(Duration::from_secs(5)).await?;
+    ensure!(new_leader != leader, "a new leader");
+    for i in &acked {
+        let v = c.read(survivor, &format!("k{i}"), false).await?;
+        ensure!(
+            v.as_deref() == Some(format!("v{i}").as_str()),
+            "acked k{i} lost: {v:?}"
+        );
+    }
+    // More writes while the old leader is down, then bring it back.
+    for i in 40..60 {
+        let (st, body) = c
+            .put_kv(new_leader, &format!("k{i}"), &format!("v{i}"))
+            .await?;
+        ensure!(st == 201, "put k{i}: {st} {body}");
+    }
+    c.start(leader)?;
+    c.wait_up(leader).await?;
+    let target = c.cluster_info(new_leader).await?["committed_index"]
+        .as_u64()
+        .context("committed")?;
+    c.wait_applied(leader, target, Duration::from_secs(15))
+        .await?;
+    let info = c.cluster_info(leader).await?;
+    ensure!(
+        info["role"] == "follower" && info["leader_id"] == new_leader,
+        "old leader rejoined as follower: {info}"
+    );
+    for i in 0..60 {
+        let v = c.read(leader, &format!("k{i}"), true).await?;
+        ensure!(
+            v.as_deref() == Some(format!("v{i}").as_str()),
+            "old leader missing k{i}: {v:?}"
+        );
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leader_kill_failover_and_old_leader_rejoins() {
+    let mut c = Cluster::new(&[]);
+    if let Err(e) = failover_and_rejoin(&mut c).await {
+        c.fail(e);
+    }
+}
+
+async fn snapshot_catch_up(c: &mut Cluster) -> anyhow::Result<()> {
+    let leader = c.form(3).await?;
+    let lagging = (1..=3).rev().find(|id| *id != leader).context("follower")?;
+    let before = c.cluster_info(lagging).await?["last_log_index"]
+        .as_u64()
+        .unwrap_or(0);
+    c.kill(lagging);
+    for i in 0..120 {
+        let (st, body) = c
+            .put_kv(leader, &format!("snap/{i:03}"), &format!("value-{i}"))
+            .await?;
+        ensure!(st == 201, "put: {st} {body}");
+    }
+    // The survivors compact: the log the lagging node would need is gone.
+    let cr = &*c;
+    wait_for(
+        "leader purged the log behind a snapshot",
+        Duration::from_secs(10),
+        || async move {
+            let info = cr.cluster_info(leader).await.ok()?;
+            (info["purged_index"].as_u64()? > before + 1).then_some(())
+        },
+    )
+    .await?;
+    c.start(lagging)?;
+    c.wait_up(lagging).await?;
+    let target = c.cluster_info(leader).await?["committed_index"]
+        .as_u64()
+        .context("committed")?;
+    c.wait_applied(lagging, target, Duration::from_secs(20))
+        .await?;
+    let info = c.cluster_info(lagging).await?;
+    ensure!(
+        info["snapshot_index"].as_u64().unwrap_or(0) > before,
+        "caught up by snapshot: {info}"
+    );
+    let (st, body) = c
+        .get(lagging, "/v1/kv?prefix=snap/&consistency=stale&limit=1000")
+        .await?;
+    ensure!(
+        st == 200 && body["count"] == 120,
+        "all keys on the restarted node: {st} {}",
+        body["count"]
+    );
+    for i in [0, 59, 119] {
+        let v = c.read(lagging, &format!("snap/{i:03}"), true).await?;
+        ensure!(
+            v.as_deref() == Some(format!("value-{i}").as_str()),
+            "snap/{i:03}: {v:?}"
+        );
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restarted_node_catches_up_by_snapshot_after_purge() {
+    let mut c = Cluster::new(&[
+        "--set",
+        "raft.snapshot_after_entries=20",
+        "--set",
+        "raft.keep_entries_after_snapshot=0",
+    ]);
+    if let Err(e) = snapshot_catch_up(&mut c).await {
+        c.fail(e);
+    }
+}
+
+async fn membership_changes(c: &mut Cluster) -> anyhow::Result<()> {
+    let leader = c.form(3).await?;
+    for i in 0..10 {
+        c.put_kv(leader, &format!("m{i}"), "x").await?;
+    }
+    // A 4th node joins as a learner, catches up, and is promoted.
+    c.add_node(4)?;
+    c.wait_up(4).await?;
+    let (st, body) = c.get(4, "/v1/kv/m0?consistency=stale").await?;
+    ensure!(
+        st == 503 && body["error"]["code"] == "not_initialized",
+        "fresh node is uninitialized: {st} {body}"
+    );
+    let n4 = json!({"id": 4, "api_addr": c.nodes[&4].api(), "raft_addr": c.nodes[&4].raft(), "wait": true});
+    let (st, body) = c.post(2, "/v1/cluster/learners", n4.clone()).await?;
+    ensure!(
+        st == 200 && body["changed"] == true,
+        "add learner: {st} {body}"
+    );
+    let (st, body) = c.post(2, "/v1/cluster/learners", n4).await?;
+    ensure!(
+        st == 200 && body["changed"] == false,
+        "add learner again is a no-op: {st} {body}"
+    );
+    let info = c.cluster_info(leader).await?;
+    let m4 = info["members"]
+        .as_array()
+        .context("members")?
+        .iter()
+        .find(|m| m["id"] == 4)
+        .cloned()
+        .context("member 4")?;
+    ensure!(m4["role"] == "learner", "4 is a learner: {m4}");
+    let (st, body) = c
+        .post(3, "/v1/cluster/membership", json!({"add_voters": [4]}))
+        .await?;
+    ensure!(st == 200 && body["changed"] == true, "promote: {st} {body}");
+    let (st, body) = c
+        .post(3, "/v1/cluster/membership", json!({"add_voters": [4]}))
+        .await?;
+    ensure!(
+        st == 200 && body["changed"] == false,
+        "promote again is a no-op: {st} {body}"
+    );
+    ensure!(
+        c.read(4, "m9", true).await?.as_deref() == Some("x"),
+        "learner got the data"
+    );
+
+    // Leadership moves on request to a chosen voter.
+    let target = (1..=4).find(|id| *id != leader).context("target")?;
+    let (st, body) = c
+        .post(leader, "/v1/cluster/transfer-leader", json!({"to": target}))
+        .await?;
+    ensure!(
+        st == 200 && body["leader_id"] == target,
+        "transfer: {st} {body}"
+    );
+    ensure!(
+        c.wait_leader(Duration::from_secs(5)).await? == target,
+        "leader after transfer"
+    );
+    let (st, body) = c
+        .post(leader, "/v1/cluster/transfer-leader", json!({"to": target}))
+        .await?;
+    ensure!(
+        st == 200 && body["changed"] == false,
+        "repeated transfer is a no-op: {st} {body}"
+    );
+
+    // Remove a voter (not the leader); the cluster keeps serving without it.
+    let gone = (1..=4).find(|id| *id != target).context("victim")?;
+    let (st, body) = c
+        .post(
+            target,
+            "/v1/cluster/membership",
+            json!({"remove_voters": [gone]}),
+        )
+        .await?;
+    ensure!(
+        st == 200 && body["changed"] == true,
+        "remove voter: {st} {body}"
+    );
+    let (st, body) = c
+        .post(
+            target,
+            "/v1/cluster/membership",
+            json!({"remove_voters": [gone]}),
+        )
+        .await?;
+    ensure!(
+        st == 200 && body["changed"] == false,
+        "remove again is a no-op: {st} {body}"
+    );
+    let info = c.cluster_info(target).await?;
+    let ids: Vec<u64> = info["members"]
+        .as_array()
+        .context("members")?
+        .iter()
+        .filter_map(|m| m["id"].as_u64())
+        .collect();
+    ensure!(
+        !ids.contains(&gone) && ids.len() == 3,
+        "membership after removal: {ids:?}"
+    );
+    c.kill(gone);
+    let serving = (1..=4)
+        .find(|id| *id != gone && *id != target)
+        .context("serving node")?;
+    let (st, body) = c.put_kv(serving, "after-removal", "ok").await?;
+    ensure!(st == 201, "write after removal: {st} {body}");
+    ensure!(
+        c.read(serving, "after-removal", false).await?.as_deref() == Some("ok"),
+        "read after removal"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn learner_joins_is_promoted_leader_transfers_and_voter_is_removed() {
+    let mut c = Cluster::new(&[]);
+    if let Err(e) = membership_changes(&mut c).await {
+        c.fail(e);
+    }
+}
+
+async fn no_quorum_answers_503(c: &mut Cluster) -> anyhow::Result<()> {
+    let leader = c.form(3).await?;
+    c.put_kv(leader, "before", "1").await?;
+    let survivor = (1..=3).find(|id| *id != leader).context("survivor")?;
+    for id in 1..=3 {
+        if id != survivor {
+            c.kill(id);
+        }
+    }
+    // Without a quorum nothing can be written: the survivor answers 503 with Retry-After and a JSON code.
+    let cr = &*c;
+    let (code, retry) = wait_for(
+        "503 no_leader from the survivor",
+        Duration::from_secs(15),
+        || async move {
+            let r = cr
+                .http
+                .put(cr.url(survivor, "/v1/kv/during"))
+                .json(&json!({"value": "x"}))
+                .send()
+                .await
+                .ok()?;
+            if r.status().as_u16() != 503 {
+                return None;
+            }
+            let retry = r.headers().get("retry-after").is_some();
+            let body: serde_json::Value = r.json().await.ok()?;
+            let code = body["error"]["code"].as_str()?.to_string();
+            (code == "no_leader").then_some((code, retry))
+        },
+    )
+    .await?;
+    ensure!(retry, "Retry-After on {code}");
+    // Stale reads still work locally.
+    ensure!(
+        c.read(survivor, "before", true).await?.as_deref() == Some("1"),
+        "stale read without quorum"
+    );
+    let (st, body) = c.get(survivor, "/readyz").await?;
+    ensure!(
+        st == 503 && body["ready"] == false,
+        "not ready without a leader: {st} {body}"
+    );
+    let (st, _) = c.get(survivor, "/healthz").await?;
+    if st != 200 {
+        bail!("healthz must stay 200: {st}");
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_without_quorum_answers_503_no_leader() {
+    let mut c = Cluster::new(&[]);
+    if let Err(e) = no_quorum_answers_503(&mut c).await {
+        c.fail(e);
+    }
+}

@@ -1,0 +1,384 @@
+//! Test harness: real `kvserver` processes on 127.0.0.1 with free ports and
+//! temporary data directories, plus polling helpers that wait on conditions
+//! with deadlines. Everything started is killed and removed on drop; when a
+//! test fails, the tail of every node's log is printed.
+
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::path::PathBuf;
+use std::process::Child;
+use std::process::Command;
+use std::process::Stdio;
+use std::time::Duration;
+use std::time::Instant;
+
+use anyhow::Context;
+use anyhow::bail;
+use serde_json::Value;
+use serde_json::json;
+
+/// A port that was free a moment ago (bound to port 0, then released).
+pub fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind port 0");
+    l.local_addr().expect("local addr").port()
+}
+
+/// Polls `f` every 50 ms until it yields `Some`, or fails after `timeout`.
+pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut f: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f().await {
+            return Ok(v);
+        }
+        if Instant::now() >= deadline {
+            bail!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(30))
+        .connect_timeout(Duration::from_secs(2))
+        .build()
+        .expect("http client")
+}
+
+/// One node process (may be stopped and restarted on the same ports and data dir).
+pub struct TestNode {
+    pub id: u64,
+    pub api_port: u16,
+    pub raft_port: u16,
+    pub data_dir: PathBuf,
+    pub log_path: PathBuf,
+    pub child: Option<Child>,
+}
+
+impl TestNode {
+    pub fn api(&self) -> String {
+        format!("127.0.0.1:{}", self.api_port)
+    }
+    pub fn raft(&self) -> String {
+        format!("127.0.0.1:{}", self.raft_port)
+    }
+}
+
+/// A set of kvserver processes sharing a cluster id.
+pub struct Cluster {
+    pub dir: tempfile::TempDir,
+    pub nodes: BTreeMap<u64, TestNode>,
+    pub http: reqwest::Client,
+    extra_args: Vec<String>,
+}
+
+impl Cluster {
+    /// `extra_args` are passed to every node (e.g. `--set raft.snapshot_after_entries=20`).
+    pub fn new(extra_args: &[&str]) -> Self {
+        Self {
+            dir: tempfile::tempdir().expect("tempdir"),
+            nodes: BTreeMap::new(),
+            http: client(),
+            extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    /// Creates node `id` (fresh ports and data dir) and starts it.
+    pub fn add_node(&mut self, id: u64) -> anyhow::Result<()> {
+        let data_dir = self.dir.path().join(format!("node-{id}"));
+        let log_path = self.dir.path().join(format!("node-{id}.log"));
+        let node = TestNode {
+            id,
+            api_port: free_port(),
+            raft_port: free_port(),
+            data_dir,
+            log_path,
+            child: None,
+        };
+        self.nodes.insert(id, node);
+        self.start(id)
+    }
+
+    /// (Re)starts the process of node `id`.
+    pub fn start(&mut self, id: u64) -> anyhow::Result<()> {
+        let extra = self.extra_args.clone();
+        let node = self.nodes.get_mut(&id).context("unknown node")?;
+        if node.child.is_some() {
+            bail!("node {id} is already running");
+        }
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&node.log_path)?;
+        let child = Command::new(env!("CARGO_BIN_EXE_kvserver"))
+            .arg("--node-id")
+            .arg(id.to_string())
+            .arg("--cluster-id")
+            .arg("test-cluster")
+            .arg("--data-dir")
+            .arg(&node.data_dir)
+            .arg("--api-addr")
+            .arg(node.api())
+            .arg("--raft-addr")
+            .arg(node.raft())
+            .arg("--log-format")
+            .arg("json")
+            .args(&extra)
+            .env_remove("HOSTNAME")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("spawning kvserver")?;
+        node.child = Some(child);
+        Ok(())
+    }
+
+    /// `kill -9`.
+    pub fn kill(&mut self, id: u64) {
+        if let Some(node) = self.nodes.get_mut(&id) {
+            if let Some(mut c) = node.child.take() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+    }
+
+    /// Sends SIGTERM and waits for the exit status.
+    pub async fn terminate(
+        &mut self,
+        id: u64,
+        timeout: Duration,
+    ) -> anyhow::Result<std::process::ExitStatus> {
+        let node = self.nodes.get_mut(&id).context("unknown node")?;
+        let mut child = node.child.take().context("node not running")?;
+        let st = Command::new("kill")
+            .arg("-TERM")
+            .arg(child.id().to_string())
+            .status()?;
+        if !st.success() {
+            bail!("kill -TERM failed");
+        }
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = child.try_wait()? {
+                return Ok(status);
+            }
+            if Instant::now() >= deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                bail!("node {id} did not exit within {timeout:?} after SIGTERM");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub fn running(&self) -> Vec<u64> {
+        self.nodes
+            .values()
+            .filter(|n| n.child.is_some())
+            .map(|n| n.id)
+            .collect()
+    }
+
+    pub fn url(&self, id: u64, path: &str) -> String {
+        format!("http://{}{}", self.nodes[&id].api(), path)
+    }
+
+    /// GET returning (status, json body).
+    pub async fn get(&self, id: u64, path: &str) -> anyhow::Result<(u16, Value)> {
+        let r = self.http.get(self.url(id, path)).send().await?;
+        let status = r.status().as_u16();
+        Ok((status, r.json().await.unwrap_or(Value::Null)))
+    }
+
+    pub async fn post(&self, id: u64, path: &str, body: Value) -> anyhow::Result<(u16, Value)> {
+        let r = self
+            .http
+            .post(self.url(id, path))
+            .json(&body)
+            .send()
+            .await?;
+        let status = r.status().as_u16();
+        Ok((status, r.json().await.unwrap_or(Value::Null)))
+    }
+
+    pub async fn put_kv(&self, id: u64, key: &str, value: &str) -> anyhow::Result<(u16, Value)> {
+        let r = self
+            .http
+            .put(self.url(id, &format!("/v1/kv/{key}")))
+            .json(&json!({"value": value}))
+            .send()
+            .await?;
+        let status = r.status().as_u16();
+        Ok((status, r.json().await.unwrap_or(Value::Null)))
+    }
+
+    /// Reads a key; returns its value or None when 404.
+    pub async fn read(&self, id: u64, key: &str, stale: bool) -> anyhow::Result<Option<String>> {
+        let q = if stale { "?consistency=stale" } else { "" };
+        let (st, body) = self.get(id, &format!("/v1/kv/{key}{q}")).await?;
+        match st {
+            200 => Ok(body["kv"]["value"].as_str().map(str::to_string)),
+            404 => Ok(None),
+            other => bail!("GET {key} on node {id}: {other} {body}"),
+        }
+    }
+
+    pub async fn cluster_info(&self, id: u64) -> anyhow::Result<Value> {
+        let (st, body) = self.get(id, "/v1/cluster").await?;
+        if st != 200 {
+            bail!("GET /v1/cluster on {id}: {st}");
+        }
+        Ok(body)
+    }
+
+    /// Waits until node `id` answers HTTP.
+    pub async fn wait_up(&self, id: u64) -> anyhow::Result<()> {
+        let url = self.url(id, "/healthz");
+        let http = self.http.clone();
+        wait_for(
+            &format!("node {id} /healthz"),
+            Duration::from_secs(20),
+            || {
+                let (http, url) = (http.clone(), url.clone());
+                async move {
+                    http.get(&url)
+                        .send()
+                        .await
+                        .ok()
+                        .filter(|r| r.status().is_success())
+                        .map(|_| ())
+                }
+            },
+        )
+        .await
+    }
+
+    /// Waits until every running node reports the same leader, and returns it.
+    pub async fn wait_leader(&self, timeout: Duration) -> anyhow::Result<u64> {
+        self.wait_leader_among(&self.running(), timeout).await
+    }
+
+    /// Waits until the nodes `ids` report the same leader, and returns it.
+    pub async fn wait_leader_among(&self, ids: &[u64], timeout: Duration) -> anyhow::Result<u64> {
+        let running = ids.to_vec();
+        wait_for("an agreed leader", timeout, || {
+            let running = running.clone();
+            async move {
+                let mut leader = None;
+                for id in &running {
+                    let info = self.cluster_info(*id).await.ok()?;
+                    let l = info["leader_id"].as_u64()?;
+                    if leader.is_some_and(|x| x != l) {
+                        return None;
+                    }
+                    leader = Some(l);
+                }
+                let l = leader?;
+                let info = self.cluster_info(l).await.ok()?;
+                (info["role"] == "leader").then_some(l)
+            }
+        })
+        .await
+    }
+
+    /// Starts nodes `1..=n`, initializes the cluster on node 1, adds the others as
+    /// learners and promotes them. Returns the leader id.
+    pub async fn form(&mut self, n: u64) -> anyhow::Result<u64> {
+        for id in 1..=n {
+            self.add_node(id)?;
+        }
+        for id in 1..=n {
+            self.wait_up(id).await?;
+        }
+        let (st, body) = self.post(1, "/v1/cluster/init", json!({})).await?;
+        if st != 201 {
+            bail!("init: {st} {body}");
+        }
+        self.wait_leader_among(&[1], Duration::from_secs(10))
+            .await?;
+        for id in 2..=n {
+            self.join(id).await?;
+        }
+        self.wait_leader(Duration::from_secs(10)).await
+    }
+
+    /// Adds node `id` as a learner (waiting for catch-up) and promotes it, through node 1's API.
+    pub async fn join(&self, id: u64) -> anyhow::Result<()> {
+        let via = *self
+            .running()
+            .iter()
+            .find(|x| **x != id)
+            .context("no other node")?;
+        let node = &self.nodes[&id];
+        let (st, body) = self
+            .post(
+                via,
+                "/v1/cluster/learners",
+                json!({"id": id, "api_addr": node.api(), "raft_addr": node.raft(), "wait": true}),
+            )
+            .await?;
+        if st != 200 {
+            bail!("add learner {id}: {st} {body}");
+        }
+        let (st, body) = self
+            .post(via, "/v1/cluster/membership", json!({"add_voters": [id]}))
+            .await?;
+        if st != 200 {
+            bail!("promote {id}: {st} {body}");
+        }
+        Ok(())
+    }
+
+    /// Waits until node `id` has applied at least `index`.
+    pub async fn wait_applied(&self, id: u64, index: u64, timeout: Duration) -> anyhow::Result<()> {
+        wait_for(
+            &format!("node {id} applied >= {index}"),
+            timeout,
+            || async move {
+                let info = self.cluster_info(id).await.ok()?;
+                (info["applied_index"].as_u64()? >= index).then_some(())
+            },
+        )
+        .await
+    }
+
+    pub fn log_tail(&self, id: u64, lines: usize) -> String {
+        let text = std::fs::read_to_string(&self.nodes[&id].log_path).unwrap_or_default();
+        let all: Vec<&str> = text.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+
+    /// Prints the tail of every node's log (for failed tests).
+    pub fn dump_logs(&self) {
+        for id in self.nodes.keys() {
+            eprintln!("----- node {id} log tail -----\n{}", self.log_tail(*id, 60));
+        }
+    }
+
+    /// Fails the test with `e`, after printing the node logs.
+    pub fn fail(&self, e: anyhow::Error) -> ! {
+        self.dump_logs();
+        panic!("{e:#}");
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let ids: Vec<u64> = self.nodes.keys().copied().collect();
+        if std::thread::panicking() {
+            self.dump_logs();
+        }
+        for id in ids {
+            self.kill(id);
+        }
+    }
+}
