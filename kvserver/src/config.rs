@@ -631,7 +631,7 @@ mod tests {
                 "fast".into(),
             )])
             .load()
-            .unwrap_err();
+            .expect_err("must be rejected");
         let s = e.to_string();
         assert!(
             s.contains("raft.heartbeat_interval_ms") && s.contains("KV_RAFT_HEARTBEAT_INTERVAL_MS"),
@@ -641,7 +641,11 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let f = dir.path().join("c.yaml");
         std::fs::write(&f, "raft:\n  hearbeat_interval_ms: 5\n").expect("write");
-        let s = loader().file(Some(f)).load().unwrap_err().to_string();
+        let s = loader()
+            .file(Some(f))
+            .load()
+            .expect_err("must be rejected")
+            .to_string();
         assert!(
             s.contains("raft.hearbeat_interval_ms") && s.contains("unknown field"),
             "{s}"
@@ -650,35 +654,35 @@ mod tests {
         let s = loader()
             .set("api_addr", "nope", "flag --api-addr")
             .load()
-            .unwrap_err()
+            .expect_err("must be rejected")
             .to_string();
         assert!(s.contains("api_addr") && s.contains("--api-addr"), "{s}");
 
         let s = loader()
             .set("api_addr", "0.0.0.0:1", "flag")
             .load()
-            .unwrap_err()
+            .expect_err("must be rejected")
             .to_string();
         assert!(s.contains("advertise_api_addr"), "{s}");
 
         let s = loader()
             .set("raft.election_timeout_min_ms", "10", "flag")
             .load()
-            .unwrap_err()
+            .expect_err("must be rejected")
             .to_string();
         assert!(s.contains("raft.election_timeout_min_ms"), "{s}");
 
         let s = loader()
             .set("max_value_bytes", "-1", "flag")
             .load()
-            .unwrap_err()
+            .expect_err("must be rejected")
             .to_string();
         assert!(s.contains("max_value_bytes"), "{s}");
 
         let s = loader()
             .set("log.format", "xml", "flag")
             .load()
-            .unwrap_err()
+            .expect_err("must be rejected")
             .to_string();
         assert!(s.contains("log.format"), "{s}");
     }
@@ -693,7 +697,7 @@ mod tests {
         assert_eq!(c.resolve_node_id("orders-7").expect("ordinal"), 7);
         assert!(
             c.resolve_node_id("laptop")
-                .unwrap_err()
+                .expect_err("must be rejected")
                 .to_string()
                 .contains("node_id")
         );

@@ -27,6 +27,8 @@ pub enum ApiError {
     BadRequest { code: &'static str, message: String },
     #[error("value is {size} bytes; the limit is {limit} bytes")]
     ValueTooLarge { size: usize, limit: usize },
+    #[error("request body is larger than this server accepts ({limit} bytes)")]
+    BodyTooLarge { limit: usize },
     #[error("key not found: {key}")]
     KeyNotFound {
         key: String,
@@ -38,7 +40,7 @@ pub enum ApiError {
         key: String,
         expected: u64,
         actual: u64,
-        current: Option<KeyValue>,
+        current: Option<Box<KeyValue>>,
         revision: u64,
     },
     #[error("{message}")]
@@ -72,7 +74,9 @@ impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
             ApiError::BadRequest { .. } => StatusCode::BAD_REQUEST,
-            ApiError::ValueTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::ValueTooLarge { .. } | ApiError::BodyTooLarge { .. } => {
+                StatusCode::PAYLOAD_TOO_LARGE
+            }
             ApiError::KeyNotFound { .. } | ApiError::NotFound { .. } => StatusCode::NOT_FOUND,
             ApiError::RevisionMismatch { .. } => StatusCode::PRECONDITION_FAILED,
             ApiError::Conflict { .. } => StatusCode::CONFLICT,
@@ -87,6 +91,7 @@ impl ApiError {
         match self {
             ApiError::BadRequest { code, .. } => code,
             ApiError::ValueTooLarge { .. } => "value_too_large",
+            ApiError::BodyTooLarge { .. } => "body_too_large",
             ApiError::KeyNotFound { .. } => "key_not_found",
             ApiError::RevisionMismatch { .. } => "revision_mismatch",
             ApiError::Conflict { code, .. } => code,

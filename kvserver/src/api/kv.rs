@@ -297,7 +297,7 @@ pub async fn put_key(
             key,
             expected: body.if_revision.unwrap_or(0),
             actual: current.as_ref().map(|k| k.mod_revision).unwrap_or(0),
-            current,
+            current: current.map(Box::new),
             revision,
         }),
         other => Err(ApiError::Internal(format!(
@@ -336,7 +336,7 @@ pub async fn delete_key(
             key,
             expected: q.if_revision.unwrap_or(0),
             actual: current.as_ref().map(|k| k.mod_revision).unwrap_or(0),
-            current,
+            current: current.map(Box::new),
             revision,
         }),
         other => Err(ApiError::Internal(format!(

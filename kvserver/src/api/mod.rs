@@ -71,6 +71,10 @@ pub struct NodeState {
 
 pub type AppState = Arc<NodeState>;
 
+/// The body limit in force, exposed to extractors for error messages.
+#[derive(Clone, Copy)]
+struct BodyLimit(usize);
+
 /// Builds the router of the client API.
 pub fn router(state: AppState) -> Router {
     // JSON may escape a value up to 6x (\u00XX); the exact limit is checked on the decoded value.
@@ -106,6 +110,7 @@ pub fn router(state: AppState) -> Router {
         .method_not_allowed_fallback(method_not_allowed)
         .layer(CatchPanicLayer::custom(panic_response))
         .layer(DefaultBodyLimit::max(body_limit))
+        .layer(axum::Extension(BodyLimit(body_limit)))
         .layer(axum::middleware::from_fn_with_state(state.clone(), observe))
         .with_state(state)
 }
@@ -242,9 +247,11 @@ impl<S: Send + Sync> FromRequest<S> for Raw {
             .map(|p| p.as_str().to_string())
             .unwrap_or_else(|| "/".into());
         let headers = req.headers().clone();
+        let req_limit = req.extensions().get::<BodyLimit>().map(|l| l.0);
         let body = Bytes::from_request(req, state).await.map_err(|rej| {
             if rej.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::ValueTooLarge { size: 0, limit: 0 }
+                let limit = req_limit.unwrap_or(0);
+                ApiError::BodyTooLarge { limit }
             } else {
                 ApiError::bad("invalid_body", rej.body_text())
             }
@@ -372,3 +379,29 @@ impl NodeState {
 
 /// Time a client write may wait for commit before the API gives up on it.
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[cfg(test)]
+mod tests {
+    use axum::body::to_bytes;
+    use tower::ServiceExt;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_panicking_handler_becomes_a_json_500() -> Result<(), Box<dyn std::error::Error>> {
+        async fn boom() -> &'static str {
+            panic!("boom")
+        }
+        let app = Router::new()
+            .route("/boom", get(boom))
+            .layer(CatchPanicLayer::custom(panic_response));
+        let resp = app
+            .oneshot(Request::builder().uri("/boom").body(Body::empty())?)
+            .await?;
+        assert_eq!(resp.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        let body: serde_json::Value =
+            serde_json::from_slice(&to_bytes(resp.into_body(), 1 << 20).await?)?;
+        assert_eq!(body["error"]["code"], "internal");
+        Ok(())
+    }
+}

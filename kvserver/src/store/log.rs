@@ -104,10 +104,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, io::Error> {
         let last_purged: Option<LogIdOf<TypeConfig>> = self.store.meta_get(LAST_PURGED).await?;
-        let last = self
-            .last_entry_log_id()
-            .await?
-            .or_else(|| last_purged.clone());
+        let last = self.last_entry_log_id().await?.or(last_purged);
         Ok(LogState {
             last_purged_log_id: last_purged,
             last_log_id: last,

@@ -89,7 +89,7 @@ impl StateMachine {
                     }
                 }
                 EntryPayload::Membership(m) => {
-                    self.membership = StoredMembership::new(Some(entry.log_id.clone()), m);
+                    self.membership = StoredMembership::new(Some(entry.log_id), m);
                     ApplyResult::none(rev)
                 }
             };
@@ -134,7 +134,7 @@ impl StateMachine {
         put_meta(&mut tx, SM_MEMBERSHIP, &encode(&meta.last_membership)?).await?;
         put_meta(&mut tx, SM_REVISION, &encode(&revision)?).await?;
         tx.commit().await?;
-        self.applied = meta.last_log_id.clone();
+        self.applied = meta.last_log_id;
         self.membership = meta.last_membership.clone();
         self.store.revision.store(revision, Ordering::SeqCst);
 
@@ -446,7 +446,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     async fn applied_state(
         &mut self,
     ) -> Result<(Option<LogIdOf<TypeConfig>>, StoredMembershipOf<TypeConfig>), io::Error> {
-        Ok((self.applied.clone(), self.membership.clone()))
+        Ok((self.applied, self.membership.clone()))
     }
 
     async fn apply<Strm>(&mut self, entries: Strm) -> Result<(), io::Error>

@@ -143,11 +143,9 @@ impl Cluster {
 
     /// `kill -9`.
     pub fn kill(&mut self, id: u64) {
-        if let Some(node) = self.nodes.get_mut(&id) {
-            if let Some(mut c) = node.child.take() {
-                let _ = c.kill();
-                let _ = c.wait();
-            }
+        if let Some(mut c) = self.nodes.get_mut(&id).and_then(|n| n.child.take()) {
+            let _ = c.kill();
+            let _ = c.wait();
         }
     }
 
