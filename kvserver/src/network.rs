@@ -16,6 +16,7 @@ use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use openraft::RPCTypes;
 use openraft::Raft;
 use openraft::RaftNetworkFactory;
 use openraft::RaftNetworkV2;
@@ -225,6 +226,26 @@ impl PeerClient {
         res
     }
 
+    /// One request/response exchange; `pick` extracts the expected response variant.
+    async fn rpc<T>(
+        &mut self,
+        req: Request,
+        action: RPCTypes,
+        ttl: Duration,
+        pick: fn(Response) -> Option<Result<T, String>>,
+    ) -> Result<T, RPCError<TypeConfig>> {
+        let err = match self.call(&req, ttl).await {
+            Ok(Response::Error(e)) => PeerError::Remote(e),
+            Ok(resp) => match pick(resp) {
+                Some(Ok(r)) => return Ok(r),
+                Some(Err(e)) => PeerError::Remote(e),
+                None => PeerError::Unexpected,
+            },
+            Err(e) => e,
+        };
+        Err(self.rpc_error(err, action, ttl))
+    }
+
     fn rpc_error(
         &self,
         e: PeerError,
@@ -299,19 +320,16 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
-        let ttl = option.hard_ttl();
-        match self.call(&Request::Append(rpc), ttl).await {
-            Ok(Response::Append(Ok(r))) => Ok(r),
-            Ok(Response::Append(Err(e))) | Ok(Response::Error(e)) => {
-                Err(self.rpc_error(PeerError::Remote(e), openraft::RPCTypes::AppendEntries, ttl))
-            }
-            Ok(_) => Err(self.rpc_error(
-                PeerError::Unexpected,
-                openraft::RPCTypes::AppendEntries,
-                ttl,
-            )),
-            Err(e) => Err(self.rpc_error(e, openraft::RPCTypes::AppendEntries, ttl)),
-        }
+        self.rpc(
+            Request::Append(rpc),
+            RPCTypes::AppendEntries,
+            option.hard_ttl(),
+            |r| match r {
+                Response::Append(r) => Some(r),
+                _ => None,
+            },
+        )
+        .await
     }
 
     async fn vote(
@@ -319,15 +337,13 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
         rpc: VoteRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
-        let ttl = option.hard_ttl();
-        match self.call(&Request::Vote(rpc), ttl).await {
-            Ok(Response::Vote(Ok(r))) => Ok(r),
-            Ok(Response::Vote(Err(e))) | Ok(Response::Error(e)) => {
-                Err(self.rpc_error(PeerError::Remote(e), openraft::RPCTypes::Vote, ttl))
-            }
-            Ok(_) => Err(self.rpc_error(PeerError::Unexpected, openraft::RPCTypes::Vote, ttl)),
-            Err(e) => Err(self.rpc_error(e, openraft::RPCTypes::Vote, ttl)),
-        }
+        self.rpc(
+            Request::Vote(rpc),
+            RPCTypes::Vote,
+            option.hard_ttl(),
+            vote_response,
+        )
+        .await
     }
 
     async fn pre_vote(
@@ -335,15 +351,13 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
         rpc: VoteRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
-        let ttl = option.hard_ttl();
-        match self.call(&Request::PreVote(rpc), ttl).await {
-            Ok(Response::Vote(Ok(r))) => Ok(r),
-            Ok(Response::Vote(Err(e))) | Ok(Response::Error(e)) => {
-                Err(self.rpc_error(PeerError::Remote(e), openraft::RPCTypes::Vote, ttl))
-            }
-            Ok(_) => Err(self.rpc_error(PeerError::Unexpected, openraft::RPCTypes::Vote, ttl)),
-            Err(e) => Err(self.rpc_error(e, openraft::RPCTypes::Vote, ttl)),
-        }
+        self.rpc(
+            Request::PreVote(rpc),
+            RPCTypes::Vote,
+            option.hard_ttl(),
+            vote_response,
+        )
+        .await
     }
 
     async fn full_snapshot(
@@ -365,19 +379,17 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
             Ok(Ok(r)) => Ok(r),
             Ok(Err(e)) => {
                 self.conn = None;
-                Err(
-                    match self.rpc_error(e, openraft::RPCTypes::InstallSnapshot, ttl) {
-                        RPCError::Timeout(t) => StreamingError::Timeout(t),
-                        RPCError::Unreachable(u) => StreamingError::Unreachable(u),
-                        RPCError::Network(n) => StreamingError::Network(n),
-                        RPCError::RemoteError(r) => StreamingError::Network(NetworkError::new(&r)),
-                    },
-                )
+                Err(match self.rpc_error(e, RPCTypes::InstallSnapshot, ttl) {
+                    RPCError::Timeout(t) => StreamingError::Timeout(t),
+                    RPCError::Unreachable(u) => StreamingError::Unreachable(u),
+                    RPCError::Network(n) => StreamingError::Network(n),
+                    RPCError::RemoteError(r) => StreamingError::Network(NetworkError::new(&r)),
+                })
             }
             Err(_) => {
                 self.conn = None;
                 Err(StreamingError::Timeout(Timeout {
-                    action: openraft::RPCTypes::InstallSnapshot,
+                    action: RPCTypes::InstallSnapshot,
                     id: self.me,
                     target: self.target,
                     timeout: ttl,
@@ -391,21 +403,23 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
         req: TransferLeaderRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<TransferLeaderResponse<TypeConfig>, RPCError<TypeConfig>> {
-        let ttl = option.hard_ttl();
-        match self.call(&Request::TransferLeader(req), ttl).await {
-            Ok(Response::TransferLeader(Ok(r))) => Ok(r),
-            Ok(Response::TransferLeader(Err(e))) | Ok(Response::Error(e)) => Err(self.rpc_error(
-                PeerError::Remote(e),
-                openraft::RPCTypes::TransferLeader,
-                ttl,
-            )),
-            Ok(_) => Err(self.rpc_error(
-                PeerError::Unexpected,
-                openraft::RPCTypes::TransferLeader,
-                ttl,
-            )),
-            Err(e) => Err(self.rpc_error(e, openraft::RPCTypes::TransferLeader, ttl)),
-        }
+        self.rpc(
+            Request::TransferLeader(req),
+            RPCTypes::TransferLeader,
+            option.hard_ttl(),
+            |r| match r {
+                Response::TransferLeader(r) => Some(r),
+                _ => None,
+            },
+        )
+        .await
+    }
+}
+
+fn vote_response(r: Response) -> Option<Result<VoteResponse<TypeConfig>, String>> {
+    match r {
+        Response::Vote(r) => Some(r),
+        _ => None,
     }
 }
 

@@ -9,8 +9,10 @@ use std::time::Duration;
 use anyhow::Context;
 use anyhow::ensure;
 use common::wait_for;
+use common::wait_status;
 use kvserver::Config;
 use kvserver::NodeHandle;
+use reqwest::Method;
 use serde_json::Value;
 use serde_json::json;
 
@@ -42,19 +44,15 @@ impl Node {
             _dir: dir,
         };
         if bootstrap {
-            let http = node.http.clone();
             let url = format!("{}/readyz", node.base);
-            wait_for("single node ready", Duration::from_secs(10), || {
-                let (http, url) = (http.clone(), url.clone());
-                async move {
-                    http.get(&url)
-                        .send()
-                        .await
-                        .ok()
-                        .filter(|r| r.status() == 200)
-                        .map(|_| ())
-                }
-            })
+            wait_status(
+                &node.http,
+                "single node ready",
+                Method::GET,
+                &url,
+                None,
+                200,
+            )
             .await?;
         }
         Ok(node)
@@ -248,13 +246,8 @@ async fn kv_endpoints_behave_as_documented() -> anyhow::Result<()> {
         s == 201 && b["kv"]["expires_at_ms"].as_u64().is_some(),
         "ttl put: {s} {b}"
     );
-    let http = n.http.clone();
     let url = format!("{}/v1/kv/session", n.base);
-    wait_for("ttl expiry", Duration::from_secs(5), || {
-        let (http, url) = (http.clone(), url.clone());
-        async move { (http.get(&url).send().await.ok()?.status() == 404).then_some(()) }
-    })
-    .await?;
+    wait_status(&n.http, "ttl expiry", Method::GET, &url, None, 404).await?;
     let (s, b) = n.put("/v1/kv/session", r#"{"value":"s2"}"#).await?;
     ensure!(
         s == 201 && b["kv"]["version"] == 1,
@@ -706,20 +699,15 @@ async fn uninitialized_node_refuses_with_503() -> anyhow::Result<()> {
     // Now told to form a cluster, it does, once.
     let (s, b) = n.post("/v1/cluster/init", "{}").await?;
     ensure!(s == 201 && b["changed"] == true, "init: {s} {b}");
-    let http = n.http.clone();
     let url = format!("{}/v1/kv/a", n.base);
-    wait_for("writable after init", Duration::from_secs(10), || {
-        let (http, url) = (http.clone(), url.clone());
-        async move {
-            http.put(&url)
-                .json(&json!({"value": "x"}))
-                .send()
-                .await
-                .ok()
-                .filter(|r| r.status() == 201)
-                .map(|_| ())
-        }
-    })
+    wait_status(
+        &n.http,
+        "writable after init",
+        Method::PUT,
+        &url,
+        Some(json!({"value": "x"})),
+        201,
+    )
     .await?;
     n.stop().await
 }
@@ -740,18 +728,14 @@ async fn data_survives_restart_and_store_refuses_another_identity() -> anyhow::R
     let base = format!("http://{}", h.api_addr);
     let http = common::client();
     let url = format!("{base}/v1/kv/durable");
-    wait_for("write", Duration::from_secs(10), || {
-        let (http, url) = (http.clone(), url.clone());
-        async move {
-            http.put(&url)
-                .json(&json!({"value":"yes"}))
-                .send()
-                .await
-                .ok()
-                .filter(|r| r.status() == 201)
-                .map(|_| ())
-        }
-    })
+    wait_status(
+        &http,
+        "write",
+        Method::PUT,
+        &url,
+        Some(json!({"value": "yes"})),
+        201,
+    )
     .await?;
     h.shutdown().await?;
 
@@ -774,19 +758,7 @@ async fn data_survives_restart_and_store_refuses_another_identity() -> anyhow::R
 
     let h = kvserver::start_node(cfg(1, "one")).await?;
     let url = format!("http://{}/v1/kv/durable", h.api_addr);
-    let v = wait_for("read after restart", Duration::from_secs(10), || {
-        let (http, url) = (http.clone(), url.clone());
-        async move {
-            let r = http
-                .get(&url)
-                .send()
-                .await
-                .ok()
-                .filter(|r| r.status() == 200)?;
-            r.json::<Value>().await.ok()
-        }
-    })
-    .await?;
+    let v = wait_status(&http, "read after restart", Method::GET, &url, None, 200).await?;
     ensure!(
         v["kv"]["value"] == "yes" && v["kv"]["version"] == 1,
         "after restart: {v}"

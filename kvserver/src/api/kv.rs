@@ -209,6 +209,21 @@ fn require_outcome(r: ApplyResult) -> Result<(u64, Outcome), ApiError> {
     }
 }
 
+fn mismatch(
+    key: String,
+    expected: Option<u64>,
+    current: Option<KeyValue>,
+    revision: u64,
+) -> ApiError {
+    ApiError::RevisionMismatch {
+        key,
+        expected: expected.unwrap_or(0),
+        actual: current.as_ref().map(|k| k.mod_revision).unwrap_or(0),
+        current: current.map(Box::new),
+        revision,
+    }
+}
+
 pub async fn empty_key() -> ApiError {
     ApiError::bad("invalid_key", "key must not be empty: use /v1/kv/{key}")
 }
@@ -293,13 +308,9 @@ pub async fn put_key(
             let body = json!({"revision": revision, "node_id": state.id, "created": created, "kv": kv, "prev_kv": prev});
             Ok((status, Json(body)).into_response())
         }
-        Outcome::PreconditionFailed { current } => Err(ApiError::RevisionMismatch {
-            key,
-            expected: body.if_revision.unwrap_or(0),
-            actual: current.as_ref().map(|k| k.mod_revision).unwrap_or(0),
-            current: current.map(Box::new),
-            revision,
-        }),
+        Outcome::PreconditionFailed { current } => {
+            Err(mismatch(key, body.if_revision, current, revision))
+        }
         other => Err(ApiError::Internal(format!(
             "unexpected outcome for put: {other:?}"
         ))),
@@ -332,13 +343,9 @@ pub async fn delete_key(
             revision,
             node_id: state.id,
         }),
-        Outcome::PreconditionFailed { current } => Err(ApiError::RevisionMismatch {
-            key,
-            expected: q.if_revision.unwrap_or(0),
-            actual: current.as_ref().map(|k| k.mod_revision).unwrap_or(0),
-            current: current.map(Box::new),
-            revision,
-        }),
+        Outcome::PreconditionFailed { current } => {
+            Err(mismatch(key, q.if_revision, current, revision))
+        }
         other => Err(ApiError::Internal(format!(
             "unexpected outcome for delete: {other:?}"
         ))),

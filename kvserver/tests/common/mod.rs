@@ -43,6 +43,32 @@ where
     }
 }
 
+/// Repeats a request until it answers `status` (within 20 s); returns the JSON body.
+pub async fn wait_status(
+    http: &reqwest::Client,
+    what: &str,
+    method: reqwest::Method,
+    url: &str,
+    body: Option<Value>,
+    status: u16,
+) -> anyhow::Result<Value> {
+    wait_for(what, Duration::from_secs(20), || {
+        let mut req = http.request(method.clone(), url);
+        if let Some(b) = &body {
+            req = req.json(b);
+        }
+        async move {
+            let r = req
+                .send()
+                .await
+                .ok()
+                .filter(|r| r.status().as_u16() == status)?;
+            Some(r.json::<Value>().await.unwrap_or(Value::Null))
+        }
+    })
+    .await
+}
+
 pub fn client() -> reqwest::Client {
     reqwest::Client::builder()
         .no_proxy()
