@@ -1,12 +1,33 @@
 #!/usr/bin/env bash
 # The one test command (README, CI): formatting, lints, and every test in the
-# workspace. Needs only a Rust toolchain; SQLite is compiled in (bundled).
+# workspace on both storage backends. Needs a Rust toolchain; installs the
+# PostgreSQL server from Debian packages when it is missing (the tests start
+# private, throwaway PostgreSQL instances of their own, on free ports of
+# 127.0.0.1, and stop them). If PostgreSQL cannot be had, this fails: the
+# PostgreSQL tests are never skipped.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+have_pg() { compgen -G "/usr/lib/postgresql/*/bin/pg_ctl" > /dev/null; }
+if ! have_pg && [ -z "${KV_TEST_PG_BIN:-}" ]; then
+  echo "==> installing the PostgreSQL server (Debian package postgresql)"
+  if [ "$(id -u)" -ne 0 ] || ! command -v apt-get > /dev/null; then
+    echo "error: PostgreSQL server binaries are missing and cannot be installed here (need root and apt-get)." >&2
+    echo "       Install the 'postgresql' package, or point KV_TEST_PG_BIN at a directory holding initdb and pg_ctl." >&2
+    exit 1
+  fi
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql > /dev/null
+  # The package starts a system cluster we do not use; the tests run their own.
+  if command -v pg_lsclusters > /dev/null; then
+    pg_lsclusters -h 2> /dev/null | while read -r ver name _; do pg_ctlcluster "$ver" "$name" stop 2> /dev/null || true; done
+  fi
+  have_pg || { echo "error: postgresql installed but no /usr/lib/postgresql/*/bin/pg_ctl found" >&2; exit 1; }
+fi
 
 echo "==> cargo fmt --check"
 cargo fmt --all -- --check
 echo "==> cargo clippy (warnings are errors)"
 cargo clippy --workspace --all-targets --locked -- -D warnings
-echo "==> cargo test"
+echo "==> cargo test (SQLite and PostgreSQL)"
 cargo test --workspace --locked

@@ -110,15 +110,77 @@ impl Default for RaftConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StorageConfig {
-    /// `sqlite` (embedded file in `data_dir`).
+    /// `sqlite` (embedded file in `data_dir`) or `postgres`.
     pub backend: String,
+    /// PostgreSQL settings (used when `backend: postgres`).
+    pub postgres: PostgresConfig,
 }
 
 impl Default for StorageConfig {
     fn default() -> Self {
         Self {
             backend: "sqlite".into(),
+            postgres: PostgresConfig::default(),
         }
+    }
+}
+
+/// PostgreSQL connection settings. The URL may carry the password and
+/// `sslmode` (`disable`, `prefer`, `require`, `verify-ca`, `verify-full`); it is
+/// never logged or printed.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PostgresConfig {
+    /// `postgres://user:password@host:5432/db?sslmode=require`.
+    pub url: Option<String>,
+    /// Schema owned by this node (created if missing). Default: `kv_<cluster_id>_<node_id>`.
+    pub schema: Option<String>,
+    /// Size of the read pool (writes use one dedicated connection).
+    pub max_connections: u32,
+    /// How long to wait for a pooled connection before failing a read with 503.
+    pub acquire_timeout_ms: u64,
+}
+
+impl Default for PostgresConfig {
+    fn default() -> Self {
+        Self {
+            url: None,
+            schema: None,
+            max_connections: 4,
+            acquire_timeout_ms: 5_000,
+        }
+    }
+}
+
+impl std::fmt::Debug for PostgresConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresConfig")
+            .field("url", &self.url.as_deref().map(crate::store::redact_url))
+            .field("schema", &self.schema)
+            .field("max_connections", &self.max_connections)
+            .field("acquire_timeout_ms", &self.acquire_timeout_ms)
+            .finish()
+    }
+}
+
+impl PostgresConfig {
+    /// The schema for `node_id` of `cluster_id`: configured, or derived from both.
+    pub fn schema_for(&self, cluster_id: &str, node_id: u64) -> String {
+        self.schema.clone().unwrap_or_else(|| {
+            let c: String = cluster_id
+                .chars()
+                .map(|c| {
+                    if c.is_ascii_alphanumeric() {
+                        c.to_ascii_lowercase()
+                    } else {
+                        '_'
+                    }
+                })
+                .collect();
+            let mut s = format!("kv_{c}_{node_id}");
+            s.truncate(63);
+            s
+        })
     }
 }
 
@@ -235,6 +297,22 @@ const ENV: &[(&str, &str, Kind)] = &[
         Kind::Scalar,
     ),
     ("KV_STORAGE_BACKEND", "storage.backend", Kind::Str),
+    ("KV_STORAGE_POSTGRES_URL", "storage.postgres.url", Kind::Str),
+    (
+        "KV_STORAGE_POSTGRES_SCHEMA",
+        "storage.postgres.schema",
+        Kind::Str,
+    ),
+    (
+        "KV_STORAGE_POSTGRES_MAX_CONNECTIONS",
+        "storage.postgres.max_connections",
+        Kind::Scalar,
+    ),
+    (
+        "KV_STORAGE_POSTGRES_ACQUIRE_TIMEOUT_MS",
+        "storage.postgres.acquire_timeout_ms",
+        Kind::Scalar,
+    ),
 ];
 
 /// Fields whose overrides are strings even when they look like numbers.
@@ -522,14 +600,52 @@ impl Config {
         if r.max_payload_entries == 0 {
             return Err(field_err("raft.max_payload_entries", "must be > 0"));
         }
-        if self.storage.backend != "sqlite" {
-            return Err(field_err(
-                "storage.backend",
-                format!(
-                    "unsupported backend {:?}; supported: sqlite",
-                    self.storage.backend
-                ),
-            ));
+        match self.storage.backend.as_str() {
+            "sqlite" => {}
+            "postgres" => {
+                let pg = &self.storage.postgres;
+                let url = pg.url.as_deref().unwrap_or("");
+                if url.is_empty() {
+                    return Err(field_err(
+                        "storage.postgres.url",
+                        "required when storage.backend is postgres",
+                    ));
+                }
+                if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+                    return Err(field_err(
+                        "storage.postgres.url",
+                        "must start with postgres:// or postgresql://",
+                    ));
+                }
+                if let Some(schema) = &pg.schema {
+                    let ok = !schema.is_empty()
+                        && schema.len() <= 63
+                        && schema
+                            .bytes()
+                            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+                    if !ok {
+                        return Err(field_err(
+                            "storage.postgres.schema",
+                            "must be 1-63 characters of [a-z0-9_]",
+                        ));
+                    }
+                }
+                if pg.max_connections == 0 {
+                    return Err(field_err("storage.postgres.max_connections", "must be > 0"));
+                }
+                if pg.acquire_timeout_ms == 0 {
+                    return Err(field_err(
+                        "storage.postgres.acquire_timeout_ms",
+                        "must be > 0",
+                    ));
+                }
+            }
+            other => {
+                return Err(field_err(
+                    "storage.backend",
+                    format!("unsupported backend {other:?}; supported: sqlite, postgres"),
+                ));
+            }
         }
         if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
             return Err(field_err(

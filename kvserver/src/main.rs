@@ -138,7 +138,14 @@ fn main() -> anyhow::Result<()> {
         }
     };
     if cli.print_config {
-        print!("{}", serde_yaml::to_string(&cfg)?);
+        let mut shown = cfg.clone();
+        shown.storage.postgres.url = shown
+            .storage
+            .postgres
+            .url
+            .as_deref()
+            .map(kvserver::store::redact_url);
+        print!("{}", serde_yaml::to_string(&shown)?);
         return Ok(());
     }
     init_logging(&cfg);

@@ -29,6 +29,7 @@ use crate::metrics::Metrics;
 use crate::network;
 use crate::network::KvRaft;
 use crate::network::NetworkFactory;
+use crate::store::Backend;
 use crate::store::LogStore;
 use crate::store::StateMachine;
 use crate::store::Store;
@@ -134,10 +135,24 @@ pub async fn start_node(config: Config) -> Result<NodeHandle, NodeError> {
     };
 
     let metrics = Arc::new(Metrics::new()?);
+    let backend = match config.storage.backend.as_str() {
+        "postgres" => {
+            let pg = &config.storage.postgres;
+            Backend::Postgres {
+                url: pg.url.clone().unwrap_or_default(),
+                schema: pg.schema_for(&config.cluster_id, id),
+                max_connections: pg.max_connections,
+                acquire_timeout: Duration::from_millis(pg.acquire_timeout_ms),
+            }
+        }
+        _ => Backend::Sqlite,
+    };
+    tracing::info!(node_id = id, backend = ?backend, "opening storage");
     let store_opts = StoreOptions {
         data_dir: config.data_dir.clone(),
         node_id: id,
         cluster_id: config.cluster_id.clone(),
+        backend,
     };
     let store = Store::open(&store_opts, metrics.clone()).await?;
     let log_store = LogStore::new(store.clone());

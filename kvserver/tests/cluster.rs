@@ -1,7 +1,8 @@
 //! Multi-node scenarios on real `kvserver` processes: formation through the
 //! cluster API, forwarding, leader failover and rejoin, snapshot catch-up,
 //! learner join/promotion, voter removal, leadership transfer, and the 503s a
-//! cluster without quorum answers.
+//! cluster without quorum answers. Every scenario runs on SQLite and on
+//! PostgreSQL storage.
 
 mod common;
 
@@ -14,6 +15,33 @@ use anyhow::ensure;
 use common::Cluster;
 use common::wait_for;
 use serde_json::json;
+
+/// Generates `<name>::sqlite` and `<name>::postgres`: the same scenario on each storage backend.
+macro_rules! on_both_backends {
+    ($name:ident, $scenario:ident, $args:expr) => {
+        mod $name {
+            use super::*;
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                let mut c = Cluster::new($args);
+                if let Err(e) = $scenario(&mut c).await {
+                    c.fail(e);
+                }
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                let pg = common::pg::Postgres::start().expect("private PostgreSQL server");
+                let mut c = Cluster::with_postgres(&pg, $args);
+                if let Err(e) = $scenario(&mut c).await {
+                    eprintln!("----- postgres log tail -----\n{}", pg.log_tail());
+                    c.fail(e);
+                }
+            }
+        }
+    };
+}
 
 async fn form_forward_read_everywhere(c: &mut Cluster) -> anyhow::Result<()> {
     let leader = c.form(3).await?;
@@ -76,13 +104,11 @@ async fn form_forward_read_everywhere(c: &mut Cluster) -> anyhow::Result<()> {
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn three_nodes_form_forward_and_read_everywhere() {
-    let mut c = Cluster::new(&[]);
-    if let Err(e) = form_forward_read_everywhere(&mut c).await {
-        c.fail(e);
-    }
-}
+on_both_backends!(
+    three_nodes_form_forward_and_read_everywhere,
+    form_forward_read_everywhere,
+    &[]
+);
 
 async fn failover_and_rejoin(c: &mut Cluster) -> anyhow::Result<()> {
     let leader = c.form(3).await?;
@@ -146,13 +172,11 @@ async fn failover_and_rejoin(c: &mut Cluster) -> anyhow::Result<()> {
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn leader_kill_failover_and_old_leader_rejoins() {
-    let mut c = Cluster::new(&[]);
-    if let Err(e) = failover_and_rejoin(&mut c).await {
-        c.fail(e);
-    }
-}
+on_both_backends!(
+    leader_kill_failover_and_old_leader_rejoins,
+    failover_and_rejoin,
+    &[]
+);
 
 async fn snapshot_catch_up(c: &mut Cluster) -> anyhow::Result<()> {
     let leader = c.form(3).await?;
@@ -208,18 +232,16 @@ async fn snapshot_catch_up(c: &mut Cluster) -> anyhow::Result<()> {
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn restarted_node_catches_up_by_snapshot_after_purge() {
-    let mut c = Cluster::new(&[
+on_both_backends!(
+    restarted_node_catches_up_by_snapshot_after_purge,
+    snapshot_catch_up,
+    &[
         "--set",
         "raft.snapshot_after_entries=20",
         "--set",
         "raft.keep_entries_after_snapshot=0",
-    ]);
-    if let Err(e) = snapshot_catch_up(&mut c).await {
-        c.fail(e);
-    }
-}
+    ]
+);
 
 async fn membership_changes(c: &mut Cluster) -> anyhow::Result<()> {
     let leader = c.form(3).await?;
@@ -339,13 +361,11 @@ async fn membership_changes(c: &mut Cluster) -> anyhow::Result<()> {
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn learner_joins_is_promoted_leader_transfers_and_voter_is_removed() {
-    let mut c = Cluster::new(&[]);
-    if let Err(e) = membership_changes(&mut c).await {
-        c.fail(e);
-    }
-}
+on_both_backends!(
+    learner_joins_is_promoted_leader_transfers_and_voter_is_removed,
+    membership_changes,
+    &[]
+);
 
 async fn no_quorum_answers_503(c: &mut Cluster) -> anyhow::Result<()> {
     let leader = c.form(3).await?;
@@ -397,10 +417,8 @@ async fn no_quorum_answers_503(c: &mut Cluster) -> anyhow::Result<()> {
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn cluster_without_quorum_answers_503_no_leader() {
-    let mut c = Cluster::new(&[]);
-    if let Err(e) = no_quorum_answers_503(&mut c).await {
-        c.fail(e);
-    }
-}
+on_both_backends!(
+    cluster_without_quorum_answers_503_no_leader,
+    no_quorum_answers_503,
+    &[]
+);

@@ -17,48 +17,11 @@ use serde_json::Value;
 use serde_json::json;
 use tokio::sync::Mutex;
 
-/// Writers spread unique keys over all nodes until `stop`; returns the acknowledged keys.
-fn spawn_writers(
-    c: &Cluster,
-    writers: usize,
-    stop: Arc<std::sync::atomic::AtomicBool>,
-) -> Vec<tokio::task::JoinHandle<Vec<String>>> {
-    let urls: Vec<String> = c.nodes.keys().map(|id| c.url(*id, "")).collect();
-    (0..writers)
-        .map(|w| {
-            let http = c.http.clone();
-            let urls = urls.clone();
-            let stop = stop.clone();
-            tokio::spawn(async move {
-                let mut acked = Vec::new();
-                let mut i = 0usize;
-                while !stop.load(std::sync::atomic::Ordering::Relaxed) && i < 5000 {
-                    let key = format!("burst/{w}/{i}");
-                    let url = format!("{}/v1/kv/{key}", urls[(w + i) % urls.len()]);
-                    i += 1;
-                    match http
-                        .put(&url)
-                        .timeout(Duration::from_secs(5))
-                        .json(&json!({"value": key}))
-                        .send()
-                        .await
-                    {
-                        Ok(r) if r.status().is_success() => acked.push(key),
-                        // Failures during the crash window are expected; only acks count.
-                        Ok(_) | Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
-                    }
-                }
-                acked
-            })
-        })
-        .collect()
-}
-
 async fn crash_mid_burst(c: &mut Cluster) -> anyhow::Result<()> {
     let leader = c.form(3).await?;
     let follower = (1..=3).find(|id| *id != leader).context("follower")?;
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let writers = spawn_writers(c, 6, stop.clone());
+    let writers = common::spawn_writers(c, 6, stop.clone());
 
     let cr = &*c;
     common::wait_for(
@@ -113,7 +76,7 @@ async fn crash_mid_burst(c: &mut Cluster) -> anyhow::Result<()> {
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let mut acked = Vec::new();
     for w in writers {
-        acked.extend(w.await?);
+        acked.extend(w.await?.acked);
     }
     ensure!(
         acked.len() > 400,

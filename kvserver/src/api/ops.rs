@@ -45,6 +45,9 @@ pub async fn readyz(State(state): State<AppState>, Q(_): Q<NoParams>) -> Respons
             "applying: applied index {applied} behind committed {committed}"
         ));
     }
+    if !state.store.ping(std::time::Duration::from_secs(1)).await {
+        reasons.push(format!("{} storage unreachable", state.store.backend()));
+    }
     if m.state == ServerState::Shutdown {
         reasons.push("shutting down".into());
     }
@@ -90,6 +93,7 @@ pub async fn status(
         "uptime_seconds": state.started.elapsed().as_secs(),
         "revision": state.store.revision(),
         "keys": keys,
+        "storage": state.store.backend(),
         "applied_index": m.last_applied.as_ref().map(|l| l.index),
         "api_addr": state.advertise.api_addr,
         "raft_addr": state.advertise.raft_addr,

@@ -1,10 +1,11 @@
 //! openraft log storage on the node database: entries, vote, committed index
 //! and the purge marker.
 //!
-//! Every mutating call is one SQLite transaction on the writer connection and
-//! returns only after the commit (and with it the WAL fsync) completed, which
-//! is what lets `append` report the batch flushed right away: one sync covers
-//! all entries openraft handed over in that call.
+//! Every mutating call is one transaction on the writer connection and returns
+//! only after the durable commit completed, which is what lets `append` report
+//! the batch flushed right away: one sync covers all entries openraft handed
+//! over in that call. Every call waits out database outages (see the parent
+//! module): openraft treats a storage error as fatal, and an outage is not one.
 
 use std::fmt::Debug;
 use std::io;
@@ -25,6 +26,7 @@ use super::Store;
 use super::StoreError;
 use super::decode;
 use super::encode;
+use super::put_meta;
 use crate::types::TypeConfig;
 
 const VOTE: &str = "vote";
@@ -43,8 +45,15 @@ impl LogStore {
     }
 
     async fn last_entry_log_id(&self) -> Result<Option<LogIdOf<TypeConfig>>, StoreError> {
-        let row = sqlx::query("SELECT entry FROM raft_log ORDER BY log_index DESC LIMIT 1")
-            .fetch_optional(&self.store.reader)
+        let row = self
+            .store
+            .retrying("read last log entry", || async {
+                Ok(
+                    sqlx::query("SELECT entry FROM raft_log ORDER BY log_index DESC LIMIT 1")
+                        .fetch_optional(&self.store.reader)
+                        .await?,
+                )
+            })
             .await?;
         match row {
             None => Ok(None),
@@ -78,14 +87,16 @@ impl RaftLogReader<TypeConfig> for LogStore {
         range: RB,
     ) -> Result<Vec<EntryOf<TypeConfig>>, io::Error> {
         let (start, end) = range_to_sql(&range);
-        let rows = sqlx::query(
-            "SELECT entry FROM raft_log WHERE log_index >= ? AND log_index < ? ORDER BY log_index",
-        )
-        .bind(start)
-        .bind(end)
-        .fetch_all(&self.store.reader)
-        .await
-        .map_err(StoreError::from)?;
+        let rows = self
+            .store
+            .retrying("read log entries", || async {
+                Ok(sqlx::query("SELECT entry FROM raft_log WHERE log_index >= $1 AND log_index < $2 ORDER BY log_index")
+                    .bind(start)
+                    .bind(end)
+                    .fetch_all(&self.store.reader)
+                    .await?)
+            })
+            .await?;
         let mut out = Vec::with_capacity(rows.len());
         for row in rows {
             let bytes: Vec<u8> = row.try_get(0).map_err(StoreError::from)?;
@@ -95,7 +106,10 @@ impl RaftLogReader<TypeConfig> for LogStore {
     }
 
     async fn read_vote(&mut self) -> Result<Option<VoteOf<TypeConfig>>, io::Error> {
-        Ok(self.store.meta_get(VOTE).await?)
+        Ok(self
+            .store
+            .retrying("read vote", || self.store.meta_get(VOTE))
+            .await?)
     }
 }
 
@@ -103,7 +117,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     type LogReader = Self;
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, io::Error> {
-        let last_purged: Option<LogIdOf<TypeConfig>> = self.store.meta_get(LAST_PURGED).await?;
+        let last_purged: Option<LogIdOf<TypeConfig>> = self
+            .store
+            .retrying("read purge marker", || self.store.meta_get(LAST_PURGED))
+            .await?;
         let last = self.last_entry_log_id().await?.or(last_purged);
         Ok(LogState {
             last_purged_log_id: last_purged,
@@ -127,7 +144,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogIdOf<TypeConfig>>, io::Error> {
-        let c: Option<Option<LogIdOf<TypeConfig>>> = self.store.meta_get(COMMITTED).await?;
+        let c: Option<Option<LogIdOf<TypeConfig>>> = self
+            .store
+            .retrying("read committed", || self.store.meta_get(COMMITTED))
+            .await?;
         Ok(c.flatten())
     }
 
@@ -141,27 +161,40 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I::IntoIter: OptionalSend,
     {
         let started = std::time::Instant::now();
-        let result: Result<(), StoreError> = async {
-            let mut tx = self.store.writer.begin().await?;
-            for entry in entries {
-                let bytes = encode(&entry)?;
-                sqlx::query("INSERT OR REPLACE INTO raft_log (log_index, entry) VALUES (?, ?)")
-                    .bind(entry.log_id.index as i64)
-                    .bind(bytes)
-                    .execute(&mut *tx)
-                    .await?;
+        let rows: Result<Vec<(i64, Vec<u8>)>, StoreError> = entries
+            .into_iter()
+            .map(|e| Ok((e.log_id.index as i64, encode(&e)?)))
+            .collect();
+        let result = match rows {
+            Err(e) => Err(e),
+            Ok(rows) => {
+                // Overwriting by index makes a retry after an unknown commit outcome harmless.
+                self.store
+                    .retrying("append log entries", || async {
+                        let mut tx = self.store.writer.begin().await?;
+                        for (index, bytes) in &rows {
+                            sqlx::query(
+                                "INSERT INTO raft_log (log_index, entry) VALUES ($1, $2) \
+                                 ON CONFLICT (log_index) DO UPDATE SET entry = excluded.entry",
+                            )
+                            .bind(*index)
+                            .bind(bytes.clone())
+                            .execute(&mut *tx)
+                            .await?;
+                        }
+                        tx.commit().await?;
+                        Ok(())
+                    })
+                    .await
             }
-            tx.commit().await?;
-            Ok(())
-        }
-        .await;
+        };
         self.store
             .metrics
             .storage_sync_seconds
             .observe(started.elapsed().as_secs_f64());
         match result {
             Ok(()) => {
-                // The commit above returned after the WAL fsync: the batch is durable.
+                // The commit above returned after the durable sync: the batch is flushed.
                 callback.io_completed(Ok(()));
                 Ok(())
             }
@@ -178,35 +211,34 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         last_log_id: Option<LogIdOf<TypeConfig>>,
     ) -> Result<(), io::Error> {
         let keep_through = last_log_id.map(|l| l.index as i64).unwrap_or(-1);
-        sqlx::query("DELETE FROM raft_log WHERE log_index > ?")
-            .bind(keep_through)
-            .execute(&self.store.writer)
-            .await
-            .map_err(StoreError::from)?;
+        self.store
+            .retrying("truncate log", || async {
+                sqlx::query("DELETE FROM raft_log WHERE log_index > $1")
+                    .bind(keep_through)
+                    .execute(&self.store.writer)
+                    .await?;
+                Ok(())
+            })
+            .await?;
         Ok(())
     }
 
     async fn purge(&mut self, log_id: LogIdOf<TypeConfig>) -> Result<(), io::Error> {
         let bytes = encode(&log_id)?;
-        let result: Result<(), StoreError> = async {
-            let mut tx = self.store.writer.begin().await?;
-            // Record the marker first, in the same transaction, so a crash never leaves
-            // entries gone without the marker that explains their absence.
-            sqlx::query(
-                "INSERT INTO raft_meta (name, value) VALUES (?, ?) ON CONFLICT(name) DO UPDATE SET value = excluded.value",
-            )
-            .bind(LAST_PURGED)
-            .bind(bytes)
-            .execute(&mut *tx)
+        self.store
+            .retrying("purge log", || async {
+                let mut tx = self.store.writer.begin().await?;
+                // The marker goes in the same transaction, so a crash never leaves entries
+                // gone without the marker that explains their absence.
+                put_meta(&mut tx, LAST_PURGED, bytes.clone()).await?;
+                sqlx::query("DELETE FROM raft_log WHERE log_index <= $1")
+                    .bind(log_id.index as i64)
+                    .execute(&mut *tx)
+                    .await?;
+                tx.commit().await?;
+                Ok(())
+            })
             .await?;
-            sqlx::query("DELETE FROM raft_log WHERE log_index <= ?")
-                .bind(log_id.index as i64)
-                .execute(&mut *tx)
-                .await?;
-            tx.commit().await?;
-            Ok(())
-        }
-        .await;
-        Ok(result?)
+        Ok(())
     }
 }

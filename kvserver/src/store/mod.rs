@@ -1,15 +1,26 @@
 //! Persistent storage of one node: Raft log, vote, committed index, snapshot
-//! metadata and the key-value state machine, all in one SQLite database
-//! reached through sqlx.
+//! metadata and the key-value state machine, in one database reached through
+//! sqlx: an embedded SQLite file (default) or a PostgreSQL schema per node.
 //!
-//! The database is opened with two pools: a single *writer* connection that
-//! every mutation (log append, vote, apply) goes through, so SQLite never has
-//! to arbitrate writers with busy-waits, and a small *reader* pool for
-//! replication reads, client reads and snapshot builds; WAL mode lets those
-//! readers see a consistent committed state while the writer goes on.
-//! `synchronous=FULL` makes every commit durable before it returns, so a log
-//! append is on disk before openraft is told it is flushed; one transaction
-//! covers a whole batch of entries so one sync serves many writes.
+//! Both backends run the *same* code through sqlx's `Any` driver: every
+//! statement is written once with `$N` placeholders (which both understand);
+//! only the schema DDL and the connection set-up differ ([`Backend`]).
+//!
+//! Each store has two pools: a single *writer* connection that every mutation
+//! (log append, vote, apply) goes through, so writes of one node never contend
+//! with each other, and a small *reader* pool for replication reads, client
+//! reads and snapshot builds, which see committed state only. Commits are
+//! durable when they return (SQLite WAL with `synchronous=FULL`; PostgreSQL
+//! with its default `synchronous_commit=on`), so a log append is on disk
+//! before openraft is told it is flushed; one transaction covers a whole batch
+//! of entries, so one sync serves many writes.
+//!
+//! When the database is unreachable, mutations are retried with backoff
+//! instead of failing (a storage error is fatal to openraft), the store is
+//! marked unhealthy (the node reports not ready and reads answer 503), and
+//! everything resumes when the database returns. Retried operations are
+//! idempotent: appends overwrite by index, and an apply batch re-reads the
+//! applied position inside its transaction and skips entries already applied.
 //!
 //! Submodules: [`log`] implements openraft's log storage, [`sm`] the state
 //! machine and [`snapshot`] the on-disk snapshot format.
@@ -18,25 +29,26 @@ pub mod log;
 pub mod sm;
 pub mod snapshot;
 
-use std::path::Path;
+use std::future::Future;
 use std::path::PathBuf;
-use std::str::FromStr;
 use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use sqlx::Any;
+use sqlx::AnyPool;
+use sqlx::Executor;
 use sqlx::Row;
-use sqlx::SqlitePool;
+use sqlx::Transaction;
+use sqlx::any::AnyPoolOptions;
+use sqlx::any::AnyRow;
 use sqlx::migrate::Migration;
 use sqlx::migrate::MigrationType;
 use sqlx::migrate::Migrator;
-use sqlx::sqlite::SqliteConnectOptions;
-use sqlx::sqlite::SqliteJournalMode;
-use sqlx::sqlite::SqlitePoolOptions;
-use sqlx::sqlite::SqliteSynchronous;
 
 use crate::metrics::Metrics;
 use crate::types::KeyValue;
@@ -65,6 +77,31 @@ pub enum StoreError {
         stored: String,
         configured: String,
     },
+    #[error("storage is shutting down")]
+    Closed,
+}
+
+impl StoreError {
+    /// Whether the error means "the database is (temporarily) unreachable" rather than a
+    /// bug or corruption: such operations are retried, and clients get a 503.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            StoreError::Db(e) => match e {
+                sqlx::Error::Io(_)
+                | sqlx::Error::PoolTimedOut
+                | sqlx::Error::Tls(_)
+                | sqlx::Error::Protocol(_) => true,
+                sqlx::Error::Database(d) => d.code().is_some_and(|c| {
+                    // SQLSTATE classes 08 (connection exception), 53 (insufficient resources),
+                    // 57P (operator intervention: shutdown, cannot connect now); SQLite BUSY (5).
+                    c.starts_with("08") || c.starts_with("53") || c.starts_with("57P") || c == "5"
+                }),
+                _ => false,
+            },
+            StoreError::Io(_) => true,
+            _ => false,
+        }
+    }
 }
 
 impl From<StoreError> for std::io::Error {
@@ -76,8 +113,59 @@ impl From<StoreError> for std::io::Error {
     }
 }
 
-/// The schema, applied through sqlx's migrator so later versions can evolve it.
-const MIGRATION_1: &str = r#"
+/// Which database holds the node's state.
+#[derive(Clone)]
+pub enum Backend {
+    /// `kvserver.db` in the data directory.
+    Sqlite,
+    /// One schema of a PostgreSQL database.
+    Postgres {
+        /// Connection URL (may carry a password and `sslmode`); never logged.
+        url: String,
+        /// Schema owned by this node.
+        schema: String,
+        max_connections: u32,
+        acquire_timeout: Duration,
+    },
+}
+
+impl std::fmt::Debug for Backend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Backend::Sqlite => write!(f, "sqlite"),
+            Backend::Postgres { url, schema, .. } => {
+                write!(f, "postgres({}, schema {schema})", redact_url(url))
+            }
+        }
+    }
+}
+
+/// Hides the password of a connection URL (`postgres://user:***@host/db`).
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let Some((userinfo, host)) = rest.rsplit_once('@') else {
+        return url.to_string();
+    };
+    match userinfo.split_once(':') {
+        Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
+        None => url.to_string(),
+    }
+}
+
+/// Options for opening a store.
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    pub data_dir: PathBuf,
+    pub node_id: NodeId,
+    pub cluster_id: String,
+    pub backend: Backend,
+}
+
+/// The schema. SQLite and PostgreSQL differ only in type names; `key` sorts by
+/// bytes on both (`COLLATE "C"`), which prefix scans rely on.
+const SQLITE_SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS raft_log (
     log_index INTEGER PRIMARY KEY,
     entry     BLOB    NOT NULL
@@ -99,62 +187,171 @@ CREATE TABLE IF NOT EXISTS kv (
 CREATE INDEX IF NOT EXISTS kv_expiry ON kv (expires_at_ms) WHERE expires_at_ms IS NOT NULL;
 "#;
 
-fn migrator() -> Migrator {
+const POSTGRES_SCHEMA: &str = r#"
+CREATE TABLE IF NOT EXISTS raft_log (
+    log_index BIGINT PRIMARY KEY,
+    entry     BYTEA  NOT NULL
+);
+CREATE TABLE IF NOT EXISTS raft_meta (
+    name  TEXT  PRIMARY KEY,
+    value BYTEA NOT NULL
+);
+CREATE TABLE IF NOT EXISTS kv (
+    key             TEXT COLLATE "C" PRIMARY KEY,
+    value           TEXT   NOT NULL,
+    create_revision BIGINT NOT NULL,
+    mod_revision    BIGINT NOT NULL,
+    version         BIGINT NOT NULL,
+    expires_at_ms   BIGINT,
+    created_at_ms   BIGINT NOT NULL,
+    updated_at_ms   BIGINT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS kv_expiry ON kv (expires_at_ms) WHERE expires_at_ms IS NOT NULL;
+"#;
+
+fn migrator(backend: &Backend) -> Migrator {
     use sqlx::SqlSafeStr;
+    let sql = match backend {
+        Backend::Sqlite => SQLITE_SCHEMA,
+        Backend::Postgres { .. } => POSTGRES_SCHEMA,
+    };
     Migrator::with_migrations(vec![Migration::new(
         1,
         "initial schema".into(),
         MigrationType::Simple,
-        MIGRATION_1.into_sql_str(),
+        sql.into_sql_str(),
         false,
     )])
 }
 
+/// Upsert of one `raft_meta` row, shared by every writer.
+pub(crate) const META_UPSERT: &str = "INSERT INTO raft_meta (name, value) VALUES ($1, $2) ON CONFLICT (name) DO UPDATE SET value = excluded.value";
+
 /// Shared handle on one node's database; cheap to clone.
 #[derive(Clone)]
 pub struct Store {
-    pub(crate) writer: SqlitePool,
-    pub(crate) reader: SqlitePool,
+    pub(crate) writer: AnyPool,
+    pub(crate) reader: AnyPool,
     pub(crate) snapshot_dir: PathBuf,
     /// Cluster revision after the last applied entry (mirrors `raft_meta.sm_revision`).
     pub(crate) revision: Arc<AtomicU64>,
     pub(crate) metrics: Arc<Metrics>,
+    healthy: Arc<AtomicBool>,
+    closing: Arc<AtomicBool>,
+    backend_name: &'static str,
 }
 
-/// Options for opening a store.
-#[derive(Debug, Clone)]
-pub struct StoreOptions {
-    pub data_dir: PathBuf,
-    pub node_id: NodeId,
-    pub cluster_id: String,
+fn valid_schema(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+}
+
+async fn pools(opts: &StoreOptions) -> Result<(AnyPool, AnyPool), StoreError> {
+    sqlx::any::install_default_drivers();
+    match &opts.backend {
+        Backend::Sqlite => {
+            let path = opts.data_dir.join("kvserver.db");
+            let url = |mode: &str| format!("sqlite://{}?mode={mode}", path.display());
+            let writer = AnyPoolOptions::new()
+                .max_connections(1)
+                .min_connections(1)
+                .acquire_timeout(Duration::from_secs(30))
+                .after_connect(|conn, _| {
+                    Box::pin(async move {
+                        // WAL + FULL: every commit fsyncs the WAL, so an acknowledged append survives power loss.
+                        conn.execute("PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA busy_timeout = 10000;")
+                            .await
+                            .map(|_| ())
+                    })
+                })
+                .connect(&url("rwc"))
+                .await?;
+            migrator(&opts.backend).run(&writer).await?;
+            let reader = AnyPoolOptions::new()
+                .max_connections(4)
+                .acquire_timeout(Duration::from_secs(30))
+                .after_connect(|conn, _| {
+                    Box::pin(async move {
+                        conn.execute("PRAGMA busy_timeout = 10000;")
+                            .await
+                            .map(|_| ())
+                    })
+                })
+                .connect(&url("ro"))
+                .await?;
+            Ok((writer, reader))
+        }
+        Backend::Postgres {
+            url,
+            schema,
+            max_connections,
+            acquire_timeout,
+        } => {
+            if !valid_schema(schema) {
+                return Err(StoreError::Corrupt {
+                    what: "storage.postgres.schema".into(),
+                    detail: format!("{schema:?} must be 1-63 characters of [a-z0-9_]"),
+                });
+            }
+            // The schema must exist before connections that put it on their search_path.
+            {
+                let boot = AnyPoolOptions::new()
+                    .max_connections(1)
+                    .acquire_timeout(*acquire_timeout)
+                    .connect(url)
+                    .await?;
+                boot.execute(sqlx::AssertSqlSafe(format!(
+                    "CREATE SCHEMA IF NOT EXISTS {schema}"
+                )))
+                .await?;
+                boot.close().await;
+            }
+            let set_path = Arc::<str>::from(format!("SET search_path TO {schema}"));
+            let opts_for = |max: u32, min: u32| {
+                let set_path = set_path.clone();
+                AnyPoolOptions::new()
+                    .max_connections(max)
+                    .min_connections(min)
+                    .acquire_timeout(*acquire_timeout)
+                    .after_connect(move |conn, _| {
+                        let set_path = set_path.clone();
+                        Box::pin(async move {
+                            conn.execute(sqlx::AssertSqlSafe(set_path.to_string()))
+                                .await
+                                .map(|_| ())
+                        })
+                    })
+            };
+            let writer = opts_for(1, 1).connect(url).await?;
+            migrator(&opts.backend).run(&writer).await?;
+            let reader = opts_for((*max_connections).max(1), 0).connect(url).await?;
+            Ok((writer, reader))
+        }
+    }
 }
 
 impl Store {
-    /// Opens (creating if needed) the database in `data_dir`, applies the schema and
-    /// checks that the directory belongs to this node of this cluster.
+    /// Opens (creating if needed) the node's database, applies the schema and checks
+    /// that it belongs to this node of this cluster.
     pub async fn open(opts: &StoreOptions, metrics: Arc<Metrics>) -> Result<Self, StoreError> {
         std::fs::create_dir_all(&opts.data_dir)?;
         let snapshot_dir = opts.data_dir.join("snapshots");
         std::fs::create_dir_all(&snapshot_dir)?;
-        let db_path = opts.data_dir.join("kvserver.db");
-        let writer = SqlitePoolOptions::new()
-            .max_connections(1)
-            .min_connections(1)
-            .acquire_timeout(Duration::from_secs(30))
-            .connect_with(connect_options(&db_path, false)?)
-            .await?;
-        migrator().run(&writer).await?;
-        let reader = SqlitePoolOptions::new()
-            .max_connections(4)
-            .acquire_timeout(Duration::from_secs(30))
-            .connect_with(connect_options(&db_path, true)?)
-            .await?;
+        let (writer, reader) = pools(opts).await?;
         let store = Store {
             writer,
             reader,
             snapshot_dir,
             revision: Arc::new(AtomicU64::new(0)),
             metrics,
+            healthy: Arc::new(AtomicBool::new(true)),
+            closing: Arc::new(AtomicBool::new(false)),
+            backend_name: match opts.backend {
+                Backend::Sqlite => "sqlite",
+                Backend::Postgres { .. } => "postgres",
+            },
         };
         store
             .check_identity("node_id", &opts.node_id.to_string())
@@ -184,9 +381,68 @@ impl Store {
         }
     }
 
+    /// `sqlite` or `postgres`.
+    pub fn backend(&self) -> &'static str {
+        self.backend_name
+    }
+
     /// Current cluster revision as last applied on this node.
     pub fn revision(&self) -> u64 {
         self.revision.load(Ordering::SeqCst)
+    }
+
+    /// False while the database is unreachable (a retried operation is waiting).
+    pub fn healthy(&self) -> bool {
+        self.healthy.load(Ordering::Relaxed)
+    }
+
+    /// Asks the database whether it answers, within `timeout`; updates the health flag.
+    pub async fn ping(&self, timeout: Duration) -> bool {
+        let ok = matches!(
+            tokio::time::timeout(timeout, sqlx::query("SELECT 1").fetch_one(&self.reader)).await,
+            Ok(Ok(_))
+        );
+        if ok {
+            self.healthy.store(true, Ordering::Relaxed);
+        }
+        ok && self.healthy()
+    }
+
+    /// Runs a mutation until it succeeds, waiting out transient database outages.
+    /// Non-transient errors (corruption, bugs) are returned at once.
+    pub(crate) async fn retrying<T, F, Fut>(&self, what: &str, mut op: F) -> Result<T, StoreError>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, StoreError>>,
+    {
+        let mut delay = Duration::from_millis(50);
+        let mut attempt = 0u32;
+        loop {
+            match op().await {
+                Ok(v) => {
+                    if attempt > 0 {
+                        tracing::info!(
+                            operation = what,
+                            attempts = attempt + 1,
+                            "database reachable again"
+                        );
+                    }
+                    self.healthy.store(true, Ordering::Relaxed);
+                    return Ok(v);
+                }
+                Err(e) if e.is_transient() && !self.closing.load(Ordering::Relaxed) => {
+                    self.healthy.store(false, Ordering::Relaxed);
+                    if attempt.is_multiple_of(20) {
+                        tracing::warn!(operation = what, error = %e, "database unavailable; retrying");
+                    }
+                    attempt += 1;
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(1));
+                }
+                Err(e) if e.is_transient() => return Err(StoreError::Closed),
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     /// Reads one value from `raft_meta` (bincode encoded).
@@ -194,7 +450,7 @@ impl Store {
         &self,
         name: &str,
     ) -> Result<Option<T>, StoreError> {
-        let row = sqlx::query("SELECT value FROM raft_meta WHERE name = ?")
+        let row = sqlx::query("SELECT value FROM raft_meta WHERE name = $1")
             .bind(name)
             .fetch_optional(&self.reader)
             .await?;
@@ -215,11 +471,15 @@ impl Store {
     ) -> Result<(), StoreError> {
         let bytes = encode(value)?;
         let started = std::time::Instant::now();
-        sqlx::query("INSERT INTO raft_meta (name, value) VALUES (?, ?) ON CONFLICT(name) DO UPDATE SET value = excluded.value")
-            .bind(name)
-            .bind(bytes)
-            .execute(&self.writer)
-            .await?;
+        self.retrying("meta write", || async {
+            sqlx::query(META_UPSERT)
+                .bind(name)
+                .bind(bytes.clone())
+                .execute(&self.writer)
+                .await?;
+            Ok(())
+        })
+        .await?;
         self.metrics
             .storage_sync_seconds
             .observe(started.elapsed().as_secs_f64());
@@ -228,12 +488,10 @@ impl Store {
 
     /// Reads a key, hiding it when its expiry is at or before `now_ms`.
     pub async fn get(&self, key: &str, now_ms: u64) -> Result<Option<KeyValue>, StoreError> {
-        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {KV_COLUMNS} FROM kv WHERE key = ?"
-        )))
-        .bind(key)
-        .fetch_optional(&self.reader)
-        .await?;
+        let row = sqlx::query(KV_BY_KEY)
+            .bind(key)
+            .fetch_optional(&self.reader)
+            .await?;
         Ok(row
             .map(|r| row_to_kv(&r, true))
             .transpose()?
@@ -247,11 +505,10 @@ impl Store {
         now_ms: u64,
     ) -> Result<(Vec<KeyValue>, Vec<String>), StoreError> {
         let mut tx = self.reader.begin().await?;
-        let sql = format!("SELECT {KV_COLUMNS} FROM kv WHERE key = ?");
         let mut found = Vec::with_capacity(keys.len());
         let mut missing = Vec::new();
         for key in keys {
-            let row = sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
+            let row = sqlx::query(KV_BY_KEY)
                 .bind(key)
                 .fetch_optional(&mut *tx)
                 .await?;
@@ -290,10 +547,10 @@ impl Store {
             KV_COLUMNS
         };
         let sql = format!(
-            "SELECT {columns} FROM kv WHERE key {op} ? AND (expires_at_ms IS NULL OR expires_at_ms > ?) \
-             ORDER BY key LIMIT ?"
+            "SELECT {columns} FROM kv WHERE key {op} $1 AND (expires_at_ms IS NULL OR expires_at_ms > $2) \
+             ORDER BY key LIMIT $3"
         );
-        let rows = sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(from)
             .bind(now_ms as i64)
             .bind((limit + 1) as i64)
@@ -318,7 +575,7 @@ impl Store {
     /// Keys whose expiry is at or before `now_ms` (for the leader's reaper).
     pub async fn expired_keys(&self, now_ms: u64, limit: usize) -> Result<Vec<String>, StoreError> {
         let rows = sqlx::query(
-            "SELECT key FROM kv WHERE expires_at_ms IS NOT NULL AND expires_at_ms <= ? ORDER BY expires_at_ms LIMIT ?",
+            "SELECT key FROM kv WHERE expires_at_ms IS NOT NULL AND expires_at_ms <= $1 ORDER BY expires_at_ms LIMIT $2",
         )
         .bind(now_ms as i64)
         .bind(limit as i64)
@@ -337,32 +594,20 @@ impl Store {
         Ok(row.try_get::<i64, _>(0)? as u64)
     }
 
-    /// Closes both pools (after Raft has shut down).
+    /// Closes both pools (after Raft has shut down); pending retries give up.
     pub async fn close(&self) {
+        self.closing.store(true, Ordering::Relaxed);
         self.reader.close().await;
         self.writer.close().await;
     }
 }
 
-fn connect_options(path: &Path, read_only: bool) -> Result<SqliteConnectOptions, StoreError> {
-    let url = format!("sqlite://{}", path.display());
-    Ok(SqliteConnectOptions::from_str(&url)?
-        .create_if_missing(!read_only)
-        .read_only(read_only)
-        .journal_mode(SqliteJournalMode::Wal)
-        // FULL: the WAL is fsynced at every commit, so an acknowledged append survives power loss.
-        .synchronous(SqliteSynchronous::Full)
-        .busy_timeout(Duration::from_secs(10))
-        .statement_cache_capacity(128))
-}
-
 pub(crate) const KV_COLUMNS: &str = "key, value, create_revision, mod_revision, version, expires_at_ms, created_at_ms, updated_at_ms";
 const KV_META_COLUMNS: &str = "key, NULL AS value, create_revision, mod_revision, version, expires_at_ms, created_at_ms, updated_at_ms";
+pub(crate) const KV_BY_KEY: &str = "SELECT key, value, create_revision, mod_revision, version, expires_at_ms, created_at_ms, updated_at_ms \
+     FROM kv WHERE key = $1";
 
-pub(crate) fn row_to_kv(
-    row: &sqlx::sqlite::SqliteRow,
-    with_value: bool,
-) -> Result<KeyValue, StoreError> {
+pub(crate) fn row_to_kv(row: &AnyRow, with_value: bool) -> Result<KeyValue, StoreError> {
     let value: Option<String> = if with_value { row.try_get(1)? } else { None };
     Ok(KeyValue {
         key: row.try_get(0)?,
@@ -374,6 +619,35 @@ pub(crate) fn row_to_kv(
         created_at_ms: row.try_get::<i64, _>(6)? as u64,
         updated_at_ms: row.try_get::<i64, _>(7)? as u64,
     })
+}
+
+/// Upserts one `raft_meta` row inside a transaction.
+pub(crate) async fn put_meta(
+    tx: &mut Transaction<'_, Any>,
+    name: &str,
+    value: Vec<u8>,
+) -> Result<(), StoreError> {
+    sqlx::query(META_UPSERT)
+        .bind(name)
+        .bind(value)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+/// Reads one `raft_meta` row inside a transaction.
+pub(crate) async fn get_meta<T: DeserializeOwned>(
+    tx: &mut Transaction<'_, Any>,
+    name: &str,
+) -> Result<Option<T>, StoreError> {
+    let row = sqlx::query("SELECT value FROM raft_meta WHERE name = $1")
+        .bind(name)
+        .fetch_optional(&mut **tx)
+        .await?;
+    match row {
+        None => Ok(None),
+        Some(r) => decode(name, &r.try_get::<Vec<u8>, _>(0)?).map(Some),
+    }
 }
 
 pub(crate) fn is_expired(kv: &KeyValue, now_ms: u64) -> bool {
@@ -392,4 +666,33 @@ pub(crate) fn decode<T: DeserializeOwned>(what: &str, bytes: &[u8]) -> Result<T,
         what: what.to_string(),
         detail: e.to_string(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_are_redacted() {
+        assert_eq!(
+            redact_url("postgres://kv:s3cret@db:5432/kv?sslmode=require"),
+            "postgres://kv:***@db:5432/kv?sslmode=require"
+        );
+        assert_eq!(redact_url("postgres://kv@db/kv"), "postgres://kv@db/kv");
+        assert_eq!(redact_url("not a url"), "not a url");
+        let b = Backend::Postgres {
+            url: "postgres://u:p@h/d".into(),
+            schema: "s".into(),
+            max_connections: 1,
+            acquire_timeout: Duration::from_secs(1),
+        };
+        assert!(!format!("{b:?}").contains(":p@"));
+    }
+
+    #[test]
+    fn schema_names_are_checked() {
+        assert!(valid_schema("kv_orders_2"));
+        assert!(!valid_schema("Robert'); DROP TABLE kv;--"));
+        assert!(!valid_schema(""));
+    }
 }

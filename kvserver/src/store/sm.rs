@@ -4,7 +4,10 @@
 //! A batch of entries from openraft is applied in one write transaction that
 //! also records the last applied log id, the membership and the cluster
 //! revision, so the table and its position in the log can never disagree after
-//! a crash. Responses go back to waiting clients only after that commit.
+//! a crash. Responses go back to waiting clients only after that commit. If the
+//! database drops the connection mid-commit the batch is retried; the retry
+//! first reads the applied position inside its transaction, so a batch whose
+//! commit did land is never applied twice.
 
 use std::io;
 use std::sync::Arc;
@@ -18,18 +21,23 @@ use openraft::RaftSnapshotBuilder;
 use openraft::StoredMembership;
 use openraft::storage::EntryResponder;
 use openraft::storage::RaftStateMachine;
+use openraft::type_config::alias::EntryOf;
 use openraft::type_config::alias::LogIdOf;
 use openraft::type_config::alias::SnapshotMetaOf;
 use openraft::type_config::alias::SnapshotOf;
 use openraft::type_config::alias::StoredMembershipOf;
-use sqlx::Sqlite;
+use sqlx::Any;
+use sqlx::Row;
 use sqlx::Transaction;
 
+use super::KV_BY_KEY;
 use super::KV_COLUMNS;
 use super::Store;
 use super::StoreError;
 use super::encode;
+use super::get_meta;
 use super::is_expired;
+use super::put_meta;
 use super::row_to_kv;
 use super::snapshot::SnapshotFile;
 use super::snapshot::SnapshotWriter;
@@ -55,6 +63,15 @@ pub struct StateMachine {
     snapshot_lock: Arc<tokio::sync::Mutex<()>>,
 }
 
+/// What one apply attempt produced.
+struct Applied {
+    /// Per entry; `None` when the entry had been applied by an earlier attempt whose
+    /// commit landed although its acknowledgement was lost.
+    results: Vec<Option<ApplyResult>>,
+    revision: u64,
+    membership: StoredMembershipOf<TypeConfig>,
+}
+
 impl StateMachine {
     /// Loads the applied position and membership recorded in the store.
     pub async fn new(store: Store) -> Result<Self, StoreError> {
@@ -69,52 +86,114 @@ impl StateMachine {
         })
     }
 
-    async fn apply_batch<S>(&mut self, mut entries: S) -> Result<(), StoreError>
-    where
-        S: Stream<Item = Result<EntryResponder<TypeConfig>, io::Error>> + Unpin + OptionalSend,
-    {
+    async fn apply_once(&self, batch: &[EntryOf<TypeConfig>]) -> Result<Applied, StoreError> {
+        let Some(last) = batch.last().map(|e| e.log_id) else {
+            return Ok(Applied {
+                results: Vec::new(),
+                revision: self.store.revision(),
+                membership: self.membership.clone(),
+            });
+        };
         let mut tx = self.store.writer.begin().await?;
+        let db_applied: Option<LogIdOf<TypeConfig>> =
+            get_meta::<Option<LogIdOf<TypeConfig>>>(&mut tx, SM_APPLIED)
+                .await?
+                .flatten();
+        if db_applied.is_some_and(|a| a.index >= last.index) {
+            // An earlier attempt committed this batch; only its acknowledgement was lost.
+            let revision = get_meta(&mut tx, SM_REVISION).await?.unwrap_or(0);
+            let membership = get_meta(&mut tx, SM_MEMBERSHIP).await?.unwrap_or_default();
+            tx.rollback().await?;
+            return Ok(Applied {
+                results: vec![None; batch.len()],
+                revision,
+                membership,
+            });
+        }
         let mut rev = self.store.revision();
-        let mut replies = Vec::new();
-        let mut any = false;
-        while let Some((entry, responder)) = entries.try_next().await? {
-            any = true;
-            let result = match entry.payload {
+        let mut membership = self.membership.clone();
+        let mut results = Vec::with_capacity(batch.len());
+        for entry in batch {
+            let result = match &entry.payload {
                 EntryPayload::Blank => ApplyResult::none(rev),
                 EntryPayload::Normal(cmd) => {
-                    let outcome = apply_command(&mut tx, &mut rev, cmd).await?;
+                    let outcome = apply_command(&mut tx, &mut rev, cmd.clone()).await?;
                     ApplyResult {
                         revision: rev,
                         outcome: Some(outcome),
                     }
                 }
                 EntryPayload::Membership(m) => {
-                    self.membership = StoredMembership::new(Some(entry.log_id), m);
+                    membership = StoredMembership::new(Some(entry.log_id), m.clone());
                     ApplyResult::none(rev)
                 }
             };
-            self.applied = Some(entry.log_id);
-            if let Some(r) = responder {
-                replies.push((r, result));
-            }
+            results.push(Some(result));
         }
-        if !any {
-            return Ok(());
-        }
-        put_meta(&mut tx, SM_APPLIED, &encode(&self.applied)?).await?;
-        put_meta(&mut tx, SM_MEMBERSHIP, &encode(&self.membership)?).await?;
-        put_meta(&mut tx, SM_REVISION, &encode(&rev)?).await?;
-        let started = std::time::Instant::now();
+        put_meta(&mut tx, SM_APPLIED, encode(&Some(last))?).await?;
+        put_meta(&mut tx, SM_MEMBERSHIP, encode(&membership)?).await?;
+        put_meta(&mut tx, SM_REVISION, encode(&rev)?).await?;
         tx.commit().await?;
+        Ok(Applied {
+            results,
+            revision: rev,
+            membership,
+        })
+    }
+
+    async fn apply_batch<S>(&mut self, mut entries: S) -> Result<(), StoreError>
+    where
+        S: Stream<Item = Result<EntryResponder<TypeConfig>, io::Error>> + Unpin + OptionalSend,
+    {
+        let mut batch = Vec::new();
+        let mut responders = Vec::new();
+        while let Some((entry, responder)) = entries.try_next().await? {
+            batch.push(entry);
+            responders.push(responder);
+        }
+        let Some(last) = batch.last().map(|e| e.log_id) else {
+            return Ok(());
+        };
+        let started = std::time::Instant::now();
+        let applied = self
+            .store
+            .retrying("apply entries", || self.apply_once(&batch))
+            .await?;
         self.store
             .metrics
             .storage_sync_seconds
             .observe(started.elapsed().as_secs_f64());
-        self.store.revision.store(rev, Ordering::SeqCst);
-        for (r, result) in replies {
-            r.send(result);
+        self.applied = Some(last);
+        self.membership = applied.membership;
+        self.store
+            .revision
+            .store(applied.revision, Ordering::SeqCst);
+        for (responder, result) in responders.into_iter().zip(applied.results) {
+            if let Some(r) = responder {
+                // `outcome: None` on a command tells the API the outcome is unknown.
+                r.send(result.unwrap_or(ApplyResult::none(applied.revision)));
+            }
         }
         Ok(())
+    }
+
+    async fn install_once(
+        &self,
+        meta: &SnapshotMetaOf<TypeConfig>,
+        path: &std::path::Path,
+    ) -> Result<u64, StoreError> {
+        let mut reader = SnapshotFile::open(path).await?.reader();
+        let revision = reader.header().await?;
+        let mut tx = self.store.writer.begin().await?;
+        sqlx::query("DELETE FROM kv").execute(&mut *tx).await?;
+        while let Some(kv) = reader.next_kv().await? {
+            upsert(&mut tx, &kv).await?;
+        }
+        put_meta(&mut tx, SM_APPLIED, encode(&meta.last_log_id)?).await?;
+        put_meta(&mut tx, SM_MEMBERSHIP, encode(&meta.last_membership)?).await?;
+        put_meta(&mut tx, SM_REVISION, encode(&revision)?).await?;
+        tx.commit().await?;
+        Ok(revision)
     }
 
     async fn install(
@@ -123,17 +202,13 @@ impl StateMachine {
         snapshot: SnapshotFile,
     ) -> Result<(), StoreError> {
         let received_path = snapshot.path.clone();
-        let mut reader = snapshot.reader();
-        let revision = reader.header().await?;
-        let mut tx = self.store.writer.begin().await?;
-        sqlx::query("DELETE FROM kv").execute(&mut *tx).await?;
-        while let Some(kv) = reader.next_kv().await? {
-            upsert(&mut tx, &kv).await?;
-        }
-        put_meta(&mut tx, SM_APPLIED, &encode(&meta.last_log_id)?).await?;
-        put_meta(&mut tx, SM_MEMBERSHIP, &encode(&meta.last_membership)?).await?;
-        put_meta(&mut tx, SM_REVISION, &encode(&revision)?).await?;
-        tx.commit().await?;
+        drop(snapshot);
+        let revision = self
+            .store
+            .retrying("install snapshot", || {
+                self.install_once(meta, &received_path)
+            })
+            .await?;
         self.applied = meta.last_log_id;
         self.membership = meta.last_membership.clone();
         self.store.revision.store(revision, Ordering::SeqCst);
@@ -146,8 +221,12 @@ impl StateMachine {
     }
 
     async fn current(&self) -> Result<Option<Snapshot>, StoreError> {
-        let cur: Option<(SnapshotMetaOf<TypeConfig>, String)> =
-            self.store.meta_get(SNAPSHOT_CURRENT).await?;
+        let cur: Option<(SnapshotMetaOf<TypeConfig>, String)> = self
+            .store
+            .retrying("read snapshot pointer", || {
+                self.store.meta_get(SNAPSHOT_CURRENT)
+            })
+            .await?;
         let Some((meta, name)) = cur else {
             return Ok(None);
         };
@@ -165,38 +244,23 @@ impl StateMachine {
     }
 }
 
-async fn put_meta(
-    tx: &mut Transaction<'_, Sqlite>,
-    name: &str,
-    value: &[u8],
-) -> Result<(), StoreError> {
-    sqlx::query("INSERT INTO raft_meta (name, value) VALUES (?, ?) ON CONFLICT(name) DO UPDATE SET value = excluded.value")
-        .bind(name)
-        .bind(value)
-        .execute(&mut **tx)
+async fn load(tx: &mut Transaction<'_, Any>, key: &str) -> Result<Option<KeyValue>, StoreError> {
+    let row = sqlx::query(KV_BY_KEY)
+        .bind(key)
+        .fetch_optional(&mut **tx)
         .await?;
-    Ok(())
-}
-
-async fn load(tx: &mut Transaction<'_, Sqlite>, key: &str) -> Result<Option<KeyValue>, StoreError> {
-    let row = sqlx::query(sqlx::AssertSqlSafe(format!(
-        "SELECT {KV_COLUMNS} FROM kv WHERE key = ?"
-    )))
-    .bind(key)
-    .fetch_optional(&mut **tx)
-    .await?;
     row.map(|r| row_to_kv(&r, true)).transpose()
 }
 
-async fn upsert(tx: &mut Transaction<'_, Sqlite>, kv: &KeyValue) -> Result<(), StoreError> {
+async fn upsert(tx: &mut Transaction<'_, Any>, kv: &KeyValue) -> Result<(), StoreError> {
     sqlx::query(
         "INSERT INTO kv (key, value, create_revision, mod_revision, version, expires_at_ms, created_at_ms, updated_at_ms) \
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value, \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (key) DO UPDATE SET value = excluded.value, \
          create_revision = excluded.create_revision, mod_revision = excluded.mod_revision, version = excluded.version, \
          expires_at_ms = excluded.expires_at_ms, created_at_ms = excluded.created_at_ms, updated_at_ms = excluded.updated_at_ms",
     )
-    .bind(&kv.key)
-    .bind(kv.value.as_deref().unwrap_or(""))
+    .bind(kv.key.clone())
+    .bind(kv.value.clone().unwrap_or_default())
     .bind(kv.create_revision as i64)
     .bind(kv.mod_revision as i64)
     .bind(kv.version as i64)
@@ -208,25 +272,30 @@ async fn upsert(tx: &mut Transaction<'_, Sqlite>, kv: &KeyValue) -> Result<(), S
     Ok(())
 }
 
-async fn delete_key(tx: &mut Transaction<'_, Sqlite>, key: &str) -> Result<u64, StoreError> {
-    let r = sqlx::query("DELETE FROM kv WHERE key = ?")
+async fn delete_key(tx: &mut Transaction<'_, Any>, key: &str) -> Result<u64, StoreError> {
+    let r = sqlx::query("DELETE FROM kv WHERE key = $1")
         .bind(key)
         .execute(&mut **tx)
         .await?;
     Ok(r.rows_affected())
 }
 
-/// The guard of a CAS: the live key's `mod_revision` (0 when absent) must equal `want`.
-fn guard_holds(live: &Option<KeyValue>, want: Option<u64>) -> bool {
-    match want {
-        None => true,
-        Some(w) => live.as_ref().map(|k| k.mod_revision).unwrap_or(0) == w,
-    }
+/// Loads the live (unexpired) value of `key` and checks a CAS guard against it: the
+/// key's `mod_revision` (0 when absent) must equal `want`. `Err(current)` when it does not.
+async fn guarded(
+    tx: &mut Transaction<'_, Any>,
+    key: &str,
+    want: Option<u64>,
+    now_ms: u64,
+) -> Result<Result<Option<KeyValue>, Option<KeyValue>>, StoreError> {
+    let live = load(tx, key).await?.filter(|kv| !is_expired(kv, now_ms));
+    let holds = want.is_none_or(|w| live.as_ref().map(|k| k.mod_revision).unwrap_or(0) == w);
+    Ok(if holds { Ok(live) } else { Err(live) })
 }
 
 /// Applies one command; bumps `rev` once if (and only if) it changed anything.
 async fn apply_command(
-    tx: &mut Transaction<'_, Sqlite>,
+    tx: &mut Transaction<'_, Any>,
     rev: &mut u64,
     cmd: Command,
 ) -> Result<Outcome, StoreError> {
@@ -238,10 +307,10 @@ async fn apply_command(
             if_revision,
             now_ms,
         } => {
-            let live = load(tx, &key).await?.filter(|kv| !is_expired(kv, now_ms));
-            if !guard_holds(&live, if_revision) {
-                return Ok(Outcome::PreconditionFailed { current: live });
-            }
+            let live = match guarded(tx, &key, if_revision, now_ms).await? {
+                Ok(live) => live,
+                Err(current) => return Ok(Outcome::PreconditionFailed { current }),
+            };
             *rev += 1;
             let kv = KeyValue {
                 key,
@@ -265,28 +334,26 @@ async fn apply_command(
             if_revision,
             now_ms,
         } => {
-            let live = load(tx, &key).await?.filter(|kv| !is_expired(kv, now_ms));
-            if !guard_holds(&live, if_revision) {
-                return Ok(Outcome::PreconditionFailed { current: live });
-            }
-            if live.is_none() {
-                return Ok(Outcome::NotFound);
-            }
+            let live = match guarded(tx, &key, if_revision, now_ms).await? {
+                Ok(Some(live)) => live,
+                Ok(None) => return Ok(Outcome::NotFound),
+                Err(current) => return Ok(Outcome::PreconditionFailed { current }),
+            };
             *rev += 1;
             delete_key(tx, &key).await?;
             Ok(Outcome::Deleted {
                 count: 1,
-                prev: live,
+                prev: Some(live),
             })
         }
         Command::DeletePrefix { prefix, now_ms } => {
-            let rows = sqlx::query("SELECT key, expires_at_ms FROM kv WHERE key >= ? ORDER BY key")
-                .bind(&prefix)
-                .fetch_all(&mut **tx)
-                .await?;
+            let rows =
+                sqlx::query("SELECT key, expires_at_ms FROM kv WHERE key >= $1 ORDER BY key")
+                    .bind(prefix.clone())
+                    .fetch_all(&mut **tx)
+                    .await?;
             let mut doomed = Vec::new();
             for row in &rows {
-                use sqlx::Row;
                 let key: String = row.try_get(0)?;
                 if !key.starts_with(&prefix) {
                     break;
@@ -314,8 +381,8 @@ async fn apply_command(
         Command::Expire { keys, now_ms } => {
             let mut count = 0;
             for key in &keys {
-                let r = sqlx::query("DELETE FROM kv WHERE key = ? AND expires_at_ms IS NOT NULL AND expires_at_ms <= ?")
-                    .bind(key)
+                let r = sqlx::query("DELETE FROM kv WHERE key = $1 AND expires_at_ms IS NOT NULL AND expires_at_ms <= $2")
+                    .bind(key.clone())
                     .bind(now_ms as i64)
                     .execute(&mut **tx)
                     .await?;
@@ -346,27 +413,26 @@ async fn set_current_snapshot(
     path: &std::path::Path,
 ) -> Result<(), StoreError> {
     let _guard = lock.lock().await;
-    let cur: Option<(SnapshotMetaOf<TypeConfig>, String)> =
-        store.meta_get(SNAPSHOT_CURRENT).await?;
+    let cur: Option<(SnapshotMetaOf<TypeConfig>, String)> = store
+        .retrying("read snapshot pointer", || store.meta_get(SNAPSHOT_CURRENT))
+        .await?;
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let newer_exists =
-        matches!(&cur, Some((m, n)) if m.last_log_id > meta.last_log_id && *n != name);
-    if !newer_exists {
-        store
-            .meta_put(SNAPSHOT_CURRENT, &(meta.clone(), name))
-            .await?;
-    }
-    let keep: Option<String> = store
-        .meta_get::<(SnapshotMetaOf<TypeConfig>, String)>(SNAPSHOT_CURRENT)
-        .await?
-        .map(|(_, n)| n);
+    let keep = match &cur {
+        Some((m, n)) if m.last_log_id > meta.last_log_id && *n != name => n.clone(),
+        _ => {
+            store
+                .meta_put(SNAPSHOT_CURRENT, &(meta.clone(), name.clone()))
+                .await?;
+            name
+        }
+    };
     if let Ok(entries) = std::fs::read_dir(&store.snapshot_dir) {
         for e in entries.flatten() {
             let fname = e.file_name().to_string_lossy().into_owned();
-            if fname.ends_with(".snap") && Some(&fname) != keep.as_ref() {
+            if fname.ends_with(".snap") && fname != keep {
                 let _ = std::fs::remove_file(e.path());
             }
         }
@@ -381,47 +447,48 @@ pub struct SnapshotBuilder {
 }
 
 impl SnapshotBuilder {
-    async fn build(&mut self) -> Result<Snapshot, StoreError> {
-        use sqlx::Row;
-        // One read transaction: WAL gives it a fixed view, so the applied position, the
+    async fn build_once(
+        &self,
+    ) -> Result<(SnapshotMetaOf<TypeConfig>, std::path::PathBuf), StoreError> {
+        // One read transaction sees one committed state: the applied position, the
         // membership, the revision and every key below belong to the same instant.
         let mut tx = self.store.reader.begin().await?;
-        let meta_row = |name: &'static str| {
-            sqlx::query("SELECT value FROM raft_meta WHERE name = ?").bind(name)
-        };
         let applied: Option<LogIdOf<TypeConfig>> =
-            match meta_row(SM_APPLIED).fetch_optional(&mut *tx).await? {
-                Some(r) => super::decode::<Option<LogIdOf<TypeConfig>>>(
-                    SM_APPLIED,
-                    &r.try_get::<Vec<u8>, _>(0)?,
-                )?,
-                None => None,
-            };
+            get_meta::<Option<LogIdOf<TypeConfig>>>(&mut tx, SM_APPLIED)
+                .await?
+                .flatten();
         let membership: StoredMembershipOf<TypeConfig> =
-            match meta_row(SM_MEMBERSHIP).fetch_optional(&mut *tx).await? {
-                Some(r) => super::decode(SM_MEMBERSHIP, &r.try_get::<Vec<u8>, _>(0)?)?,
-                None => Default::default(),
-            };
-        let revision: u64 = match meta_row(SM_REVISION).fetch_optional(&mut *tx).await? {
-            Some(r) => super::decode(SM_REVISION, &r.try_get::<Vec<u8>, _>(0)?)?,
-            None => 0,
-        };
+            get_meta(&mut tx, SM_MEMBERSHIP).await?.unwrap_or_default();
+        let revision: u64 = get_meta(&mut tx, SM_REVISION).await?.unwrap_or(0);
         let mut writer = SnapshotWriter::create(&self.store.snapshot_dir, revision).await?;
         {
-            let sql = format!("SELECT {KV_COLUMNS} FROM kv ORDER BY key");
-            let mut rows = sqlx::query(sqlx::AssertSqlSafe(sql.clone())).fetch(&mut *tx);
+            let mut rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "SELECT {KV_COLUMNS} FROM kv ORDER BY key"
+            )))
+            .fetch(&mut *tx);
             while let Some(row) = rows.try_next().await? {
                 writer.kv(row_to_kv(&row, true)?).await?;
             }
         }
         tx.rollback().await?;
         let path = snapshot_path(&self.store, &applied);
-        let file = writer.finish(&path).await?;
-        let meta = SnapshotMetaOf::<TypeConfig> {
-            last_log_id: applied,
-            last_membership: membership,
-        };
+        writer.finish(&path).await?;
+        Ok((
+            SnapshotMetaOf::<TypeConfig> {
+                last_log_id: applied,
+                last_membership: membership,
+            },
+            path,
+        ))
+    }
+
+    async fn build(&mut self) -> Result<Snapshot, StoreError> {
+        let (meta, path) = self
+            .store
+            .retrying("build snapshot", || self.build_once())
+            .await?;
         set_current_snapshot(&self.store, &self.lock, &meta, &path).await?;
+        let file = SnapshotFile::open(&path).await?;
         let bytes = file.len().await.unwrap_or(0);
         tracing::info!(last_log_id = ?meta.last_log_id, bytes, "built snapshot");
         Ok(Snapshot {

@@ -5,6 +5,8 @@
 
 #![allow(dead_code)]
 
+pub mod pg;
+
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::path::PathBuf;
@@ -78,6 +80,64 @@ pub fn client() -> reqwest::Client {
         .expect("http client")
 }
 
+/// What one background writer saw.
+#[derive(Debug, Default)]
+pub struct WriterReport {
+    /// Keys whose PUT was acknowledged (2xx).
+    pub acked: Vec<String>,
+    /// Count of every HTTP status received.
+    pub statuses: BTreeMap<u16, u64>,
+    /// Requests that got no HTTP response at all (connection refused/reset, client timeout).
+    pub transport_errors: u64,
+}
+
+/// Writers spread unique keys over all nodes until `stop` (at most 5000 each).
+pub fn spawn_writers(
+    c: &Cluster,
+    writers: usize,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> Vec<tokio::task::JoinHandle<WriterReport>> {
+    let urls: Vec<String> = c.nodes.keys().map(|id| c.url(*id, "")).collect();
+    (0..writers)
+        .map(|w| {
+            let http = c.http.clone();
+            let urls = urls.clone();
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                let mut report = WriterReport::default();
+                let mut i = 0usize;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) && i < 5000 {
+                    let key = format!("burst/{w}/{i}");
+                    let url = format!("{}/v1/kv/{key}", urls[(w + i) % urls.len()]);
+                    i += 1;
+                    match http
+                        .put(&url)
+                        .timeout(Duration::from_secs(20))
+                        .json(&json!({"value": key}))
+                        .send()
+                        .await
+                    {
+                        Ok(r) => {
+                            *report.statuses.entry(r.status().as_u16()).or_default() += 1;
+                            if r.status().is_success() {
+                                report.acked.push(key);
+                            } else {
+                                tokio::time::sleep(Duration::from_millis(20)).await;
+                            }
+                        }
+                        // Failures during a crash window are expected; only acks count.
+                        Err(_) => {
+                            report.transport_errors += 1;
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                        }
+                    }
+                }
+                report
+            })
+        })
+        .collect()
+}
+
 /// One node process (may be stopped and restarted on the same ports and data dir).
 pub struct TestNode {
     pub id: u64,
@@ -103,6 +163,9 @@ pub struct Cluster {
     pub nodes: BTreeMap<u64, TestNode>,
     pub http: reqwest::Client,
     extra_args: Vec<String>,
+    env: Vec<(String, String)>,
+    /// Unique per cluster, so clusters sharing a PostgreSQL server get their own schemas.
+    pub cluster_id: String,
 }
 
 impl Cluster {
@@ -113,7 +176,19 @@ impl Cluster {
             nodes: BTreeMap::new(),
             http: client(),
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+            env: Vec::new(),
+            cluster_id: format!("t{}", &uuid::Uuid::new_v4().simple().to_string()[..12]),
         }
+    }
+
+    /// A cluster whose nodes store their state in `pg` (one schema per node).
+    /// The URL with its password goes through the environment, as in production.
+    pub fn with_postgres(pg: &pg::Postgres, extra_args: &[&str]) -> Self {
+        let mut c = Self::new(extra_args);
+        c.extra_args
+            .extend(["--set".to_string(), "storage.backend=postgres".to_string()]);
+        c.env.push(("KV_STORAGE_POSTGRES_URL".into(), pg.url()));
+        c
     }
 
     /// Creates node `id` (fresh ports and data dir) and starts it.
@@ -135,6 +210,8 @@ impl Cluster {
     /// (Re)starts the process of node `id`.
     pub fn start(&mut self, id: u64) -> anyhow::Result<()> {
         let extra = self.extra_args.clone();
+        let env = self.env.clone();
+        let cluster_id = self.cluster_id.clone();
         let node = self.nodes.get_mut(&id).context("unknown node")?;
         if node.child.is_some() {
             bail!("node {id} is already running");
@@ -147,7 +224,7 @@ impl Cluster {
             .arg("--node-id")
             .arg(id.to_string())
             .arg("--cluster-id")
-            .arg("test-cluster")
+            .arg(&cluster_id)
             .arg("--data-dir")
             .arg(&node.data_dir)
             .arg("--api-addr")
@@ -158,6 +235,7 @@ impl Cluster {
             .arg("json")
             .args(&extra)
             .env_remove("HOSTNAME")
+            .envs(env)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
