@@ -804,6 +804,60 @@ mod tests {
     }
 
     #[test]
+    fn postgres_settings_are_validated_and_never_shown() {
+        let s = loader()
+            .set("storage.backend", "postgres", "flag")
+            .load()
+            .expect_err("url required")
+            .to_string();
+        assert!(s.contains("storage.postgres.url"), "{s}");
+        let s = loader()
+            .set("storage.backend", "postgres", "flag")
+            .set("storage.postgres.url", "mysql://x", "flag")
+            .load()
+            .expect_err("scheme checked")
+            .to_string();
+        assert!(s.contains("storage.postgres.url"), "{s}");
+        let s = loader()
+            .env(vec![
+                ("KV_STORAGE_BACKEND".into(), "postgres".into()),
+                (
+                    "KV_STORAGE_POSTGRES_URL".into(),
+                    "postgres://u:pw@h/d".into(),
+                ),
+            ])
+            .set("storage.postgres.schema", "Bad-Name", "flag")
+            .load()
+            .expect_err("schema checked")
+            .to_string();
+        assert!(s.contains("storage.postgres.schema"), "{s}");
+        let c = loader()
+            .env(vec![
+                ("KV_STORAGE_BACKEND".into(), "postgres".into()),
+                (
+                    "KV_STORAGE_POSTGRES_URL".into(),
+                    "postgres://u:hunter2@h/d?sslmode=require".into(),
+                ),
+            ])
+            .load()
+            .expect("valid postgres config");
+        assert_eq!(
+            c.storage.postgres.schema_for("My.Cluster", 2),
+            "kv_my_cluster_2"
+        );
+        assert!(
+            !format!("{c:?}").contains("hunter2"),
+            "password must not appear in Debug output"
+        );
+        let s = loader()
+            .set("storage.backend", "mongo", "flag")
+            .load()
+            .expect_err("backend checked")
+            .to_string();
+        assert!(s.contains("storage.backend"), "{s}");
+    }
+
+    #[test]
     fn node_id_from_ordinal() {
         assert_eq!(ordinal_of("orders-2"), Some(2));
         assert_eq!(ordinal_of("my-kv-cluster-10"), Some(10));
