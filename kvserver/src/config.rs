@@ -106,6 +106,28 @@ impl Default for RaftConfig {
     }
 }
 
+/// Watch (change feed) settings.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WatchConfig {
+    /// Revisions of change history kept for watchers resuming from the past; older ones answer 410.
+    pub history_revisions: u64,
+    /// Events buffered per watcher; a watcher that falls further behind is dropped (it can resume).
+    pub watcher_buffer: usize,
+    /// Applied batches buffered on the node's live feed.
+    pub feed_capacity: usize,
+}
+
+impl Default for WatchConfig {
+    fn default() -> Self {
+        Self {
+            history_revisions: 10_000,
+            watcher_buffer: 1024,
+            feed_capacity: 1024,
+        }
+    }
+}
+
 /// Storage backend selection.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -213,6 +235,7 @@ pub struct Config {
     pub log: LogConfig,
     pub raft: RaftConfig,
     pub storage: StorageConfig,
+    pub watch: WatchConfig,
 }
 
 impl Default for Config {
@@ -232,6 +255,7 @@ impl Default for Config {
             log: LogConfig::default(),
             raft: RaftConfig::default(),
             storage: StorageConfig::default(),
+            watch: WatchConfig::default(),
         }
     }
 }
@@ -294,6 +318,21 @@ const ENV: &[(&str, &str, Kind)] = &[
     (
         "KV_RAFT_MAX_PAYLOAD_ENTRIES",
         "raft.max_payload_entries",
+        Kind::Scalar,
+    ),
+    (
+        "KV_WATCH_HISTORY_REVISIONS",
+        "watch.history_revisions",
+        Kind::Scalar,
+    ),
+    (
+        "KV_WATCH_WATCHER_BUFFER",
+        "watch.watcher_buffer",
+        Kind::Scalar,
+    ),
+    (
+        "KV_WATCH_FEED_CAPACITY",
+        "watch.feed_capacity",
         Kind::Scalar,
     ),
     ("KV_STORAGE_BACKEND", "storage.backend", Kind::Str),
@@ -599,6 +638,22 @@ impl Config {
         }
         if r.max_payload_entries == 0 {
             return Err(field_err("raft.max_payload_entries", "must be > 0"));
+        }
+        let w = &self.watch;
+        if w.history_revisions == 0 {
+            return Err(field_err("watch.history_revisions", "must be > 0"));
+        }
+        if w.watcher_buffer == 0 || w.watcher_buffer > 1_000_000 {
+            return Err(field_err(
+                "watch.watcher_buffer",
+                "must be between 1 and 1000000",
+            ));
+        }
+        if w.feed_capacity == 0 || w.feed_capacity > 1_000_000 {
+            return Err(field_err(
+                "watch.feed_capacity",
+                "must be between 1 and 1000000",
+            ));
         }
         match self.storage.backend.as_str() {
             "sqlite" => {}

@@ -153,6 +153,8 @@ pub async fn start_node(config: Config) -> Result<NodeHandle, NodeError> {
         node_id: id,
         cluster_id: config.cluster_id.clone(),
         backend,
+        watch_history: config.watch.history_revisions,
+        feed_capacity: config.watch.feed_capacity,
     };
     let store = Store::open(&store_opts, metrics.clone()).await?;
     let log_store = LogStore::new(store.clone());
@@ -212,6 +214,7 @@ pub async fn start_node(config: Config) -> Result<NodeHandle, NodeError> {
         http,
         started: Instant::now(),
         last_append_ms,
+        shutdown: api_stop_rx.clone(),
     });
     let app = api::router(state.clone());
     let api_shutdown = stopped(&api_stop_rx);

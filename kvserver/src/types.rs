@@ -63,6 +63,95 @@ pub enum Command {
     DeletePrefix { prefix: String, now_ms: u64 },
     /// Remove keys whose expiry is at or before `now_ms` (proposed by the leader's reaper).
     Expire { keys: Vec<String>, now_ms: u64 },
+    /// Compare, then apply `success` or `failure` atomically, as one revision.
+    Txn {
+        compare: Vec<Cmp>,
+        success: Vec<TxnOp>,
+        failure: Vec<TxnOp>,
+        now_ms: u64,
+    },
+}
+
+/// A comparison of a transaction, against the live (unexpired) state of a key.
+/// A missing key has value none, version/create_revision/mod_revision 0.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Cmp {
+    pub key: String,
+    pub op: CmpOp,
+    pub target: CmpTarget,
+}
+
+/// Comparison operator.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CmpOp {
+    Eq,
+    Ne,
+    Lt,
+    Gt,
+}
+
+/// What a comparison looks at, with the operand.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CmpTarget {
+    /// The value (a missing key compares false with every operator).
+    Value(String),
+    Version(u64),
+    CreateRevision(u64),
+    ModRevision(u64),
+    /// Whether the key exists (only `Eq` / `Ne`).
+    Exists(bool),
+}
+
+/// One operation of a transaction branch.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TxnOp {
+    Put {
+        key: String,
+        value: String,
+        expires_at_ms: Option<u64>,
+    },
+    Delete {
+        key: String,
+    },
+    Get {
+        key: String,
+    },
+}
+
+/// The result of one transaction operation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TxnOpResult {
+    Put {
+        created: bool,
+        kv: KeyValue,
+        prev: Option<KeyValue>,
+    },
+    Delete {
+        deleted: u64,
+        prev: Option<KeyValue>,
+    },
+    Get {
+        kv: Option<KeyValue>,
+    },
+}
+
+/// Kind of a watch event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EventKind {
+    Put,
+    Delete,
+}
+
+/// One change of one key, as applied at `revision`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WatchEvent {
+    pub revision: u64,
+    pub kind: EventKind,
+    pub key: String,
+    /// The key after a put.
+    pub kv: Option<KeyValue>,
+    /// The key before the change (absent on creation).
+    pub prev: Option<KeyValue>,
 }
 
 impl fmt::Display for Command {
@@ -72,12 +161,26 @@ impl fmt::Display for Command {
             Command::Delete { key, .. } => write!(f, "delete({key})"),
             Command::DeletePrefix { prefix, .. } => write!(f, "delete_prefix({prefix})"),
             Command::Expire { keys, .. } => write!(f, "expire({} keys)", keys.len()),
+            Command::Txn {
+                compare,
+                success,
+                failure,
+                ..
+            } => {
+                write!(
+                    f,
+                    "txn({} cmp, {}/{} ops)",
+                    compare.len(),
+                    success.len(),
+                    failure.len()
+                )
+            }
         }
     }
 }
 
 /// A stored key with its etcd-style revision bookkeeping.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct KeyValue {
     pub key: String,
     /// Omitted in keys-only listings.
@@ -113,6 +216,11 @@ pub enum Outcome {
     PreconditionFailed { current: Option<KeyValue> },
     /// The key to delete did not exist; nothing changed.
     NotFound,
+    /// A transaction ran; `succeeded` says which branch.
+    Txn {
+        succeeded: bool,
+        results: Vec<TxnOpResult>,
+    },
 }
 
 /// The state machine's answer to an entry; `revision` is the cluster revision after it.

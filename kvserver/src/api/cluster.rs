@@ -136,7 +136,7 @@ pub fn cluster_info(state: &AppState) -> ClusterInfo {
     }
 }
 
-pub async fn info(State(state): State<AppState>, Q(_): Q<NoParams>) -> Json<ClusterInfo> {
+pub async fn info(State(state): State<AppState>, Q(_params): Q<NoParams>) -> Json<ClusterInfo> {
     Json(cluster_info(&state))
 }
 
@@ -176,7 +176,7 @@ struct InitBody {
 /// `POST /v1/cluster/init`: forms a new cluster with this node (and optionally others) as voters.
 pub async fn init(
     State(state): State<AppState>,
-    Q(_): Q<NoParams>,
+    Q(_params): Q<NoParams>,
     raw: Raw,
 ) -> Result<Response, ApiError> {
     let body: InitBody = raw.json_or_default()?;
@@ -285,7 +285,7 @@ async fn leader_only(state: &AppState, raw: &Raw) -> Result<Option<Response>, Ap
 /// `POST /v1/cluster/learners`: adds (or confirms) a non-voting member.
 pub async fn add_learner(
     State(state): State<AppState>,
-    Q(_): Q<NoParams>,
+    Q(_params): Q<NoParams>,
     raw: Raw,
 ) -> Result<Response, ApiError> {
     let body: LearnerBody = raw.json()?;
@@ -357,7 +357,7 @@ struct MembershipBody {
 /// `POST /v1/cluster/membership`: promotes learners and/or removes members.
 pub async fn change_membership(
     State(state): State<AppState>,
-    Q(_): Q<NoParams>,
+    Q(_params): Q<NoParams>,
     raw: Raw,
 ) -> Result<Response, ApiError> {
     let body: MembershipBody = raw.json()?;
@@ -459,7 +459,7 @@ struct TransferBody {
 /// `POST /v1/cluster/transfer-leader`: hands leadership to a voter and waits until it leads.
 pub async fn transfer_leader(
     State(state): State<AppState>,
-    Q(_): Q<NoParams>,
+    Q(_params): Q<NoParams>,
     raw: Raw,
 ) -> Result<Response, ApiError> {
     let body: TransferBody = raw.json()?;

@@ -20,6 +20,24 @@ use crate::types::KeyValue;
 use crate::types::NodeId;
 use crate::types::TypeConfig;
 
+/// The JSON shape of every error response (for the OpenAPI document).
+#[derive(Debug, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+/// `error` of [`ErrorBody`]: a stable `code`, a human `message`, and details that
+/// depend on the code (e.g. `current` for `revision_mismatch`, `oldest_revision` for
+/// `compacted`, `leader_hint` for `no_leader`).
+#[derive(Debug, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct ErrorDetail {
+    pub code: String,
+    pub message: String,
+    #[serde(flatten)]
+    #[schema(value_type = Object)]
+    pub details: serde_json::Map<String, serde_json::Value>,
+}
+
 /// Errors at the HTTP API boundary.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -47,6 +65,12 @@ pub enum ApiError {
     Conflict { code: &'static str, message: String },
     #[error("{message}")]
     NotFound { code: &'static str, message: String },
+    #[error("revision {requested} has been compacted; history starts at revision {oldest}")]
+    Gone {
+        requested: u64,
+        oldest: u64,
+        revision: u64,
+    },
     #[error(
         "this node is not part of an initialized cluster yet (POST /v1/cluster/init on one node, then add the others)"
     )]
@@ -80,6 +104,7 @@ impl ApiError {
             ApiError::KeyNotFound { .. } | ApiError::NotFound { .. } => StatusCode::NOT_FOUND,
             ApiError::RevisionMismatch { .. } => StatusCode::PRECONDITION_FAILED,
             ApiError::Conflict { .. } => StatusCode::CONFLICT,
+            ApiError::Gone { .. } => StatusCode::GONE,
             ApiError::NotInitialized | ApiError::NoLeader { .. } | ApiError::Unavailable { .. } => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
@@ -95,6 +120,7 @@ impl ApiError {
             ApiError::KeyNotFound { .. } => "key_not_found",
             ApiError::RevisionMismatch { .. } => "revision_mismatch",
             ApiError::Conflict { code, .. } => code,
+            ApiError::Gone { .. } => "compacted",
             ApiError::NotFound { code, .. } => code,
             ApiError::NotInitialized => "not_initialized",
             ApiError::NoLeader { .. } => "no_leader",
@@ -121,6 +147,13 @@ impl ApiError {
                 "current": current, "revision": revision,
             })),
             ApiError::ValueTooLarge { size, limit } => Some(json!({"size": size, "limit": limit})),
+            ApiError::Gone {
+                requested,
+                oldest,
+                revision,
+            } => Some(
+                json!({"requested_revision": requested, "oldest_revision": oldest, "revision": revision}),
+            ),
             ApiError::NoLeader {
                 leader_hint: Some(l),
             } => Some(json!({"leader_hint": l})),

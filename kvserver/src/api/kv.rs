@@ -41,7 +41,7 @@ pub const MAX_KEY_BYTES: usize = 4096;
 pub const MAX_PAGE: usize = 10_000;
 const DEFAULT_PAGE: usize = 1_000;
 /// Longest TTL accepted (10 years): keeps `now + ttl` far from overflow.
-const MAX_TTL_SECONDS: u64 = 10 * 365 * 24 * 3600;
+pub const MAX_TTL_SECONDS: u64 = 10 * 365 * 24 * 3600;
 
 /// Read consistency.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -200,7 +200,7 @@ pub async fn linearize(
     }
 }
 
-fn require_outcome(r: ApplyResult) -> Result<(u64, Outcome), ApiError> {
+pub fn require_outcome(r: ApplyResult) -> Result<(u64, Outcome), ApiError> {
     match r.outcome {
         Some(o) => Ok((r.revision, o)),
         None => Err(ApiError::Internal(
@@ -258,7 +258,7 @@ pub async fn get_key(
 pub async fn put_key(
     State(state): State<AppState>,
     Path(key): Path<String>,
-    Q(_): Q<NoParams>,
+    Q(_params): Q<NoParams>,
     raw: Raw,
 ) -> Result<Response, ApiError> {
     validate_key(&key)?;
@@ -437,7 +437,7 @@ pub async fn delete_prefix(
 
 pub async fn batch_get(
     State(state): State<AppState>,
-    Q(_): Q<NoParams>,
+    Q(_params): Q<NoParams>,
     raw: Raw,
 ) -> Result<Response, ApiError> {
     let body: BatchGetBody = raw.json()?;

@@ -12,6 +12,8 @@ pub mod cluster;
 pub mod error;
 pub mod kv;
 pub mod ops;
+pub mod txn;
+pub mod watch;
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
@@ -67,6 +69,8 @@ pub struct NodeState {
     pub started: Instant,
     /// Unix ms of the last AppendEntries accepted from a leader (followers' heartbeat clock).
     pub last_append_ms: Arc<AtomicU64>,
+    /// Becomes true when the API starts draining (long-lived streams end then).
+    pub shutdown: tokio::sync::watch::Receiver<bool>,
 }
 
 pub type AppState = Arc<NodeState>;
@@ -94,6 +98,8 @@ pub fn router(state: AppState) -> Router {
             get(kv::get_key).put(kv::put_key).delete(kv::delete_key),
         )
         .route("/v1/batch/get", post(kv::batch_get))
+        .route("/v1/txn", post(txn::txn))
+        .route("/v1/watch", get(watch::watch))
         .route("/v1/cluster", get(cluster::info))
         .route("/v1/cluster/init", post(cluster::init))
         .route("/v1/cluster/learners", post(cluster::add_learner))

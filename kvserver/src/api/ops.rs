@@ -26,7 +26,7 @@ pub async fn healthz(State(state): State<AppState>) -> Json<serde_json::Value> {
     Json(json!({"status": "ok", "node_id": state.id}))
 }
 
-pub async fn readyz(State(state): State<AppState>, Q(_): Q<NoParams>) -> Response {
+pub async fn readyz(State(state): State<AppState>, Q(_params): Q<NoParams>) -> Response {
     let m = crate::network::raft_metrics(&state.raft);
     let membership = m.membership_config.membership();
     let mut reasons = Vec::new();
@@ -66,7 +66,7 @@ pub async fn readyz(State(state): State<AppState>, Q(_): Q<NoParams>) -> Respons
 
 pub async fn status(
     State(state): State<AppState>,
-    Q(_): Q<NoParams>,
+    Q(_params): Q<NoParams>,
 ) -> Result<Json<serde_json::Value>, super::ApiError> {
     let m = crate::network::raft_metrics(&state.raft);
     let initialized = m.membership_config.membership().nodes().next().is_some();

@@ -25,9 +25,11 @@
 //! Submodules: [`log`] implements openraft's log storage, [`sm`] the state
 //! machine and [`snapshot`] the on-disk snapshot format.
 
+mod apply;
 pub mod log;
 pub mod sm;
 pub mod snapshot;
+pub mod watch;
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -161,6 +163,10 @@ pub struct StoreOptions {
     pub node_id: NodeId,
     pub cluster_id: String,
     pub backend: Backend,
+    /// Revisions of watch history kept behind the current one.
+    pub watch_history: u64,
+    /// Capacity of the live event feed, in applied batches.
+    pub feed_capacity: usize,
 }
 
 /// The schema. SQLite and PostgreSQL differ only in type names; `key` sorts by
@@ -209,19 +215,34 @@ CREATE TABLE IF NOT EXISTS kv (
 CREATE INDEX IF NOT EXISTS kv_expiry ON kv (expires_at_ms) WHERE expires_at_ms IS NOT NULL;
 "#;
 
+/// Watch history: one row per revision holding that revision's events.
+const SQLITE_EVENTS: &str =
+    "CREATE TABLE IF NOT EXISTS kv_events (revision INTEGER PRIMARY KEY, events BLOB NOT NULL);";
+const POSTGRES_EVENTS: &str =
+    "CREATE TABLE IF NOT EXISTS kv_events (revision BIGINT PRIMARY KEY, events BYTEA NOT NULL);";
+
 fn migrator(backend: &Backend) -> Migrator {
     use sqlx::SqlSafeStr;
-    let sql = match backend {
-        Backend::Sqlite => SQLITE_SCHEMA,
-        Backend::Postgres { .. } => POSTGRES_SCHEMA,
+    let (schema, events) = match backend {
+        Backend::Sqlite => (SQLITE_SCHEMA, SQLITE_EVENTS),
+        Backend::Postgres { .. } => (POSTGRES_SCHEMA, POSTGRES_EVENTS),
     };
-    Migrator::with_migrations(vec![Migration::new(
-        1,
-        "initial schema".into(),
-        MigrationType::Simple,
-        sql.into_sql_str(),
-        false,
-    )])
+    Migrator::with_migrations(vec![
+        Migration::new(
+            1,
+            "initial schema".into(),
+            MigrationType::Simple,
+            schema.into_sql_str(),
+            false,
+        ),
+        Migration::new(
+            2,
+            "watch history".into(),
+            MigrationType::Simple,
+            events.into_sql_str(),
+            false,
+        ),
+    ])
 }
 
 /// Upsert of one `raft_meta` row, shared by every writer.
@@ -239,6 +260,8 @@ pub struct Store {
     healthy: Arc<AtomicBool>,
     closing: Arc<AtomicBool>,
     backend_name: &'static str,
+    pub(crate) feed: tokio::sync::broadcast::Sender<watch::Feed>,
+    pub(crate) watch_history: u64,
 }
 
 fn valid_schema(s: &str) -> bool {
@@ -352,6 +375,8 @@ impl Store {
                 Backend::Sqlite => "sqlite",
                 Backend::Postgres { .. } => "postgres",
             },
+            feed: tokio::sync::broadcast::channel(opts.feed_capacity.max(1)).0,
+            watch_history: opts.watch_history.max(1),
         };
         store
             .check_identity("node_id", &opts.node_id.to_string())

@@ -26,25 +26,19 @@ use openraft::type_config::alias::LogIdOf;
 use openraft::type_config::alias::SnapshotMetaOf;
 use openraft::type_config::alias::SnapshotOf;
 use openraft::type_config::alias::StoredMembershipOf;
-use sqlx::Any;
-use sqlx::Row;
-use sqlx::Transaction;
 
-use super::KV_BY_KEY;
 use super::KV_COLUMNS;
 use super::Store;
 use super::StoreError;
+use super::apply::ApplyCtx;
+use super::apply::upsert;
 use super::encode;
 use super::get_meta;
-use super::is_expired;
 use super::put_meta;
 use super::row_to_kv;
 use super::snapshot::SnapshotFile;
 use super::snapshot::SnapshotWriter;
 use crate::types::ApplyResult;
-use crate::types::Command;
-use crate::types::KeyValue;
-use crate::types::Outcome;
 use crate::types::TypeConfig;
 
 const SM_APPLIED: &str = "sm_applied";
@@ -70,6 +64,8 @@ struct Applied {
     results: Vec<Option<ApplyResult>>,
     revision: u64,
     membership: StoredMembershipOf<TypeConfig>,
+    /// Watch events of the batch, in revision order.
+    events: Vec<crate::types::WatchEvent>,
 }
 
 impl StateMachine {
@@ -92,6 +88,7 @@ impl StateMachine {
                 results: Vec::new(),
                 revision: self.store.revision(),
                 membership: self.membership.clone(),
+                events: Vec::new(),
             });
         };
         let mut tx = self.store.writer.begin().await?;
@@ -101,35 +98,45 @@ impl StateMachine {
                 .flatten();
         if db_applied.is_some_and(|a| a.index >= last.index) {
             // An earlier attempt committed this batch; only its acknowledgement was lost.
+            // Its watch events are read back so watchers see no gap.
             let revision = get_meta(&mut tx, SM_REVISION).await?.unwrap_or(0);
             let membership = get_meta(&mut tx, SM_MEMBERSHIP).await?.unwrap_or_default();
+            let events =
+                super::watch::read_events(&mut tx, self.store.revision(), revision).await?;
             tx.rollback().await?;
             return Ok(Applied {
                 results: vec![None; batch.len()],
                 revision,
                 membership,
+                events,
             });
         }
-        let mut rev = self.store.revision();
         let mut membership = self.membership.clone();
         let mut results = Vec::with_capacity(batch.len());
+        let mut ctx = ApplyCtx {
+            tx: &mut tx,
+            rev: self.store.revision(),
+            events: Vec::new(),
+        };
         for entry in batch {
             let result = match &entry.payload {
-                EntryPayload::Blank => ApplyResult::none(rev),
+                EntryPayload::Blank => ApplyResult::none(ctx.rev),
                 EntryPayload::Normal(cmd) => {
-                    let outcome = apply_command(&mut tx, &mut rev, cmd.clone()).await?;
+                    let outcome = ctx.command(cmd.clone()).await?;
                     ApplyResult {
-                        revision: rev,
+                        revision: ctx.rev,
                         outcome: Some(outcome),
                     }
                 }
                 EntryPayload::Membership(m) => {
                     membership = StoredMembership::new(Some(entry.log_id), m.clone());
-                    ApplyResult::none(rev)
+                    ApplyResult::none(ctx.rev)
                 }
             };
             results.push(Some(result));
         }
+        let (rev, events) = (ctx.rev, ctx.events);
+        super::watch::record_events(&mut tx, &events, rev, self.store.watch_history).await?;
         put_meta(&mut tx, SM_APPLIED, encode(&Some(last))?).await?;
         put_meta(&mut tx, SM_MEMBERSHIP, encode(&membership)?).await?;
         put_meta(&mut tx, SM_REVISION, encode(&rev)?).await?;
@@ -138,6 +145,7 @@ impl StateMachine {
             results,
             revision: rev,
             membership,
+            events,
         })
     }
 
@@ -168,6 +176,9 @@ impl StateMachine {
         self.store
             .revision
             .store(applied.revision, Ordering::SeqCst);
+        // After the commit and the revision: a watcher that reads history up to the
+        // revision and then follows the feed sees every event exactly once.
+        self.store.publish(applied.events);
         for (responder, result) in responders.into_iter().zip(applied.results) {
             if let Some(r) = responder {
                 // `outcome: None` on a command tells the API the outcome is unknown.
@@ -189,6 +200,8 @@ impl StateMachine {
         while let Some(kv) = reader.next_kv().await? {
             upsert(&mut tx, &kv).await?;
         }
+        // The event history does not travel with snapshots: it restarts at the snapshot.
+        super::watch::reset_history(&mut tx, revision).await?;
         put_meta(&mut tx, SM_APPLIED, encode(&meta.last_log_id)?).await?;
         put_meta(&mut tx, SM_MEMBERSHIP, encode(&meta.last_membership)?).await?;
         put_meta(&mut tx, SM_REVISION, encode(&revision)?).await?;
@@ -212,6 +225,7 @@ impl StateMachine {
         self.applied = meta.last_log_id;
         self.membership = meta.last_membership.clone();
         self.store.revision.store(revision, Ordering::SeqCst);
+        self.store.publish_reset(revision);
 
         let final_path = snapshot_path(&self.store, &meta.last_log_id);
         if received_path != final_path {
@@ -240,158 +254,6 @@ impl StateMachine {
                 tracing::warn!(path = %path.display(), error = %e, "current snapshot file is missing");
                 Ok(None)
             }
-        }
-    }
-}
-
-async fn load(tx: &mut Transaction<'_, Any>, key: &str) -> Result<Option<KeyValue>, StoreError> {
-    let row = sqlx::query(KV_BY_KEY)
-        .bind(key)
-        .fetch_optional(&mut **tx)
-        .await?;
-    row.map(|r| row_to_kv(&r, true)).transpose()
-}
-
-async fn upsert(tx: &mut Transaction<'_, Any>, kv: &KeyValue) -> Result<(), StoreError> {
-    sqlx::query(
-        "INSERT INTO kv (key, value, create_revision, mod_revision, version, expires_at_ms, created_at_ms, updated_at_ms) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (key) DO UPDATE SET value = excluded.value, \
-         create_revision = excluded.create_revision, mod_revision = excluded.mod_revision, version = excluded.version, \
-         expires_at_ms = excluded.expires_at_ms, created_at_ms = excluded.created_at_ms, updated_at_ms = excluded.updated_at_ms",
-    )
-    .bind(kv.key.clone())
-    .bind(kv.value.clone().unwrap_or_default())
-    .bind(kv.create_revision as i64)
-    .bind(kv.mod_revision as i64)
-    .bind(kv.version as i64)
-    .bind(kv.expires_at_ms.map(|v| v as i64))
-    .bind(kv.created_at_ms as i64)
-    .bind(kv.updated_at_ms as i64)
-    .execute(&mut **tx)
-    .await?;
-    Ok(())
-}
-
-async fn delete_key(tx: &mut Transaction<'_, Any>, key: &str) -> Result<u64, StoreError> {
-    let r = sqlx::query("DELETE FROM kv WHERE key = $1")
-        .bind(key)
-        .execute(&mut **tx)
-        .await?;
-    Ok(r.rows_affected())
-}
-
-/// Loads the live (unexpired) value of `key` and checks a CAS guard against it: the
-/// key's `mod_revision` (0 when absent) must equal `want`. `Err(current)` when it does not.
-async fn guarded(
-    tx: &mut Transaction<'_, Any>,
-    key: &str,
-    want: Option<u64>,
-    now_ms: u64,
-) -> Result<Result<Option<KeyValue>, Option<KeyValue>>, StoreError> {
-    let live = load(tx, key).await?.filter(|kv| !is_expired(kv, now_ms));
-    let holds = want.is_none_or(|w| live.as_ref().map(|k| k.mod_revision).unwrap_or(0) == w);
-    Ok(if holds { Ok(live) } else { Err(live) })
-}
-
-/// Applies one command; bumps `rev` once if (and only if) it changed anything.
-async fn apply_command(
-    tx: &mut Transaction<'_, Any>,
-    rev: &mut u64,
-    cmd: Command,
-) -> Result<Outcome, StoreError> {
-    match cmd {
-        Command::Put {
-            key,
-            value,
-            expires_at_ms,
-            if_revision,
-            now_ms,
-        } => {
-            let live = match guarded(tx, &key, if_revision, now_ms).await? {
-                Ok(live) => live,
-                Err(current) => return Ok(Outcome::PreconditionFailed { current }),
-            };
-            *rev += 1;
-            let kv = KeyValue {
-                key,
-                value: Some(value),
-                create_revision: live.as_ref().map(|k| k.create_revision).unwrap_or(*rev),
-                mod_revision: *rev,
-                version: live.as_ref().map(|k| k.version + 1).unwrap_or(1),
-                expires_at_ms,
-                created_at_ms: live.as_ref().map(|k| k.created_at_ms).unwrap_or(now_ms),
-                updated_at_ms: now_ms,
-            };
-            upsert(tx, &kv).await?;
-            Ok(Outcome::Put {
-                created: live.is_none(),
-                kv,
-                prev: live,
-            })
-        }
-        Command::Delete {
-            key,
-            if_revision,
-            now_ms,
-        } => {
-            let live = match guarded(tx, &key, if_revision, now_ms).await? {
-                Ok(Some(live)) => live,
-                Ok(None) => return Ok(Outcome::NotFound),
-                Err(current) => return Ok(Outcome::PreconditionFailed { current }),
-            };
-            *rev += 1;
-            delete_key(tx, &key).await?;
-            Ok(Outcome::Deleted {
-                count: 1,
-                prev: Some(live),
-            })
-        }
-        Command::DeletePrefix { prefix, now_ms } => {
-            let rows =
-                sqlx::query("SELECT key, expires_at_ms FROM kv WHERE key >= $1 ORDER BY key")
-                    .bind(prefix.clone())
-                    .fetch_all(&mut **tx)
-                    .await?;
-            let mut doomed = Vec::new();
-            for row in &rows {
-                let key: String = row.try_get(0)?;
-                if !key.starts_with(&prefix) {
-                    break;
-                }
-                let exp: Option<i64> = row.try_get(1)?;
-                if !matches!(exp, Some(t) if (t as u64) <= now_ms) {
-                    doomed.push(key);
-                }
-            }
-            if doomed.is_empty() {
-                return Ok(Outcome::Deleted {
-                    count: 0,
-                    prev: None,
-                });
-            }
-            *rev += 1;
-            for key in &doomed {
-                delete_key(tx, key).await?;
-            }
-            Ok(Outcome::Deleted {
-                count: doomed.len() as u64,
-                prev: None,
-            })
-        }
-        Command::Expire { keys, now_ms } => {
-            let mut count = 0;
-            for key in &keys {
-                let r = sqlx::query("DELETE FROM kv WHERE key = $1 AND expires_at_ms IS NOT NULL AND expires_at_ms <= $2")
-                    .bind(key.clone())
-                    .bind(now_ms as i64)
-                    .execute(&mut **tx)
-                    .await?;
-                count += r.rows_affected();
-            }
-            if count > 0 {
-                *rev += 1;
-            }
-            Ok(Outcome::Deleted { count, prev: None })
         }
     }
 }

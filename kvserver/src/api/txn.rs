@@ -1,0 +1,311 @@
+//! `POST /v1/txn`: compare, then apply the `success` or `failure` operations
+//! atomically through one Raft entry (one revision for all its writes).
+//!
+//! The JSON form is flexible (a comparison's operand is a string, a number or
+//! a bool depending on its target); it is validated here and turned into the
+//! strict [`Cmp`] / [`TxnOp`] of the replicated command, with TTLs resolved
+//! to absolute expiries on the leader.
+
+use axum::Json;
+use axum::extract::State;
+use axum::response::IntoResponse;
+use axum::response::Response;
+use serde::Deserialize;
+use serde::Serialize;
+
+use super::ApiError;
+use super::AppState;
+use super::Q;
+use super::Raw;
+use super::Served;
+use super::kv::MAX_TTL_SECONDS;
+use super::kv::NoParams;
+use super::kv::propose;
+use super::kv::require_outcome;
+use super::kv::validate_key;
+use crate::types::Cmp;
+use crate::types::CmpOp;
+use crate::types::CmpTarget;
+use crate::types::Command;
+use crate::types::KeyValue;
+use crate::types::Outcome;
+use crate::types::TxnOp;
+use crate::types::TxnOpResult;
+use crate::types::now_ms;
+
+/// Most comparisons, and most operations per branch, in one transaction.
+pub const MAX_TXN_ITEMS: usize = 128;
+
+/// What a comparison looks at.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum CompareTarget {
+    Value,
+    Version,
+    CreateRevision,
+    ModRevision,
+    Exists,
+}
+
+/// One comparison: `<target of key> <op> <value>`.
+#[derive(Debug, Deserialize, Serialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Compare {
+    pub key: String,
+    pub target: CompareTarget,
+    /// `==` (default), `!=`, `<`, `>`; `exists` takes only `==` / `!=`.
+    #[serde(default = "default_op")]
+    pub op: String,
+    /// A string for `value`, a non-negative integer for the counters, a bool for `exists`.
+    #[schema(value_type = Object)]
+    pub value: serde_json::Value,
+}
+
+fn default_op() -> String {
+    "==".into()
+}
+
+/// One operation of a branch.
+#[derive(Debug, Deserialize, Serialize, utoipa::ToSchema)]
+#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Operation {
+    Put {
+        key: String,
+        value: String,
+        #[serde(default)]
+        ttl_seconds: Option<u64>,
+    },
+    Delete {
+        key: String,
+    },
+    Get {
+        key: String,
+    },
+}
+
+/// Request body of `POST /v1/txn`.
+#[derive(Debug, Deserialize, Serialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TxnRequest {
+    /// All must hold for `success` to run; otherwise `failure` runs. Empty = success.
+    #[serde(default)]
+    pub compare: Vec<Compare>,
+    #[serde(default)]
+    pub success: Vec<Operation>,
+    #[serde(default)]
+    pub failure: Vec<Operation>,
+}
+
+/// The result of one operation, in branch order.
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum OperationResult {
+    Put {
+        created: bool,
+        kv: KeyValue,
+        prev_kv: Option<KeyValue>,
+    },
+    Delete {
+        deleted: u64,
+        prev_kv: Option<KeyValue>,
+    },
+    Get {
+        kv: Option<KeyValue>,
+    },
+}
+
+/// Response of `POST /v1/txn`.
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct TxnResponse {
+    /// Cluster revision after the transaction (unchanged if it wrote nothing).
+    pub revision: u64,
+    pub node_id: u64,
+    /// True when every comparison held and `success` ran.
+    pub succeeded: bool,
+    pub results: Vec<OperationResult>,
+}
+
+fn bad(msg: String) -> ApiError {
+    ApiError::bad("invalid_txn", msg)
+}
+
+fn to_cmp(i: usize, c: Compare) -> Result<Cmp, ApiError> {
+    validate_key(&c.key)?;
+    let op = match c.op.as_str() {
+        "==" => CmpOp::Eq,
+        "!=" => CmpOp::Ne,
+        "<" => CmpOp::Lt,
+        ">" => CmpOp::Gt,
+        other => {
+            return Err(bad(format!(
+                "compare[{i}].op: {other:?} is not one of ==, !=, <, >"
+            )));
+        }
+    };
+    let num = |v: &serde_json::Value| {
+        v.as_u64()
+            .ok_or_else(|| bad(format!("compare[{i}].value must be a non-negative integer")))
+    };
+    let target = match c.target {
+        CompareTarget::Value => CmpTarget::Value(
+            c.value
+                .as_str()
+                .map(str::to_string)
+                .ok_or_else(|| bad(format!("compare[{i}].value must be a string")))?,
+        ),
+        CompareTarget::Version => CmpTarget::Version(num(&c.value)?),
+        CompareTarget::CreateRevision => CmpTarget::CreateRevision(num(&c.value)?),
+        CompareTarget::ModRevision => CmpTarget::ModRevision(num(&c.value)?),
+        CompareTarget::Exists => {
+            if !matches!(op, CmpOp::Eq | CmpOp::Ne) {
+                return Err(bad(format!("compare[{i}]: exists takes only == or !=")));
+            }
+            CmpTarget::Exists(
+                c.value
+                    .as_bool()
+                    .ok_or_else(|| bad(format!("compare[{i}].value must be true or false")))?,
+            )
+        }
+    };
+    Ok(Cmp {
+        key: c.key,
+        op,
+        target,
+    })
+}
+
+fn to_op(
+    branch: &str,
+    i: usize,
+    o: Operation,
+    now: u64,
+    max_value: usize,
+) -> Result<TxnOp, ApiError> {
+    Ok(match o {
+        Operation::Put {
+            key,
+            value,
+            ttl_seconds,
+        } => {
+            validate_key(&key)?;
+            if value.len() > max_value {
+                return Err(ApiError::ValueTooLarge {
+                    size: value.len(),
+                    limit: max_value,
+                });
+            }
+            let expires_at_ms = match ttl_seconds {
+                None => None,
+                Some(t) if t == 0 || t > MAX_TTL_SECONDS => {
+                    return Err(bad(format!(
+                        "{branch}[{i}].ttl_seconds must be between 1 and {MAX_TTL_SECONDS}"
+                    )));
+                }
+                Some(t) => Some(now + t * 1000),
+            };
+            TxnOp::Put {
+                key,
+                value,
+                expires_at_ms,
+            }
+        }
+        Operation::Delete { key } => {
+            validate_key(&key)?;
+            TxnOp::Delete { key }
+        }
+        Operation::Get { key } => {
+            validate_key(&key)?;
+            TxnOp::Get { key }
+        }
+    })
+}
+
+/// Turns a validated request into the replicated command.
+pub fn to_command(req: TxnRequest, now: u64, max_value: usize) -> Result<Command, ApiError> {
+    for (name, n) in [
+        ("compare", req.compare.len()),
+        ("success", req.success.len()),
+        ("failure", req.failure.len()),
+    ] {
+        if n > MAX_TXN_ITEMS {
+            return Err(bad(format!(
+                "{name} has {n} items; the limit is {MAX_TXN_ITEMS}"
+            )));
+        }
+    }
+    let compare = req
+        .compare
+        .into_iter()
+        .enumerate()
+        .map(|(i, c)| to_cmp(i, c))
+        .collect::<Result<Vec<_>, _>>()?;
+    let success = req
+        .success
+        .into_iter()
+        .enumerate()
+        .map(|(i, o)| to_op("success", i, o, now, max_value))
+        .collect::<Result<Vec<_>, _>>()?;
+    let failure = req
+        .failure
+        .into_iter()
+        .enumerate()
+        .map(|(i, o)| to_op("failure", i, o, now, max_value))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Command::Txn {
+        compare,
+        success,
+        failure,
+        now_ms: now,
+    })
+}
+
+/// `POST /v1/txn`.
+#[utoipa::path(
+    post, path = "/v1/txn", tag = "kv",
+    request_body = TxnRequest,
+    responses(
+        (status = 200, description = "The transaction ran; `succeeded` says which branch", body = TxnResponse),
+        (status = 400, description = "Invalid transaction", body = super::error::ErrorBody),
+        (status = 413, description = "A value is over the limit", body = super::error::ErrorBody),
+        (status = 503, description = "Not initialized, no leader, or outcome unknown", body = super::error::ErrorBody),
+    )
+)]
+pub async fn txn(
+    State(state): State<AppState>,
+    Q(_params): Q<NoParams>,
+    raw: Raw,
+) -> Result<Response, ApiError> {
+    let req: TxnRequest = raw.json()?;
+    let cmd = to_command(req, now_ms(), state.config.max_value_bytes)?;
+    let (revision, outcome) = match propose(&state, &raw, cmd).await? {
+        Served::Forwarded(resp) => return Ok(resp),
+        Served::Local(r) => require_outcome(r)?,
+    };
+    let Outcome::Txn { succeeded, results } = outcome else {
+        return Err(ApiError::Internal(format!(
+            "unexpected outcome for txn: {outcome:?}"
+        )));
+    };
+    let results = results
+        .into_iter()
+        .map(|r| match r {
+            TxnOpResult::Put { created, kv, prev } => OperationResult::Put {
+                created,
+                kv,
+                prev_kv: prev,
+            },
+            TxnOpResult::Delete { deleted, prev } => OperationResult::Delete {
+                deleted,
+                prev_kv: prev,
+            },
+            TxnOpResult::Get { kv } => OperationResult::Get { kv },
+        })
+        .collect();
+    Ok(Json(TxnResponse {
+        revision,
+        node_id: state.id,
+        succeeded,
+        results,
+    })
+    .into_response())
+}

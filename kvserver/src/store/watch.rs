@@ -1,0 +1,175 @@
+//! Watch history and the live event feed.
+//!
+//! Every applied change is recorded in `kv_events` (one row per revision, in
+//! the same transaction as the change) and, after the commit, published on a
+//! bounded broadcast feed. A watcher subscribes to the feed first, then reads
+//! the history up to the current revision, then follows the feed, skipping
+//! what it already sent: that sequence has no gap and no duplicate. History
+//! older than `watch_history_revisions` is compacted; a snapshot install
+//! restarts it at the snapshot's revision (and tells live watchers, which must
+//! resume elsewhere or re-list).
+
+use std::sync::Arc;
+
+use serde::Deserialize;
+use serde::Serialize;
+use sqlx::Any;
+use sqlx::Row;
+use sqlx::Transaction;
+
+use super::Store;
+use super::StoreError;
+use super::decode;
+use super::encode;
+use super::get_meta;
+use super::put_meta;
+use super::snapshot::SnapKv;
+use crate::types::EventKind;
+use crate::types::WatchEvent;
+
+const WATCH_COMPACTED: &str = "watch_compacted";
+
+/// What the live feed carries.
+#[derive(Debug, Clone)]
+pub enum Feed {
+    /// Events of one applied batch, in revision order.
+    Events(Arc<Vec<WatchEvent>>),
+    /// History was replaced by a snapshot at this revision; live watchers cannot continue.
+    Reset { revision: u64 },
+}
+
+/// Storage form of an event (bincode needs every field present).
+#[derive(Serialize, Deserialize)]
+struct StoredEvent {
+    kind: EventKind,
+    key: String,
+    kv: Option<SnapKv>,
+    prev: Option<SnapKv>,
+}
+
+/// Writes the batch's events (grouped per revision) and compacts history older than
+/// `keep` revisions behind `rev`.
+pub(crate) async fn record_events(
+    tx: &mut Transaction<'_, Any>,
+    events: &[WatchEvent],
+    rev: u64,
+    keep: u64,
+) -> Result<(), StoreError> {
+    let mut i = 0;
+    while i < events.len() {
+        let revision = events[i].revision;
+        let mut group = Vec::new();
+        while i < events.len() && events[i].revision == revision {
+            let e = &events[i];
+            group.push(StoredEvent {
+                kind: e.kind,
+                key: e.key.clone(),
+                kv: e.kv.clone().map(Into::into),
+                prev: e.prev.clone().map(Into::into),
+            });
+            i += 1;
+        }
+        sqlx::query(
+            "INSERT INTO kv_events (revision, events) VALUES ($1, $2) ON CONFLICT (revision) DO UPDATE SET events = excluded.events",
+        )
+        .bind(revision as i64)
+        .bind(encode(&group)?)
+        .execute(&mut **tx)
+        .await?;
+    }
+    if rev > keep {
+        let horizon = rev - keep;
+        let compacted: u64 = get_meta(tx, WATCH_COMPACTED).await?.unwrap_or(0);
+        if horizon > compacted {
+            sqlx::query("DELETE FROM kv_events WHERE revision <= $1")
+                .bind(horizon as i64)
+                .execute(&mut **tx)
+                .await?;
+            put_meta(tx, WATCH_COMPACTED, encode(&horizon)?).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Drops all history; the oldest watchable revision becomes `revision + 1`.
+pub(crate) async fn reset_history(
+    tx: &mut Transaction<'_, Any>,
+    revision: u64,
+) -> Result<(), StoreError> {
+    sqlx::query("DELETE FROM kv_events")
+        .execute(&mut **tx)
+        .await?;
+    put_meta(tx, WATCH_COMPACTED, encode(&revision)?).await
+}
+
+fn decode_row(row: &sqlx::any::AnyRow) -> Result<Vec<WatchEvent>, StoreError> {
+    let revision = row.try_get::<i64, _>(0)? as u64;
+    let group: Vec<StoredEvent> = decode("kv_events", &row.try_get::<Vec<u8>, _>(1)?)?;
+    Ok(group
+        .into_iter()
+        .map(|e| WatchEvent {
+            revision,
+            kind: e.kind,
+            key: e.key,
+            kv: e.kv.map(Into::into),
+            prev: e.prev.map(Into::into),
+        })
+        .collect())
+}
+
+/// Events with `after < revision <= upto`, in order (inside a transaction).
+pub(crate) async fn read_events(
+    tx: &mut Transaction<'_, Any>,
+    after: u64,
+    upto: u64,
+) -> Result<Vec<WatchEvent>, StoreError> {
+    let rows = sqlx::query("SELECT revision, events FROM kv_events WHERE revision > $1 AND revision <= $2 ORDER BY revision")
+        .bind(after as i64)
+        .bind(upto as i64)
+        .fetch_all(&mut **tx)
+        .await?;
+    let mut out = Vec::new();
+    for row in &rows {
+        out.extend(decode_row(row)?);
+    }
+    Ok(out)
+}
+
+/// A page of history for a watcher.
+pub struct History {
+    /// Revisions at or below this are gone (0 = nothing compacted).
+    pub compacted: u64,
+    pub events: Vec<WatchEvent>,
+}
+
+impl Store {
+    /// Subscribes to the live feed (do this *before* reading history).
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Feed> {
+        self.feed.subscribe()
+    }
+
+    pub(crate) fn publish(&self, events: Vec<WatchEvent>) {
+        if !events.is_empty() {
+            // No receivers is fine: nobody watches.
+            let _ = self.feed.send(Feed::Events(Arc::new(events)));
+        }
+    }
+
+    pub(crate) fn publish_reset(&self, revision: u64) {
+        let _ = self.feed.send(Feed::Reset { revision });
+    }
+
+    /// History after `after` up to `upto` (at most `limit` revisions), and the compaction
+    /// horizon, read in one transaction so both agree.
+    pub async fn history(&self, after: u64, upto: u64, limit: u64) -> Result<History, StoreError> {
+        let mut tx = self.reader.begin().await?;
+        let compacted: u64 = get_meta(&mut tx, WATCH_COMPACTED).await?.unwrap_or(0);
+        let events = if after < compacted {
+            Vec::new()
+        } else {
+            read_events(&mut tx, after, upto.min(after.saturating_add(limit))).await?
+        };
+        tx.rollback().await?;
+        Ok(History { compacted, events })
+    }
+}
