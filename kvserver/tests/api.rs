@@ -429,7 +429,7 @@ async fn bad_input_gets_json_4xx_and_changes_nothing() -> anyhow::Result<()> {
         s == 413 && b["error"]["code"] == "value_too_large" && b["error"]["limit"] == 1024,
         "value over limit: {s} {b}"
     );
-    let huge = "v".repeat(200 * 1024);
+    let huge = "v".repeat(100 * 1024);
     let (s, b) = n
         .put("/v1/kv/keep", &format!(r#"{{"value":"{huge}"}}"#))
         .await?;

@@ -48,6 +48,8 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachine, tempfile::TempDir> for Bui
             node_id: 0,
             cluster_id: "suite".into(),
             backend,
+            watch_history: 1000,
+            feed_capacity: 16,
         };
         let store = Store::open(&opts, metrics).await.map_err(|e| fail(&e))?;
         let sm = StateMachine::new(store.clone())
