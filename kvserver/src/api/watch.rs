@@ -138,6 +138,10 @@ async fn produce(
     // Sends one revision's events; false when the watcher is gone or too slow.
     let send = |events: Vec<&WatchEvent>, out: &mpsc::Sender<Event>| -> Result<(), &'static str> {
         for ev in render(&events, &filter) {
+            // One slot stays reserved for the final `dropped` event.
+            if out.capacity() <= 1 {
+                return Err("slow consumer: the watcher's buffer is full");
+            }
             match out.try_send(ev) {
                 Ok(()) => {}
                 Err(mpsc::error::TrySendError::Full(_)) => {
@@ -216,12 +220,8 @@ async fn produce(
         resume_from_revision: sent,
     };
     let data = serde_json::to_string(&body).unwrap_or_else(|_| "{}".into());
-    // The buffer may be full: wait (bounded) for room for the final event, then close.
-    let _ = tokio::time::timeout(
-        Duration::from_secs(5),
-        out.send(Event::default().event("dropped").data(data)),
-    )
-    .await;
+    // The reserved slot holds the final event even when the watcher stopped reading.
+    let _ = out.try_send(Event::default().event("dropped").data(data));
 }
 
 /// `GET /v1/watch`: streams changes as Server-Sent Events.
@@ -282,7 +282,7 @@ pub async fn watch(
         key: q.key,
         prev_kv: q.prev_kv.unwrap_or(true),
     };
-    let (tx, rx) = mpsc::channel(state.config.watch.watcher_buffer);
+    let (tx, rx) = mpsc::channel(state.config.watch.watcher_buffer + 1);
     tokio::spawn(produce(state.clone(), feed, filter, from, now, tx));
     let stream = events(rx);
     Ok(Sse::new(stream)
