@@ -4,6 +4,7 @@
 //! # Layout
 //! - [`node`]: [`start_node`] wires everything together and owns shutdown; used by `main.rs` and tests.
 //! - [`config`]: YAML file < `KV_*` env < CLI flags, strictly validated.
+//! - [`model`]: the HTTP API's request/response types (shared with the client, documented in OpenAPI).
 //! - [`types`]: the openraft type configuration and the replicated command language.
 //! - [`store`]: SQLite (sqlx) persistence: Raft log and vote ([`store::log`]), the state
 //!   machine ([`store::sm`]) and snapshot files ([`store::snapshot`]).
@@ -21,6 +22,7 @@
 pub mod api;
 pub mod config;
 pub mod metrics;
+pub mod model;
 pub mod network;
 pub mod node;
 pub mod store;

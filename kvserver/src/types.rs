@@ -12,8 +12,8 @@ use std::fmt;
 use serde::Deserialize;
 use serde::Serialize;
 
-/// Node id: the StatefulSet ordinal in Kubernetes, or configured.
-pub type NodeId = u64;
+pub use crate::model::KeyValue;
+pub use crate::model::NodeId;
 
 /// What the membership records about a node: where to reach it.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -177,28 +177,6 @@ impl fmt::Display for Command {
             }
         }
     }
-}
-
-/// A stored key with its etcd-style revision bookkeeping.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct KeyValue {
-    pub key: String,
-    /// Omitted in keys-only listings.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub value: Option<String>,
-    /// Revision at which the key was (last) created.
-    pub create_revision: u64,
-    /// Revision of the last modification.
-    pub mod_revision: u64,
-    /// Number of modifications since creation (1 after create).
-    pub version: u64,
-    /// Absolute expiry time in unix milliseconds, if the key has a TTL.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub expires_at_ms: Option<u64>,
-    /// Unix milliseconds of creation.
-    pub created_at_ms: u64,
-    /// Unix milliseconds of the last modification.
-    pub updated_at_ms: u64,
 }
 
 /// What applying one [`Command`] did.

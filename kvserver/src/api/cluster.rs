@@ -20,9 +20,6 @@ use openraft::ServerState;
 use openraft::error::ClientWriteError;
 use openraft::error::InitializeError;
 use openraft::error::RaftError;
-use serde::Deserialize;
-use serde::Serialize;
-use serde_json::json;
 
 use super::ApiError;
 use super::AppState;
@@ -31,46 +28,17 @@ use super::Raw;
 use super::WRITE_TIMEOUT;
 use super::error::write_error;
 use super::kv::NoParams;
+use crate::model::ChangeResponse;
+use crate::model::ClusterInfo;
+use crate::model::InitRequest;
+use crate::model::LearnerRequest;
+use crate::model::MemberInfo;
+use crate::model::MemberSpec;
+use crate::model::MembershipRequest;
+use crate::model::TransferRequest;
 use crate::types::KvNode;
 use crate::types::NodeId;
 use crate::types::TypeConfig;
-
-/// One member as seen by this node.
-#[derive(Debug, Serialize)]
-pub struct MemberInfo {
-    pub id: NodeId,
-    pub role: &'static str,
-    pub api_addr: String,
-    pub raft_addr: String,
-    /// Last log index known replicated to it (leader's view only).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub matched_index: Option<u64>,
-    /// Entries behind the leader's last log (leader's view only).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub lag: Option<u64>,
-}
-
-/// `GET /v1/cluster`.
-#[derive(Debug, Serialize)]
-pub struct ClusterInfo {
-    pub cluster_id: String,
-    pub node_id: NodeId,
-    pub initialized: bool,
-    pub role: &'static str,
-    pub term: u64,
-    pub leader_id: Option<NodeId>,
-    pub leader: Option<KvNode>,
-    pub last_log_index: Option<u64>,
-    pub committed_index: Option<u64>,
-    pub applied_index: Option<u64>,
-    pub snapshot_index: Option<u64>,
-    pub purged_index: Option<u64>,
-    pub revision: u64,
-    /// True while a joint (two-phase) membership change is in progress.
-    pub joint: bool,
-    pub membership_log_index: Option<u64>,
-    pub members: Vec<MemberInfo>,
-}
 
 pub fn role_name(state: ServerState, initialized: bool) -> &'static str {
     if !initialized {
@@ -103,9 +71,9 @@ pub fn cluster_info(state: &AppState) -> ClusterInfo {
             MemberInfo {
                 id: *id,
                 role: if voters.contains(id) {
-                    "voter"
+                    "voter".to_string()
                 } else {
-                    "learner"
+                    "learner".to_string()
                 },
                 api_addr: node.api_addr.clone(),
                 raft_addr: node.raft_addr.clone(),
@@ -118,12 +86,16 @@ pub fn cluster_info(state: &AppState) -> ClusterInfo {
         cluster_id: state.cluster_id.clone(),
         node_id: state.id,
         initialized,
-        role: role_name(m.state, initialized),
+        role: role_name(m.state, initialized).to_string(),
         term: m.current_term,
         leader_id: m.current_leader,
         leader: m
             .current_leader
-            .and_then(|l| membership.get_node(&l).cloned()),
+            .and_then(|l| membership.get_node(&l))
+            .map(|n| MemberSpec {
+                api_addr: n.api_addr.clone(),
+                raft_addr: n.raft_addr.clone(),
+            }),
         last_log_index: last,
         committed_index: m.local_committed.as_ref().map(|l| l.index),
         applied_index: m.last_applied.as_ref().map(|l| l.index),
@@ -158,28 +130,13 @@ fn node_spec(api_addr: String, raft_addr: String, field: &str) -> Result<KvNode,
     })
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct MemberSpec {
-    api_addr: String,
-    raft_addr: String,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct InitBody {
-    /// Initial voters by id; default: this node alone.
-    #[serde(default)]
-    members: Option<BTreeMap<NodeId, MemberSpec>>,
-}
-
 /// `POST /v1/cluster/init`: forms a new cluster with this node (and optionally others) as voters.
 pub async fn init(
     State(state): State<AppState>,
     Q(_params): Q<NoParams>,
     raw: Raw,
 ) -> Result<Response, ApiError> {
-    let body: InitBody = raw.json_or_default()?;
+    let body: InitRequest = raw.json_or_default()?;
     let members: BTreeMap<NodeId, KvNode> = match body.members {
         None => BTreeMap::from([(state.id, state.advertise.clone())]),
         Some(m) => {
@@ -203,7 +160,12 @@ pub async fn init(
         let info = cluster_info(&state);
         let current: BTreeSet<NodeId> = info.members.iter().map(|m| m.id).collect();
         if members.keys().all(|id| current.contains(id)) {
-            return Ok(Json(json!({"changed": false, "cluster": info})).into_response());
+            return Ok(Json(ChangeResponse {
+                changed: false,
+                cluster: Some(info),
+                leader_id: None,
+            })
+            .into_response());
         }
         return Err(ApiError::Conflict {
             code: "already_initialized",
@@ -216,9 +178,12 @@ pub async fn init(
         Ok(()) => {}
         Err(RaftError::APIError(InitializeError::NotAllowed(_))) => {
             // Lost a race with another init or a leader's append: report the state as is.
-            return Ok(
-                Json(json!({"changed": false, "cluster": cluster_info(&state)})).into_response(),
-            );
+            return Ok(Json(ChangeResponse {
+                changed: false,
+                cluster: Some(cluster_info(&state)),
+                leader_id: None,
+            })
+            .into_response());
         }
         Err(RaftError::APIError(InitializeError::NotInMembers(e))) => {
             return Err(ApiError::bad("invalid_parameter", e.to_string()));
@@ -228,20 +193,13 @@ pub async fn init(
     tracing::info!(node_id = state.id, "cluster initialized");
     Ok((
         StatusCode::CREATED,
-        Json(json!({"changed": true, "cluster": cluster_info(&state)})),
+        Json(ChangeResponse {
+            changed: true,
+            cluster: Some(cluster_info(&state)),
+            leader_id: None,
+        }),
     )
         .into_response())
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct LearnerBody {
-    id: NodeId,
-    api_addr: String,
-    raft_addr: String,
-    /// Wait until the learner has caught up with the leader's log.
-    #[serde(default)]
-    wait: bool,
 }
 
 /// Runs a membership write on the leader, forwarding when needed.
@@ -288,7 +246,7 @@ pub async fn add_learner(
     Q(_params): Q<NoParams>,
     raw: Raw,
 ) -> Result<Response, ApiError> {
-    let body: LearnerBody = raw.json()?;
+    let body: LearnerRequest = raw.json()?;
     let node = node_spec(body.api_addr, body.raft_addr, "learner")?;
     if let Some(fwd) = leader_only(&state, &raw).await? {
         return Ok(fwd);
@@ -299,7 +257,12 @@ pub async fn add_learner(
         .find(|m| m.id == body.id);
     if let Some(m) = &existing {
         if m.api_addr == node.api_addr && m.raft_addr == node.raft_addr {
-            return Ok(Json(json!({"changed": false, "id": body.id, "role": m.role, "cluster": cluster_info(&state)})).into_response());
+            return Ok(Json(ChangeResponse {
+                changed: false,
+                cluster: Some(cluster_info(&state)),
+                leader_id: None,
+            })
+            .into_response());
         }
         if m.role == "voter" {
             return Err(ApiError::Conflict {
@@ -329,29 +292,12 @@ pub async fn add_learner(
         return Ok(fwd);
     }
     tracing::info!(learner = id, %node, "learner added");
-    Ok(
-        Json(
-            json!({"changed": true, "id": id, "role": "learner", "cluster": cluster_info(&state)}),
-        )
-        .into_response(),
-    )
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct MembershipBody {
-    /// Promote these learners to voters.
-    #[serde(default)]
-    add_voters: Vec<NodeId>,
-    /// Remove these voters from the cluster entirely.
-    #[serde(default)]
-    remove_voters: Vec<NodeId>,
-    /// Remove these nodes (learners or voters) from the cluster entirely.
-    #[serde(default)]
-    remove_nodes: Vec<NodeId>,
-    /// Keep removed voters as learners instead of removing them.
-    #[serde(default)]
-    retain: bool,
+    Ok(Json(ChangeResponse {
+        changed: true,
+        cluster: Some(cluster_info(&state)),
+        leader_id: None,
+    })
+    .into_response())
 }
 
 /// `POST /v1/cluster/membership`: promotes learners and/or removes members.
@@ -360,7 +306,7 @@ pub async fn change_membership(
     Q(_params): Q<NoParams>,
     raw: Raw,
 ) -> Result<Response, ApiError> {
-    let body: MembershipBody = raw.json()?;
+    let body: MembershipRequest = raw.json()?;
     let actions = [
         !body.add_voters.is_empty(),
         !body.remove_voters.is_empty(),
@@ -416,7 +362,12 @@ pub async fn change_membership(
         (ChangeMembers::RemoveNodes(ids), noop)
     };
     if noop && !info.joint {
-        return Ok(Json(json!({"changed": false, "cluster": info})).into_response());
+        return Ok(Json(ChangeResponse {
+            changed: false,
+            cluster: Some(info),
+            leader_id: None,
+        })
+        .into_response());
     }
     let raft = state.raft.clone();
     let retain = body.retain;
@@ -447,13 +398,12 @@ pub async fn change_membership(
         return Ok(fwd);
     }
     tracing::info!(change = %change_desc, "membership changed");
-    Ok(Json(json!({"changed": true, "cluster": cluster_info(&state)})).into_response())
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct TransferBody {
-    to: NodeId,
+    Ok(Json(ChangeResponse {
+        changed: true,
+        cluster: Some(cluster_info(&state)),
+        leader_id: None,
+    })
+    .into_response())
 }
 
 /// `POST /v1/cluster/transfer-leader`: hands leadership to a voter and waits until it leads.
@@ -462,13 +412,18 @@ pub async fn transfer_leader(
     Q(_params): Q<NoParams>,
     raw: Raw,
 ) -> Result<Response, ApiError> {
-    let body: TransferBody = raw.json()?;
+    let body: TransferRequest = raw.json()?;
     if !state.initialized() {
         return Err(ApiError::NotInitialized);
     }
     let info = cluster_info(&state);
     if info.leader_id == Some(body.to) {
-        return Ok(Json(json!({"changed": false, "leader_id": body.to})).into_response());
+        return Ok(Json(ChangeResponse {
+            changed: false,
+            cluster: None,
+            leader_id: Some(body.to),
+        })
+        .into_response());
     }
     if !info
         .members
@@ -495,7 +450,12 @@ pub async fn transfer_leader(
     match waited {
         Ok(_) => {
             tracing::info!(to = body.to, "leadership transferred");
-            Ok(Json(json!({"changed": true, "leader_id": body.to})).into_response())
+            Ok(Json(ChangeResponse {
+                changed: true,
+                cluster: None,
+                leader_id: Some(body.to),
+            })
+            .into_response())
         }
         Err(e) => Err(ApiError::Unavailable {
             code: "transfer_timeout",

@@ -20,24 +20,6 @@ use crate::types::KeyValue;
 use crate::types::NodeId;
 use crate::types::TypeConfig;
 
-/// The JSON shape of every error response (for the OpenAPI document).
-#[derive(Debug, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
-pub struct ErrorBody {
-    pub error: ErrorDetail,
-}
-
-/// `error` of [`ErrorBody`]: a stable `code`, a human `message`, and details that
-/// depend on the code (e.g. `current` for `revision_mismatch`, `oldest_revision` for
-/// `compacted`, `leader_hint` for `no_leader`).
-#[derive(Debug, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
-pub struct ErrorDetail {
-    pub code: String,
-    pub message: String,
-    #[serde(flatten)]
-    #[schema(value_type = Object)]
-    pub details: serde_json::Map<String, serde_json::Value>,
-}
-
 /// Errors at the HTTP API boundary.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {

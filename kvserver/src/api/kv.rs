@@ -18,8 +18,6 @@ use openraft::error::ClientWriteError;
 use openraft::error::LinearizableReadError;
 use openraft::error::RaftError;
 use serde::Deserialize;
-use serde::Serialize;
-use serde_json::json;
 
 use super::ApiError;
 use super::AppState;
@@ -29,9 +27,21 @@ use super::Served;
 use super::WRITE_TIMEOUT;
 use super::error::read_error;
 use super::error::write_error;
+use crate::model::BatchGetRequest;
+use crate::model::BatchGetResponse;
+use crate::model::Consistency;
+use crate::model::DeleteQuery;
+use crate::model::DeleteResponse;
+use crate::model::GetResponse;
+use crate::model::KeyValue;
+use crate::model::ListQuery;
+use crate::model::ListResponse;
+use crate::model::PrefixDeleteQuery;
+use crate::model::PutRequest;
+use crate::model::PutResponse;
+use crate::model::ReadQuery;
 use crate::types::ApplyResult;
 use crate::types::Command;
-use crate::types::KeyValue;
 use crate::types::Outcome;
 use crate::types::now_ms;
 
@@ -43,85 +53,10 @@ const DEFAULT_PAGE: usize = 1_000;
 /// Longest TTL accepted (10 years): keeps `now + ttl` far from overflow.
 pub const MAX_TTL_SECONDS: u64 = 10 * 365 * 24 * 3600;
 
-/// Read consistency.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Consistency {
-    /// Confirmed with a quorum (ReadIndex) and served by the leader.
-    #[default]
-    Linearizable,
-    /// Served from this node's applied state without coordination; may lag.
-    Stale,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ReadQuery {
-    #[serde(default)]
-    consistency: Consistency,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PutBody {
-    /// New value (UTF-8 string).
-    value: String,
-    /// Time to live in seconds; the key disappears after it.
-    #[serde(default)]
-    ttl_seconds: Option<u64>,
-    /// Compare-and-set: the key's current `mod_revision` must equal this; 0 = key must not exist.
-    #[serde(default)]
-    if_revision: Option<u64>,
-}
-
 /// Endpoints that take no query parameters reject any.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NoParams {}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct DeleteQuery {
-    #[serde(default)]
-    if_revision: Option<u64>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ListQuery {
-    #[serde(default)]
-    prefix: String,
-    #[serde(default)]
-    start_after: Option<String>,
-    #[serde(default)]
-    limit: Option<usize>,
-    #[serde(default)]
-    keys_only: bool,
-    #[serde(default)]
-    consistency: Consistency,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PrefixDeleteQuery {
-    prefix: Option<String>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct BatchGetBody {
-    keys: Vec<String>,
-    #[serde(default)]
-    consistency: Consistency,
-}
-
-/// Response of a single-key read.
-#[derive(Debug, Serialize)]
-struct GetResponse {
-    revision: u64,
-    node_id: u64,
-    kv: KeyValue,
-}
 
 pub fn validate_key(key: &str) -> Result<(), ApiError> {
     if key.is_empty() {
@@ -262,7 +197,7 @@ pub async fn put_key(
     raw: Raw,
 ) -> Result<Response, ApiError> {
     validate_key(&key)?;
-    let body: PutBody = raw.json()?;
+    let body: PutRequest = raw.json()?;
     let limit = state.config.max_value_bytes;
     if body.value.len() > limit {
         return Err(ApiError::ValueTooLarge {
@@ -305,7 +240,13 @@ pub async fn put_key(
             } else {
                 StatusCode::OK
             };
-            let body = json!({"revision": revision, "node_id": state.id, "created": created, "kv": kv, "prev_kv": prev});
+            let body = PutResponse {
+                revision,
+                node_id: state.id,
+                created,
+                kv,
+                prev_kv: prev,
+            };
             Ok((status, Json(body)).into_response())
         }
         Outcome::PreconditionFailed { current } => {
@@ -334,9 +275,12 @@ pub async fn delete_key(
         Served::Local(r) => require_outcome(r)?,
     };
     match outcome {
-        Outcome::Deleted { count, prev } => Ok(Json(
-            json!({"revision": revision, "node_id": state.id, "deleted": count, "prev_kv": prev}),
-        )
+        Outcome::Deleted { count, prev } => Ok(Json(DeleteResponse {
+            revision,
+            node_id: state.id,
+            deleted: count,
+            prev_kv: prev,
+        })
         .into_response()),
         Outcome::NotFound => Err(ApiError::KeyNotFound {
             key,
@@ -389,10 +333,14 @@ pub async fn list(
     } else {
         None
     };
-    Ok(Json(json!({
-        "revision": revision, "node_id": state.id, "count": kvs.len(), "kvs": kvs,
-        "more": more, "next_start_after": next,
-    }))
+    Ok(Json(ListResponse {
+        revision,
+        node_id: state.id,
+        count: kvs.len(),
+        kvs,
+        more,
+        next_start_after: next,
+    })
     .into_response())
 }
 
@@ -425,9 +373,12 @@ pub async fn delete_prefix(
         Served::Local(r) => require_outcome(r)?,
     };
     match outcome {
-        Outcome::Deleted { count, .. } => Ok(Json(
-            json!({"revision": revision, "node_id": state.id, "deleted": count}),
-        )
+        Outcome::Deleted { count, .. } => Ok(Json(DeleteResponse {
+            revision,
+            node_id: state.id,
+            deleted: count,
+            prev_kv: None,
+        })
         .into_response()),
         other => Err(ApiError::Internal(format!(
             "unexpected outcome for prefix delete: {other:?}"
@@ -440,7 +391,7 @@ pub async fn batch_get(
     Q(_params): Q<NoParams>,
     raw: Raw,
 ) -> Result<Response, ApiError> {
-    let body: BatchGetBody = raw.json()?;
+    let body: BatchGetRequest = raw.json()?;
     if body.keys.is_empty() || body.keys.len() > MAX_PAGE {
         return Err(ApiError::bad(
             "invalid_parameter",
@@ -455,8 +406,11 @@ pub async fn batch_get(
     }
     let (kvs, missing) = state.store.get_many(&body.keys, now_ms()).await?;
     let revision = state.store.revision();
-    Ok(
-        Json(json!({"revision": revision, "node_id": state.id, "kvs": kvs, "missing": missing}))
-            .into_response(),
-    )
+    Ok(Json(BatchGetResponse {
+        revision,
+        node_id: state.id,
+        kvs,
+        missing,
+    })
+    .into_response())
 }

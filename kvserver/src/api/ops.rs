@@ -7,6 +7,9 @@
 
 use std::sync::atomic::Ordering;
 
+use crate::model::HealthResponse;
+use crate::model::ReadyResponse;
+use crate::model::StatusResponse;
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -14,7 +17,6 @@ use axum::http::header::CONTENT_TYPE;
 use axum::response::IntoResponse;
 use axum::response::Response;
 use openraft::ServerState;
-use serde_json::json;
 
 use super::AppState;
 use super::Q;
@@ -22,8 +24,11 @@ use super::cluster::role_name;
 use super::kv::NoParams;
 use crate::types::now_ms;
 
-pub async fn healthz(State(state): State<AppState>) -> Json<serde_json::Value> {
-    Json(json!({"status": "ok", "node_id": state.id}))
+pub async fn healthz(State(state): State<AppState>) -> Json<HealthResponse> {
+    Json(HealthResponse {
+        status: "ok".into(),
+        node_id: state.id,
+    })
 }
 
 pub async fn readyz(State(state): State<AppState>, Q(_params): Q<NoParams>) -> Response {
@@ -59,7 +64,11 @@ pub async fn readyz(State(state): State<AppState>, Q(_params): Q<NoParams>) -> R
     };
     (
         status,
-        Json(json!({"ready": ready, "node_id": state.id, "reasons": reasons})),
+        Json(ReadyResponse {
+            ready,
+            node_id: state.id,
+            reasons,
+        }),
     )
         .into_response()
 }
@@ -67,7 +76,7 @@ pub async fn readyz(State(state): State<AppState>, Q(_params): Q<NoParams>) -> R
 pub async fn status(
     State(state): State<AppState>,
     Q(_params): Q<NoParams>,
-) -> Result<Json<serde_json::Value>, super::ApiError> {
+) -> Result<Json<StatusResponse>, super::ApiError> {
     let m = crate::network::raft_metrics(&state.raft);
     let initialized = m.membership_config.membership().nodes().next().is_some();
     let now = now_ms();
@@ -82,23 +91,23 @@ pub async fn status(
         (last > 0).then(|| now.saturating_sub(last))
     };
     let keys = state.store.key_count().await?;
-    Ok(Json(json!({
-        "version": env!("CARGO_PKG_VERSION"),
-        "node_id": state.id,
-        "cluster_id": state.cluster_id,
-        "role": role_name(m.state, initialized),
-        "term": m.current_term,
-        "leader_id": m.current_leader,
-        "millis_since_heartbeat": since_heartbeat_ms,
-        "uptime_seconds": state.started.elapsed().as_secs(),
-        "revision": state.store.revision(),
-        "keys": keys,
-        "storage": state.store.backend(),
-        "applied_index": m.last_applied.as_ref().map(|l| l.index),
-        "api_addr": state.advertise.api_addr,
-        "raft_addr": state.advertise.raft_addr,
-        "timestamp_ms": now,
-    })))
+    Ok(Json(StatusResponse {
+        version: env!("CARGO_PKG_VERSION").into(),
+        node_id: state.id,
+        cluster_id: state.cluster_id.clone(),
+        role: role_name(m.state, initialized).into(),
+        term: m.current_term,
+        leader_id: m.current_leader,
+        millis_since_heartbeat: since_heartbeat_ms,
+        uptime_seconds: state.started.elapsed().as_secs(),
+        revision: state.store.revision(),
+        keys,
+        storage: state.store.backend().into(),
+        applied_index: m.last_applied.as_ref().map(|l| l.index),
+        api_addr: state.advertise.api_addr.clone(),
+        raft_addr: state.advertise.raft_addr.clone(),
+        timestamp_ms: now,
+    }))
 }
 
 pub async fn metrics(State(state): State<AppState>) -> Response {

@@ -10,8 +10,6 @@ use axum::Json;
 use axum::extract::State;
 use axum::response::IntoResponse;
 use axum::response::Response;
-use serde::Deserialize;
-use serde::Serialize;
 
 use super::ApiError;
 use super::AppState;
@@ -23,11 +21,16 @@ use super::kv::NoParams;
 use super::kv::propose;
 use super::kv::require_outcome;
 use super::kv::validate_key;
+use crate::model::Compare;
+use crate::model::CompareTarget;
+use crate::model::Operation;
+use crate::model::OperationResult;
+use crate::model::TxnRequest;
+use crate::model::TxnResponse;
 use crate::types::Cmp;
 use crate::types::CmpOp;
 use crate::types::CmpTarget;
 use crate::types::Command;
-use crate::types::KeyValue;
 use crate::types::Outcome;
 use crate::types::TxnOp;
 use crate::types::TxnOpResult;
@@ -35,95 +38,6 @@ use crate::types::now_ms;
 
 /// Most comparisons, and most operations per branch, in one transaction.
 pub const MAX_TXN_ITEMS: usize = 128;
-
-/// What a comparison looks at.
-#[derive(Debug, Clone, Copy, Deserialize, Serialize, utoipa::ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum CompareTarget {
-    Value,
-    Version,
-    CreateRevision,
-    ModRevision,
-    Exists,
-}
-
-/// One comparison: `<target of key> <op> <value>`.
-#[derive(Debug, Deserialize, Serialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct Compare {
-    pub key: String,
-    pub target: CompareTarget,
-    /// `==` (default), `!=`, `<`, `>`; `exists` takes only `==` / `!=`.
-    #[serde(default = "default_op")]
-    pub op: String,
-    /// A string for `value`, a non-negative integer for the counters, a bool for `exists`.
-    #[schema(value_type = Object)]
-    pub value: serde_json::Value,
-}
-
-fn default_op() -> String {
-    "==".into()
-}
-
-/// One operation of a branch.
-#[derive(Debug, Deserialize, Serialize, utoipa::ToSchema)]
-#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
-pub enum Operation {
-    Put {
-        key: String,
-        value: String,
-        #[serde(default)]
-        ttl_seconds: Option<u64>,
-    },
-    Delete {
-        key: String,
-    },
-    Get {
-        key: String,
-    },
-}
-
-/// Request body of `POST /v1/txn`.
-#[derive(Debug, Deserialize, Serialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct TxnRequest {
-    /// All must hold for `success` to run; otherwise `failure` runs. Empty = success.
-    #[serde(default)]
-    pub compare: Vec<Compare>,
-    #[serde(default)]
-    pub success: Vec<Operation>,
-    #[serde(default)]
-    pub failure: Vec<Operation>,
-}
-
-/// The result of one operation, in branch order.
-#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(tag = "op", rename_all = "snake_case")]
-pub enum OperationResult {
-    Put {
-        created: bool,
-        kv: KeyValue,
-        prev_kv: Option<KeyValue>,
-    },
-    Delete {
-        deleted: u64,
-        prev_kv: Option<KeyValue>,
-    },
-    Get {
-        kv: Option<KeyValue>,
-    },
-}
-
-/// Response of `POST /v1/txn`.
-#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct TxnResponse {
-    /// Cluster revision after the transaction (unchanged if it wrote nothing).
-    pub revision: u64,
-    pub node_id: u64,
-    /// True when every comparison held and `success` ran.
-    pub succeeded: bool,
-    pub results: Vec<OperationResult>,
-}
 
 fn bad(msg: String) -> ApiError {
     ApiError::bad("invalid_txn", msg)
@@ -265,9 +179,9 @@ pub fn to_command(req: TxnRequest, now: u64, max_value: usize) -> Result<Command
     request_body = TxnRequest,
     responses(
         (status = 200, description = "The transaction ran; `succeeded` says which branch", body = TxnResponse),
-        (status = 400, description = "Invalid transaction", body = super::error::ErrorBody),
-        (status = 413, description = "A value is over the limit", body = super::error::ErrorBody),
-        (status = 503, description = "Not initialized, no leader, or outcome unknown", body = super::error::ErrorBody),
+        (status = 400, description = "Invalid transaction", body = crate::model::ErrorBody),
+        (status = 413, description = "A value is over the limit", body = crate::model::ErrorBody),
+        (status = 503, description = "Not initialized, no leader, or outcome unknown", body = crate::model::ErrorBody),
     )
 )]
 pub async fn txn(

@@ -21,63 +21,21 @@ use axum::response::sse::Event;
 use axum::response::sse::KeepAlive;
 use axum::response::sse::Sse;
 use futures_util::Stream;
-use serde::Deserialize;
-use serde::Serialize;
 use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::mpsc;
 
 use super::ApiError;
 use super::AppState;
 use super::Q;
+use crate::model::DroppedBody;
+use crate::model::WatchEventBody;
+use crate::model::WatchQuery;
 use crate::store::watch::Feed;
 use crate::types::EventKind;
-use crate::types::KeyValue;
 use crate::types::WatchEvent;
 
 /// History is read in pages of this many revisions.
 const HISTORY_PAGE: u64 = 1000;
-
-#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
-#[serde(deny_unknown_fields)]
-#[into_params(parameter_in = Query)]
-pub struct WatchQuery {
-    /// Only keys starting with this prefix (default: all keys).
-    #[serde(default)]
-    prefix: Option<String>,
-    /// Only this exact key.
-    #[serde(default)]
-    key: Option<String>,
-    /// Start after this revision (default: now). `Last-Event-ID` works too.
-    #[serde(default)]
-    from_revision: Option<u64>,
-    /// Include the previous version of the key in each event (default true).
-    #[serde(default)]
-    prev_kv: Option<bool>,
-}
-
-/// The JSON `data` of one SSE event.
-#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct WatchEventBody {
-    pub revision: u64,
-    /// `put` or `delete`.
-    #[serde(rename = "type")]
-    pub kind: String,
-    pub key: String,
-    /// The key after a put.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub kv: Option<KeyValue>,
-    /// The key before the change.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub prev_kv: Option<KeyValue>,
-}
-
-/// The JSON `data` of the final `dropped` event.
-#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct DroppedBody {
-    pub reason: String,
-    /// Reconnect with `from_revision` set to this to continue without a gap.
-    pub resume_from_revision: u64,
-}
 
 struct Filter {
     prefix: Option<String>,
@@ -230,9 +188,9 @@ async fn produce(
     params(WatchQuery, ("Last-Event-ID" = Option<u64>, Header, description = "Resume after this revision")),
     responses(
         (status = 200, description = "`text/event-stream`: events `put` / `delete` with WatchEventBody data, a final `dropped` with DroppedBody when the stream is cut", content_type = "text/event-stream", body = WatchEventBody),
-        (status = 400, description = "Invalid parameters", body = super::error::ErrorBody),
-        (status = 410, description = "The requested revision was compacted; `oldest_revision` says where history starts", body = super::error::ErrorBody),
-        (status = 503, description = "Node not initialized", body = super::error::ErrorBody),
+        (status = 400, description = "Invalid parameters", body = crate::model::ErrorBody),
+        (status = 410, description = "The requested revision was compacted; `oldest_revision` says where history starts", body = crate::model::ErrorBody),
+        (status = 503, description = "Node not initialized", body = crate::model::ErrorBody),
     )
 )]
 pub async fn watch(
