@@ -54,6 +54,9 @@ struct Cli {
     /// Print the effective configuration as YAML and exit.
     #[arg(long)]
     print_config: bool,
+    /// Print the OpenAPI document of the HTTP API and exit.
+    #[arg(long)]
+    print_openapi: bool,
 }
 
 fn load(cli: &Cli) -> anyhow::Result<kvserver::Config> {
@@ -130,6 +133,10 @@ async fn shutdown_signal() -> anyhow::Result<&'static str> {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    if cli.print_openapi {
+        println!("{}", kvserver::api::openapi::document());
+        return Ok(());
+    }
     let cfg = match load(&cli) {
         Ok(c) => c,
         Err(e) => {

@@ -108,6 +108,11 @@ pub fn cluster_info(state: &AppState) -> ClusterInfo {
     }
 }
 
+/// `GET /v1/cluster`: this node's view of the cluster.
+#[utoipa::path(
+    get, path = "/v1/cluster", tag = "cluster",
+    responses((status = 200, description = "Cluster view", body = ClusterInfo), (status = 400, description = "Unknown parameter", body = crate::model::ErrorBody))
+)]
 pub async fn info(State(state): State<AppState>, Q(_params): Q<NoParams>) -> Json<ClusterInfo> {
     Json(cluster_info(&state))
 }
@@ -131,6 +136,16 @@ fn node_spec(api_addr: String, raft_addr: String, field: &str) -> Result<KvNode,
 }
 
 /// `POST /v1/cluster/init`: forms a new cluster with this node (and optionally others) as voters.
+#[utoipa::path(
+    post, path = "/v1/cluster/init", tag = "cluster",
+    request_body(content = InitRequest, description = "Optional; default: this node alone"),
+    responses(
+        (status = 200, description = "Already initialized with these members (`changed: false`)", body = ChangeResponse),
+        (status = 201, description = "Cluster formed", body = ChangeResponse),
+        (status = 400, description = "Invalid members", body = crate::model::ErrorBody),
+        (status = 409, description = "Already part of a cluster with other members (`already_initialized`)", body = crate::model::ErrorBody),
+    )
+)]
 pub async fn init(
     State(state): State<AppState>,
     Q(_params): Q<NoParams>,
@@ -241,6 +256,16 @@ async fn leader_only(state: &AppState, raw: &Raw) -> Result<Option<Response>, Ap
 }
 
 /// `POST /v1/cluster/learners`: adds (or confirms) a non-voting member.
+#[utoipa::path(
+    post, path = "/v1/cluster/learners", tag = "cluster",
+    request_body = LearnerRequest,
+    responses(
+        (status = 200, description = "Learner added or already present", body = ChangeResponse),
+        (status = 400, description = "Invalid request", body = crate::model::ErrorBody),
+        (status = 409, description = "A voter with that id has other addresses, or a change is in progress", body = crate::model::ErrorBody),
+        (status = 503, description = "Not initialized, no leader or commit timeout", body = crate::model::ErrorBody),
+    )
+)]
 pub async fn add_learner(
     State(state): State<AppState>,
     Q(_params): Q<NoParams>,
@@ -301,6 +326,16 @@ pub async fn add_learner(
 }
 
 /// `POST /v1/cluster/membership`: promotes learners and/or removes members.
+#[utoipa::path(
+    post, path = "/v1/cluster/membership", tag = "cluster",
+    request_body = MembershipRequest,
+    responses(
+        (status = 200, description = "Membership changed or already as requested", body = ChangeResponse),
+        (status = 400, description = "Invalid request, unknown learner, or it would remove every voter", body = crate::model::ErrorBody),
+        (status = 409, description = "Another membership change is in progress", body = crate::model::ErrorBody),
+        (status = 503, description = "Not initialized, no leader or commit timeout", body = crate::model::ErrorBody),
+    )
+)]
 pub async fn change_membership(
     State(state): State<AppState>,
     Q(_params): Q<NoParams>,
@@ -407,6 +442,15 @@ pub async fn change_membership(
 }
 
 /// `POST /v1/cluster/transfer-leader`: hands leadership to a voter and waits until it leads.
+#[utoipa::path(
+    post, path = "/v1/cluster/transfer-leader", tag = "cluster",
+    request_body = TransferRequest,
+    responses(
+        (status = 200, description = "The target leads (now or already)", body = ChangeResponse),
+        (status = 400, description = "Target is not a voter", body = crate::model::ErrorBody),
+        (status = 503, description = "Not initialized, or the transfer did not complete in time", body = crate::model::ErrorBody),
+    )
+)]
 pub async fn transfer_leader(
     State(state): State<AppState>,
     Q(_params): Q<NoParams>,

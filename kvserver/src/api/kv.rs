@@ -163,6 +163,17 @@ pub async fn empty_key() -> ApiError {
     ApiError::bad("invalid_key", "key must not be empty: use /v1/kv/{key}")
 }
 
+/// `GET /v1/kv/{key}`: reads one key.
+#[utoipa::path(
+    get, path = "/v1/kv/{key}", tag = "kv",
+    params(("key" = String, Path, description = "The key (UTF-8, 1..4096 bytes, may contain `/`; percent-encode reserved characters)"), ReadQuery),
+    responses(
+        (status = 200, description = "The key", body = GetResponse),
+        (status = 400, description = "Invalid key or parameter", body = crate::model::ErrorBody),
+        (status = 404, description = "No such key (`key_not_found`)", body = crate::model::ErrorBody),
+        (status = 503, description = "Not initialized, no leader or storage unavailable", body = crate::model::ErrorBody),
+    )
+)]
 pub async fn get_key(
     State(state): State<AppState>,
     Path(key): Path<String>,
@@ -190,6 +201,20 @@ pub async fn get_key(
     }
 }
 
+/// `PUT /v1/kv/{key}`: creates or replaces a key, optionally with a TTL and a CAS guard.
+#[utoipa::path(
+    put, path = "/v1/kv/{key}", tag = "kv",
+    params(("key" = String, Path, description = "The key (UTF-8, 1..4096 bytes, may contain `/`)")),
+    request_body = PutRequest,
+    responses(
+        (status = 200, description = "Replaced", body = PutResponse),
+        (status = 201, description = "Created", body = PutResponse),
+        (status = 400, description = "Invalid key, body or TTL", body = crate::model::ErrorBody),
+        (status = 412, description = "`if_revision` did not match (`revision_mismatch`; `current` holds the key)", body = crate::model::ErrorBody),
+        (status = 413, description = "Value or body over the limit", body = crate::model::ErrorBody),
+        (status = 503, description = "Not initialized, no leader, commit timeout or outcome unknown", body = crate::model::ErrorBody),
+    )
+)]
 pub async fn put_key(
     State(state): State<AppState>,
     Path(key): Path<String>,
@@ -258,6 +283,18 @@ pub async fn put_key(
     }
 }
 
+/// `DELETE /v1/kv/{key}`: deletes a key, optionally guarded by its revision.
+#[utoipa::path(
+    delete, path = "/v1/kv/{key}", tag = "kv",
+    params(("key" = String, Path, description = "The key"), DeleteQuery),
+    responses(
+        (status = 200, description = "Deleted", body = DeleteResponse),
+        (status = 400, description = "Invalid key or parameter", body = crate::model::ErrorBody),
+        (status = 404, description = "No such key", body = crate::model::ErrorBody),
+        (status = 412, description = "`if_revision` did not match", body = crate::model::ErrorBody),
+        (status = 503, description = "Not initialized, no leader or commit timeout", body = crate::model::ErrorBody),
+    )
+)]
 pub async fn delete_key(
     State(state): State<AppState>,
     Path(key): Path<String>,
@@ -296,6 +333,16 @@ pub async fn delete_key(
     }
 }
 
+/// `GET /v1/kv`: lists keys by prefix, in key order, paginated.
+#[utoipa::path(
+    get, path = "/v1/kv", tag = "kv",
+    params(ListQuery),
+    responses(
+        (status = 200, description = "A page of keys", body = ListResponse),
+        (status = 400, description = "Invalid parameter", body = crate::model::ErrorBody),
+        (status = 503, description = "Not initialized, no leader or storage unavailable", body = crate::model::ErrorBody),
+    )
+)]
 pub async fn list(
     State(state): State<AppState>,
     Q(q): Q<ListQuery>,
@@ -344,6 +391,16 @@ pub async fn list(
     .into_response())
 }
 
+/// `DELETE /v1/kv?prefix=`: deletes every key with a prefix, as one revision.
+#[utoipa::path(
+    delete, path = "/v1/kv", tag = "kv",
+    params(PrefixDeleteQuery),
+    responses(
+        (status = 200, description = "Keys deleted (possibly 0)", body = DeleteResponse),
+        (status = 400, description = "Missing or empty prefix", body = crate::model::ErrorBody),
+        (status = 503, description = "Not initialized, no leader or commit timeout", body = crate::model::ErrorBody),
+    )
+)]
 pub async fn delete_prefix(
     State(state): State<AppState>,
     Q(q): Q<PrefixDeleteQuery>,
@@ -386,6 +443,16 @@ pub async fn delete_prefix(
     }
 }
 
+/// `POST /v1/batch/get`: reads several keys from one consistent view.
+#[utoipa::path(
+    post, path = "/v1/batch/get", tag = "kv",
+    request_body = BatchGetRequest,
+    responses(
+        (status = 200, description = "Found keys and missing names", body = BatchGetResponse),
+        (status = 400, description = "Invalid keys", body = crate::model::ErrorBody),
+        (status = 503, description = "Not initialized, no leader or storage unavailable", body = crate::model::ErrorBody),
+    )
+)]
 pub async fn batch_get(
     State(state): State<AppState>,
     Q(_params): Q<NoParams>,

@@ -11,6 +11,7 @@
 pub mod cluster;
 pub mod error;
 pub mod kv;
+pub mod openapi;
 pub mod ops;
 pub mod txn;
 pub mod watch;
@@ -112,6 +113,7 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(ops::readyz))
         .route("/status", get(ops::status))
         .route("/metrics", get(ops::metrics))
+        .route("/v1/openapi.json", get(openapi::openapi_json))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(CatchPanicLayer::custom(panic_response))

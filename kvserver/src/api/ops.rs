@@ -24,6 +24,8 @@ use super::cluster::role_name;
 use super::kv::NoParams;
 use crate::types::now_ms;
 
+/// `GET /healthz`: liveness.
+#[utoipa::path(get, path = "/healthz", tag = "ops", responses((status = 200, description = "The process serves HTTP", body = HealthResponse)))]
 pub async fn healthz(State(state): State<AppState>) -> Json<HealthResponse> {
     Json(HealthResponse {
         status: "ok".into(),
@@ -31,6 +33,15 @@ pub async fn healthz(State(state): State<AppState>) -> Json<HealthResponse> {
     })
 }
 
+/// `GET /readyz`: readiness.
+#[utoipa::path(
+    get, path = "/readyz", tag = "ops",
+    responses(
+        (status = 200, description = "Ready", body = ReadyResponse),
+        (status = 400, description = "Unknown parameter", body = crate::model::ErrorBody),
+        (status = 503, description = "Not ready; `reasons` says why", body = ReadyResponse),
+    )
+)]
 pub async fn readyz(State(state): State<AppState>, Q(_params): Q<NoParams>) -> Response {
     let m = crate::network::raft_metrics(&state.raft);
     let membership = m.membership_config.membership();
@@ -73,6 +84,15 @@ pub async fn readyz(State(state): State<AppState>, Q(_params): Q<NoParams>) -> R
         .into_response()
 }
 
+/// `GET /status`: node status.
+#[utoipa::path(
+    get, path = "/status", tag = "ops",
+    responses(
+        (status = 200, description = "Status", body = StatusResponse),
+        (status = 400, description = "Unknown parameter", body = crate::model::ErrorBody),
+        (status = 503, description = "Storage unavailable", body = crate::model::ErrorBody),
+    )
+)]
 pub async fn status(
     State(state): State<AppState>,
     Q(_params): Q<NoParams>,
@@ -110,6 +130,8 @@ pub async fn status(
     }))
 }
 
+/// `GET /metrics`: Prometheus text format.
+#[utoipa::path(get, path = "/metrics", tag = "ops", responses((status = 200, description = "Prometheus text exposition format", content_type = "text/plain", body = String)))]
 pub async fn metrics(State(state): State<AppState>) -> Response {
     let m = crate::network::raft_metrics(&state.raft);
     let g = &state.metrics;
