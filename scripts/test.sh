@@ -29,5 +29,11 @@ echo "==> cargo fmt --check"
 cargo fmt --all -- --check
 echo "==> cargo clippy (warnings are errors)"
 cargo clippy --workspace --all-targets --locked -- -D warnings
+echo "==> the client builds without the server stack (no openraft, no sqlx)"
+cargo build -p kvserver --no-default-features --lib --locked
+if cargo tree -p kvserver --no-default-features -e normal --locked | grep -E "^.*(openraft|sqlx)" > /dev/null; then
+  echo "error: kvserver without the server feature pulls in openraft or sqlx" >&2
+  exit 1
+fi
 echo "==> cargo test (SQLite and PostgreSQL)"
 cargo test --workspace --locked

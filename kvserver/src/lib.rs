@@ -5,6 +5,10 @@
 //! - [`node`]: [`start_node`] wires everything together and owns shutdown; used by `main.rs` and tests.
 //! - [`config`]: YAML file < `KV_*` env < CLI flags, strictly validated.
 //! - [`model`]: the HTTP API's request/response types (shared with the client, documented in OpenAPI).
+//! - [`client`]: a typed async client (KV, txn, watch stream, cluster API) with endpoint failover.
+//!
+//! Everything but `model` and `client` sits behind the default `server` feature; with
+//! `default-features = false` the crate builds without openraft and sqlx (for the operator).
 //! - [`types`]: the openraft type configuration and the replicated command language.
 //! - [`store`]: SQLite (sqlx) persistence: Raft log and vote ([`store::log`]), the state
 //!   machine ([`store::sm`]) and snapshot files ([`store::snapshot`]).
@@ -19,17 +23,31 @@
 //! chunking an in-memory buffer. 0.9 has neither. The alpha is pinned with `=` so an
 //! upgrade is a deliberate change; the storage conformance suite guards it.
 
-pub mod api;
-pub mod config;
-pub mod metrics;
+pub mod client;
 pub mod model;
+
+#[cfg(feature = "server")]
+pub mod api;
+#[cfg(feature = "server")]
+pub mod config;
+#[cfg(feature = "server")]
+pub mod metrics;
+#[cfg(feature = "server")]
 pub mod network;
+#[cfg(feature = "server")]
 pub mod node;
+#[cfg(feature = "server")]
 pub mod store;
+#[cfg(feature = "server")]
 pub mod types;
 
+#[cfg(feature = "server")]
 pub use config::Config;
+#[cfg(feature = "server")]
 pub use config::ConfigLoader;
+#[cfg(feature = "server")]
 pub use node::NodeError;
+#[cfg(feature = "server")]
 pub use node::NodeHandle;
+#[cfg(feature = "server")]
 pub use node::start_node;
