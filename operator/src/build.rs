@@ -1,0 +1,722 @@
+//! The "build" stage of reconcile: pure functions from a `KVCluster` (and the
+//! StatefulSet size the membership stage decided) to the objects the operator
+//! owns. No client, no I/O — every function here is unit-tested.
+//!
+//! Objects: a ConfigMap with the kvserver configuration, a headless peer
+//! Service (`publishNotReadyAddresses`, so members find each other before they
+//! are ready), a client Service, the StatefulSet and a quorum-safe
+//! PodDisruptionBudget. All carry the same labels and a controller owner
+//! reference, so deleting the KVCluster garbage-collects them.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::apps::v1::StatefulSetSpec;
+use k8s_openapi::api::core::v1::Affinity;
+use k8s_openapi::api::core::v1::ConfigMap;
+use k8s_openapi::api::core::v1::ConfigMapVolumeSource;
+use k8s_openapi::api::core::v1::Container;
+use k8s_openapi::api::core::v1::ContainerPort;
+use k8s_openapi::api::core::v1::EnvVar;
+use k8s_openapi::api::core::v1::EnvVarSource;
+use k8s_openapi::api::core::v1::HTTPGetAction;
+use k8s_openapi::api::core::v1::ObjectFieldSelector;
+use k8s_openapi::api::core::v1::PersistentVolumeClaim;
+use k8s_openapi::api::core::v1::PersistentVolumeClaimSpec;
+use k8s_openapi::api::core::v1::PodAffinityTerm;
+use k8s_openapi::api::core::v1::PodAntiAffinity;
+use k8s_openapi::api::core::v1::PodSpec;
+use k8s_openapi::api::core::v1::PodTemplateSpec;
+use k8s_openapi::api::core::v1::Probe;
+use k8s_openapi::api::core::v1::SecretKeySelector;
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::core::v1::ServicePort;
+use k8s_openapi::api::core::v1::ServiceSpec;
+use k8s_openapi::api::core::v1::Volume;
+use k8s_openapi::api::core::v1::VolumeMount;
+use k8s_openapi::api::core::v1::VolumeResourceRequirements;
+use k8s_openapi::api::core::v1::WeightedPodAffinityTerm;
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::api::policy::v1::PodDisruptionBudgetSpec;
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::Resource;
+use kube::ResourceExt;
+
+use crate::crd::Backend;
+use crate::crd::KVCluster;
+
+pub const API_PORT: i32 = 8080;
+pub const RAFT_PORT: i32 = 8081;
+pub const DATA_DIR: &str = "/var/lib/kvserver";
+pub const CONFIG_DIR: &str = "/etc/kvserver";
+const VOLUME: &str = "data";
+
+/// Errors of the build stage: a spec that cannot be turned into objects.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum BuildError {
+    #[error("the KVCluster has no {0} (not yet stored by the API server?)")]
+    MissingMeta(&'static str),
+    #[error("spec.storage.postgres is required when spec.storage.backend is postgres")]
+    MissingPostgres,
+    #[error(
+        "spec.raft: electionTimeoutMinMs must exceed heartbeatIntervalMs and electionTimeoutMaxMs must exceed electionTimeoutMinMs"
+    )]
+    BadRaftTiming,
+    #[error("cannot render the kvserver configuration: {0}")]
+    Config(String),
+}
+
+/// Names of the owned objects.
+pub struct Names {
+    pub statefulset: String,
+    pub peers: String,
+    pub client: String,
+    pub config: String,
+    pub pdb: String,
+}
+
+pub fn names(kvc: &KVCluster) -> Names {
+    let n = kvc.name_any();
+    Names {
+        statefulset: n.clone(),
+        peers: format!("{n}-peers"),
+        client: n.clone(),
+        config: format!("{n}-config"),
+        pdb: n,
+    }
+}
+
+/// Labels that select the pods of one cluster.
+pub fn selector_labels(kvc: &KVCluster) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        ("app.kubernetes.io/name".to_string(), "kvserver".to_string()),
+        ("app.kubernetes.io/instance".to_string(), kvc.name_any()),
+    ])
+}
+
+/// Labels on every owned object.
+pub fn labels(kvc: &KVCluster) -> BTreeMap<String, String> {
+    let mut l = selector_labels(kvc);
+    l.insert(
+        "app.kubernetes.io/managed-by".into(),
+        "kvcluster-operator".into(),
+    );
+    l.insert("app.kubernetes.io/component".into(), "kvstore".into());
+    l
+}
+
+/// `key=value,...` form of the selector (status.selector, for the scale subresource).
+pub fn selector_string(kvc: &KVCluster) -> String {
+    selector_labels(kvc)
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn meta(kvc: &KVCluster, name: String) -> Result<ObjectMeta, BuildError> {
+    let owner: OwnerReference = kvc
+        .controller_owner_ref(&())
+        .ok_or(BuildError::MissingMeta("uid"))?;
+    Ok(ObjectMeta {
+        name: Some(name),
+        namespace: Some(
+            kvc.namespace()
+                .ok_or(BuildError::MissingMeta("namespace"))?,
+        ),
+        labels: Some(labels(kvc)),
+        owner_references: Some(vec![owner]),
+        ..Default::default()
+    })
+}
+
+/// The Raft cluster identity: name plus UID, so volumes left over from a deleted
+/// KVCluster of the same name are refused by kvserver instead of being merged in.
+pub fn cluster_id(kvc: &KVCluster) -> Result<String, BuildError> {
+    let uid = kvc.uid().ok_or(BuildError::MissingMeta("uid"))?;
+    Ok(format!("{}-{}", kvc.name_any(), &uid[..uid.len().min(8)]))
+}
+
+/// Stable DNS name of member `ordinal` behind the peer Service.
+pub fn member_host(kvc: &KVCluster, ordinal: u64) -> String {
+    let n = names(kvc);
+    format!(
+        "{}-{ordinal}.{}.{}.svc.cluster.local",
+        n.statefulset,
+        n.peers,
+        kvc.namespace().unwrap_or_default()
+    )
+}
+
+/// Client API address of member `ordinal` (what the operator calls).
+pub fn member_api(kvc: &KVCluster, ordinal: u64) -> String {
+    format!("{}:{API_PORT}", member_host(kvc, ordinal))
+}
+
+/// Raft address of member `ordinal`.
+pub fn member_raft(kvc: &KVCluster, ordinal: u64) -> String {
+    format!("{}:{RAFT_PORT}", member_host(kvc, ordinal))
+}
+
+/// How many voters may be down while a quorum remains: the PDB's maxUnavailable.
+pub fn tolerated_failures(voters: i32) -> i32 {
+    if voters <= 0 {
+        0
+    } else {
+        voters - (voters / 2 + 1)
+    }
+}
+
+/// The kvserver configuration file (env adds per-pod identity and secrets).
+pub fn config_yaml(kvc: &KVCluster) -> Result<String, BuildError> {
+    let raft = kvc.spec.raft.clone().unwrap_or_default();
+    let hb = raft.heartbeat_interval_ms.unwrap_or(100);
+    let emin = raft.election_timeout_min_ms.unwrap_or(500.max(hb * 5));
+    let emax = raft.election_timeout_max_ms.unwrap_or(emin * 2);
+    if emin <= hb || emax <= emin {
+        return Err(BuildError::BadRaftTiming);
+    }
+    let mut raft_cfg = serde_yaml::Mapping::new();
+    raft_cfg.insert("heartbeat_interval_ms".into(), hb.into());
+    raft_cfg.insert("election_timeout_min_ms".into(), emin.into());
+    raft_cfg.insert("election_timeout_max_ms".into(), emax.into());
+    if let Some(s) = raft.snapshot_after_entries {
+        raft_cfg.insert("snapshot_after_entries".into(), s.into());
+    }
+    let backend = match kvc.spec.storage.backend {
+        Backend::Sqlite => "sqlite",
+        Backend::Postgres => {
+            kvc.spec
+                .storage
+                .postgres
+                .as_ref()
+                .ok_or(BuildError::MissingPostgres)?;
+            "postgres"
+        }
+    };
+    let cfg = serde_json::json!({
+        "cluster_id": cluster_id(kvc)?,
+        "data_dir": DATA_DIR,
+        "api_addr": format!("0.0.0.0:{API_PORT}"),
+        "raft_addr": format!("0.0.0.0:{RAFT_PORT}"),
+        "log": {"format": "json", "level": "info,openraft=warn,sqlx=warn"},
+        "raft": raft_cfg,
+        "storage": {"backend": backend},
+    });
+    serde_yaml::to_string(&cfg).map_err(|e| BuildError::Config(e.to_string()))
+}
+
+pub fn config_map(kvc: &KVCluster) -> Result<ConfigMap, BuildError> {
+    Ok(ConfigMap {
+        metadata: meta(kvc, names(kvc).config)?,
+        data: Some(BTreeMap::from([(
+            "config.yaml".to_string(),
+            config_yaml(kvc)?,
+        )])),
+        ..Default::default()
+    })
+}
+
+fn port(name: &str, port: i32) -> ServicePort {
+    ServicePort {
+        name: Some(name.into()),
+        port,
+        target_port: Some(IntOrString::String(name.into())),
+        ..Default::default()
+    }
+}
+
+/// Headless Service giving each member a stable DNS name, published before readiness.
+pub fn peer_service(kvc: &KVCluster) -> Result<Service, BuildError> {
+    Ok(Service {
+        metadata: meta(kvc, names(kvc).peers)?,
+        spec: Some(ServiceSpec {
+            cluster_ip: Some("None".into()),
+            publish_not_ready_addresses: Some(true),
+            selector: Some(selector_labels(kvc)),
+            ports: Some(vec![port("api", API_PORT), port("raft", RAFT_PORT)]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    })
+}
+
+/// The Service clients use; routes to ready members only.
+pub fn client_service(kvc: &KVCluster) -> Result<Service, BuildError> {
+    let mut m = meta(kvc, names(kvc).client)?;
+    if !kvc.spec.service.annotations.is_empty() {
+        m.annotations = Some(kvc.spec.service.annotations.clone());
+    }
+    Ok(Service {
+        metadata: m,
+        spec: Some(ServiceSpec {
+            type_: Some(kvc.spec.service.type_.clone()),
+            selector: Some(selector_labels(kvc)),
+            ports: Some(vec![port("api", API_PORT)]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    })
+}
+
+fn env(name: &str, value: &str) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value: Some(value.into()),
+        ..Default::default()
+    }
+}
+
+fn http_probe(path: &str, period: i32, failures: i32) -> Probe {
+    Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.into()),
+            port: IntOrString::String("api".into()),
+            ..Default::default()
+        }),
+        period_seconds: Some(period),
+        failure_threshold: Some(failures),
+        timeout_seconds: Some(2),
+        ..Default::default()
+    }
+}
+
+/// The StatefulSet with `replicas` pods (decided by the membership stage, not the spec).
+pub fn statefulset(kvc: &KVCluster, replicas: i32) -> Result<StatefulSet, BuildError> {
+    let n = names(kvc);
+    let ns = kvc
+        .namespace()
+        .ok_or(BuildError::MissingMeta("namespace"))?;
+    let host = format!("$(POD_NAME).{}.{ns}.svc.cluster.local", n.peers);
+    let mut envs = vec![
+        EnvVar {
+            name: "POD_NAME".into(),
+            value_from: Some(EnvVarSource {
+                field_ref: Some(ObjectFieldSelector {
+                    field_path: "metadata.name".into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+        env("KV_ADVERTISE_API_ADDR", &format!("{host}:{API_PORT}")),
+        env("KV_ADVERTISE_RAFT_ADDR", &format!("{host}:{RAFT_PORT}")),
+    ];
+    if let (Backend::Postgres, Some(pg)) = (kvc.spec.storage.backend, &kvc.spec.storage.postgres) {
+        envs.push(EnvVar {
+            name: "KV_STORAGE_POSTGRES_URL".into(),
+            value_from: Some(EnvVarSource {
+                secret_key_ref: Some(SecretKeySelector {
+                    name: pg.secret_name.clone(),
+                    key: pg.secret_key.clone(),
+                    optional: Some(false),
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+    }
+    let container = Container {
+        name: "kvserver".into(),
+        image: Some(kvc.spec.image.clone()),
+        image_pull_policy: Some(kvc.spec.image_pull_policy.clone()),
+        args: Some(vec!["--config".into(), format!("{CONFIG_DIR}/config.yaml")]),
+        env: Some(envs),
+        ports: Some(vec![
+            ContainerPort {
+                name: Some("api".into()),
+                container_port: API_PORT,
+                ..Default::default()
+            },
+            ContainerPort {
+                name: Some("raft".into()),
+                container_port: RAFT_PORT,
+                ..Default::default()
+            },
+        ]),
+        // Ready = member, leader known, caught up: what the client Service should route on.
+        readiness_probe: Some(http_probe("/readyz", 2, 2)),
+        // Alive = serves HTTP; a cluster without quorum is not a reason to restart pods.
+        liveness_probe: Some(http_probe("/healthz", 10, 6)),
+        resources: kvc.spec.resources.clone(),
+        volume_mounts: Some(vec![
+            VolumeMount {
+                name: VOLUME.into(),
+                mount_path: DATA_DIR.into(),
+                ..Default::default()
+            },
+            VolumeMount {
+                name: "config".into(),
+                mount_path: CONFIG_DIR.into(),
+                read_only: Some(true),
+                ..Default::default()
+            },
+        ]),
+        ..Default::default()
+    };
+    let overrides = kvc.spec.pod.clone().unwrap_or_default();
+    let mut pod_labels = overrides.labels.clone();
+    pod_labels.extend(labels(kvc));
+    let mut annotations = overrides.annotations.clone();
+    if kvc.spec.metrics.enabled {
+        annotations.insert("prometheus.io/scrape".into(), "true".into());
+        annotations.insert("prometheus.io/port".into(), API_PORT.to_string());
+        annotations.insert("prometheus.io/path".into(), "/metrics".into());
+    }
+    // A config change must roll the pods: hash it into the template.
+    let config_hash = config_yaml(kvc)?
+        .bytes()
+        .fold(0xcbf29ce484222325u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x100000001b3)
+        });
+    annotations.insert(
+        "kvcluster.io/config-hash".into(),
+        format!("{config_hash:016x}"),
+    );
+    let affinity = overrides.affinity.clone().or_else(|| {
+        Some(Affinity {
+            pod_anti_affinity: Some(PodAntiAffinity {
+                preferred_during_scheduling_ignored_during_execution: Some(vec![
+                    WeightedPodAffinityTerm {
+                        weight: 100,
+                        pod_affinity_term: PodAffinityTerm {
+                            label_selector: Some(LabelSelector {
+                                match_labels: Some(selector_labels(kvc)),
+                                ..Default::default()
+                            }),
+                            topology_key: "kubernetes.io/hostname".into(),
+                            ..Default::default()
+                        },
+                    },
+                ]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+    });
+    let pvc = PersistentVolumeClaim {
+        metadata: ObjectMeta {
+            name: Some(VOLUME.into()),
+            labels: Some(selector_labels(kvc)),
+            ..Default::default()
+        },
+        spec: Some(PersistentVolumeClaimSpec {
+            access_modes: Some(vec!["ReadWriteOnce".into()]),
+            storage_class_name: kvc.spec.storage.storage_class_name.clone(),
+            resources: Some(VolumeResourceRequirements {
+                requests: Some(BTreeMap::from([(
+                    "storage".to_string(),
+                    Quantity(kvc.spec.storage.size.clone()),
+                )])),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    Ok(StatefulSet {
+        metadata: meta(kvc, n.statefulset.clone())?,
+        spec: Some(StatefulSetSpec {
+            replicas: Some(replicas),
+            service_name: Some(n.peers.clone()),
+            // Parallel: a crashed low ordinal must not block the others (membership is the
+            // operator's job, not the StatefulSet's ordering).
+            pod_management_policy: Some("Parallel".into()),
+            selector: LabelSelector {
+                match_labels: Some(selector_labels(kvc)),
+                ..Default::default()
+            },
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(pod_labels),
+                    annotations: Some(annotations),
+                    ..Default::default()
+                }),
+                spec: Some(PodSpec {
+                    containers: vec![container],
+                    // Service links would inject KV_* variables for a Service named "kv".
+                    enable_service_links: Some(false),
+                    termination_grace_period_seconds: Some(30),
+                    affinity,
+                    tolerations: (!overrides.tolerations.is_empty())
+                        .then(|| overrides.tolerations.clone()),
+                    node_selector: (!overrides.node_selector.is_empty())
+                        .then(|| overrides.node_selector.clone()),
+                    topology_spread_constraints: (!overrides
+                        .topology_spread_constraints
+                        .is_empty())
+                    .then(|| overrides.topology_spread_constraints.clone()),
+                    volumes: Some(vec![Volume {
+                        name: "config".into(),
+                        config_map: Some(ConfigMapVolumeSource {
+                            name: n.config.clone(),
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    }]),
+                    ..Default::default()
+                }),
+            },
+            volume_claim_templates: Some(vec![pvc]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    })
+}
+
+/// A PDB allowing voluntary disruption of at most the failures a quorum tolerates.
+pub fn pdb(kvc: &KVCluster, voters: i32) -> Result<PodDisruptionBudget, BuildError> {
+    Ok(PodDisruptionBudget {
+        metadata: meta(kvc, names(kvc).pdb)?,
+        spec: Some(PodDisruptionBudgetSpec {
+            max_unavailable: Some(IntOrString::Int(tolerated_failures(voters))),
+            selector: Some(LabelSelector {
+                match_labels: Some(selector_labels(kvc)),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    })
+}
+
+/// Name of the PVC of member `ordinal` (StatefulSet naming: `<template>-<sts>-<ordinal>`).
+pub fn pvc_name(kvc: &KVCluster, ordinal: u64) -> String {
+    format!("{VOLUME}-{}-{ordinal}", names(kvc).statefulset)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::KVClusterSpec;
+    use crate::crd::PostgresSpec;
+    use crate::crd::RaftSpec;
+
+    fn kvc(spec_yaml: &str) -> KVCluster {
+        let spec: KVClusterSpec = serde_yaml::from_str(spec_yaml).expect("spec");
+        let mut k = KVCluster::new("orders", spec);
+        k.metadata.namespace = Some("shop".into());
+        k.metadata.uid = Some("0123456789abcdef".into());
+        k
+    }
+
+    #[test]
+    fn defaults_from_an_empty_spec() {
+        let k = kvc("{}");
+        assert_eq!(k.spec.replicas, 3);
+        assert_eq!(k.spec.storage.size, "1Gi");
+        assert_eq!(k.spec.service.type_, "ClusterIP");
+        assert!(k.spec.metrics.enabled);
+    }
+
+    #[test]
+    fn labels_selectors_and_owner() {
+        let k = kvc("replicas: 3");
+        let sts = statefulset(&k, 3).expect("sts");
+        let sel = sts
+            .spec
+            .as_ref()
+            .and_then(|s| s.selector.match_labels.clone())
+            .expect("selector");
+        assert_eq!(sel, selector_labels(&k));
+        let tpl_labels = sts
+            .spec
+            .as_ref()
+            .and_then(|s| s.template.metadata.as_ref())
+            .and_then(|m| m.labels.clone())
+            .expect("labels");
+        assert!(
+            sel.iter().all(|(key, v)| tpl_labels.get(key) == Some(v)),
+            "template labels include the selector"
+        );
+        let owner = &sts.metadata.owner_references.as_ref().expect("owner")[0];
+        assert_eq!(
+            (owner.kind.as_str(), owner.name.as_str(), owner.controller),
+            ("KVCluster", "orders", Some(true))
+        );
+        assert_eq!(
+            selector_string(&k),
+            "app.kubernetes.io/instance=orders,app.kubernetes.io/name=kvserver"
+        );
+        for m in [
+            config_map(&k).expect("cm").metadata,
+            peer_service(&k).expect("svc").metadata,
+            pdb(&k, 3).expect("pdb").metadata,
+        ] {
+            assert_eq!(m.namespace.as_deref(), Some("shop"));
+            assert!(m.owner_references.is_some_and(|o| o.len() == 1));
+        }
+        let mut no_uid = k.clone();
+        no_uid.metadata.uid = None;
+        assert_eq!(
+            config_map(&no_uid).err(),
+            Some(BuildError::MissingMeta("uid"))
+        );
+    }
+
+    #[test]
+    fn pdb_keeps_a_quorum() {
+        assert_eq!([1, 3, 5, 7].map(tolerated_failures), [0, 1, 2, 3]);
+        assert_eq!([2, 4, 6].map(tolerated_failures), [0, 1, 2]);
+        let p = pdb(&kvc("{}"), 5).expect("pdb");
+        assert_eq!(
+            p.spec.and_then(|s| s.max_unavailable),
+            Some(IntOrString::Int(2))
+        );
+    }
+
+    #[test]
+    fn services_ports_and_dns() {
+        let k = kvc("{}");
+        let peers = peer_service(&k).expect("peers").spec.expect("spec");
+        assert_eq!(peers.cluster_ip.as_deref(), Some("None"));
+        assert_eq!(peers.publish_not_ready_addresses, Some(true));
+        assert_eq!(peers.ports.map(|p| p.len()), Some(2));
+        let client = client_service(&k).expect("client").spec.expect("spec");
+        assert_eq!(
+            client
+                .ports
+                .map(|p| p.iter().map(|p| p.port).collect::<Vec<_>>()),
+            Some(vec![API_PORT])
+        );
+        assert_eq!(
+            member_api(&k, 2),
+            "orders-2.orders-peers.shop.svc.cluster.local:8080"
+        );
+        assert_eq!(
+            member_raft(&k, 0),
+            "orders-0.orders-peers.shop.svc.cluster.local:8081"
+        );
+        assert_eq!(pvc_name(&k, 4), "data-orders-4");
+    }
+
+    #[test]
+    fn statefulset_pod_template() {
+        let k = kvc(
+            "replicas: 5\nstorage: {size: 5Gi, storageClassName: fast}\npod: {nodeSelector: {disk: ssd}}",
+        );
+        let sts = statefulset(&k, 2).expect("sts");
+        let spec = sts.spec.expect("spec");
+        assert_eq!(
+            spec.replicas,
+            Some(2),
+            "size comes from the membership stage, not spec.replicas"
+        );
+        assert_eq!(spec.service_name.as_deref(), Some("orders-peers"));
+        assert_eq!(spec.pod_management_policy.as_deref(), Some("Parallel"));
+        let pvc = &spec.volume_claim_templates.expect("pvc")[0];
+        let pvc_spec = pvc.spec.as_ref().expect("pvc spec");
+        assert_eq!(pvc_spec.storage_class_name.as_deref(), Some("fast"));
+        assert_eq!(
+            pvc_spec
+                .resources
+                .as_ref()
+                .and_then(|r| r.requests.as_ref())
+                .and_then(|r| r.get("storage")),
+            Some(&Quantity("5Gi".into()))
+        );
+        let pod = spec.template.spec.expect("pod");
+        assert_eq!(pod.enable_service_links, Some(false));
+        assert_eq!(
+            pod.node_selector
+                .and_then(|n| n.get("disk").cloned())
+                .as_deref(),
+            Some("ssd")
+        );
+        let c = &pod.containers[0];
+        assert_eq!(
+            c.readiness_probe
+                .as_ref()
+                .and_then(|p| p.http_get.as_ref())
+                .and_then(|h| h.path.as_deref()),
+            Some("/readyz")
+        );
+        assert_eq!(
+            c.liveness_probe
+                .as_ref()
+                .and_then(|p| p.http_get.as_ref())
+                .and_then(|h| h.path.as_deref()),
+            Some("/healthz")
+        );
+        let env: BTreeMap<String, Option<String>> = c
+            .env
+            .clone()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|e| (e.name, e.value))
+            .collect();
+        assert_eq!(
+            env["KV_ADVERTISE_RAFT_ADDR"].as_deref(),
+            Some("$(POD_NAME).orders-peers.shop.svc.cluster.local:8081")
+        );
+        assert!(!env.contains_key("KV_STORAGE_POSTGRES_URL"));
+        assert!(
+            pod.affinity.is_some_and(|a| a.pod_anti_affinity.is_some()),
+            "spread over nodes by default"
+        );
+    }
+
+    #[test]
+    fn postgres_and_config() {
+        let mut k = kvc("storage: {backend: postgres}");
+        assert_eq!(config_map(&k).err(), Some(BuildError::MissingPostgres));
+        k.spec.storage.postgres = Some(PostgresSpec {
+            secret_name: "pg".into(),
+            secret_key: "url".into(),
+        });
+        let cfg = config_yaml(&k).expect("config");
+        assert!(
+            cfg.contains("backend: postgres") && cfg.contains("cluster_id: orders-01234567"),
+            "{cfg}"
+        );
+        assert!(!cfg.contains("postgres://"), "the URL stays in the Secret");
+        let sts = statefulset(&k, 3).expect("sts");
+        let env = sts
+            .spec
+            .and_then(|s| s.template.spec)
+            .map(|p| p.containers[0].env.clone().unwrap_or_default())
+            .unwrap_or_default();
+        let url = env
+            .iter()
+            .find(|e| e.name == "KV_STORAGE_POSTGRES_URL")
+            .expect("url env");
+        assert_eq!(
+            url.value_from
+                .as_ref()
+                .and_then(|v| v.secret_key_ref.as_ref())
+                .map(|s| s.name.as_str()),
+            Some("pg")
+        );
+        k.spec.raft = Some(RaftSpec {
+            heartbeat_interval_ms: Some(200),
+            election_timeout_min_ms: Some(100),
+            ..Default::default()
+        });
+        assert_eq!(config_yaml(&k).err(), Some(BuildError::BadRaftTiming));
+    }
+
+    #[test]
+    fn config_changes_roll_pods() {
+        let a = kvc("{}");
+        let mut b = a.clone();
+        b.spec.raft = Some(RaftSpec {
+            heartbeat_interval_ms: Some(50),
+            ..Default::default()
+        });
+        let hash = |k: &KVCluster| {
+            statefulset(k, 3)
+                .expect("sts")
+                .spec
+                .and_then(|s| s.template.metadata)
+                .and_then(|m| m.annotations)
+                .and_then(|a| a.get("kvcluster.io/config-hash").cloned())
+        };
+        assert_ne!(hash(&a), hash(&b));
+        assert_eq!(hash(&a), hash(&a.clone()));
+    }
+}

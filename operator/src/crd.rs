@@ -1,0 +1,337 @@
+//! The `KVCluster` custom resource (`kvcluster.io/v1alpha1`): what users
+//! write (spec) and what the operator reports (status).
+//!
+//! Every field carries a doc comment: kube/schemars turn them into the
+//! OpenAPI descriptions `kubectl explain kvcluster.spec...` prints. Defaults
+//! and bounds live in the schema too, so the API server fills and checks them.
+
+// Several printcolumn(...) entries repeat `type_ = ...`, which clippy takes for duplicates.
+#![allow(clippy::duplicated_attributes)]
+
+use k8s_openapi::api::core::v1::Affinity;
+use k8s_openapi::api::core::v1::ResourceRequirements;
+use k8s_openapi::api::core::v1::Toleration;
+use k8s_openapi::api::core::v1::TopologySpreadConstraint;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::Deserialize;
+use serde::Serialize;
+use std::collections::BTreeMap;
+
+/// Default kvserver image; the operator's own version.
+pub const DEFAULT_IMAGE: &str = concat!("docker.io/kvcluster/kvserver:", env!("CARGO_PKG_VERSION"));
+
+fn default_replicas() -> i32 {
+    3
+}
+fn default_image() -> String {
+    DEFAULT_IMAGE.to_string()
+}
+fn default_pull_policy() -> String {
+    "IfNotPresent".into()
+}
+fn default_size() -> String {
+    "1Gi".into()
+}
+fn default_true() -> bool {
+    true
+}
+fn default_secret_key() -> String {
+    "url".into()
+}
+
+/// A replicated, strongly consistent key-value store: a Raft group of kvserver pods.
+#[derive(CustomResource, Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[kube(
+    group = "kvcluster.io",
+    version = "v1alpha1",
+    kind = "KVCluster",
+    doc = "A replicated, strongly consistent key-value store: a Raft group of kvserver pods managed by kvcluster-operator.",
+    plural = "kvclusters",
+    singular = "kvcluster",
+    shortname = "kvc",
+    namespaced,
+    status = "KVClusterStatus",
+    scale(
+        spec_replicas_path = ".spec.replicas",
+        status_replicas_path = ".status.replicas",
+        label_selector_path = ".status.selector"
+    ),
+    printcolumn(
+        name = "Replicas",
+        type_ = "integer",
+        json_path = ".spec.replicas",
+        description = "Desired members"
+    ),
+    printcolumn(
+        name = "Ready",
+        type_ = "integer",
+        json_path = ".status.readyReplicas",
+        description = "Ready voting members"
+    ),
+    printcolumn(
+        name = "Leader",
+        type_ = "integer",
+        json_path = ".status.leader",
+        description = "Node id of the Raft leader"
+    ),
+    printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[serde(rename_all = "camelCase")]
+pub struct KVClusterSpec {
+    /// Number of voting members (Raft nodes). Odd sizes tolerate the most failures per node:
+    /// 3 survives 1 down, 5 survives 2. Scaling changes membership one node at a time and is
+    /// refused (condition ScalingBlocked) when it would leave fewer healthy voters than a quorum.
+    #[serde(default = "default_replicas")]
+    #[schemars(range(min = 1, max = 9))]
+    pub replicas: i32,
+    /// kvserver container image.
+    #[serde(default = "default_image")]
+    pub image: String,
+    /// Image pull policy: Always, IfNotPresent or Never.
+    #[serde(default = "default_pull_policy")]
+    pub image_pull_policy: String,
+    /// CPU and memory requests and limits of each kvserver container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+    /// Where each node keeps its Raft log and state.
+    #[serde(default)]
+    pub storage: StorageSpec,
+    /// Raft timing and log compaction; defaults suit most clusters.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub raft: Option<RaftSpec>,
+    /// Scheduling and metadata overrides for the kvserver pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<PodSpecOverrides>,
+    /// The client Service (clients connect to `<name>.<namespace>.svc:8080`).
+    #[serde(default)]
+    pub service: ServiceSpec,
+    /// Prometheus scraping of `/metrics` on the client port.
+    #[serde(default)]
+    pub metrics: MetricsSpec,
+}
+
+/// Storage backend.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    /// Embedded SQLite file on each pod's PersistentVolume.
+    #[default]
+    Sqlite,
+    /// A PostgreSQL database (one schema per node), URL from a Secret.
+    Postgres,
+}
+
+/// What happens to a removed member's PersistentVolumeClaim on scale-in.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum ReclaimPolicy {
+    /// Delete it once the member has left the Raft group and its pod is gone, so a later
+    /// scale-out starts that ordinal from an empty volume.
+    #[default]
+    Delete,
+    /// Keep it (for inspection); a later scale-out wipes nothing, the member rejoins as a learner.
+    Retain,
+}
+
+/// Storage settings.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct StorageSpec {
+    /// `sqlite` (default) or `postgres`.
+    #[serde(default)]
+    pub backend: Backend,
+    /// Size of each pod's volume (SQLite data, snapshots), e.g. `1Gi`.
+    #[serde(default = "default_size")]
+    pub size: String,
+    /// StorageClass of the volumes; empty = the cluster default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage_class_name: Option<String>,
+    /// What to do with a removed member's volume on scale-in.
+    #[serde(default)]
+    pub reclaim_policy: ReclaimPolicy,
+    /// PostgreSQL connection, required when `backend: postgres`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub postgres: Option<PostgresSpec>,
+}
+
+impl Default for StorageSpec {
+    fn default() -> Self {
+        Self {
+            backend: Backend::Sqlite,
+            size: default_size(),
+            storage_class_name: None,
+            reclaim_policy: ReclaimPolicy::Delete,
+            postgres: None,
+        }
+    }
+}
+
+/// PostgreSQL settings.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PostgresSpec {
+    /// Secret (same namespace) holding the connection URL, e.g.
+    /// `postgres://kv:password@db:5432/kv?sslmode=require`.
+    pub secret_name: String,
+    /// Key of the URL in the Secret.
+    #[serde(default = "default_secret_key")]
+    pub secret_key: String,
+}
+
+/// Raft tuning.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RaftSpec {
+    /// Leader heartbeat interval in milliseconds (default 100).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 10, max = 10000))]
+    pub heartbeat_interval_ms: Option<u64>,
+    /// Lower bound of the election timeout in milliseconds (default 500); must exceed the heartbeat.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 50, max = 60000))]
+    pub election_timeout_min_ms: Option<u64>,
+    /// Upper bound of the election timeout in milliseconds (default 1000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 100, max = 120000))]
+    pub election_timeout_max_ms: Option<u64>,
+    /// Take a snapshot after this many log entries (default 10000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 100))]
+    pub snapshot_after_entries: Option<u64>,
+}
+
+/// Pod scheduling and metadata overrides.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PodSpecOverrides {
+    /// Affinity rules (by default the operator prefers spreading members over nodes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub affinity: Option<Affinity>,
+    /// Tolerations of the kvserver pods.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tolerations: Vec<Toleration>,
+    /// Node selector of the kvserver pods.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub node_selector: BTreeMap<String, String>,
+    /// Topology spread constraints of the kvserver pods.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub topology_spread_constraints: Vec<TopologySpreadConstraint>,
+    /// Extra pod labels (the operator's own labels win on conflict).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    /// Extra pod annotations.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+}
+
+/// The client Service.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceSpec {
+    /// Service type: ClusterIP (default), NodePort or LoadBalancer.
+    #[serde(default = "default_service_type", rename = "type")]
+    pub type_: String,
+    /// Extra Service annotations (e.g. for a cloud load balancer).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+}
+
+fn default_service_type() -> String {
+    "ClusterIP".into()
+}
+
+impl Default for ServiceSpec {
+    fn default() -> Self {
+        Self {
+            type_: default_service_type(),
+            annotations: BTreeMap::new(),
+        }
+    }
+}
+
+/// Metrics settings.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MetricsSpec {
+    /// Annotate pods for Prometheus scraping of `/metrics` (default true).
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+}
+
+impl Default for MetricsSpec {
+    fn default() -> Self {
+        Self { enabled: true }
+    }
+}
+
+/// Observed state, written by the operator.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct KVClusterStatus {
+    /// The spec generation this status reflects.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Pending, Bootstrapping, Running, Scaling, Degraded or Blocked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<String>,
+    /// Current voting members (the scale subresource's status replicas).
+    #[serde(default)]
+    pub replicas: i32,
+    /// Voting members whose pod is ready.
+    #[serde(default)]
+    pub ready_replicas: i32,
+    /// Node id of the current Raft leader.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leader: Option<i64>,
+    /// Current Raft term.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub term: Option<i64>,
+    /// Label selector of the pods (for the scale subresource and HPA).
+    #[serde(default)]
+    pub selector: String,
+    /// Raft members as the leader sees them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub members: Vec<MemberStatus>,
+    /// The membership change in flight, if any; a restarted operator resumes it from here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub operation: Option<MembershipOperation>,
+    /// Available, Progressing, Degraded, ScalingBlocked.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+}
+
+/// One Raft member.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MemberStatus {
+    /// Node id (= pod ordinal).
+    pub id: i64,
+    /// `voter` or `learner`.
+    pub role: String,
+    /// Whether its pod is ready.
+    pub ready: bool,
+    /// Log entries behind the leader.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lag: Option<i64>,
+}
+
+/// A membership change in progress (one at a time).
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MembershipOperation {
+    /// `ScaleOut`, `ScaleIn` or `ReplaceMember`.
+    pub kind: String,
+    /// The node being added, removed or replaced.
+    pub node_id: i64,
+    /// The step reached: e.g. `AddLearner`, `CatchUp`, `Promote`, `TransferLeader`, `RemoveVoter`, `ShrinkStatefulSet`, `ReclaimVolume`.
+    pub step: String,
+    /// When the operation started (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<String>,
+}
