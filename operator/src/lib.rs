@@ -5,9 +5,13 @@
 //! - [`crd`]: the `KVCluster` custom resource (spec, status), documented for `kubectl explain`.
 //! - [`build`]: pure builders of the owned objects (ConfigMap, Services, StatefulSet, PDB).
 //! - [`membership`]: the pure membership state machine (next safe step from observed state).
+//! - [`controller`]: the reconcile pipeline observe → plan → build → apply → membership step → status.
+//! - [`metrics`]: the operator's Prometheus metrics.
 //! - [`crdgen`]: renders the CRD YAML (used by the `crdgen` binary and the drift test).
 
 pub mod build;
+pub mod controller;
 pub mod crd;
 pub mod crdgen;
 pub mod membership;
+pub mod metrics;

@@ -1,1 +1,160 @@
-fn main() {}
+//! `kvcluster-operator`: runs the KVCluster controller behind leader election
+//! on a Lease (so two replicas can run), and serves `/metrics`, `/healthz`
+//! and `/readyz` (ready = leading or standing by with a working API client).
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::sync::atomic::Ordering;
+
+use anyhow::Context as _;
+use clap::Parser;
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::Service;
+use kube::Api;
+use kube::Client;
+use kube::runtime::Controller;
+use kube::runtime::events::Recorder;
+use kube::runtime::events::Reporter;
+use kube::runtime::watcher;
+use kube_lease_manager::LeaseManagerBuilder;
+use operator::controller;
+use operator::crd::KVCluster;
+use operator::metrics::Metrics;
+
+/// Kubernetes operator for kvcluster.
+#[derive(Parser, Debug)]
+#[command(name = "kvcluster-operator", version, about)]
+struct Cli {
+    /// Listen address of /metrics, /healthz, /readyz.
+    #[arg(long, env = "OPERATOR_METRICS_ADDR", default_value = "0.0.0.0:8000")]
+    metrics_addr: String,
+    /// Namespace holding the leader-election Lease (default: the pod's namespace).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    lease_namespace: String,
+    /// Name of the leader-election Lease.
+    #[arg(
+        long,
+        env = "OPERATOR_LEASE_NAME",
+        default_value = "kvcluster-operator"
+    )]
+    lease_name: String,
+    /// Log format: json or pretty.
+    #[arg(long, env = "OPERATOR_LOG_FORMAT", default_value = "json")]
+    log_format: String,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| "info,kube=warn".into());
+    if cli.log_format == "pretty" {
+        tracing_subscriber::fmt().with_env_filter(filter).init();
+    } else {
+        tracing_subscriber::fmt()
+            .json()
+            .flatten_event(true)
+            .with_env_filter(filter)
+            .init();
+    }
+    let client = Client::try_default()
+        .await
+        .context("connecting to the Kubernetes API")?;
+    let metrics = Arc::new(Metrics::new()?);
+    let leading = Arc::new(AtomicBool::new(false));
+
+    let http = {
+        let (metrics, leading) = (metrics.clone(), leading.clone());
+        let app = axum::Router::new()
+            .route(
+                "/metrics",
+                axum::routing::get(move || {
+                    let m = metrics.clone();
+                    async move { m.render() }
+                }),
+            )
+            .route("/healthz", axum::routing::get(|| async { "ok" }))
+            .route(
+                "/readyz",
+                axum::routing::get(move || {
+                    let l = leading.load(Ordering::Relaxed);
+                    async move { if l { "leading" } else { "standby" } }
+                }),
+            );
+        let listener = tokio::net::TcpListener::bind(&cli.metrics_addr)
+            .await
+            .with_context(|| format!("binding {}", cli.metrics_addr))?;
+        tokio::spawn(async move { axum::serve(listener, app).await })
+    };
+
+    let identity = std::env::var("HOSTNAME").unwrap_or_else(|_| "kvcluster-operator".into());
+    let manager = LeaseManagerBuilder::new(client.clone(), &cli.lease_name)
+        .with_namespace(&cli.lease_namespace)
+        .with_identity(&identity)
+        .build()
+        .await
+        .context("creating the leader-election lease manager")?;
+    let (mut lock, lease_task) = manager.watch().await;
+    tracing::info!(identity, "waiting for leadership");
+    while !*lock.borrow_and_update() {
+        lock.changed().await.context("lease manager stopped")?;
+    }
+    leading.store(true, Ordering::Relaxed);
+    tracing::info!(identity, "leading: starting the controller");
+
+    let ctx = Arc::new(controller::Context {
+        client: client.clone(),
+        recorder: Recorder::new(
+            client.clone(),
+            Reporter {
+                controller: controller::FIELD_MANAGER.into(),
+                instance: Some(identity),
+            },
+        ),
+        metrics,
+    });
+    let kvcs: Api<KVCluster> = Api::all(client.clone());
+    let selector = "app.kubernetes.io/managed-by=kvcluster-operator";
+    let run = Controller::new(kvcs, watcher::Config::default())
+        .owns(
+            Api::<StatefulSet>::all(client.clone()),
+            watcher::Config::default().labels(selector),
+        )
+        .owns(
+            Api::<Service>::all(client.clone()),
+            watcher::Config::default().labels(selector),
+        )
+        .watches(
+            Api::<Pod>::all(client.clone()),
+            watcher::Config::default().labels("app.kubernetes.io/name=kvserver"),
+            |pod| {
+                let owner = pod
+                    .metadata
+                    .labels
+                    .as_ref()?
+                    .get("app.kubernetes.io/instance")?
+                    .clone();
+                Some(
+                    kube::runtime::reflector::ObjectRef::new(&owner)
+                        .within(pod.metadata.namespace.as_deref()?),
+                )
+            },
+        )
+        .shutdown_on_signal()
+        .run(controller::reconcile, controller::error_policy, ctx)
+        .for_each(|r| async move {
+            if let Err(e) = r {
+                tracing::debug!(error = %e, "reconcile stream item");
+            }
+        });
+    tokio::select! {
+        _ = run => tracing::info!("controller stopped"),
+        _ = lock.changed() => tracing::warn!("lost leadership; exiting so a standby takes over"),
+    }
+    drop(lock);
+    let _ = lease_task.await;
+    http.abort();
+    Ok(())
+}
