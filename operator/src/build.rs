@@ -25,6 +25,7 @@ use k8s_openapi::api::core::v1::PersistentVolumeClaim;
 use k8s_openapi::api::core::v1::PersistentVolumeClaimSpec;
 use k8s_openapi::api::core::v1::PodAffinityTerm;
 use k8s_openapi::api::core::v1::PodAntiAffinity;
+use k8s_openapi::api::core::v1::PodSecurityContext;
 use k8s_openapi::api::core::v1::PodSpec;
 use k8s_openapi::api::core::v1::PodTemplateSpec;
 use k8s_openapi::api::core::v1::Probe;
@@ -442,6 +443,11 @@ pub fn statefulset(kvc: &KVCluster, replicas: i32) -> Result<StatefulSet, BuildE
                     // Service links would inject KV_* variables for a Service named "kv".
                     enable_service_links: Some(false),
                     termination_grace_period_seconds: Some(30),
+                    // The image runs as uid 10001: make the volume writable for it.
+                    security_context: Some(PodSecurityContext {
+                        fs_group: Some(10001),
+                        ..Default::default()
+                    }),
                     affinity,
                     tolerations: (!overrides.tolerations.is_empty())
                         .then(|| overrides.tolerations.clone()),
@@ -622,6 +628,10 @@ mod tests {
         );
         let pod = spec.template.spec.expect("pod");
         assert_eq!(pod.enable_service_links, Some(false));
+        assert_eq!(
+            pod.security_context.as_ref().and_then(|c| c.fs_group),
+            Some(10001)
+        );
         assert_eq!(
             pod.node_selector
                 .and_then(|n| n.get("disk").cloned())
