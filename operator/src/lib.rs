@@ -7,11 +7,13 @@
 //! - [`membership`]: the pure membership state machine (next safe step from observed state).
 //! - [`controller`]: the reconcile pipeline observe → plan → build → apply → membership step → status.
 //! - [`metrics`]: the operator's Prometheus metrics.
+//! - [`manifests`]: RBAC rules, install bundle and examples (one source for manifests/ and the chart).
 //! - [`crdgen`]: renders the CRD YAML (used by the `crdgen` binary and the drift test).
 
 pub mod build;
 pub mod controller;
 pub mod crd;
 pub mod crdgen;
+pub mod manifests;
 pub mod membership;
 pub mod metrics;

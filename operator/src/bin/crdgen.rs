@@ -1,5 +1,7 @@
-//! `crdgen`: writes the KVCluster CRD to `crds/` and the Helm chart
-//! (`--check` only compares, failing when a committed file is stale).
+//! `crdgen`: the one command that writes every generated file — the KVCluster
+//! CRD (`crds/` and the Helm chart's copy), the chart's RBAC rules,
+//! `manifests/install.yaml` and `manifests/examples/`. With `--check` it only
+//! compares and fails when a committed file is stale.
 
 use std::path::Path;
 
@@ -8,21 +10,19 @@ use anyhow::Context;
 fn main() -> anyhow::Result<()> {
     let check = std::env::args().any(|a| a == "--check");
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let yaml = operator::crdgen::render()?;
     let mut stale = Vec::new();
-    for rel in operator::crdgen::CRD_FILES {
-        let path = root.join(rel);
-        let current = std::fs::read_to_string(&path).unwrap_or_default();
-        if current == yaml {
+    for (rel, content) in operator::manifests::generated_files()? {
+        let path = root.join(&rel);
+        if std::fs::read_to_string(&path).ok().as_deref() == Some(content.as_str()) {
             continue;
         }
         if check {
-            stale.push(rel.to_string());
+            stale.push(rel);
         } else {
             if let Some(dir) = path.parent() {
                 std::fs::create_dir_all(dir)?;
             }
-            std::fs::write(&path, &yaml).with_context(|| format!("writing {rel}"))?;
+            std::fs::write(&path, &content).with_context(|| format!("writing {rel}"))?;
             println!("wrote {rel}");
         }
     }
