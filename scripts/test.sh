@@ -25,6 +25,11 @@ if ! have_pg && [ -z "${KV_TEST_PG_BIN:-}" ]; then
   have_pg || { echo "error: postgresql installed but no /usr/lib/postgresql/*/bin/pg_ctl found" >&2; exit 1; }
 fi
 
+if ! python3 -c "import helm_sdkpy" 2> /dev/null; then
+  echo "==> installing the Helm library for Python (PyPI helm-sdkpy) to lint the chart"
+  python3 -m pip install -q --ignore-requires-python "helm-sdkpy==0.1.32"
+fi
+
 echo "==> cargo fmt --check"
 cargo fmt --all -- --check
 echo "==> cargo clippy (warnings are errors)"
@@ -35,5 +40,7 @@ if cargo tree -p kvserver --no-default-features -e normal --locked | grep -E "^.
   echo "error: kvserver without the server feature pulls in openraft or sqlx" >&2
   exit 1
 fi
+echo "==> helm lint charts/kvcluster-operator (real Helm, via helm-sdkpy)"
+python3 scripts/helm_lint.py charts/kvcluster-operator > /dev/null
 echo "==> cargo test (SQLite and PostgreSQL)"
 cargo test --workspace --locked
