@@ -248,6 +248,15 @@ fn query<T: Serialize>(q: &T) -> String {
     }
 }
 
+/// 404 (`key_not_found`) becomes `None`.
+fn absent_is_none<T>(r: Result<T, ClientError>) -> Result<Option<T>, ClientError> {
+    match r {
+        Ok(v) => Ok(Some(v)),
+        Err(ClientError::Api { status: 404, .. }) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
 async fn decode<T: DeserializeOwned>(
     endpoint: &str,
     resp: reqwest::Response,
@@ -413,19 +422,15 @@ impl Client {
         } else {
             ""
         };
-        match self
-            .call::<(), GetResponse>(
+        absent_is_none(
+            self.call::<(), GetResponse>(
                 Method::GET,
                 &format!("/v1/kv/{}{q}", encode_key(key)),
                 None,
                 Retry::Idempotent,
             )
-            .await
-        {
-            Ok(r) => Ok(Some(r)),
-            Err(ClientError::Api { status: 404, .. }) => Ok(None),
-            Err(e) => Err(e),
-        }
+            .await,
+        )
     }
 
     /// Creates or replaces a key. A failed `if_revision` guard is `Api { status: 412 }`.
@@ -448,19 +453,15 @@ impl Client {
         let q = if_revision
             .map(|r| format!("?if_revision={r}"))
             .unwrap_or_default();
-        match self
-            .call::<(), DeleteResponse>(
+        absent_is_none(
+            self.call::<(), DeleteResponse>(
                 Method::DELETE,
                 &format!("/v1/kv/{}{q}", encode_key(key)),
                 None,
                 Retry::Write,
             )
-            .await
-        {
-            Ok(r) => Ok(Some(r)),
-            Err(ClientError::Api { status: 404, .. }) => Ok(None),
-            Err(e) => Err(e),
-        }
+            .await,
+        )
     }
 
     /// One page of keys.

@@ -108,6 +108,16 @@ pub fn cluster_info(state: &AppState) -> ClusterInfo {
     }
 }
 
+/// The answer of a cluster-changing call: whether it changed anything, and the cluster now.
+fn change_response(state: &AppState, changed: bool) -> Response {
+    Json(ChangeResponse {
+        changed,
+        cluster: Some(cluster_info(state)),
+        leader_id: None,
+    })
+    .into_response()
+}
+
 /// `GET /v1/cluster`: this node's view of the cluster.
 #[utoipa::path(
     get, path = "/v1/cluster", tag = "cluster",
@@ -193,12 +203,7 @@ pub async fn init(
         Ok(()) => {}
         Err(RaftError::APIError(InitializeError::NotAllowed(_))) => {
             // Lost a race with another init or a leader's append: report the state as is.
-            return Ok(Json(ChangeResponse {
-                changed: false,
-                cluster: Some(cluster_info(&state)),
-                leader_id: None,
-            })
-            .into_response());
+            return Ok(change_response(&state, false));
         }
         Err(RaftError::APIError(InitializeError::NotInMembers(e))) => {
             return Err(ApiError::bad("invalid_parameter", e.to_string()));
@@ -282,12 +287,7 @@ pub async fn add_learner(
         .find(|m| m.id == body.id);
     if let Some(m) = &existing {
         if m.api_addr == node.api_addr && m.raft_addr == node.raft_addr {
-            return Ok(Json(ChangeResponse {
-                changed: false,
-                cluster: Some(cluster_info(&state)),
-                leader_id: None,
-            })
-            .into_response());
+            return Ok(change_response(&state, false));
         }
         if m.role == "voter" {
             return Err(ApiError::Conflict {
@@ -317,12 +317,7 @@ pub async fn add_learner(
         return Ok(fwd);
     }
     tracing::info!(learner = id, %node, "learner added");
-    Ok(Json(ChangeResponse {
-        changed: true,
-        cluster: Some(cluster_info(&state)),
-        leader_id: None,
-    })
-    .into_response())
+    Ok(change_response(&state, true))
 }
 
 /// `POST /v1/cluster/membership`: promotes learners and/or removes members.
@@ -433,12 +428,7 @@ pub async fn change_membership(
         return Ok(fwd);
     }
     tracing::info!(change = %change_desc, "membership changed");
-    Ok(Json(ChangeResponse {
-        changed: true,
-        cluster: Some(cluster_info(&state)),
-        leader_id: None,
-    })
-    .into_response())
+    Ok(change_response(&state, true))
 }
 
 /// `POST /v1/cluster/transfer-leader`: hands leadership to a voter and waits until it leads.
