@@ -647,3 +647,156 @@ pub fn error_policy(kvc: Arc<KVCluster>, err: &ReconcileError, ctx: Arc<Context>
     tracing::warn!(kvcluster = %kvc.name_any(), error = %err, "reconcile failed");
     Action::requeue(Duration::from_secs(5))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::KVClusterSpec;
+
+    fn kvc() -> KVCluster {
+        let mut k = KVCluster::new(
+            "orders",
+            KVClusterSpec {
+                ..serde_yaml::from_str("{}").expect("spec")
+            },
+        );
+        k.metadata.namespace = Some("shop".into());
+        k.metadata.uid = Some("0123456789".into());
+        k.metadata.generation = Some(4);
+        k
+    }
+
+    fn seen(voters: &[u64], ready: &[u64], leader: Option<u64>) -> Seen {
+        let mut obs = Observed {
+            desired: 3,
+            sts_replicas: 3,
+            ..Default::default()
+        };
+        for id in 0..3 {
+            obs.pods.insert(
+                id,
+                PodView {
+                    exists: true,
+                    serving: true,
+                    ready: ready.contains(&id),
+                    uninitialized: false,
+                },
+            );
+        }
+        obs.raft = Some(RaftView {
+            leader,
+            voters: voters.iter().copied().collect(),
+            ..Default::default()
+        });
+        Seen {
+            obs,
+            urls: BTreeMap::new(),
+            info: None,
+            sts_exists: true,
+        }
+    }
+
+    fn cond<'a>(s: &'a KVClusterStatus, t: &str) -> &'a Condition {
+        s.conditions
+            .iter()
+            .find(|c| c.type_ == t)
+            .expect("condition")
+    }
+
+    #[test]
+    fn status_running_degraded_blocked() {
+        let k = kvc();
+        let s = status_of(
+            &k,
+            &seen(&[0, 1, 2], &[0, 1, 2], Some(0)),
+            &Step::Idle,
+            None,
+        );
+        assert_eq!(s.phase.as_deref(), Some("Running"));
+        assert_eq!(
+            (
+                s.replicas,
+                s.ready_replicas,
+                s.leader,
+                s.observed_generation
+            ),
+            (3, 3, Some(0), Some(4))
+        );
+        assert_eq!(cond(&s, "Available").status, "True");
+        assert_eq!(cond(&s, "ScalingBlocked").status, "False");
+        assert_eq!(
+            s.selector,
+            "app.kubernetes.io/instance=orders,app.kubernetes.io/name=kvserver"
+        );
+
+        let s = status_of(
+            &k,
+            &seen(&[0, 1, 2], &[0, 1], Some(0)),
+            &Step::Wait("1 not ready".into()),
+            None,
+        );
+        assert_eq!(s.phase.as_deref(), Some("Degraded"));
+        assert_eq!(cond(&s, "Degraded").status, "True");
+        assert_eq!(
+            cond(&s, "Available").status,
+            "True",
+            "2 of 3 is still a quorum"
+        );
+
+        let s = status_of(
+            &k,
+            &seen(&[0, 1, 2], &[0], Some(0)),
+            &Step::Blocked("would lose quorum".into()),
+            None,
+        );
+        assert_eq!(s.phase.as_deref(), Some("Blocked"));
+        assert_eq!(cond(&s, "ScalingBlocked").status, "True");
+        assert_eq!(cond(&s, "ScalingBlocked").message, "would lose quorum");
+        assert_eq!(cond(&s, "Available").status, "False");
+
+        let s = status_of(
+            &k,
+            &seen(&[0, 1, 2], &[0, 1, 2], Some(0)),
+            &Step::Idle,
+            Some("no PDB API"),
+        );
+        assert_eq!(
+            cond(&s, "Degraded").reason,
+            "PodDisruptionBudgetUnavailable"
+        );
+    }
+
+    #[test]
+    fn operation_in_flight_is_recorded_and_keeps_its_start() {
+        let mut k = kvc();
+        let mut sn = seen(&[0, 1], &[0, 1], Some(0));
+        sn.obs.desired = 3;
+        let s = status_of(&k, &sn, &Step::AddLearner(2), None);
+        let op = s.operation.clone().expect("operation");
+        assert_eq!(
+            (op.kind.as_str(), op.node_id, op.step.as_str()),
+            ("ScaleOut", 2, "AddLearner")
+        );
+        assert_eq!(s.phase.as_deref(), Some("Scaling"));
+        assert_eq!(cond(&s, "Progressing").status, "True");
+        // The next pass of the same operation keeps started_at; the transition time of an
+        // unchanged condition is kept too.
+        k.status = Some(s.clone());
+        let s2 = status_of(&k, &sn, &Step::Promote(2), None);
+        assert_eq!(
+            s2.operation.as_ref().and_then(|o| o.started_at.clone()),
+            op.started_at
+        );
+        assert_eq!(
+            cond(&s2, "Progressing").last_transition_time,
+            cond(&s, "Progressing").last_transition_time
+        );
+        let s3 = status_of(
+            &k,
+            &seen(&[0, 1, 2], &[0, 1, 2], Some(0)),
+            &Step::Idle,
+            None,
+        );
+        assert!(s3.operation.is_none());
+    }
+}
