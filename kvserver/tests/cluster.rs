@@ -287,10 +287,12 @@ async fn membership_changes(c: &mut Cluster) -> anyhow::Result<()> {
         st == 200 && body["changed"] == false,
         "promote again is a no-op: {st} {body}"
     );
-    ensure!(
-        c.read(4, "m9", true).await?.as_deref() == Some("x"),
-        "learner got the data"
-    );
+    // Stale reads are local: wait until node 4 has applied what it replicated.
+    let cr = &*c;
+    wait_for("the new member serves the data", Duration::from_secs(10), || async move {
+        (cr.read(4, "m9", true).await.ok()?.as_deref() == Some("x")).then_some(())
+    })
+    .await?;
 
     // Leadership moves on request to a chosen voter.
     let target = (1..=4).find(|id| *id != leader).context("target")?;
@@ -371,6 +373,12 @@ async fn no_quorum_answers_503(c: &mut Cluster) -> anyhow::Result<()> {
     let leader = c.form(3).await?;
     c.put_kv(leader, "before", "1").await?;
     let survivor = (1..=3).find(|id| *id != leader).context("survivor")?;
+    // The write is committed on a majority, which need not include the survivor yet.
+    let target = c.cluster_info(leader).await?["committed_index"]
+        .as_u64()
+        .context("committed")?;
+    c.wait_applied(survivor, target, Duration::from_secs(10))
+        .await?;
     for id in 1..=3 {
         if id != survivor {
             c.kill(id);

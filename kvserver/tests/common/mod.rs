@@ -21,10 +21,20 @@ use anyhow::bail;
 use serde_json::Value;
 use serde_json::json;
 
-/// A port that was free a moment ago (bound to port 0, then released).
+/// A port that was free a moment ago (bound to port 0, then released), and that this
+/// test process has not handed out before: between the release and the child's bind the
+/// kernel may offer the same port again, and two nodes must never get the same one.
 pub fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind port 0");
-    l.local_addr().expect("local addr").port()
+    static HANDED_OUT: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    loop {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind port 0");
+        let port = l.local_addr().expect("local addr").port();
+        let mut seen = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
+        if !seen.contains(&port) {
+            seen.push(port);
+            return port;
+        }
+    }
 }
 
 /// Polls `f` every 50 ms until it yields `Some`, or fails after `timeout`.
