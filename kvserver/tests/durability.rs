@@ -97,26 +97,7 @@ async fn crash_mid_burst(c: &mut Cluster) -> anyhow::Result<()> {
         c.wait_applied(id, target, Duration::from_secs(20)).await?;
     }
     for id in 1..=3 {
-        let (s, body) = c
-            .get(
-                id,
-                "/v1/kv?prefix=burst/&keys_only=true&limit=10000&consistency=stale",
-            )
-            .await?;
-        ensure!(s == 200, "list on {id}: {s}");
-        let present: std::collections::HashSet<String> = body["kvs"]
-            .as_array()
-            .context("kvs")?
-            .iter()
-            .filter_map(|k| k["key"].as_str().map(str::to_string))
-            .collect();
-        let lost: Vec<&String> = acked.iter().filter(|k| !present.contains(*k)).collect();
-        ensure!(
-            lost.is_empty(),
-            "node {id} lost {} acknowledged writes, e.g. {:?}",
-            lost.len(),
-            &lost[..lost.len().min(5)]
-        );
+        c.ensure_all_present(id, "burst/", &acked).await?;
     }
     eprintln!(
         "crash test: {} acknowledged writes, all present on all 3 nodes",

@@ -136,29 +136,7 @@ async fn outage_under_load(c: &mut Cluster, pg: &Postgres) -> anyhow::Result<()>
         c.wait_applied(id, target, Duration::from_secs(30)).await?;
         let (s, b) = c.get(id, "/readyz").await?;
         ensure!(s == 200, "node {id} ready again: {b}");
-        let (s, body) = c
-            .get(
-                id,
-                "/v1/kv?prefix=burst/&keys_only=true&limit=10000&consistency=stale",
-            )
-            .await?;
-        ensure!(s == 200, "list on {id}: {s}");
-        let present: std::collections::HashSet<&str> = body["kvs"]
-            .as_array()
-            .context("kvs")?
-            .iter()
-            .filter_map(|k| k["key"].as_str())
-            .collect();
-        let lost: Vec<&String> = acked
-            .iter()
-            .filter(|k| !present.contains(k.as_str()))
-            .collect();
-        ensure!(
-            lost.is_empty(),
-            "node {id} lost {} acknowledged writes, e.g. {:?}",
-            lost.len(),
-            &lost[..lost.len().min(5)]
-        );
+        c.ensure_all_present(id, "burst/", &acked).await?;
     }
     eprintln!(
         "outage: {} acknowledged writes, all present on all 3 nodes",

@@ -463,6 +463,42 @@ impl Cluster {
         .await
     }
 
+    /// Fails unless node `id` (read locally) holds every key in `acked` under `prefix`.
+    pub async fn ensure_all_present(
+        &self,
+        id: u64,
+        prefix: &str,
+        acked: &[String],
+    ) -> anyhow::Result<()> {
+        let (s, body) = self
+            .get(
+                id,
+                &format!("/v1/kv?prefix={prefix}&keys_only=true&limit=10000&consistency=stale"),
+            )
+            .await?;
+        if s != 200 {
+            bail!("list on {id}: {s}");
+        }
+        let present: std::collections::HashSet<&str> = body["kvs"]
+            .as_array()
+            .context("kvs")?
+            .iter()
+            .filter_map(|k| k["key"].as_str())
+            .collect();
+        let lost: Vec<&String> = acked
+            .iter()
+            .filter(|k| !present.contains(k.as_str()))
+            .collect();
+        if !lost.is_empty() {
+            bail!(
+                "node {id} lost {} acknowledged writes, e.g. {:?}",
+                lost.len(),
+                &lost[..lost.len().min(5)]
+            );
+        }
+        Ok(())
+    }
+
     pub fn log_tail(&self, id: u64, lines: usize) -> String {
         let text = std::fs::read_to_string(&self.nodes[&id].log_path).unwrap_or_default();
         let all: Vec<&str> = text.lines().collect();
