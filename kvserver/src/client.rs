@@ -360,6 +360,18 @@ impl Client {
         decode(endpoint, resp).await
     }
 
+    /// One request to one particular node (`host:port` or URL), without failover.
+    async fn at<B: Serialize, T: DeserializeOwned>(
+        &self,
+        endpoint: &str,
+        method: &Method,
+        path: &str,
+        body: Option<&B>,
+    ) -> Result<T, ClientError> {
+        self.once(&normalize(endpoint.to_string()), method, path, body)
+            .await
+    }
+
     async fn call<B: Serialize, T: DeserializeOwned>(
         &self,
         method: Method,
@@ -513,13 +525,8 @@ impl Client {
 
     /// The cluster as seen by one particular node (`host:port` or URL).
     pub async fn cluster_at(&self, endpoint: &str) -> Result<ClusterInfo, ClientError> {
-        self.once::<(), _>(
-            &normalize(endpoint.to_string()),
-            &Method::GET,
-            "/v1/cluster",
-            None,
-        )
-        .await
+        self.at::<(), _>(endpoint, &Method::GET, "/v1/cluster", None)
+            .await
     }
 
     /// Initializes a cluster on one particular node (never sent anywhere else).
@@ -528,13 +535,8 @@ impl Client {
         endpoint: &str,
         req: &InitRequest,
     ) -> Result<ChangeResponse, ClientError> {
-        self.once(
-            &normalize(endpoint.to_string()),
-            &Method::POST,
-            "/v1/cluster/init",
-            Some(req),
-        )
-        .await
+        self.at(endpoint, &Method::POST, "/v1/cluster/init", Some(req))
+            .await
     }
 
     pub async fn add_learner(&self, req: &LearnerRequest) -> Result<ChangeResponse, ClientError> {
@@ -572,13 +574,8 @@ impl Client {
 
     /// `/status` of one particular node.
     pub async fn status_at(&self, endpoint: &str) -> Result<StatusResponse, ClientError> {
-        self.once::<(), _>(
-            &normalize(endpoint.to_string()),
-            &Method::GET,
-            "/status",
-            None,
-        )
-        .await
+        self.at::<(), _>(endpoint, &Method::GET, "/status", None)
+            .await
     }
 
     /// `/readyz` of one particular node (`ready: false` rather than an error when not ready).

@@ -27,14 +27,9 @@ impl Node {
     async fn start(bootstrap: bool, max_value_bytes: usize) -> anyhow::Result<Node> {
         let dir = tempfile::tempdir()?;
         let cfg = Config {
-            node_id: Some(1),
-            data_dir: dir.path().join("data"),
-            api_addr: "127.0.0.1:0".into(),
-            raft_addr: "127.0.0.1:0".into(),
-            bootstrap,
             max_value_bytes,
             ttl_reap_interval_ms: 100,
-            ..Config::default()
+            ..common::local_config(dir.path(), bootstrap)
         };
         let handle = kvserver::start_node(cfg).await?;
         let node = Node {
@@ -718,11 +713,7 @@ async fn data_survives_restart_and_store_refuses_another_identity() -> anyhow::R
     let cfg = |node_id: u64, cluster: &str| Config {
         node_id: Some(node_id),
         cluster_id: cluster.into(),
-        data_dir: dir.path().join("data"),
-        api_addr: "127.0.0.1:0".into(),
-        raft_addr: "127.0.0.1:0".into(),
-        bootstrap: true,
-        ..Config::default()
+        ..common::local_config(dir.path(), true)
     };
     let h = kvserver::start_node(cfg(1, "one")).await?;
     let base = format!("http://{}", h.api_addr);

@@ -11,7 +11,6 @@ use std::time::Duration;
 use anyhow::Context;
 use anyhow::bail;
 use anyhow::ensure;
-use kvserver::Config;
 use serde_json::Value;
 use serde_json::json;
 
@@ -45,15 +44,7 @@ fn check_body(doc: &Value, schema: &Value, body: &Value, what: &str) -> anyhow::
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_documented_operation_answers_as_documented() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let cfg = Config {
-        node_id: Some(1),
-        data_dir: dir.path().join("data"),
-        api_addr: "127.0.0.1:0".into(),
-        raft_addr: "127.0.0.1:0".into(),
-        bootstrap: true,
-        ..Config::default()
-    };
-    let node = kvserver::start_node(cfg).await?;
+    let node = kvserver::start_node(common::local_config(dir.path(), true)).await?;
     let base = format!("http://{}", node.api_addr);
     let http = common::client();
     common::wait_status(

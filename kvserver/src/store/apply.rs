@@ -122,6 +122,21 @@ impl ApplyCtx<'_, '_> {
         Ok(())
     }
 
+    /// The live value of `key` if the CAS guard holds, else the `PreconditionFailed` outcome.
+    async fn guarded(
+        &mut self,
+        key: &str,
+        if_revision: Option<u64>,
+        now_ms: u64,
+    ) -> Result<Result<Option<KeyValue>, Outcome>, StoreError> {
+        let live = load(self.tx, key, now_ms).await?;
+        Ok(if guard_holds(&live, if_revision) {
+            Ok(live)
+        } else {
+            Err(Outcome::PreconditionFailed { current: live })
+        })
+    }
+
     /// Applies one command; bumps the revision once if (and only if) it changed anything.
     pub async fn command(&mut self, cmd: Command) -> Result<Outcome, StoreError> {
         let at = self.rev + 1;
@@ -133,10 +148,10 @@ impl ApplyCtx<'_, '_> {
                 if_revision,
                 now_ms,
             } => {
-                let live = load(self.tx, &key, now_ms).await?;
-                if !guard_holds(&live, if_revision) {
-                    return Ok(Outcome::PreconditionFailed { current: live });
-                }
+                let live = match self.guarded(&key, if_revision, now_ms).await? {
+                    Ok(live) => live,
+                    Err(failed) => return Ok(failed),
+                };
                 let (created, kv, prev) = self
                     .put(at, key, value, expires_at_ms, live, now_ms)
                     .await?;
@@ -148,10 +163,10 @@ impl ApplyCtx<'_, '_> {
                 if_revision,
                 now_ms,
             } => {
-                let live = load(self.tx, &key, now_ms).await?;
-                if !guard_holds(&live, if_revision) {
-                    return Ok(Outcome::PreconditionFailed { current: live });
-                }
+                let live = match self.guarded(&key, if_revision, now_ms).await? {
+                    Ok(live) => live,
+                    Err(failed) => return Ok(failed),
+                };
                 let Some(prev) = live else {
                     return Ok(Outcome::NotFound);
                 };

@@ -21,6 +21,18 @@ use anyhow::bail;
 use serde_json::Value;
 use serde_json::json;
 
+/// Configuration of an in-process node 1 on ephemeral loopback ports with its data in `dir`.
+pub fn local_config(dir: &std::path::Path, bootstrap: bool) -> kvserver::Config {
+    kvserver::Config {
+        node_id: Some(1),
+        data_dir: dir.join("data"),
+        api_addr: "127.0.0.1:0".into(),
+        raft_addr: "127.0.0.1:0".into(),
+        bootstrap,
+        ..kvserver::Config::default()
+    }
+}
+
 /// A port that was free a moment ago (bound to port 0, then released), and that this
 /// test process has not handed out before: between the release and the child's bind the
 /// kernel may offer the same port again, and two nodes must never get the same one.

@@ -162,16 +162,10 @@ impl Postgres {
 
     /// Stops the server like a crash (`immediate`: no checkpoint, clients cut off).
     pub fn kill_server(&self) -> anyhow::Result<()> {
+        let data = self.data().display().to_string();
         self.run(
             "pg_ctl",
-            &[
-                "-D",
-                &self.data().display().to_string(),
-                "-m",
-                "immediate",
-                "-w",
-                "stop",
-            ],
+            &["-D", &data, "-m", "immediate", "-w", "-t", "10", "stop"],
         )
     }
 
@@ -196,18 +190,6 @@ impl Postgres {
 
 impl Drop for Postgres {
     fn drop(&mut self) {
-        let _ = self.run(
-            "pg_ctl",
-            &[
-                "-D",
-                &self.data().display().to_string(),
-                "-m",
-                "immediate",
-                "-w",
-                "-t",
-                "10",
-                "stop",
-            ],
-        );
+        let _ = self.kill_server();
     }
 }
