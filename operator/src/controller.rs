@@ -94,6 +94,9 @@ pub struct Context {
     pub client: Client,
     pub recorder: Recorder,
     pub metrics: Arc<Metrics>,
+    /// Port of the kvserver client API on pod IPs: [`build::API_PORT`] in a
+    /// cluster; tests that stand in fake members on loopback use free ports.
+    pub member_port: u16,
 }
 
 /// What observation found beyond the planner's input.
@@ -114,7 +117,11 @@ fn ordinal(pod: &Pod, sts: &str) -> Option<u64> {
         .ok()
 }
 
-async fn observe(kvc: &KVCluster, client: &Client) -> Result<Seen, ReconcileError> {
+async fn observe(
+    kvc: &KVCluster,
+    client: &Client,
+    member_port: u16,
+) -> Result<Seen, ReconcileError> {
     let ns = kvc.namespace().unwrap_or_default();
     let names = build::names(kvc);
     let sts_api: Api<StatefulSet> = Api::namespaced(client.clone(), &ns);
@@ -167,12 +174,17 @@ async fn observe(kvc: &KVCluster, client: &Client) -> Result<Seen, ReconcileErro
             ..Default::default()
         };
         if let (Some(ip), false) = (ip, deleting) {
-            let url = format!("http://{ip}:{}", build::API_PORT);
-            if let Ok(info) = http.cluster_at(&url).await {
-                view.serving = true;
-                view.uninitialized = !info.initialized;
-                urls.insert(id, url);
-                views.push(info);
+            let url = format!("http://{ip}:{member_port}");
+            match http.cluster_at(&url).await {
+                Ok(info) => {
+                    view.serving = true;
+                    view.uninitialized = !info.initialized;
+                    urls.insert(id, url);
+                    views.push(info);
+                }
+                Err(e) => {
+                    tracing::debug!(pod = %pod.name_any(), error = %e, "member not answering")
+                }
             }
         }
         obs.pods.insert(id, view);
@@ -567,7 +579,7 @@ pub async fn reconcile(kvc: Arc<KVCluster>, ctx: Arc<Context>) -> Result<Action,
 async fn reconcile_inner(kvc: &KVCluster, ctx: &Context) -> Result<Action, ReconcileError> {
     let ns = kvc.namespace().unwrap_or_default();
     // observe
-    let seen = observe(kvc, &ctx.client).await?;
+    let seen = observe(kvc, &ctx.client, ctx.member_port).await?;
     let step = membership::plan(&seen.obs);
     tracing::info!(kvcluster = %kvc.name_any(), namespace = %ns, step = ?step, "planned");
     // build

@@ -114,6 +114,7 @@ async fn main() -> anyhow::Result<()> {
             },
         ),
         metrics,
+        member_port: operator::build::API_PORT as u16,
     });
     let kvcs: Api<KVCluster> = Api::all(client.clone());
     let selector = "app.kubernetes.io/managed-by=kvcluster-operator";

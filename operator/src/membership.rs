@@ -260,15 +260,12 @@ fn plan_scale_out(obs: &Observed, raft: &RaftView, healthy_voters: &BTreeSet<u64
     if raft.learners.contains(&id) {
         return promote_if_safe(obs, raft, id, healthy_voters);
     }
-    if serving_empty(obs, id) {
-        return Step::AddLearner(id);
-    }
+    // An empty pod, or one holding data of an earlier membership (a retained
+    // volume): both join as learners. A learner never votes; the leader finds
+    // where the old log matches its own, replaces the rest, and the member is
+    // promoted only once caught up.
     match obs.pods.get(&id) {
-        // Data from an earlier membership (a retained volume): joining it could let a stale
-        // configuration campaign; a human decides (delete the PVC to start it empty).
-        Some(p) if p.exists && p.serving => Step::Blocked(format!(
-            "pod {id} holds data from an earlier membership (retained volume) and is not a member; delete its PVC to let it join empty"
-        )),
+        Some(p) if p.exists && p.serving => Step::AddLearner(id),
         _ => Step::Wait(format!("waiting for pod {id} to start")),
     }
 }
@@ -685,14 +682,14 @@ mod tests {
     }
 
     #[test]
-    fn retained_stale_volume_blocks_instead_of_joining() {
+    fn retained_volume_rejoins_as_a_learner() {
         let mut sim = Sim::new(3);
         sim.run();
         sim.obs.desired = 4;
         sim.obs.sts_replicas = 4;
         // Pod 3 comes up with data of an old membership (not empty, not a member).
         sim.obs.pods.insert(3, pod(true, false));
-        assert!(matches!(plan(&sim.obs), Step::Blocked(r) if r.contains("PVC")));
+        assert_eq!(plan(&sim.obs), Step::AddLearner(3));
     }
 
     #[test]
