@@ -5,7 +5,7 @@ FROM rust:1-bookworm AS build
 WORKDIR /src
 COPY . .
 RUN cargo build --release --locked -p kvserver -p kvcluster-operator \
- && cp target/release/kvserver target/release/kvcluster-operator /usr/local/bin/
+ && cp target/release/kvserver target/release/kvctl target/release/kvcluster-operator /usr/local/bin/
 
 FROM debian:bookworm-slim AS runtime
 RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates \
@@ -14,7 +14,7 @@ RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates
  && mkdir -p /var/lib/kvserver && chown kv /var/lib/kvserver
 
 FROM runtime AS kvserver
-COPY --from=build /usr/local/bin/kvserver /usr/local/bin/kvserver
+COPY --from=build /usr/local/bin/kvserver /usr/local/bin/kvctl /usr/local/bin/
 USER 10001
 EXPOSE 8080 8081
 VOLUME /var/lib/kvserver

@@ -227,6 +227,9 @@ fn port(name: &str, port: i32) -> ServicePort {
         name: Some(name.into()),
         port,
         target_port: Some(IntOrString::String(name.into())),
+        // Explicit: server-side apply on Kubernetes < 1.21 refuses list items
+        // without their key fields (port + protocol), defaults notwithstanding.
+        protocol: Some("TCP".into()),
         ..Default::default()
     }
 }
@@ -332,11 +335,13 @@ pub fn statefulset(kvc: &KVCluster, replicas: i32) -> Result<StatefulSet, BuildE
             ContainerPort {
                 name: Some("api".into()),
                 container_port: API_PORT,
+                protocol: Some("TCP".into()),
                 ..Default::default()
             },
             ContainerPort {
                 name: Some("raft".into()),
                 container_port: RAFT_PORT,
+                protocol: Some("TCP".into()),
                 ..Default::default()
             },
         ]),

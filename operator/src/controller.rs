@@ -533,7 +533,9 @@ fn status_of(
             } else {
                 "AllReady"
             },
-            pdb_problem.unwrap_or(""),
+            &pdb_problem.map(str::to_string).unwrap_or_else(|| {
+                format!("{ready_voters} of {} voters ready", voters.len())
+            }),
             gen_,
         ),
         condition(
@@ -545,7 +547,12 @@ fn status_of(
             } else {
                 "WouldLoseQuorumOrData"
             },
-            &blocked_reason,
+            // Never an empty message: some API servers (1.20) read "" as null here.
+            if blocked_reason.is_empty() {
+                "no membership step is refused"
+            } else {
+                &blocked_reason
+            },
             gen_,
         ),
     ];
@@ -557,7 +564,7 @@ fn status_of(
         ready_replicas: ready_voters as i32,
         leader: raft.and_then(|r| r.leader).map(|l| l as i64),
         term: seen.info.as_ref().map(|i| i.term as i64),
-        selector: build::selector_string(kvc),
+        selector: Some(build::selector_string(kvc)),
         members,
         operation,
         conditions,
@@ -725,6 +732,8 @@ mod tests {
             None,
         );
         assert_eq!(s.phase.as_deref(), Some("Running"));
+        // 1.20 API servers read an empty string as null and refuse the status.
+        assert!(s.conditions.iter().all(|c| !c.message.is_empty()), "{s:?}");
         assert_eq!(
             (
                 s.replicas,
@@ -737,8 +746,8 @@ mod tests {
         assert_eq!(cond(&s, "Available").status, "True");
         assert_eq!(cond(&s, "ScalingBlocked").status, "False");
         assert_eq!(
-            s.selector,
-            "app.kubernetes.io/instance=orders,app.kubernetes.io/name=kvserver"
+            s.selector.as_deref(),
+            Some("app.kubernetes.io/instance=orders,app.kubernetes.io/name=kvserver")
         );
 
         let s = status_of(

@@ -293,8 +293,8 @@ pub struct KVClusterStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub term: Option<i64>,
     /// Label selector of the pods (for the scale subresource and HPA).
-    #[serde(default)]
-    pub selector: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<String>,
     /// Raft members as the leader sees them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub members: Vec<MemberStatus>,
