@@ -49,6 +49,7 @@ use kube::ResourceExt;
 
 use crate::crd::Backend;
 use crate::crd::KVCluster;
+use crate::crd::ReclaimPolicy;
 
 pub const API_PORT: i32 = 8080;
 pub const RAFT_PORT: i32 = 8081;
@@ -117,6 +118,29 @@ pub fn selector_string(kvc: &KVCluster) -> String {
         .map(|(k, v)| format!("{k}={v}"))
         .collect::<Vec<_>>()
         .join(",")
+}
+
+/// The owner references a member volume should carry: with `reclaimPolicy:
+/// Delete` the KVCluster owns its volumes (deleting the KVCluster deletes
+/// them, as it does its other objects); with `Retain` it does not (they outlive
+/// it). Returns the new list when it differs from `current`, else `None`.
+/// Owner references of others (if any) are kept.
+pub fn pvc_owner_references(
+    kvc: &KVCluster,
+    current: &[OwnerReference],
+) -> Result<Option<Vec<OwnerReference>>, BuildError> {
+    let uid = kvc.uid().ok_or(BuildError::MissingMeta("uid"))?;
+    let mut refs: Vec<OwnerReference> = current.iter().filter(|o| o.uid != uid).cloned().collect();
+    if kvc.spec.storage.reclaim_policy == ReclaimPolicy::Delete {
+        refs.push(OwnerReference {
+            // Not the controller: the StatefulSet controller may own it too.
+            controller: None,
+            ..kvc
+                .controller_owner_ref(&())
+                .ok_or(BuildError::MissingMeta("uid"))?
+        });
+    }
+    Ok((refs.as_slice() != current).then_some(refs))
 }
 
 fn meta(kvc: &KVCluster, name: String) -> Result<ObjectMeta, BuildError> {
@@ -733,5 +757,34 @@ mod tests {
         };
         assert_ne!(hash(&a), hash(&b));
         assert_eq!(hash(&a), hash(&a.clone()));
+    }
+
+    #[test]
+    fn volumes_are_owned_only_under_the_delete_policy() {
+        let mut k = kvc("{}");
+        k.spec.storage.reclaim_policy = ReclaimPolicy::Delete;
+        let other = OwnerReference {
+            api_version: "apps/v1".into(),
+            kind: "StatefulSet".into(),
+            name: "x".into(),
+            uid: "other".into(),
+            ..Default::default()
+        };
+        let refs = pvc_owner_references(&k, std::slice::from_ref(&other))
+            .expect("refs")
+            .expect("a change");
+        assert_eq!(refs.len(), 2);
+        assert_eq!(refs[0], other, "others' references are kept");
+        assert_eq!(refs[1].kind, "KVCluster");
+        assert_eq!(refs[1].controller, None);
+        // Already owned: nothing to do.
+        assert_eq!(pvc_owner_references(&k, &refs).expect("refs"), None);
+        // Retain: our reference is dropped, others stay.
+        k.spec.storage.reclaim_policy = ReclaimPolicy::Retain;
+        assert_eq!(
+            pvc_owner_references(&k, &refs).expect("refs"),
+            Some(vec![other.clone()])
+        );
+        assert_eq!(pvc_owner_references(&k, &[other]).expect("refs"), None);
     }
 }

@@ -22,6 +22,7 @@ use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::Api;
@@ -106,8 +107,10 @@ struct Seen {
     urls: BTreeMap<u64, String>,
     /// The leader's view, for status.
     info: Option<ClusterInfo>,
-    /// Whether the PDB could be applied as policy/v1 (false on old clusters → v1beta1).
+    /// Whether the StatefulSet exists yet.
     sts_exists: bool,
+    /// Member volumes: name, resourceVersion, owner references.
+    volumes: Vec<(String, Option<String>, Vec<OwnerReference>)>,
 }
 
 fn ordinal(pod: &Pod, sts: &str) -> Option<u64> {
@@ -142,7 +145,13 @@ async fn observe(
         reclaim_delete: kvc.spec.storage.reclaim_policy == ReclaimPolicy::Delete,
         ..Default::default()
     };
+    let mut volumes = Vec::new();
     for pvc in pvcs.list(&ListParams::default().labels(&selector)).await? {
+        volumes.push((
+            pvc.name_any(),
+            pvc.metadata.resource_version.clone(),
+            pvc.metadata.owner_references.clone().unwrap_or_default(),
+        ));
         if let Some(o) = pvc
             .name_any()
             .strip_prefix(&format!("data-{}-", names.statefulset))
@@ -221,6 +230,7 @@ async fn observe(
         urls,
         info,
         sts_exists: sts.is_some(),
+        volumes,
     })
 }
 
@@ -533,9 +543,9 @@ fn status_of(
             } else {
                 "AllReady"
             },
-            &pdb_problem.map(str::to_string).unwrap_or_else(|| {
-                format!("{ready_voters} of {} voters ready", voters.len())
-            }),
+            &pdb_problem
+                .map(str::to_string)
+                .unwrap_or_else(|| format!("{ready_voters} of {} voters ready", voters.len())),
             gen_,
         ),
         condition(
@@ -614,6 +624,16 @@ async fn reconcile_inner(kvc: &KVCluster, ctx: &Context) -> Result<Action, Recon
     apply::<Service>(&ctx.client, &ns, &objects.2).await?;
     apply::<StatefulSet>(&ctx.client, &ns, &objects.3).await?;
     let pdb_problem = apply_pdb(&ctx.client, &ns, &objects.4).await?;
+    let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &ns);
+    for (name, rv, refs) in &seen.volumes {
+        if let Some(refs) = build::pvc_owner_references(kvc, refs)? {
+            // resourceVersion makes it a compare-and-swap of the list.
+            let patch =
+                serde_json::json!({"metadata": {"resourceVersion": rv, "ownerReferences": refs}});
+            pvcs.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await?;
+        }
+    }
     // membership step
     let event = execute(kvc, &ctx.client, &seen, &step).await?;
     if let Some((reason, note)) = event {
@@ -712,6 +732,7 @@ mod tests {
             urls: BTreeMap::new(),
             info: None,
             sts_exists: true,
+            volumes: Vec::new(),
         }
     }
 

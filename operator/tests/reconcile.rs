@@ -57,6 +57,15 @@ async fn bootstrap_then_scale_1_3_5_3_1_with_volumes_deleted() {
             (0..n).collect(),
             "PVCs at {n} (policy Delete)"
         );
+        // Under Delete the KVCluster owns its volumes: deleting it deletes them.
+        let names = w.api().names(PVCS);
+        for pvc in names {
+            let o = w.api().get(PVCS, &pvc).cloned().expect("pvc");
+            assert_eq!(
+                o["metadata"]["ownerReferences"][0]["kind"], "KVCluster",
+                "{pvc}"
+            );
+        }
         let kvc = w.kvc();
         assert_eq!(kvc["status"]["replicas"], n);
         assert_eq!(kvc["status"]["leader"], json!(w.sim().leader));
@@ -127,7 +136,13 @@ async fn leadership_moves_off_a_leaving_member_and_volumes_are_retained() {
             .iter()
             .any(|r| r == "LeadershipTransferred")
     );
-    // Policy Retain: the volume of the removed member stays.
+    // Policy Retain: the volume of the removed member stays, and no volume is
+    // owned by the KVCluster (they outlive it).
+    let names = w.api().names(PVCS);
+    for pvc in names {
+        let o = w.api().get(PVCS, &pvc).cloned().expect("pvc");
+        assert!(o["metadata"]["ownerReferences"].is_null(), "{o}");
+    }
     assert_eq!(w.pvc_ordinals(), set([0, 1, 2]));
     // Scaling out again: the member on the retained volume rejoins as a learner.
     w.scale(3);
