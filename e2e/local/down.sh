@@ -36,6 +36,7 @@ for pid in $(pgrep -f "containerd-shim-runc-v2 .*-address $KVC_CONTAINERD_SOCK" 
   kill -KILL "$pid" 2>/dev/null
 done
 stop containerd
+stop postgres
 stop dnsmasq
 stop kube-scheduler
 stop kube-controller-manager
@@ -54,14 +55,17 @@ for ns in $(ip netns list 2>/dev/null | awk '/^cni-/ {print $1}'); do ip netns d
 
 # Network: pod veths go with their namespaces; the bridge and CNI chains are ours.
 ip link show "$KVC_BRIDGE" >/dev/null 2>&1 && ip link delete "$KVC_BRIDGE" && log "deleted bridge $KVC_BRIDGE"
-for table in nat filter; do
-  for chain in $(iptables -t "$table" -S 2>/dev/null | awk '/^-N CNI-/ {print $2}'); do
-    iptables -t "$table" -S 2>/dev/null | grep -- "-j $chain\b" | sed 's/^-A/-D/' | while read -r rule; do
-      eval iptables -t "$table" "$rule" 2>/dev/null
-    done
-  done
-  for chain in $(iptables -t "$table" -S 2>/dev/null | awk '/^-N CNI-/ {print $2}'); do
-    iptables -t "$table" -F "$chain" 2>/dev/null; iptables -t "$table" -X "$chain" 2>/dev/null
+# iptables: kube-proxy --cleanup leaves the kubelet's chains (KUBE-FIREWALL,
+# KUBE-MARK-*, canaries) and the CNI plugins' chains: unhook and delete them all.
+for ipt in iptables ip6tables; do
+  command -v "$ipt" >/dev/null || continue
+  for table in nat filter mangle; do
+    chains=$("$ipt" -t "$table" -S 2>/dev/null | awk '/^-N (KUBE-|CNI-)/ {print $2}')
+    [ -z "$chains" ] && continue
+    "$ipt" -t "$table" -S 2>/dev/null | grep -E -- "^-A [A-Z]+ .*-j (KUBE-|CNI-)" | grep -Ev -- "^-A (KUBE-|CNI-)" |
+      sed 's/^-A/-D/' | while read -r rule; do eval "$ipt" -t "$table" "$rule" 2>/dev/null; done
+    for chain in $chains; do "$ipt" -t "$table" -F "$chain" 2>/dev/null; done
+    for chain in $chains; do "$ipt" -t "$table" -X "$chain" 2>/dev/null; done
   done
 done
 

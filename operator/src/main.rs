@@ -43,11 +43,46 @@ struct Cli {
     /// Log format: json or pretty.
     #[arg(long, env = "OPERATOR_LOG_FORMAT", default_value = "json")]
     log_format: String,
+    /// Check the operator serving at this base URL (`/healthz` answers, `/metrics`
+    /// has the operator's metrics) and exit: the chart's `helm test` runs this.
+    #[arg(long, value_name = "URL")]
+    check: Option<String>,
+}
+
+/// `--check`: exit status 0 when the operator at `base` is healthy and exports its metrics.
+async fn check(base: &str) -> anyhow::Result<()> {
+    let http = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(10))
+        .build()?;
+    let base = base.trim_end_matches('/');
+    let health = http.get(format!("{base}/healthz")).send().await?;
+    anyhow::ensure!(
+        health.status().is_success(),
+        "/healthz answered {}",
+        health.status()
+    );
+    let metrics = http
+        .get(format!("{base}/metrics"))
+        .send()
+        .await?
+        .text()
+        .await?;
+    for family in [
+        "kvc_operator_reconcile_duration_seconds",
+        "kvc_operator_leading",
+    ] {
+        anyhow::ensure!(metrics.contains(family), "/metrics lacks {family}");
+    }
+    println!("operator at {base}: healthy, metrics exported");
+    Ok(())
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    if let Some(url) = &cli.check {
+        return check(url).await;
+    }
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| "info,kube=warn".into());
     if cli.log_format == "pretty" {
@@ -102,6 +137,7 @@ async fn main() -> anyhow::Result<()> {
         lock.changed().await.context("lease manager stopped")?;
     }
     leading.store(true, Ordering::Relaxed);
+    metrics.leading.set(1);
     tracing::info!(identity, "leading: starting the controller");
 
     let ctx = Arc::new(controller::Context {

@@ -146,6 +146,26 @@ pub fn plan(obs: &Observed) -> Step {
         return Step::Wait("a membership change is still being committed".into());
     }
     let Some(leader) = raft.leader else {
+        // Without a leader nothing can change. When too few voters even serve
+        // for an election, a requested resize is refused (reported as such)
+        // rather than silently waited on.
+        let serving = raft
+            .voters
+            .iter()
+            .filter(|id| {
+                obs.pods
+                    .get(id)
+                    .is_some_and(|p| p.exists && p.serving && !p.uninitialized)
+            })
+            .count();
+        if obs.desired != raft.voters.len() as u64 && serving < quorum(raft.voters.len()) {
+            return Step::Blocked(format!(
+                "the cluster has no leader: {serving} of {} voters serve (quorum {}); resizing to {} waits for a quorum",
+                raft.voters.len(),
+                quorum(raft.voters.len()),
+                obs.desired
+            ));
+        }
         return Step::Wait("the cluster has no leader right now".into());
     };
     let healthy_voters: BTreeSet<u64> = raft
@@ -690,6 +710,20 @@ mod tests {
         // Pod 3 comes up with data of an old membership (not empty, not a member).
         sim.obs.pods.insert(3, pod(true, false));
         assert_eq!(plan(&sim.obs), Step::AddLearner(3));
+    }
+
+    #[test]
+    fn resize_without_quorum_is_refused_not_waited_on() {
+        let mut sim = Sim::new(3);
+        sim.run();
+        sim.obs.raft.as_mut().expect("raft").leader = None;
+        sim.obs.pods.get_mut(&1).expect("pod").serving = false;
+        sim.obs.pods.get_mut(&2).expect("pod").exists = false;
+        sim.obs.desired = 1;
+        assert!(matches!(plan(&sim.obs), Step::Blocked(r) if r.contains("no leader")));
+        // No resize asked for: just wait for the election.
+        sim.obs.desired = 3;
+        assert!(matches!(plan(&sim.obs), Step::Wait(_)));
     }
 
     #[test]

@@ -5,6 +5,7 @@ use prometheus::Encoder;
 use prometheus::Histogram;
 use prometheus::HistogramOpts;
 use prometheus::IntCounterVec;
+use prometheus::IntGauge;
 use prometheus::Opts;
 use prometheus::Registry;
 use prometheus::TextEncoder;
@@ -15,6 +16,8 @@ pub struct Metrics {
     pub errors: IntCounterVec,
     pub reconcile_seconds: Histogram,
     pub membership_operations: IntCounterVec,
+    /// 1 while this replica leads.
+    pub leading: IntGauge,
 }
 
 impl Metrics {
@@ -38,6 +41,11 @@ impl Metrics {
             "kvc_operator_reconcile_duration_seconds",
             "Duration of a reconcile pass",
         ))?;
+        let leading = IntGauge::new(
+            "kvc_operator_leading",
+            "1 while this replica holds the leader-election Lease and runs the controller",
+        )?;
+        registry.register(Box::new(leading.clone()))?;
         let membership_operations = IntCounterVec::new(
             Opts::new(
                 "kvc_operator_membership_operations_total",
@@ -55,6 +63,7 @@ impl Metrics {
             errors,
             reconcile_seconds,
             membership_operations,
+            leading,
         })
     }
 

@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# The whole e2e run on this machine, as CI does it: provision the local
+# Kubernetes, start PostgreSQL for the pods, build and load the images, run the
+# suite, and tear everything down (also when a phase fails). Prints how long
+# each phase took.
+source "$(dirname "$0")/lib.sh"
+need_root
+HERE="$(cd "$(dirname "$0")" && pwd)"
+ROOT="$(cd "$HERE/../.." && pwd)"
+declare -a TIMES=()
+phase() {  # phase NAME CMD...: runs and times one phase.
+  local name=$1; shift
+  local t0; t0=$(date +%s)
+  log "== $name"
+  "$@"
+  TIMES+=("$name: $(( $(date +%s) - t0 ))s")
+}
+finish() {
+  local rc=$?
+  if [ "$rc" != 0 ] && [ -d "$KVC_STATE/logs" ]; then
+    log "failed (rc $rc); state of the cluster and the last log lines:"
+    kvc_kubectl get all -A -o wide 2>/dev/null | head -60 >&2 || true
+    for f in "$KVC_STATE"/logs/*.log; do echo "--- $f" >&2; tail -n 15 "$f" >&2; done
+  fi
+  local t0; t0=$(date +%s)
+  "$HERE/down.sh" || rc=1
+  TIMES+=("teardown: $(( $(date +%s) - t0 ))s")
+  log "phase timings: ${TIMES[*]}"
+  exit "$rc"
+}
+trap finish EXIT
+
+# A half-torn-down earlier run must not get in the way.
+"$HERE/down.sh" >/dev/null 2>&1 || true
+phase "build (packages + Kubernetes binaries, cached)" "$HERE/build.sh"
+phase "cluster up" "$HERE/up.sh"
+E2E_PG_URL=$("$HERE/postgres.sh")
+export E2E_PG_URL
+phase "images" "$HERE/images.sh"
+export KUBECONFIG="$KUBECONFIG_OUT" KUBECTL="$KVC_BIN/kubectl"
+phase "suite" bash -c "cd '$ROOT' && cargo test --locked -p kvcluster-e2e --test suite -- --ignored --nocapture"

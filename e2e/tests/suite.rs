@@ -1,0 +1,601 @@
+//! The end-to-end suite: the operator and kvserver on a real Kubernetes
+//! (whatever `KUBECONFIG` points at: the local cluster of `e2e/local/run.sh`
+//! in CI, kind through `e2e/kind/run.sh`). Scenarios run in order on one
+//! cluster; each one's duration and measurements are printed as `E2E-REPORT`
+//! lines. What each scenario proves: docs/e2e.md.
+//!
+//! Ignored by a plain `cargo test`: it needs a cluster, the images loaded into
+//! it, and `E2E_PG_URL` (a PostgreSQL URL reachable from pods).
+
+use std::time::Duration;
+use std::time::Instant;
+
+use anyhow::Context as _;
+use e2e::Ctx;
+use e2e::condition;
+use e2e::kvcluster;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::ConfigMap;
+use k8s_openapi::api::core::v1::Event;
+use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::api::core::v1::PersistentVolumeClaim;
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::core::v1::Service;
+use kube::Api;
+use kube::api::DeleteParams;
+use kube::api::ListParams;
+use kube::api::PostParams;
+use operator::crd::KVCluster;
+use serde_json::Value;
+use serde_json::json;
+
+const NS: &str = "kvc-e2e";
+const OPERATOR_NS: &str = "kvc-system";
+const MIN: Duration = Duration::from_secs(60);
+
+fn u64s(v: &Value) -> Vec<u64> {
+    v.as_array()
+        .map(|a| a.iter().filter_map(Value::as_u64).collect())
+        .unwrap_or_default()
+}
+
+fn skip_arg(failed: &[u64]) -> String {
+    failed
+        .iter()
+        .map(u64::to_string)
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// Stops a background writer (through its stop key), then checks that every
+/// write it had acknowledged is readable. Returns the writer's summary.
+async fn stop_writer_and_verify(
+    ctx: &mut Ctx,
+    svc: &str,
+    writer: &str,
+    prefix: &str,
+    stop_key: &str,
+) -> anyhow::Result<Value> {
+    let (ok, put) = ctx
+        .kvctl(NS, &format!("{writer}-stop"), svc, &["put", stop_key, "1"])
+        .await?;
+    anyhow::ensure!(ok, "could not write the stop key: {put}");
+    let (_, summary) = ctx.finish_kvctl(NS, writer, 3 * MIN).await?;
+    anyhow::ensure!(summary["kind"] == "load", "no load summary: {summary}");
+    let attempted = summary["attempted"].as_u64().unwrap_or(0);
+    let failed = u64s(&summary["failed"]);
+    anyhow::ensure!(
+        summary["acked"].as_u64().unwrap_or(0) > 0,
+        "writer acknowledged nothing: {summary}"
+    );
+    let count = attempted.to_string();
+    let skip = skip_arg(&failed);
+    let mut args = vec!["verify", "--prefix", prefix, "--count", &count];
+    if !skip.is_empty() {
+        args.extend(["--skip", &skip]);
+    }
+    let (ok, verify) = ctx
+        .kvctl(NS, &format!("{writer}-verify"), svc, &args)
+        .await?;
+    anyhow::ensure!(
+        ok && verify["missing"].as_array().is_some_and(|m| m.is_empty()),
+        "acknowledged writes lost: {verify}"
+    );
+    Ok(summary)
+}
+
+async fn operator_available(ctx: &Ctx, ns: &str, name: &str) -> anyhow::Result<Duration> {
+    let api: Api<Deployment> = Api::namespaced(ctx.client.clone(), ns);
+    let (_, took) = ctx
+        .wait_for(
+            &format!("deployment {ns}/{name} available"),
+            3 * MIN,
+            || async {
+                let d = api.get(name).await?;
+                let want = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+                let ready = d
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.ready_replicas)
+                    .unwrap_or(0);
+                Ok(if ready >= want {
+                    Ok(())
+                } else {
+                    Err(format!("{ready}/{want} ready"))
+                })
+            },
+        )
+        .await?;
+    Ok(took)
+}
+
+async fn create_kvc(ctx: &Ctx, kvc: &KVCluster) -> anyhow::Result<()> {
+    let ns = kvc.metadata.namespace.as_deref().context("namespace")?;
+    Api::<KVCluster>::namespaced(ctx.client.clone(), ns)
+        .create(&PostParams::default(), kvc)
+        .await?;
+    Ok(())
+}
+
+/// Scenario 1a: `kubectl apply -f manifests/install.yaml`, a 1-member cluster
+/// works, everything is removed with `kubectl delete -f`.
+async fn install_with_manifests(ctx: &mut Ctx) -> anyhow::Result<()> {
+    let started = Instant::now();
+    ctx.kubectl(&["apply", "-f", "manifests/install.yaml"])
+        .await?;
+    operator_available(ctx, "kvcluster-system", "kvcluster-operator").await?;
+    let ns = "kvc-e2e-manifests";
+    ctx.fresh_namespace(ns).await?;
+    create_kvc(ctx, &kvcluster(ns, "mini", 1, json!({}))?).await?;
+    ctx.wait_converged(ns, "mini", 1, 3 * MIN).await?;
+    let (ok, put) = ctx
+        .kvctl(ns, "mini-put", "mini", &["put", "hello", "world"])
+        .await?;
+    anyhow::ensure!(ok, "put through the manifests-installed cluster: {put}");
+    let (ok, got) = ctx.kvctl(ns, "mini-get", "mini", &["get", "hello"]).await?;
+    anyhow::ensure!(ok && got["kv"]["value"] == "world", "read back: {got}");
+    ctx.delete_namespace(ns).await?;
+    ctx.kubectl(&["delete", "-f", "manifests/install.yaml", "--wait=true"])
+        .await?;
+    ctx.report.add(
+        "scenario 1a: install.yaml, 1-member cluster, uninstall",
+        json!({"seconds": started.elapsed().as_secs()}),
+    );
+    Ok(())
+}
+
+/// Scenario 1b: Helm install and `helm test`.
+async fn install_with_helm(ctx: &mut Ctx) -> anyhow::Result<()> {
+    let started = Instant::now();
+    ctx.helm(&[
+        "install",
+        "kvc",
+        "charts/kvcluster-operator",
+        "--namespace",
+        OPERATOR_NS,
+    ])
+    .await?;
+    operator_available(ctx, OPERATOR_NS, "kvc-kvcluster-operator").await?;
+    ctx.helm(&["test", "kvc", "--namespace", OPERATOR_NS])
+        .await
+        .context("helm test")?;
+    ctx.report.add(
+        "scenario 1b: helm install + helm test",
+        json!({"seconds": started.elapsed().as_secs()}),
+    );
+    Ok(())
+}
+
+/// Scenario 2: a 3-member SQLite cluster; 1,000 keys written and read back in-cluster.
+async fn three_members_sqlite(ctx: &mut Ctx) -> anyhow::Result<()> {
+    ctx.fresh_namespace(NS).await?;
+    create_kvc(
+        ctx,
+        &kvcluster(NS, "orders", 3, json!({"reclaimPolicy": "Delete"}))?,
+    )
+    .await?;
+    let took = ctx.wait_converged(NS, "orders", 3, 4 * MIN).await?;
+    let (ok, load) = ctx
+        .kvctl(
+            NS,
+            "load-a",
+            "orders",
+            &[
+                "load",
+                "--prefix",
+                "a/",
+                "--count",
+                "1000",
+                "--concurrency",
+                "8",
+            ],
+        )
+        .await?;
+    anyhow::ensure!(ok && load["acked"] == 1000, "1,000 writes: {load}");
+    let (ok, verify) = ctx
+        .kvctl(
+            NS,
+            "verify-a",
+            "orders",
+            &["verify", "--prefix", "a/", "--count", "1000"],
+        )
+        .await?;
+    anyhow::ensure!(ok, "1,000 reads: {verify}");
+    ctx.report.add(
+        "scenario 2: 3-member SQLite cluster",
+        json!({"available_after_s": took.as_secs(), "writes_per_s": load["writes_per_s"], "verify": verify}),
+    );
+    Ok(())
+}
+
+async fn pvc_names(ctx: &Ctx, instance: &str) -> anyhow::Result<Vec<String>> {
+    let api: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), NS);
+    let mut names: Vec<String> = api
+        .list(&ListParams::default().labels(&format!("app.kubernetes.io/instance={instance}")))
+        .await?
+        .items
+        .into_iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .filter_map(|p| p.metadata.name)
+        .collect();
+    names.sort();
+    Ok(names)
+}
+
+/// Scenario 3: `kubectl scale` 3→5→3 under a continuous writer.
+async fn scale_under_load(ctx: &mut Ctx) -> anyhow::Result<()> {
+    let started = Instant::now();
+    ctx.start_kvctl(
+        NS,
+        "writer-scale",
+        "orders",
+        &[
+            "load",
+            "--prefix",
+            "s/",
+            "--stop-key",
+            "control/stop-scale",
+            "--concurrency",
+            "2",
+            "--interval-ms",
+            "10",
+        ],
+    )
+    .await?;
+    ctx.wait_running(NS, "writer-scale").await?;
+    let mut steps = Vec::new();
+    for n in [5usize, 3] {
+        ctx.kubectl(&["-n", NS, "scale", "kvc/orders", &format!("--replicas={n}")])
+            .await?;
+        let took = ctx.wait_converged(NS, "orders", n, 6 * MIN).await?;
+        let expect: Vec<String> = (0..n).map(|i| format!("data-orders-{i}")).collect();
+        let (_, pvc_took) = ctx
+            .wait_for(
+                &format!("PVCs of {n} members (policy Delete)"),
+                2 * MIN,
+                || async {
+                    let names = pvc_names(ctx, "orders").await?;
+                    Ok(if names == expect {
+                        Ok(())
+                    } else {
+                        Err(format!("{names:?}"))
+                    })
+                },
+            )
+            .await?;
+        let kvc = ctx.kvc(NS, "orders").await?;
+        let st = kvc.status.clone().unwrap_or_default();
+        anyhow::ensure!(st.replicas == n as i32, "status.replicas {}", st.replicas);
+        anyhow::ensure!(
+            condition(&kvc, "ScalingBlocked").0 == "False",
+            "ScalingBlocked set"
+        );
+        steps.push(
+            json!({"to": n, "converged_s": took.as_secs_f64(), "pvcs_s": pvc_took.as_secs_f64()}),
+        );
+    }
+    let summary =
+        stop_writer_and_verify(ctx, "orders", "writer-scale", "s/", "control/stop-scale").await?;
+    let failed = u64s(&summary["failed"]);
+    let window = summary["failure_window_ms"].as_u64().unwrap_or(0);
+    anyhow::ensure!(
+        failed.is_empty() || window <= 10_000,
+        "failed writes spread over {window} ms (more than a leader change): {summary}"
+    );
+    ctx.report.add(
+        "scenario 3: scale 3→5→3 under load",
+        json!({"seconds": started.elapsed().as_secs(), "steps": steps,
+               "writes_acked": summary["acked"], "writes_failed": failed.len(),
+               "failure_window_ms": summary["failure_window_ms"],
+               "max_ack_gap_ms": summary["max_ack_gap_ms"], "lost": 0}),
+    );
+    Ok(())
+}
+
+async fn delete_pod(ctx: &Ctx, ns: &str, name: &str) -> anyhow::Result<()> {
+    Api::<Pod>::namespaced(ctx.client.clone(), ns)
+        .delete(name, &DeleteParams::default())
+        .await?;
+    Ok(())
+}
+
+/// Scenario 4 (and 6's failover): delete the leader pod under a writer; a new
+/// leader within seconds, the pod returns and rejoins as a follower.
+async fn leader_pod_deleted(
+    ctx: &mut Ctx,
+    name: &str,
+    prefix: &str,
+    label: &str,
+) -> anyhow::Result<()> {
+    let writer = format!("writer-failover-{name}");
+    let stop = format!("control/stop-failover-{name}");
+    ctx.start_kvctl(
+        NS,
+        &writer,
+        name,
+        &[
+            "load",
+            "--prefix",
+            prefix,
+            "--stop-key",
+            &stop,
+            "--concurrency",
+            "2",
+            "--interval-ms",
+            "10",
+        ],
+    )
+    .await?;
+    ctx.wait_running(NS, &writer).await?;
+    let kvc_api: Api<KVCluster> = Api::namespaced(ctx.client.clone(), NS);
+    let old = ctx
+        .kvc(NS, name)
+        .await?
+        .status
+        .and_then(|s| s.leader)
+        .context("no leader before the fault")?;
+    delete_pod(ctx, NS, &format!("{name}-{old}")).await?;
+    let (new, elected) = ctx
+        .wait_for("a new leader in status", 2 * MIN, || async {
+            let l = kvc_api.get(name).await?.status.and_then(|s| s.leader);
+            Ok(match l {
+                Some(l) if l != old => Ok(l),
+                other => Err(format!("leader {other:?}")),
+            })
+        })
+        .await?;
+    let rejoined = ctx.wait_converged(NS, name, 3, 4 * MIN).await?;
+    let leader_now = ctx.kvc(NS, name).await?.status.and_then(|s| s.leader);
+    anyhow::ensure!(
+        leader_now != Some(old),
+        "the returned pod {old} should rejoin as a follower, but leads"
+    );
+    let summary = stop_writer_and_verify(ctx, name, &writer, prefix, &stop).await?;
+    ctx.report.add(
+        label,
+        json!({"old_leader": old, "new_leader": new,
+               "new_leader_in_status_s": elected.as_secs_f64(),
+               "rejoined_as_follower_s": elected.as_secs_f64() + rejoined.as_secs_f64(),
+               "leader_change_window_ms (longest stretch without an acknowledged write)": summary["max_ack_gap_ms"],
+               "writes_acked": summary["acked"], "writes_failed": u64s(&summary["failed"]).len(),
+               "lost": 0}),
+    );
+    Ok(())
+}
+
+/// Scenario 5: with two members down, scaling to 1 is refused (ScalingBlocked,
+/// a Warning event, membership unchanged); once they are back it proceeds.
+async fn unsafe_scale_in_refused(ctx: &mut Ctx) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let nodes: Api<Node> = Api::all(ctx.client.clone());
+    let node_names: Vec<String> = nodes
+        .list(&ListParams::default())
+        .await?
+        .items
+        .into_iter()
+        .filter_map(|n| n.metadata.name)
+        .collect();
+    let leader = ctx
+        .kvc(NS, "orders")
+        .await?
+        .status
+        .and_then(|s| s.leader)
+        .context("leader")?;
+    // Keep two members down: no node may take their pods back.
+    for n in &node_names {
+        ctx.kubectl(&["cordon", n]).await?;
+    }
+    let result = async {
+        for id in (0..3).filter(|i| *i != leader) {
+            delete_pod(ctx, NS, &format!("orders-{id}")).await?;
+        }
+        ctx.kubectl(&["-n", NS, "scale", "kvc/orders", "--replicas=1"])
+            .await?;
+        let (reason, took) = ctx
+            .wait_for("ScalingBlocked", 2 * MIN, || async {
+                let kvc = ctx.kvc(NS, "orders").await?;
+                let (status, reason) = condition(&kvc, "ScalingBlocked");
+                Ok(if status == "True" {
+                    Ok(reason)
+                } else {
+                    Err(format!(
+                        "ScalingBlocked={status} phase {:?}",
+                        kvc.status.and_then(|s| s.phase)
+                    ))
+                })
+            })
+            .await?;
+        let kvc = ctx.kvc(NS, "orders").await?;
+        let st = kvc.status.clone().unwrap_or_default();
+        anyhow::ensure!(
+            st.members.len() == 3,
+            "membership changed: {:?}",
+            st.members
+        );
+        let events: Api<Event> = Api::namespaced(ctx.client.clone(), NS);
+        let warned = events
+            .list(&ListParams::default())
+            .await?
+            .items
+            .iter()
+            .any(|e| {
+                e.reason.as_deref() == Some("ScalingBlocked")
+                    && e.type_.as_deref() == Some("Warning")
+            });
+        anyhow::ensure!(warned, "no Warning event ScalingBlocked");
+        Ok::<_, anyhow::Error>((reason, took))
+    }
+    .await;
+    for n in &node_names {
+        ctx.kubectl(&["uncordon", n]).await?;
+    }
+    let (reason, took) = result?;
+    let converged = ctx.wait_converged(NS, "orders", 1, 6 * MIN).await?;
+    let (ok, verify) = ctx
+        .kvctl(
+            NS,
+            "verify-a-after-block",
+            "orders",
+            &["verify", "--prefix", "a/", "--count", "1000"],
+        )
+        .await?;
+    anyhow::ensure!(
+        ok,
+        "data after the refused and then safe scale-in: {verify}"
+    );
+    ctx.report.add(
+        "scenario 5: unsafe scale-in refused",
+        json!({"seconds": started.elapsed().as_secs(), "blocked_after_s": took.as_secs_f64(),
+               "reason": reason, "scaled_to_1_after_recovery_s": converged.as_secs_f64(),
+               "message": condition(&ctx.kvc(NS, "orders").await?, "ScalingBlocked")}),
+    );
+    Ok(())
+}
+
+/// Scenario 6: a PostgreSQL-backed cluster (E2E_PG_URL reachable from pods).
+async fn postgres_backed(ctx: &mut Ctx) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let url = std::env::var("E2E_PG_URL")
+        .context("E2E_PG_URL (a PostgreSQL URL reachable from pods) is required")?;
+    let secret: Secret = serde_json::from_value(json!({
+        "metadata": {"name": "orders-pg", "namespace": NS},
+        "stringData": {"url": url},
+    }))?;
+    Api::<Secret>::namespaced(ctx.client.clone(), NS)
+        .create(&PostParams::default(), &secret)
+        .await?;
+    create_kvc(
+        ctx,
+        &kvcluster(
+            NS,
+            "orders-pg",
+            3,
+            json!({"backend": "postgres", "size": "64Mi",
+                   "postgres": {"secretName": "orders-pg", "secretKey": "url"}}),
+        )?,
+    )
+    .await?;
+    let took = ctx.wait_converged(NS, "orders-pg", 3, 4 * MIN).await?;
+    let (ok, load) = ctx
+        .kvctl(
+            NS,
+            "load-pg",
+            "orders-pg",
+            &[
+                "load",
+                "--prefix",
+                "pg/",
+                "--count",
+                "500",
+                "--concurrency",
+                "8",
+            ],
+        )
+        .await?;
+    anyhow::ensure!(
+        ok && load["acked"] == 500,
+        "500 writes on PostgreSQL: {load}"
+    );
+    leader_pod_deleted(
+        ctx,
+        "orders-pg",
+        "pgf/",
+        "scenario 6: PostgreSQL-backed, leader pod deleted",
+    )
+    .await?;
+    let (ok, verify) = ctx
+        .kvctl(
+            NS,
+            "verify-pg",
+            "orders-pg",
+            &["verify", "--prefix", "pg/", "--count", "500"],
+        )
+        .await?;
+    anyhow::ensure!(ok, "PostgreSQL data after failover: {verify}");
+    ctx.report.add(
+        "scenario 6: PostgreSQL-backed cluster",
+        json!({"seconds": started.elapsed().as_secs(), "available_after_s": took.as_secs_f64(),
+               "writes_per_s": load["writes_per_s"]}),
+    );
+    Ok(())
+}
+
+/// Scenario 7: deleting KVClusters garbage-collects what they own (volumes
+/// too, under policy Delete); the operator uninstalls cleanly.
+async fn delete_and_uninstall(ctx: &mut Ctx) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let kvcs: Api<KVCluster> = Api::namespaced(ctx.client.clone(), NS);
+    for name in ["orders", "orders-pg"] {
+        kvcs.delete(name, &DeleteParams::default()).await?;
+    }
+    let sts: Api<StatefulSet> = Api::namespaced(ctx.client.clone(), NS);
+    let svcs: Api<Service> = Api::namespaced(ctx.client.clone(), NS);
+    let cms: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), NS);
+    let (_, gc) = ctx
+        .wait_for("owned objects and volumes collected", 3 * MIN, || async {
+            let sel =
+                ListParams::default().labels("app.kubernetes.io/managed-by=kvcluster-operator");
+            let left = (
+                sts.list(&sel).await?.items.len(),
+                svcs.list(&sel).await?.items.len(),
+                cms.list(&sel).await?.items.len(),
+                pvc_names(ctx, "orders").await?.len() + pvc_names(ctx, "orders-pg").await?.len(),
+                kvcs.list(&ListParams::default()).await?.items.len(),
+            );
+            Ok(if left == (0, 0, 0, 0, 0) {
+                Ok(())
+            } else {
+                Err(format!(
+                    "statefulsets, services, configmaps, pvcs, kvclusters left: {left:?}"
+                ))
+            })
+        })
+        .await?;
+    ctx.delete_namespace(NS).await?;
+    ctx.helm(&["uninstall", "kvc", "--namespace", OPERATOR_NS])
+        .await?;
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), OPERATOR_NS);
+    ctx.wait_for("operator pods gone", 2 * MIN, || async {
+        let n = pods.list(&ListParams::default()).await?.items.len();
+        Ok(if n == 0 {
+            Ok(())
+        } else {
+            Err(format!("{n} pods"))
+        })
+    })
+    .await?;
+    // Helm never deletes CRDs; the suite leaves the cluster as it found it.
+    ctx.kubectl(&[
+        "delete",
+        "crd",
+        "kvclusters.kvcluster.io",
+        "--ignore-not-found",
+    ])
+    .await?;
+    ctx.delete_namespace(OPERATOR_NS).await?;
+    ctx.report.add(
+        "scenario 7: delete KVClusters, uninstall",
+        json!({"seconds": started.elapsed().as_secs(), "collected_after_s": gc.as_secs_f64()}),
+    );
+    Ok(())
+}
+
+#[tokio::test]
+#[ignore = "needs a Kubernetes cluster with the images loaded: run e2e/local/run.sh (or e2e/kind/run.sh)"]
+async fn e2e_suite() -> anyhow::Result<()> {
+    let mut ctx = Ctx::from_env().await?;
+    let started = Instant::now();
+    install_with_manifests(&mut ctx).await?;
+    install_with_helm(&mut ctx).await?;
+    three_members_sqlite(&mut ctx).await?;
+    scale_under_load(&mut ctx).await?;
+    leader_pod_deleted(&mut ctx, "orders", "f/", "scenario 4: leader pod deleted").await?;
+    unsafe_scale_in_refused(&mut ctx).await?;
+    postgres_backed(&mut ctx).await?;
+    delete_and_uninstall(&mut ctx).await?;
+    ctx.report
+        .add("suite", json!({"seconds": started.elapsed().as_secs()}));
+    Ok(())
+}
