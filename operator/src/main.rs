@@ -133,8 +133,21 @@ async fn main() -> anyhow::Result<()> {
         .context("creating the leader-election lease manager")?;
     let (mut lock, lease_task) = manager.watch().await;
     tracing::info!(identity, "waiting for leadership");
+    // A standby must stop promptly on SIGTERM too (rollouts, uninstall), not
+    // only once it leads.
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing the SIGTERM handler")?;
     while !*lock.borrow_and_update() {
-        lock.changed().await.context("lease manager stopped")?;
+        tokio::select! {
+            changed = lock.changed() => changed.context("lease manager stopped")?,
+            _ = sigterm.recv() => {
+                tracing::info!(identity, "SIGTERM while standing by: exiting");
+                drop(lock);
+                let _ = lease_task.await;
+                http.abort();
+                return Ok(());
+            }
+        }
     }
     leading.store(true, Ordering::Relaxed);
     metrics.leading.set(1);

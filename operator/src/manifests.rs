@@ -68,11 +68,12 @@ pub fn rbac_rules() -> Vec<PolicyRule> {
         rule(&[""], &["services", "configmaps"], OWN),
         rule(&["policy"], &["poddisruptionbudgets"], OWN),
         rule(&[""], &["pods"], &["get", "list", "watch"]),
-        // Removed members' volumes are deleted per the cluster's reclaim policy.
+        // Removed members' volumes are deleted per the cluster's reclaim policy, and
+        // (policy Delete) owned by the KVCluster through an owner reference (patch).
         rule(
             &[""],
             &["persistentvolumeclaims"],
-            &["get", "list", "watch", "delete"],
+            &["get", "list", "watch", "patch", "delete"],
         ),
         rule(&["events.k8s.io"], &["events"], &["create", "patch"]),
         rule(
