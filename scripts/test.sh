@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # The one test command (README, CI): formatting, lints, and every test in the
-# workspace on both storage backends. Needs a Rust toolchain; installs the
+# workspace on both storage backends, then the end-to-end suite on a local
+# Kubernetes (e2e/local/run.sh: provisions, runs, tears down). Needs a Rust
+# toolchain and root; installs the
 # PostgreSQL server from Debian packages when it is missing (the tests start
 # private, throwaway PostgreSQL instances of their own, on free ports of
 # 127.0.0.1, and stop them). If PostgreSQL cannot be had, this fails: the
@@ -44,3 +46,9 @@ echo "==> helm lint charts/kvcluster-operator (real Helm, via helm-sdkpy)"
 python3 scripts/helm_lint.py charts/kvcluster-operator > /dev/null
 echo "==> cargo test (SQLite and PostgreSQL)"
 cargo test --workspace --locked
+echo "==> end-to-end suite on a local Kubernetes built from Debian packages (e2e/local/run.sh)"
+if [ "$(id -u)" -ne 0 ]; then
+  echo "error: the end-to-end phase provisions Kubernetes (containerd, kubelet, iptables) and needs root" >&2
+  exit 1
+fi
+e2e/local/run.sh
