@@ -126,6 +126,23 @@ async fn install_with_manifests(ctx: &mut Ctx) -> anyhow::Result<()> {
     ctx.kubectl(&["apply", "-f", "manifests/install.yaml"])
         .await?;
     operator_available(ctx, "kvcluster-system", "kvcluster-operator").await?;
+    // `kubectl explain` reads well: every field typed and described.
+    for path in [
+        "kvc.spec",
+        "kvc.spec.storage",
+        "kvc.spec.raft",
+        "kvc.status",
+    ] {
+        let (text, _) = ctx
+            .wait_for(&format!("kubectl explain {path}"), MIN, || async {
+                Ok(Ok(ctx.kubectl(&["explain", path]).await?))
+            })
+            .await?;
+        anyhow::ensure!(
+            text.contains("DESCRIPTION") && !text.contains("<>") && !text.contains("<empty>"),
+            "kubectl explain {path} lacks types or descriptions:\n{text}"
+        );
+    }
     let ns = "kvc-e2e-manifests";
     ctx.fresh_namespace(ns).await?;
     create_kvc(ctx, &kvcluster(ns, "mini", 1, json!({}))?).await?;

@@ -100,6 +100,26 @@ pub struct Context {
     pub member_port: u16,
 }
 
+impl Context {
+    /// The context of one operator instance: events are reported as
+    /// [`FIELD_MANAGER`] from `instance` (the pod name).
+    pub fn new(client: Client, instance: String, metrics: Arc<Metrics>, member_port: u16) -> Self {
+        let recorder = Recorder::new(
+            client.clone(),
+            kube::runtime::events::Reporter {
+                controller: FIELD_MANAGER.into(),
+                instance: Some(instance),
+            },
+        );
+        Context {
+            client,
+            recorder,
+            metrics,
+            member_port,
+        }
+    }
+}
+
 /// What observation found beyond the planner's input.
 struct Seen {
     obs: Observed,

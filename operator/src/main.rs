@@ -15,8 +15,6 @@ use k8s_openapi::api::core::v1::Service;
 use kube::Api;
 use kube::Client;
 use kube::runtime::Controller;
-use kube::runtime::events::Recorder;
-use kube::runtime::events::Reporter;
 use kube::runtime::watcher;
 use kube_lease_manager::LeaseManagerBuilder;
 use operator::controller;
@@ -153,18 +151,12 @@ async fn main() -> anyhow::Result<()> {
     metrics.leading.set(1);
     tracing::info!(identity, "leading: starting the controller");
 
-    let ctx = Arc::new(controller::Context {
-        client: client.clone(),
-        recorder: Recorder::new(
-            client.clone(),
-            Reporter {
-                controller: controller::FIELD_MANAGER.into(),
-                instance: Some(identity),
-            },
-        ),
+    let ctx = Arc::new(controller::Context::new(
+        client.clone(),
+        identity,
         metrics,
-        member_port: operator::build::API_PORT as u16,
-    });
+        operator::build::API_PORT as u16,
+    ));
     let kvcs: Api<KVCluster> = Api::all(client.clone());
     let selector = "app.kubernetes.io/managed-by=kvcluster-operator";
     let run = Controller::new(kvcs, watcher::Config::default())

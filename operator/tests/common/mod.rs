@@ -37,8 +37,6 @@ use axum::http::Uri;
 use axum::response::IntoResponse;
 use axum::response::Response;
 use kube::runtime::controller::Action;
-use kube::runtime::events::Recorder;
-use kube::runtime::events::Reporter;
 use kvserver::model::ChangeResponse;
 use kvserver::model::ClusterInfo;
 use kvserver::model::InitRequest;
@@ -863,18 +861,12 @@ impl World {
     pub async fn reconcile(&self) -> Result<Action, controller::ReconcileError> {
         let config = kube::Config::new(self.api_url.parse().expect("api url"));
         let client = kube::Client::try_from(config).expect("kube client");
-        let ctx = Arc::new(controller::Context {
-            client: client.clone(),
-            recorder: Recorder::new(
-                client.clone(),
-                Reporter {
-                    controller: controller::FIELD_MANAGER.into(),
-                    instance: Some("test".into()),
-                },
-            ),
-            metrics: Arc::new(Metrics::new().expect("metrics")),
-            member_port: self.member_port,
-        });
+        let ctx = Arc::new(controller::Context::new(
+            client.clone(),
+            "test".into(),
+            Arc::new(Metrics::new().expect("metrics")),
+            self.member_port,
+        ));
         let api: kube::Api<KVCluster> = kube::Api::namespaced(client, NS);
         let kvc = api.get(NAME).await.expect("get kvc");
         tokio::time::timeout(
