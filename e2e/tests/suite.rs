@@ -194,6 +194,22 @@ async fn three_members_sqlite(ctx: &mut Ctx) -> anyhow::Result<()> {
     )
     .await?;
     let took = ctx.wait_converged(NS, "orders", 3, 4 * MIN).await?;
+    // A quorum-safe PodDisruptionBudget (policy/v1, or v1beta1 on old servers).
+    let max_unavailable = ctx
+        .kubectl(&[
+            "-n",
+            NS,
+            "get",
+            "pdb",
+            "orders",
+            "-o",
+            "jsonpath={.spec.maxUnavailable}",
+        ])
+        .await?;
+    anyhow::ensure!(
+        max_unavailable.trim() == "1",
+        "PDB maxUnavailable {max_unavailable:?}"
+    );
     let (ok, load) = ctx
         .kvctl(
             NS,
