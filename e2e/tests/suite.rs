@@ -309,6 +309,16 @@ async fn scale_under_load(ctx: &mut Ctx) -> anyhow::Result<()> {
             json!({"to": n, "converged_s": took.as_secs_f64(), "pvcs_s": pvc_took.as_secs_f64()}),
         );
     }
+    // Refusals seen on the way (a safe resize should need none; reported to explain slow steps).
+    let events: Api<Event> = Api::namespaced(ctx.client.clone(), NS);
+    let refusals: Vec<String> = events
+        .list(&ListParams::default())
+        .await?
+        .items
+        .into_iter()
+        .filter(|e| e.reason.as_deref() == Some("ScalingBlocked"))
+        .filter_map(|e| e.message)
+        .collect();
     let summary =
         stop_writer_and_verify(ctx, "orders", "writer-scale", "s/", "control/stop-scale").await?;
     let failed = u64s(&summary["failed"]);
@@ -322,7 +332,8 @@ async fn scale_under_load(ctx: &mut Ctx) -> anyhow::Result<()> {
         json!({"seconds": started.elapsed().as_secs(), "steps": steps,
                "writes_acked": summary["acked"], "writes_failed": failed.len(),
                "failure_window_ms": summary["failure_window_ms"],
-               "max_ack_gap_ms": summary["max_ack_gap_ms"], "lost": 0}),
+               "max_ack_gap_ms": summary["max_ack_gap_ms"], "lost": 0,
+               "refusals_on_the_way": refusals}),
     );
     Ok(())
 }

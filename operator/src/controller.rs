@@ -694,7 +694,9 @@ async fn reconcile_inner(kvc: &KVCluster, ctx: &Context) -> Result<Action, Recon
     .await?;
     Ok(match step {
         Step::Idle => Action::requeue(Duration::from_secs(30)),
-        Step::Blocked(_) => Action::requeue(Duration::from_secs(30)),
+        // Refusals are re-checked every 10 s (and at once on any pod change): no
+        // retry storm, but a transient refusal does not stall a resize for long.
+        Step::Blocked(_) => Action::requeue(Duration::from_secs(10)),
         Step::Wait(_) => Action::requeue(Duration::from_secs(2)),
         _ => Action::requeue(Duration::from_millis(500)),
     })

@@ -25,6 +25,11 @@ use std::collections::BTreeSet;
 /// A learner this close to the leader's log may be promoted.
 pub const CATCH_UP_LAG: u64 = 100;
 
+/// A voter this close to the leader's log counts as healthy. Looser than
+/// [`CATCH_UP_LAG`]: under write load a connected follower is routinely some
+/// entries behind, and counting it unhealthy would refuse safe steps.
+pub const HEALTHY_LAG: u64 = 1000;
+
 /// What the operator knows about one pod (ordinal = node id).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PodView {
@@ -127,7 +132,7 @@ fn healthy(obs: &Observed, id: u64) -> bool {
     let pod = obs.pods.get(&id);
     pod.is_some_and(|p| p.exists && p.serving && !p.uninitialized)
         && obs.raft.as_ref().is_some_and(|r| {
-            r.lag.get(&id).copied().unwrap_or(u64::MAX) <= CATCH_UP_LAG || r.leader == Some(id)
+            r.lag.get(&id).copied().unwrap_or(u64::MAX) <= HEALTHY_LAG || r.leader == Some(id)
         })
 }
 

@@ -171,7 +171,7 @@ async fn unsafe_scale_in_is_refused_without_a_retry_storm() {
     for _ in 0..5 {
         w.tick();
         let action = w.reconcile().await.expect("reconcile");
-        assert_eq!(action, Action::requeue(Duration::from_secs(30)));
+        assert_eq!(action, Action::requeue(Duration::from_secs(10)));
     }
     assert_eq!(w.sim().changes.len(), before, "{:?}", w.sim().changes);
     assert_eq!(w.sim().voters, set([0, 1, 2]));
