@@ -80,8 +80,11 @@ bench() {  # bench TARGET EPS PIDS WORKLOAD CONNS [extra]
     --duration-s "$DURATION" --warmup-s "$WARMUP" --keys "$KEYS" --json "${@:6}"
 }
 echo "preloading $KEYS keys into each store" >&2
-bench kv "$KV_EPS" "$KV_PIDS" put 64 --preload --duration-s 0 --warmup-s 0 > /dev/null
-bench etcd "$ETCD_EPS" "$ETCD_PIDS" put 64 --preload --duration-s 0 --warmup-s 0 > /dev/null
+for t in kv etcd; do
+  eps=$([ $t = kv ] && echo "$KV_EPS" || echo "$ETCD_EPS")
+  "$KVBENCH" --target $t --endpoints "$eps" --workload put --connections 64 --keys "$KEYS" \
+    --preload --duration-s 0 --warmup-s 0 --json > /dev/null
+done
 
 : > "$OUT/results.jsonl"
 for w in $WORKLOADS; do
