@@ -86,6 +86,54 @@ async fn stop_writer_and_verify(
     Ok(summary)
 }
 
+/// Writes keys `<prefix>1..=count` with 8 writers through `svc`; all must be acknowledged.
+async fn write_keys(
+    ctx: &Ctx,
+    pod: &str,
+    svc: &str,
+    prefix: &str,
+    count: u64,
+) -> anyhow::Result<Value> {
+    let n = count.to_string();
+    let (ok, load) = ctx
+        .kvctl(
+            NS,
+            pod,
+            svc,
+            &[
+                "load",
+                "--prefix",
+                prefix,
+                "--count",
+                &n,
+                "--concurrency",
+                "8",
+            ],
+        )
+        .await?;
+    anyhow::ensure!(
+        ok && load["acked"] == count,
+        "{count} writes to {svc}: {load}"
+    );
+    Ok(load)
+}
+
+/// Reads keys `<prefix>1..=count` back linearizably through `svc`; none may be missing.
+async fn read_keys(
+    ctx: &Ctx,
+    pod: &str,
+    svc: &str,
+    prefix: &str,
+    count: u64,
+) -> anyhow::Result<Value> {
+    let n = count.to_string();
+    let (ok, verify) = ctx
+        .kvctl(NS, pod, svc, &["verify", "--prefix", prefix, "--count", &n])
+        .await?;
+    anyhow::ensure!(ok, "{count} keys {prefix}* read back from {svc}: {verify}");
+    Ok(verify)
+}
+
 async fn operator_available(ctx: &Ctx, ns: &str, name: &str) -> anyhow::Result<Duration> {
     let api: Api<Deployment> = Api::namespaced(ctx.client.clone(), ns);
     let (_, took) = ctx
@@ -210,32 +258,8 @@ async fn three_members_sqlite(ctx: &mut Ctx) -> anyhow::Result<()> {
         max_unavailable.trim() == "1",
         "PDB maxUnavailable {max_unavailable:?}"
     );
-    let (ok, load) = ctx
-        .kvctl(
-            NS,
-            "load-a",
-            "orders",
-            &[
-                "load",
-                "--prefix",
-                "a/",
-                "--count",
-                "1000",
-                "--concurrency",
-                "8",
-            ],
-        )
-        .await?;
-    anyhow::ensure!(ok && load["acked"] == 1000, "1,000 writes: {load}");
-    let (ok, verify) = ctx
-        .kvctl(
-            NS,
-            "verify-a",
-            "orders",
-            &["verify", "--prefix", "a/", "--count", "1000"],
-        )
-        .await?;
-    anyhow::ensure!(ok, "1,000 reads: {verify}");
+    let load = write_keys(ctx, "load-a", "orders", "a/", 1000).await?;
+    let verify = read_keys(ctx, "verify-a", "orders", "a/", 1000).await?;
     ctx.report.add(
         "scenario 2: 3-member SQLite cluster",
         json!({"available_after_s": took.as_secs(), "writes_per_s": load["writes_per_s"], "verify": verify}),
@@ -484,18 +508,7 @@ async fn unsafe_scale_in_refused(ctx: &mut Ctx) -> anyhow::Result<()> {
     }
     let (reason, took) = result?;
     let converged = ctx.wait_converged(NS, "orders", 1, 6 * MIN).await?;
-    let (ok, verify) = ctx
-        .kvctl(
-            NS,
-            "verify-a-after-block",
-            "orders",
-            &["verify", "--prefix", "a/", "--count", "1000"],
-        )
-        .await?;
-    anyhow::ensure!(
-        ok,
-        "data after the refused and then safe scale-in: {verify}"
-    );
+    read_keys(ctx, "verify-a-after-block", "orders", "a/", 1000).await?;
     ctx.report.add(
         "scenario 5: unsafe scale-in refused",
         json!({"seconds": started.elapsed().as_secs(), "blocked_after_s": took.as_secs_f64(),
@@ -528,26 +541,7 @@ async fn postgres_backed(ctx: &mut Ctx) -> anyhow::Result<()> {
     )
     .await?;
     let took = ctx.wait_converged(NS, "orders-pg", 3, 4 * MIN).await?;
-    let (ok, load) = ctx
-        .kvctl(
-            NS,
-            "load-pg",
-            "orders-pg",
-            &[
-                "load",
-                "--prefix",
-                "pg/",
-                "--count",
-                "500",
-                "--concurrency",
-                "8",
-            ],
-        )
-        .await?;
-    anyhow::ensure!(
-        ok && load["acked"] == 500,
-        "500 writes on PostgreSQL: {load}"
-    );
+    let load = write_keys(ctx, "load-pg", "orders-pg", "pg/", 500).await?;
     leader_pod_deleted(
         ctx,
         "orders-pg",
@@ -555,15 +549,7 @@ async fn postgres_backed(ctx: &mut Ctx) -> anyhow::Result<()> {
         "scenario 6: PostgreSQL-backed, leader pod deleted",
     )
     .await?;
-    let (ok, verify) = ctx
-        .kvctl(
-            NS,
-            "verify-pg",
-            "orders-pg",
-            &["verify", "--prefix", "pg/", "--count", "500"],
-        )
-        .await?;
-    anyhow::ensure!(ok, "PostgreSQL data after failover: {verify}");
+    read_keys(ctx, "verify-pg", "orders-pg", "pg/", 500).await?;
     ctx.report.add(
         "scenario 6: PostgreSQL-backed cluster",
         json!({"seconds": started.elapsed().as_secs(), "available_after_s": took.as_secs_f64(),
