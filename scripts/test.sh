@@ -9,6 +9,9 @@
 # PostgreSQL tests are never skipped.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# CI builds each crate once: incremental state would only double the size of
+# target/ (it once filled CI's disk).
+export CARGO_INCREMENTAL=0
 
 have_pg() { compgen -G "/usr/lib/postgresql/*/bin/pg_ctl" > /dev/null; }
 if ! have_pg && [ -z "${KV_TEST_PG_BIN:-}" ]; then
@@ -46,6 +49,7 @@ echo "==> helm lint charts/kvcluster-operator (real Helm, via helm-sdkpy)"
 python3 scripts/helm_lint.py charts/kvcluster-operator > /dev/null
 echo "==> cargo test (SQLite and PostgreSQL)"
 cargo test --workspace --locked
+echo "==> disk: $(du -sh target 2> /dev/null | cut -f1) in target/, $(df -h . | awk 'NR==2 {print $4}') free"
 echo "==> end-to-end suite on a local Kubernetes built from Debian packages (e2e/local/run.sh)"
 if [ "$(id -u)" -ne 0 ]; then
   echo "error: the end-to-end phase provisions Kubernetes (containerd, kubelet, iptables) and needs root" >&2
