@@ -30,6 +30,7 @@ pub struct Metrics {
     pub raft_snapshot_index: IntGauge,
     pub raft_replication_lag: IntGaugeVec,
     pub kv_revision: IntGauge,
+    pub peer_refused: IntCounterVec,
 }
 
 fn gauge(registry: &Registry, name: &str, help: &str) -> Result<IntGauge, prometheus::Error> {
@@ -78,6 +79,14 @@ impl Metrics {
             &["follower"],
         )?;
         registry.register(Box::new(raft_replication_lag.clone()))?;
+        let peer_refused = IntCounterVec::new(
+            Opts::new(
+                "kv_peer_refused_total",
+                "Peer connections or votes refused, by reason (cluster_id, node_id, lost_data, empty_vote)",
+            ),
+            &["reason"],
+        )?;
+        registry.register(Box::new(peer_refused.clone()))?;
         Ok(Self {
             raft_term: gauge(&registry, "kv_raft_term", "Current Raft term")?,
             raft_leader: gauge(
@@ -120,6 +129,7 @@ impl Metrics {
             http_duration,
             storage_sync_seconds,
             raft_replication_lag,
+            peer_refused,
         })
     }
 

@@ -194,7 +194,9 @@ pub struct MemberSpec {
 #[serde(deny_unknown_fields)]
 #[schema(example = json!({}))]
 pub struct InitRequest {
-    /// Initial voters by id; must include this node. Default: this node alone.
+    /// This node's entry (its id → the addresses to advertise). Default: this node with its
+    /// configured addresses. Only this node may be named: the others join as learners and
+    /// are promoted, because an empty store never starts as a voter.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub members: Option<BTreeMap<NodeId, MemberSpec>>,
 }
@@ -277,6 +279,11 @@ pub struct ClusterInfo {
     pub joint: bool,
     pub membership_log_index: Option<u64>,
     pub members: Vec<MemberInfo>,
+    /// True when this node's store is empty but a peer counts it as a voter: its data
+    /// was lost (e.g. a wiped volume). It takes no part in Raft until it is removed
+    /// from the voters and added back as a learner.
+    #[serde(default)]
+    pub lost_data: bool,
 }
 
 /// Response of the cluster-changing calls. `changed: false` means the requested

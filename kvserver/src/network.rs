@@ -9,6 +9,15 @@
 //! address now used by another node, is refused before any Raft message.
 //! Snapshots are streamed from the snapshot file in chunks and written to a
 //! temporary file on the receiver, so their size is not bounded by memory.
+//!
+//! **Lost data.** The hello also says whether the dialer counts the target as a
+//! voter. A node whose store is empty (never initialized, or its volume was
+//! wiped) refuses to take part as a voter: it answers no vote or pre-vote, and
+//! accepts replication only from a leader that lists it as a learner. A voter
+//! that forgot its log and vote could otherwise elect a leader lacking entries
+//! it had acknowledged, and a committed write would be lost. The refusal is
+//! visible as `lost_data` in `GET /v1/cluster`; the fix is to remove the member
+//! from the voters and add it back as a learner (the operator does this).
 
 use std::future::Future;
 use std::sync::Arc;
@@ -91,6 +100,27 @@ struct Hello {
     cluster_id: String,
     from: NodeId,
     to: NodeId,
+    /// Whether the dialer's membership counts `to` as a voter.
+    to_is_voter: bool,
+}
+
+/// What the peer server shares with the rest of the node.
+#[derive(Debug, Default)]
+pub struct PeerState {
+    /// Wall-clock ms of the last accepted append-entries (for `/status`).
+    pub last_append_ms: AtomicU64,
+    /// Wall-clock ms of the last time a peer addressed this empty node as a voter (0: never).
+    pub lost_data_ms: AtomicU64,
+}
+
+/// Whether this node's Raft state holds a membership: false on an empty store.
+fn initialized(raft: &KvRaft) -> bool {
+    raft_metrics(raft)
+        .membership_config
+        .membership()
+        .nodes()
+        .next()
+        .is_some()
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -146,6 +176,9 @@ async fn read_frame<R: AsyncReadExt + Unpin, T: DeserializeOwned>(
 pub struct NetworkFactory {
     pub node_id: NodeId,
     pub cluster_id: Arc<str>,
+    /// This node's Raft handle, set once it exists (the factory is created first):
+    /// the hello reads the current membership from it.
+    pub raft: Arc<std::sync::OnceLock<KvRaft>>,
 }
 
 impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
@@ -157,6 +190,7 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
             target,
             addr: node.raft_addr.clone(),
             cluster_id: self.cluster_id.clone(),
+            raft: self.raft.clone(),
             conn: None,
         }
     }
@@ -173,6 +207,7 @@ pub struct PeerClient {
     target: NodeId,
     addr: String,
     cluster_id: Arc<str>,
+    raft: Arc<std::sync::OnceLock<KvRaft>>,
     conn: Option<Conn>,
 }
 
@@ -190,10 +225,19 @@ impl PeerClient {
                 reader: BufReader::new(r),
                 writer: BufWriter::new(w),
             };
+            // Unknown (no Raft handle yet) counts as voter: the strict side of the check.
+            let to_is_voter = self.raft.get().is_none_or(|raft| {
+                raft_metrics(raft)
+                    .membership_config
+                    .membership()
+                    .voter_ids()
+                    .any(|v| v == self.target)
+            });
             let hello = Hello {
                 cluster_id: self.cluster_id.to_string(),
                 from: self.me,
                 to: self.target,
+                to_is_voter,
             };
             write_frame(&mut conn.writer, &hello).await?;
             match read_frame::<_, Response>(&mut conn.reader).await? {
@@ -430,7 +474,8 @@ pub async fn serve(
     node_id: NodeId,
     cluster_id: Arc<str>,
     snapshot_dir: std::path::PathBuf,
-    last_append_ms: Arc<AtomicU64>,
+    peer_state: Arc<PeerState>,
+    metrics: Arc<crate::metrics::Metrics>,
     shutdown: impl Future<Output = ()>,
 ) {
     tokio::pin!(shutdown);
@@ -442,9 +487,10 @@ pub async fn serve(
                     let raft = raft.clone();
                     let cluster_id = cluster_id.clone();
                     let dir = snapshot_dir.clone();
-                    let last_append = last_append_ms.clone();
+                    let peer_state = peer_state.clone();
+                    let metrics = metrics.clone();
                     tokio::spawn(async move {
-                        if let Err(e) = serve_conn(stream, raft, node_id, cluster_id, dir, last_append).await {
+                        if let Err(e) = serve_conn(stream, raft, node_id, cluster_id, dir, peer_state, metrics).await {
                             tracing::debug!(%peer, error = %e, "peer connection closed");
                         }
                     });
@@ -464,28 +510,54 @@ async fn serve_conn(
     node_id: NodeId,
     cluster_id: Arc<str>,
     snapshot_dir: std::path::PathBuf,
-    last_append_ms: Arc<AtomicU64>,
+    peer_state: Arc<PeerState>,
+    metrics: Arc<crate::metrics::Metrics>,
 ) -> Result<(), PeerError> {
     stream.set_nodelay(true)?;
     let (r, w) = stream.into_split();
     let mut reader = BufReader::new(r);
     let mut writer = BufWriter::new(w);
     let hello: Hello = read_frame(&mut reader).await?;
-    if hello.cluster_id != *cluster_id {
-        let msg = format!(
-            "cluster id mismatch: peer {} is in {:?}, this node in {:?}",
-            hello.from, hello.cluster_id, cluster_id
-        );
-        tracing::warn!("{msg}");
-        write_frame(&mut writer, &Response::Error(msg.clone())).await?;
-        return Err(PeerError::Refused(msg));
-    }
-    if hello.to != node_id {
-        let msg = format!(
-            "node id mismatch: peer {} dialed node {} but this is node {}",
-            hello.from, hello.to, node_id
-        );
-        tracing::warn!("{msg}");
+    let mut quiet = false;
+    let refusal = if hello.cluster_id != *cluster_id {
+        Some((
+            "cluster_id",
+            format!(
+                "cluster id mismatch: peer {} is in {:?}, this node in {:?}",
+                hello.from, hello.cluster_id, cluster_id
+            ),
+        ))
+    } else if hello.to != node_id {
+        Some((
+            "node_id",
+            format!(
+                "node id mismatch: peer {} dialed node {} but this is node {}",
+                hello.from, hello.to, node_id
+            ),
+        ))
+    } else if hello.to_is_voter && !initialized(&raft) {
+        let now = crate::types::now_ms();
+        let before = peer_state.lost_data_ms.swap(now, Ordering::Relaxed);
+        // The leader redials every heartbeat: warn on the first refusal and then once a minute.
+        quiet = now.saturating_sub(before) < 60_000;
+        Some((
+            "lost_data",
+            format!(
+                "node {node_id} has an empty store but peer {} counts it as a voter: its data was lost. \
+                 It will not vote or accept entries as a voter; remove it from the voters and add it back as a learner",
+                hello.from
+            ),
+        ))
+    } else {
+        None
+    };
+    if let Some((reason, msg)) = refusal {
+        metrics.peer_refused.with_label_values(&[reason]).inc();
+        if quiet {
+            tracing::debug!(peer = hello.from, reason, "{msg}");
+        } else {
+            tracing::warn!(peer = hello.from, reason, "{msg}");
+        }
         write_frame(&mut writer, &Response::Error(msg.clone())).await?;
         return Err(PeerError::Refused(msg));
     }
@@ -500,9 +572,22 @@ async fn serve_conn(
             Request::Append(rpc) => {
                 let r = raft.append_entries(rpc).await.map_err(|e| e.to_string());
                 if r.is_ok() {
-                    last_append_ms.store(crate::types::now_ms(), Ordering::Relaxed);
+                    peer_state
+                        .last_append_ms
+                        .store(crate::types::now_ms(), Ordering::Relaxed);
                 }
                 Response::Append(r)
+            }
+            // An empty store never votes: a wiped voter's vote could elect a leader
+            // that lacks entries this node had acknowledged before it lost them.
+            Request::Vote(_) | Request::PreVote(_) if !initialized(&raft) => {
+                metrics
+                    .peer_refused
+                    .with_label_values(&["empty_vote"])
+                    .inc();
+                Response::Vote(Err(format!(
+                    "node {node_id} has an empty store and does not vote"
+                )))
             }
             Request::Vote(rpc) => Response::Vote(raft.vote(rpc).await.map_err(|e| e.to_string())),
             Request::PreVote(rpc) => {

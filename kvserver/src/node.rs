@@ -10,7 +10,6 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 use std::time::Instant;
 
@@ -29,6 +28,7 @@ use crate::metrics::Metrics;
 use crate::network;
 use crate::network::KvRaft;
 use crate::network::NetworkFactory;
+use crate::network::PeerState;
 use crate::store::Backend;
 use crate::store::LogStore;
 use crate::store::StateMachine;
@@ -175,17 +175,20 @@ pub async fn start_node(config: Config) -> Result<NodeHandle, NodeError> {
     .validate()
     .map_err(|e| NodeError::Raft(e.to_string()))?;
     let cluster_id: Arc<str> = Arc::from(config.cluster_id.as_str());
+    let raft_cell = Arc::new(std::sync::OnceLock::new());
     let factory = NetworkFactory {
         node_id: id,
         cluster_id: cluster_id.clone(),
+        raft: raft_cell.clone(),
     };
     let raft = KvRaft::new(id, Arc::new(raft_config), factory, log_store, sm)
         .await
         .map_err(|e| NodeError::Raft(e.to_string()))?;
+    let _ = raft_cell.set(raft.clone());
 
     let (api_stop, api_stop_rx) = watch::channel(false);
     let (stop, stop_rx) = watch::channel(false);
-    let last_append_ms = Arc::new(AtomicU64::new(0));
+    let peer_state = Arc::new(PeerState::default());
     let mut tasks = Vec::new();
     tasks.push(tokio::spawn(network::serve(
         raft_listener,
@@ -193,7 +196,8 @@ pub async fn start_node(config: Config) -> Result<NodeHandle, NodeError> {
         id,
         cluster_id,
         store.snapshot_dir.clone(),
-        last_append_ms.clone(),
+        peer_state.clone(),
+        metrics.clone(),
         stopped(&stop_rx),
     )));
 
@@ -213,7 +217,7 @@ pub async fn start_node(config: Config) -> Result<NodeHandle, NodeError> {
         advertise: advertise.clone(),
         http,
         started: Instant::now(),
-        last_append_ms,
+        peer_state,
         shutdown: api_stop_rx.clone(),
     });
     let app = api::router(state.clone());

@@ -430,3 +430,104 @@ on_both_backends!(
     no_quorum_answers_503,
     &[]
 );
+
+/// A leader whose data dir is wiped comes back empty: it must neither vote nor
+/// quietly refill as a voter (its forgotten acknowledgements could let a leader
+/// without them be elected). It reports `lost_data`, the cluster keeps serving,
+/// and removing it and re-adding it as a learner brings it back with all data.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wiped_member_stays_out_until_readded_as_learner() {
+    let mut c = Cluster::new(&[]);
+    if let Err(e) = wiped_member(&mut c).await {
+        c.fail(e);
+    }
+}
+
+async fn wiped_member(c: &mut Cluster) -> anyhow::Result<()> {
+    let leader = c.form(3).await?;
+    let mut acked = Vec::new();
+    for i in 0..30 {
+        let key = format!("w/{i}");
+        let (st, body) = c.put_kv(1 + (i % 3), &key, "v").await?;
+        ensure!(st == 201, "put {key}: {st} {body}");
+        acked.push(key);
+    }
+    c.kill(leader);
+    std::fs::remove_dir_all(&c.nodes[&leader].data_dir)?;
+    c.start(leader)?;
+    c.wait_up(leader).await?;
+    let others: Vec<u64> = (1..=3).filter(|id| *id != leader).collect();
+    let new_leader = c
+        .wait_leader_among(&others, Duration::from_secs(10))
+        .await?;
+
+    let cr = &*c;
+    let info = wait_for(
+        "the wiped node to report lost_data",
+        Duration::from_secs(10),
+        || async move {
+            let info = cr.cluster_info(leader).await.ok()?;
+            (info["lost_data"] == true).then_some(info)
+        },
+    )
+    .await?;
+    ensure!(
+        info["initialized"] == false && info["role"] == "uninitialized",
+        "the wiped node stays out of the cluster: {info}"
+    );
+    let metrics = c
+        .http
+        .get(c.url(leader, "/metrics"))
+        .send()
+        .await?
+        .text()
+        .await?;
+    ensure!(
+        metrics.contains("kv_peer_refused_total{reason=\"lost_data\"}"),
+        "refusals are counted"
+    );
+    // The two others keep serving.
+    for i in 30..40 {
+        let key = format!("w/{i}");
+        let (st, body) = c.put_kv(new_leader, &key, "v").await?;
+        ensure!(st == 201, "put {key} without the wiped member: {st} {body}");
+        acked.push(key);
+    }
+    let info = c.cluster_info(leader).await?;
+    ensure!(
+        info["initialized"] == false,
+        "still out after more writes: {info}"
+    );
+
+    // Recovery through the cluster API: remove, add back as learner, promote.
+    let (st, body) = c
+        .post(
+            new_leader,
+            "/v1/cluster/membership",
+            json!({"remove_nodes": [leader]}),
+        )
+        .await?;
+    ensure!(st == 200, "remove the wiped member: {st} {body}");
+    c.join(leader).await?;
+    let info = c.cluster_info(new_leader).await?;
+    let role = info["members"]
+        .as_array()
+        .context("members")?
+        .iter()
+        .find(|m| m["id"] == leader)
+        .map(|m| m["role"].clone());
+    ensure!(
+        role == Some(json!("voter")),
+        "the member is a voter again: {info}"
+    );
+    let target = info["committed_index"].as_u64().context("committed")?;
+    c.wait_applied(leader, target, Duration::from_secs(15))
+        .await?;
+    c.ensure_all_present(leader, "w/", &acked).await?;
+    let info = c.cluster_info(leader).await?;
+    ensure!(
+        info["lost_data"] == false && info["role"] == "follower",
+        "rejoined as a follower: {info}"
+    );
+    Ok(())
+}

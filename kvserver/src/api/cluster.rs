@@ -105,6 +105,12 @@ pub fn cluster_info(state: &AppState) -> ClusterInfo {
         joint: membership.get_joint_config().len() > 1,
         membership_log_index: m.membership_config.log_id().as_ref().map(|l| l.index),
         members,
+        lost_data: !initialized
+            && state
+                .peer_state
+                .lost_data_ms
+                .load(std::sync::atomic::Ordering::Relaxed)
+                != 0,
     }
 }
 
@@ -145,7 +151,7 @@ fn node_spec(api_addr: String, raft_addr: String, field: &str) -> Result<KvNode,
     })
 }
 
-/// `POST /v1/cluster/init`: forms a new cluster with this node (and optionally others) as voters.
+/// `POST /v1/cluster/init`: forms a new single-voter cluster with this node.
 #[utoipa::path(
     post, path = "/v1/cluster/init", tag = "cluster",
     request_body(content = InitRequest, description = "Optional; default: this node alone"),
@@ -179,6 +185,18 @@ pub async fn init(
         return Err(ApiError::bad(
             "invalid_parameter",
             format!("members must include this node ({})", state.id),
+        ));
+    }
+    // Other initial voters would start with empty stores, which is exactly what a
+    // member that lost its volume looks like; empty stores never vote (see
+    // `network`), so every other node joins as a learner and is then promoted.
+    if let Some(other) = members.keys().find(|id| **id != state.id) {
+        return Err(ApiError::bad(
+            "invalid_parameter",
+            format!(
+                "members.{other}: a cluster is initialized with this node ({}) alone; add other nodes with POST /v1/cluster/learners, then promote them with POST /v1/cluster/membership",
+                state.id
+            ),
         ));
     }
     if state.initialized() {

@@ -17,7 +17,6 @@ pub mod txn;
 pub mod watch;
 
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 use std::time::Instant;
 
@@ -69,7 +68,7 @@ pub struct NodeState {
     pub http: reqwest::Client,
     pub started: Instant,
     /// Unix ms of the last AppendEntries accepted from a leader (followers' heartbeat clock).
-    pub last_append_ms: Arc<AtomicU64>,
+    pub peer_state: Arc<crate::network::PeerState>,
     /// Becomes true when the API starts draining (long-lived streams end then).
     pub shutdown: tokio::sync::watch::Receiver<bool>,
 }

@@ -107,7 +107,7 @@ pub async fn status(
             i.elapsed().as_millis() as u64
         })
     } else {
-        let last = state.last_append_ms.load(Ordering::Relaxed);
+        let last = state.peer_state.last_append_ms.load(Ordering::Relaxed);
         (last > 0).then(|| now.saturating_sub(last))
     };
     let keys = state.store.key_count().await?;

@@ -410,6 +410,8 @@ impl Sim {
             joint: false,
             membership_log_index: Some(1),
             members,
+            // What a real empty store answers once the leader has dialed it as a voter.
+            lost_data: !part_of && self.voters.contains(&id),
         }
     }
 }
