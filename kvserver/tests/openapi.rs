@@ -70,7 +70,7 @@ async fn every_documented_operation_answers_as_documented() -> anyhow::Result<()
     ))?)?;
     ensure!(
         doc == committed,
-        "docs/openapi.json is out of date: regenerate with `cargo run -p kvserver -- --print-openapi > docs/openapi.json`"
+        "docs/openapi.json is out of date: regenerate with `cargo run -p kvserver --bin kvserver -- --print-openapi > docs/openapi.json`"
     );
 
     let put = http
