@@ -467,15 +467,20 @@ fn vote_response(r: Response) -> Option<Result<VoteResponse<TypeConfig>, String>
     }
 }
 
+/// What the peer server needs, shared by every connection.
+pub struct PeerServer {
+    pub raft: KvRaft,
+    pub node_id: NodeId,
+    pub cluster_id: Arc<str>,
+    pub snapshot_dir: std::path::PathBuf,
+    pub state: Arc<PeerState>,
+    pub metrics: Arc<crate::metrics::Metrics>,
+}
+
 /// Serves the peer port until `shutdown` resolves.
 pub async fn serve(
     listener: TcpListener,
-    raft: KvRaft,
-    node_id: NodeId,
-    cluster_id: Arc<str>,
-    snapshot_dir: std::path::PathBuf,
-    peer_state: Arc<PeerState>,
-    metrics: Arc<crate::metrics::Metrics>,
+    server: Arc<PeerServer>,
     shutdown: impl Future<Output = ()>,
 ) {
     tokio::pin!(shutdown);
@@ -484,13 +489,9 @@ pub async fn serve(
             _ = &mut shutdown => return,
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
-                    let raft = raft.clone();
-                    let cluster_id = cluster_id.clone();
-                    let dir = snapshot_dir.clone();
-                    let peer_state = peer_state.clone();
-                    let metrics = metrics.clone();
+                    let server = server.clone();
                     tokio::spawn(async move {
-                        if let Err(e) = serve_conn(stream, raft, node_id, cluster_id, dir, peer_state, metrics).await {
+                        if let Err(e) = serve_conn(stream, &server).await {
                             tracing::debug!(%peer, error = %e, "peer connection closed");
                         }
                     });
@@ -504,22 +505,23 @@ pub async fn serve(
     }
 }
 
-async fn serve_conn(
-    stream: TcpStream,
-    raft: KvRaft,
-    node_id: NodeId,
-    cluster_id: Arc<str>,
-    snapshot_dir: std::path::PathBuf,
-    peer_state: Arc<PeerState>,
-    metrics: Arc<crate::metrics::Metrics>,
-) -> Result<(), PeerError> {
+async fn serve_conn(stream: TcpStream, server: &PeerServer) -> Result<(), PeerError> {
+    let PeerServer {
+        raft,
+        node_id,
+        cluster_id,
+        snapshot_dir,
+        state: peer_state,
+        metrics,
+    } = server;
+    let node_id = *node_id;
     stream.set_nodelay(true)?;
     let (r, w) = stream.into_split();
     let mut reader = BufReader::new(r);
     let mut writer = BufWriter::new(w);
     let hello: Hello = read_frame(&mut reader).await?;
     let mut quiet = false;
-    let refusal = if hello.cluster_id != *cluster_id {
+    let refusal = if *hello.cluster_id != **cluster_id {
         Some((
             "cluster_id",
             format!(
@@ -535,7 +537,7 @@ async fn serve_conn(
                 hello.from, hello.to, node_id
             ),
         ))
-    } else if hello.to_is_voter && !initialized(&raft) {
+    } else if hello.to_is_voter && !initialized(raft) {
         let now = crate::types::now_ms();
         let before = peer_state.lost_data_ms.swap(now, Ordering::Relaxed);
         // The leader redials every heartbeat: warn on the first refusal and then once a minute.
@@ -580,7 +582,7 @@ async fn serve_conn(
             }
             // An empty store never votes: a wiped voter's vote could elect a leader
             // that lacks entries this node had acknowledged before it lost them.
-            Request::Vote(_) | Request::PreVote(_) if !initialized(&raft) => {
+            Request::Vote(_) | Request::PreVote(_) if !initialized(raft) => {
                 metrics
                     .peer_refused
                     .with_label_values(&["empty_vote"])
@@ -599,7 +601,7 @@ async fn serve_conn(
                     .map_err(|e| e.to_string()),
             ),
             Request::SnapshotBegin { vote, meta } => Response::Snapshot(
-                receive_snapshot(&mut reader, &raft, &snapshot_dir, vote, meta).await,
+                receive_snapshot(&mut reader, raft, snapshot_dir, vote, meta).await,
             ),
             Request::Chunk(_) | Request::SnapshotEnd => {
                 Response::Error("snapshot data outside a transfer".into())
@@ -656,4 +658,51 @@ async fn receive_snapshot(
         let _ = tokio::fs::remove_file(&path).await;
     }
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hello_encoding_is_what_the_fault_proxy_parses() {
+        // kvchaos's proxy names the dialing node from the first frame; keep the two in step.
+        let hello = Hello {
+            cluster_id: "orders".into(),
+            from: 7,
+            to: 2,
+            to_is_voter: true,
+        };
+        let bytes = bincode::serialize(&hello).expect("encode");
+        assert_eq!(kvchaos::proxy::hello_sender(&bytes), Some(7));
+    }
+
+    #[test]
+    fn decoders_reject_truncated_and_oversized_frames() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime");
+        rt.block_on(async {
+            let hello = bincode::serialize(&Hello {
+                cluster_id: "c".into(),
+                from: 1,
+                to: 2,
+                to_is_voter: false,
+            })
+            .expect("encode");
+            let mut framed = (hello.len() as u32).to_be_bytes().to_vec();
+            framed.extend_from_slice(&hello);
+            let ok: Hello = read_frame(&mut framed.as_slice())
+                .await
+                .expect("whole frame");
+            assert_eq!((ok.from, ok.to), (1, 2));
+            let cut = &framed[..framed.len() - 1];
+            assert!(read_frame::<_, Hello>(&mut &cut[..]).await.is_err());
+            let huge = (MAX_FRAME + 1).to_be_bytes();
+            assert!(matches!(
+                read_frame::<_, Hello>(&mut &huge[..]).await,
+                Err(PeerError::FrameTooLarge(_))
+            ));
+        });
+    }
 }

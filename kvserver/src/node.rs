@@ -190,14 +190,17 @@ pub async fn start_node(config: Config) -> Result<NodeHandle, NodeError> {
     let (stop, stop_rx) = watch::channel(false);
     let peer_state = Arc::new(PeerState::default());
     let mut tasks = Vec::new();
+    let peer_server = Arc::new(network::PeerServer {
+        raft: raft.clone(),
+        node_id: id,
+        cluster_id,
+        snapshot_dir: store.snapshot_dir.clone(),
+        state: peer_state.clone(),
+        metrics: metrics.clone(),
+    });
     tasks.push(tokio::spawn(network::serve(
         raft_listener,
-        raft.clone(),
-        id,
-        cluster_id,
-        store.snapshot_dir.clone(),
-        peer_state.clone(),
-        metrics.clone(),
+        peer_server,
         stopped(&stop_rx),
     )));
 

@@ -1,0 +1,149 @@
+//! `kvchaos`: run one seeded fault-injection run, or a campaign of them, against
+//! real kvserver processes on this machine, and report what the checks found.
+
+use std::path::PathBuf;
+use std::time::Duration;
+use std::time::Instant;
+
+use anyhow::Context;
+use clap::Parser;
+use clap::Subcommand;
+use kvchaos::campaign::RunConfig;
+use kvchaos::campaign::Summary;
+use kvchaos::campaign::run_one;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "kvchaos",
+    about = "Fault injection + linearizability checking for kvserver clusters"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Debug, clap::Args)]
+struct Common {
+    /// The kvserver binary (default: `kvserver` next to this binary).
+    #[arg(long)]
+    kvserver: Option<PathBuf>,
+    /// Voters per cluster (3 or 5); default: drawn from each run's seed.
+    #[arg(long)]
+    nodes: Option<usize>,
+    /// Seconds of faults per run.
+    #[arg(long, default_value_t = 5.0)]
+    fault_secs: f64,
+    /// Concurrent clients.
+    #[arg(long, default_value_t = 6)]
+    clients: usize,
+    /// Keep logs, data and the history of failed runs here.
+    #[arg(long)]
+    keep_failed: Option<PathBuf>,
+    /// Clients read with consistency=stale: not linearizable, so the checker must
+    /// report violations (a check of the checker, not of kvserver).
+    #[arg(long)]
+    stale_reads: bool,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// One run, reproducible from its seed.
+    Run {
+        #[arg(long)]
+        seed: u64,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// `runs` runs with seeds `seed..seed+runs`; exits 1 if any failed.
+    Campaign {
+        #[arg(long, default_value_t = 20)]
+        runs: u64,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Write every run's report and the summary as JSON here.
+        #[arg(long)]
+        json: Option<PathBuf>,
+        #[command(flatten)]
+        common: Common,
+    },
+}
+
+fn config(seed: u64, c: &Common) -> anyhow::Result<RunConfig> {
+    let kvserver = match &c.kvserver {
+        Some(p) => p.clone(),
+        None => std::env::current_exe()?.with_file_name("kvserver"),
+    };
+    anyhow::ensure!(
+        kvserver.is_file(),
+        "kvserver binary not found at {} (build it with `cargo build --release -p kvserver`, or pass --kvserver)",
+        kvserver.display()
+    );
+    anyhow::ensure!(
+        c.nodes.is_none_or(|n| n == 3 || n == 5),
+        "--nodes must be 3 or 5"
+    );
+    anyhow::ensure!(
+        c.fault_secs > 0.0 && c.fault_secs <= 600.0,
+        "--fault-secs must be in (0, 600]"
+    );
+    let mut cfg = RunConfig::new(seed, kvserver);
+    cfg.nodes = c.nodes;
+    cfg.fault_time = Duration::from_secs_f64(c.fault_secs);
+    cfg.workload.clients = c.clients.max(1);
+    cfg.keep_failed = c.keep_failed.clone();
+    cfg.workload.stale_reads = c.stale_reads;
+    Ok(cfg)
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.cmd {
+        Cmd::Run { seed, common } => {
+            let r = run_one(&config(seed, &common)?).await;
+            println!("{}", r.line());
+            for f in &r.faults {
+                println!("  fault: {f}");
+            }
+            for (key, why) in &r.violations {
+                println!("VIOLATION on {key}:\n{why}");
+            }
+            if let Some(k) = &r.kept {
+                println!("kept: {k}");
+            }
+            if !r.passed() {
+                std::process::exit(1);
+            }
+        }
+        Cmd::Campaign {
+            runs,
+            seed,
+            json,
+            common,
+        } => {
+            let t0 = Instant::now();
+            let mut summary = Summary::default();
+            let mut reports = Vec::new();
+            for s in seed..seed + runs {
+                let r = run_one(&config(s, &common)?).await;
+                println!("{}", r.line());
+                for (key, why) in &r.violations {
+                    println!("VIOLATION on {key}:\n{why}");
+                }
+                summary.add(&r);
+                reports.push(r);
+            }
+            summary.wall_s = t0.elapsed().as_secs();
+            println!("\n{}", summary.table());
+            if let Some(path) = json {
+                let doc = serde_json::json!({"summary": summary, "runs": reports});
+                std::fs::write(&path, serde_json::to_vec_pretty(&doc)?)
+                    .with_context(|| format!("writing {}", path.display()))?;
+            }
+            if summary.passed != summary.runs {
+                std::process::exit(1);
+            }
+        }
+    }
+    Ok(())
+}
