@@ -49,6 +49,8 @@ echo "==> helm lint charts/kvcluster-operator (real Helm, via helm-sdkpy)"
 python3 scripts/helm_lint.py charts/kvcluster-operator > /dev/null
 echo "==> cargo test (SQLite and PostgreSQL)"
 cargo test --workspace --locked
+echo "==> API fuzzing against the OpenAPI document (schemathesis, scripts/fuzz_api.sh)"
+scripts/fuzz_api.sh target/debug/kvserver
 echo "==> disk: $(du -sh target 2> /dev/null | cut -f1) in target/, $(df -h . | awk 'NR==2 {print $4}') free"
 echo "==> end-to-end suite on a local Kubernetes built from Debian packages (e2e/local/run.sh)"
 if [ "$(id -u)" -ne 0 ]; then

@@ -858,6 +858,54 @@ mod tests {
         assert!(s.contains("log.format"), "{s}");
     }
 
+    /// Config files of the wrong shape: each fails, and the message names the field
+    /// (or, for YAML that does not parse, the file and position).
+    #[test]
+    fn config_files_of_wrong_shape_name_the_field() {
+        let cases: &[(&str, &[&str])] = &[
+            ("api_addr: [1, 2]\n", &["api_addr"]),
+            (
+                "raft:\n  heartbeat_interval_ms: fast\n",
+                &["raft.heartbeat_interval_ms"],
+            ),
+            ("raft: 5\n", &["raft"]),
+            (
+                "raft:\n  election_timeout_min_ms: -3\n",
+                &["raft.election_timeout_min_ms"],
+            ),
+            ("storage:\n  backend: 5\n", &["storage.backend"]),
+            ("storage:\n  backend: mysql\n", &["storage.backend"]),
+            ("storage:\n  backend: postgres\n", &["storage.postgres.url"]),
+            (
+                "storage:\n  postgres:\n    max_connections: many\n",
+                &["storage.postgres.max_connections"],
+            ),
+            ("nodes: 3\n", &["nodes", "unknown field"]),
+            (
+                "watch:\n  history: 10\n",
+                &["watch.history", "unknown field"],
+            ),
+            ("max_value_bytes: 1.5\n", &["max_value_bytes"]),
+            ("bootstrap: maybe\n", &["bootstrap"]),
+            ("log:\n  format: xml\n", &["log.format"]),
+            ("node_id: -1\n", &["node_id"]),
+            ("- a\n- b\n", &["c.yaml"]),
+            ("api_addr: \"127.0.0.1:1\"\n  x: [\n", &["c.yaml"]),
+        ];
+        let dir = tempfile::tempdir().expect("tempdir");
+        let f = dir.path().join("c.yaml");
+        for (yaml, needles) in cases {
+            std::fs::write(&f, yaml).expect("write");
+            let msg = match loader().file(Some(f.clone())).load() {
+                Ok(_) => panic!("accepted {yaml:?}"),
+                Err(e) => e.to_string(),
+            };
+            for n in *needles {
+                assert!(msg.contains(n), "{yaml:?}: {msg:?} does not name {n:?}");
+            }
+        }
+    }
+
     #[test]
     fn postgres_settings_are_validated_and_never_shown() {
         let s = loader()

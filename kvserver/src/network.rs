@@ -677,6 +677,53 @@ mod tests {
         assert_eq!(kvchaos::proxy::hello_sender(&bytes), Some(7));
     }
 
+    fn rt() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime")
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(512))]
+
+        /// Whatever a peer sends, decoding a frame returns a value or an error: no
+        /// panic, no allocation beyond the frame (bincode bounds sequence preallocation).
+        #[test]
+        fn arbitrary_peer_bytes_never_panic(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..2048)) {
+            let rt = rt();
+            rt.block_on(async {
+                let _ = read_frame::<_, Hello>(&mut bytes.as_slice()).await;
+                let _ = read_frame::<_, Request>(&mut bytes.as_slice()).await;
+                let _ = read_frame::<_, Response>(&mut bytes.as_slice()).await;
+                // The same bytes behind a valid length prefix reach the decoder itself.
+                let mut framed = (bytes.len() as u32).to_be_bytes().to_vec();
+                framed.extend_from_slice(&bytes);
+                let _ = read_frame::<_, Hello>(&mut framed.as_slice()).await;
+                let _ = read_frame::<_, Request>(&mut framed.as_slice()).await;
+                let _ = read_frame::<_, Response>(&mut framed.as_slice()).await;
+            });
+        }
+
+        #[test]
+        fn hello_roundtrips_and_any_truncation_fails(
+            cluster_id in "[a-z0-9-]{0,40}",
+            from in proptest::prelude::any::<u64>(),
+            to in proptest::prelude::any::<u64>(),
+            to_is_voter in proptest::prelude::any::<bool>(),
+            cut in 0usize..64,
+        ) {
+            let rt = rt();
+            rt.block_on(async {
+                let mut w = Vec::new();
+                write_frame(&mut w, &Hello { cluster_id: cluster_id.clone(), from, to, to_is_voter }).await.expect("encode");
+                let back: Hello = read_frame(&mut w.as_slice()).await.expect("decode");
+                assert_eq!((back.cluster_id, back.from, back.to, back.to_is_voter), (cluster_id, from, to, to_is_voter));
+                let cut = cut.min(w.len() - 1);
+                assert!(read_frame::<_, Hello>(&mut &w[..cut]).await.is_err());
+            });
+        }
+    }
+
     #[test]
     fn decoders_reject_truncated_and_oversized_frames() {
         let rt = tokio::runtime::Builder::new_current_thread()

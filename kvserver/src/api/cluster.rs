@@ -63,11 +63,13 @@ pub fn cluster_info(state: &AppState) -> ClusterInfo {
     let members = membership
         .nodes()
         .map(|(id, node)| {
+            // None until the member acknowledged an entry: an unreachable learner
+            // must not look caught up.
             let matched = m
                 .replication
                 .as_ref()
                 .and_then(|r| r.get(id))
-                .map(|l| l.as_ref().map(|l| l.index).unwrap_or(0));
+                .and_then(|l| l.as_ref().map(|l| l.index));
             MemberInfo {
                 id: *id,
                 role: if voters.contains(id) {
@@ -266,6 +268,9 @@ where
     }
 }
 
+/// How far behind the leader's log a learner may be when it is promoted.
+pub const PROMOTE_MAX_LAG: u64 = 100;
+
 /// Answers `NotInitialized` / forwards to the leader unless this node leads.
 async fn leader_only(state: &AppState, raw: &Raw) -> Result<Option<Response>, ApiError> {
     if !state.initialized() {
@@ -345,7 +350,7 @@ pub async fn add_learner(
     responses(
         (status = 200, description = "Membership changed or already as requested", body = ChangeResponse),
         (status = 400, description = "Invalid request, unknown learner, or it would remove every voter", body = crate::model::ErrorBody),
-        (status = 409, description = "Another membership change is in progress", body = crate::model::ErrorBody),
+        (status = 409, description = "Another membership change is in progress, or a learner to promote has not caught up (`learner_not_caught_up`)", body = crate::model::ErrorBody),
         (status = 503, description = "Not initialized, no leader or commit timeout", body = crate::model::ErrorBody),
     )
 )]
@@ -384,6 +389,32 @@ pub async fn change_membership(
                 "learner_not_found",
                 format!("node {missing} is not a member; add it as a learner first"),
             ));
+        }
+        // A voter that cannot keep up (or was never reached: a wrong address) would
+        // count toward quorum without acknowledging anything: promoting it can stall
+        // every write. Refuse until it has caught up, as etcd does for learners.
+        for id in ids.difference(&voters) {
+            let lag = info
+                .members
+                .iter()
+                .find(|m| m.id == *id)
+                .and_then(|m| m.lag);
+            match lag {
+                Some(l) if l <= PROMOTE_MAX_LAG => {}
+                _ => {
+                    return Err(ApiError::Conflict {
+                        code: "learner_not_caught_up",
+                        message: match lag {
+                            Some(l) => format!(
+                                "learner {id} is {l} entries behind the leader; promote it once it is at most {PROMOTE_MAX_LAG} behind"
+                            ),
+                            None => format!(
+                                "learner {id} has not acknowledged any entry yet (is its raft_addr reachable?); add it with \"wait\": true and promote it once it has caught up"
+                            ),
+                        },
+                    });
+                }
+            }
         }
         let noop = ids.is_subset(&voters);
         (ChangeMembers::AddVoterIds(ids), noop)

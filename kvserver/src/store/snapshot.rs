@@ -282,6 +282,70 @@ mod tests {
         }
     }
 
+    /// Reads a whole snapshot file: the keys, or the first error.
+    async fn read_all(path: &Path) -> Result<(u64, Vec<KeyValue>), StoreError> {
+        let mut r = SnapshotFile::open(path).await?.reader();
+        let revision = r.header().await?;
+        let mut keys = Vec::new();
+        while let Some(k) = r.next_kv().await? {
+            keys.push(k);
+        }
+        Ok((revision, keys))
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+
+        /// A snapshot stream from a peer is untrusted: any bytes after a valid
+        /// magic (or none) decode to an error or to keys, never a panic.
+        #[test]
+        fn arbitrary_snapshot_bytes_never_panic(
+            body in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..4096),
+            with_magic in proptest::prelude::any::<bool>(),
+        ) {
+            let rt = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
+            let dir = tempfile::tempdir().expect("tempdir");
+            let path = dir.path().join("x.snap");
+            let mut bytes = if with_magic { MAGIC.to_vec() } else { Vec::new() };
+            bytes.extend_from_slice(&body);
+            std::fs::write(&path, &bytes).expect("write");
+            let _ = rt.block_on(read_all(&path));
+        }
+
+        /// Every strict prefix of a valid snapshot is refused, and a flipped byte
+        /// never yields more keys than were written.
+        #[test]
+        fn truncated_or_damaged_snapshots_are_refused(
+            n in 0usize..20,
+            cut_at in proptest::prelude::any::<proptest::sample::Index>(),
+            flip_at in proptest::prelude::any::<proptest::sample::Index>(),
+            flip in 1u8..=255,
+        ) {
+            let rt = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
+            let dir = tempfile::tempdir().expect("tempdir");
+            let path = dir.path().join("s.snap");
+            rt.block_on(async {
+                let mut w = SnapshotWriter::create(dir.path(), 7).await.expect("create");
+                for i in 0..n {
+                    w.kv(kv(&format!("k{i}"), None)).await.expect("kv");
+                }
+                w.finish(&path).await.expect("finish");
+            });
+            let bytes = std::fs::read(&path).expect("read");
+            let cut = cut_at.index(bytes.len());
+            let p2 = dir.path().join("cut.snap");
+            std::fs::write(&p2, &bytes[..cut]).expect("write");
+            assert!(rt.block_on(read_all(&p2)).is_err(), "prefix of {cut}/{} bytes accepted", bytes.len());
+            let mut damaged = bytes.clone();
+            let at = flip_at.index(damaged.len());
+            damaged[at] ^= flip;
+            std::fs::write(&p2, &damaged).expect("write");
+            if let Ok((_, keys)) = rt.block_on(read_all(&p2)) {
+                assert!(keys.len() <= n);
+            }
+        }
+    }
+
     #[tokio::test]
     async fn roundtrip_and_truncation_detected() -> Result<(), StoreError> {
         let dir = tempfile::tempdir()?;
