@@ -163,31 +163,83 @@ fn search<'a>(ops: &[&'a Op], budget: u64) -> (Verdict, u64) {
             }),
         }
     }
+    // Values nobody observed (no read returned them, no CAS expected them) can only
+    // matter as "something else" — a failed CAS needs the state to differ from what it
+    // expected — so every unknown operation writing one writes the same symbol,
+    // UNOBSERVED. Such operations are then interchangeable within a class (same kind,
+    // same expected value), and the search only ever linearizes the earliest-invoked
+    // pending one of a class: any order using a later one works with the earlier one
+    // in its place (its interval [invoke, ∞) contains the later one's). This turns
+    // 2^k subsets of k pending writes into k + 1 and keeps leader pauses checkable.
+    let mut observed: HashSet<&str> = HashSet::new();
+    for op in ops {
+        match (&op.call, &op.ret) {
+            (Call::Read, Ret::Read { value: Some(v) }) => {
+                observed.insert(v);
+            }
+            (
+                Call::Cas {
+                    expect: Some(v), ..
+                },
+                _,
+            ) => {
+                observed.insert(v);
+            }
+            _ => {}
+        }
+    }
     let mut values: HashMap<&'a str, u32> = HashMap::new();
-    let mut names: Vec<Option<&'a str>> = vec![None];
+    let mut names: Vec<Option<&'a str>> = vec![None, Some("(a value nobody observed)")];
+    const UNOBSERVED: u32 = 1;
     let mut id = |v: Option<&'a str>| intern(&mut values, &mut names, v);
     let mut steps = Vec::with_capacity(ops.len());
     let mut kept: Vec<&'a Op> = Vec::with_capacity(ops.len());
+    // Interchangeability class of pending operations writing UNOBSERVED: (is_cas, expect).
+    let mut class_of: Vec<Option<(bool, u32)>> = Vec::with_capacity(ops.len());
     for &op in ops {
-        let step = match (&op.call, &op.ret) {
-            (Call::Read, Ret::Read { value }) => Step::Read(id(value.as_deref())),
+        let (step, class) = match (&op.call, &op.ret) {
+            (Call::Read, Ret::Read { value }) => (Step::Read(id(value.as_deref())), None),
             (Call::Read, _) => continue,
-            (Call::Write { value }, Ret::Write | Ret::Unknown) => Step::Write(id(Some(value))),
-            (Call::Cas { expect, new }, Ret::Cas { ok }) => Step::Cas {
-                expect: id(expect.as_deref()),
-                new: id(Some(new)),
-                ok: Some(*ok),
-            },
-            (Call::Cas { expect, new }, Ret::Unknown) => Step::Cas {
-                expect: id(expect.as_deref()),
-                new: id(Some(new)),
-                ok: None,
-            },
+            (Call::Write { value }, Ret::Write) => (Step::Write(id(Some(value))), None),
+            (Call::Write { value }, Ret::Unknown) if !observed.contains(value.as_str()) => {
+                (Step::Write(UNOBSERVED), Some((false, 0)))
+            }
+            (Call::Write { value }, Ret::Unknown) => (Step::Write(id(Some(value))), None),
+            (Call::Cas { expect, new }, Ret::Cas { ok }) => (
+                Step::Cas {
+                    expect: id(expect.as_deref()),
+                    new: id(Some(new)),
+                    ok: Some(*ok),
+                },
+                None,
+            ),
+            (Call::Cas { expect, new }, Ret::Unknown) => {
+                let expect = id(expect.as_deref());
+                if observed.contains(new.as_str()) {
+                    let new = id(Some(new));
+                    (
+                        Step::Cas {
+                            expect,
+                            new,
+                            ok: None,
+                        },
+                        None,
+                    )
+                } else {
+                    let step = Step::Cas {
+                        expect,
+                        new: UNOBSERVED,
+                        ok: None,
+                    };
+                    (step, Some((true, expect)))
+                }
+            }
             // A mismatched answer type is a harness bug; checking it as-is would be wrong.
             _ => continue,
         };
         steps.push(step);
         kept.push(op);
+        class_of.push(class);
     }
     let n = kept.len();
     if n == 0 {
@@ -206,6 +258,15 @@ fn search<'a>(ops: &[&'a Op], budget: u64) -> (Verdict, u64) {
         }
     };
     order.sort_by_key(|e| (time(*e), *e));
+    // Members of each class in list order (the order their calls are visited).
+    let mut classes: HashMap<(bool, u32), Vec<usize>> = HashMap::new();
+    for &e in &order {
+        if e.is_multiple_of(2)
+            && let Some(c) = class_of[e / 2]
+        {
+            classes.entry(c).or_default().push(e / 2);
+        }
+    }
     let head = 2 * n;
     let mut next: Vec<Option<usize>> = vec![None; 2 * n + 1];
     let mut prev: Vec<usize> = vec![head; 2 * n + 1];
@@ -259,6 +320,17 @@ fn search<'a>(ops: &[&'a Op], budget: u64) -> (Verdict, u64) {
         };
         let i = e / 2;
         if e.is_multiple_of(2) {
+            // Symmetry: only the earliest pending member of a class may go next.
+            let redundant = class_of[i].is_some_and(|c| {
+                classes[&c]
+                    .iter()
+                    .find(|j| linearized[*j / 64] & (1 << (*j % 64)) == 0)
+                    .is_some_and(|first| *first != i)
+            });
+            if redundant {
+                entry = next[e];
+                continue;
+            }
             if let Some(ns) = apply(state, steps[i]) {
                 let mut lin = linearized.clone();
                 lin[i / 64] |= 1 << (i % 64);
@@ -559,6 +631,46 @@ mod tests {
         let report = check(&many, 3);
         assert!(!report.linearizable());
         assert_eq!(report.undecided, vec!["a".to_string()]);
+    }
+
+    #[test]
+    fn many_pending_writes_explaining_a_failed_cas_check_quickly() {
+        // A leader pause leaves 40 writes with unknown outcome whose values nobody
+        // saw; a failed CAS can only be explained by one of them having applied.
+        let mut h = vec![w(0, "a", 0, 1), r(1, Some("a"), 2, 3)];
+        for i in 0..40 {
+            h.push(op(
+                2 + i,
+                Call::Write {
+                    value: format!("p{i}"),
+                },
+                Ret::Unknown,
+                4 + i as u64,
+                None,
+            ));
+        }
+        h.push(r(1, Some("a"), 50, 51));
+        h.push(cas(1, Some("a"), "b", false, 60, 61));
+        h.push(w(1, "c", 62, 63));
+        h.push(r(1, Some("c"), 64, 65));
+        h.push(cas(1, Some("c"), "d", false, 66, 67));
+        let refs: Vec<&Op> = h.iter().collect();
+        let (v, steps) = check_key(&refs, 100_000);
+        assert_eq!(v, Verdict::Ok, "after {steps} steps");
+        // Without any pending write the second failed CAS is unexplainable.
+        let h2: Vec<Op> = h
+            .iter()
+            .filter(|o| o.ret != Ret::Unknown)
+            .cloned()
+            .collect();
+        assert!(matches!(verdict(&h2), Verdict::Violation(_)));
+        // And a pending write cannot explain a failure before it was invoked.
+        let h3 = vec![
+            w(0, "a", 0, 1),
+            cas(1, Some("a"), "b", false, 2, 3),
+            op(2, Call::Write { value: "p".into() }, Ret::Unknown, 4, None),
+        ];
+        assert!(matches!(verdict(&h3), Verdict::Violation(_)));
     }
 
     #[test]

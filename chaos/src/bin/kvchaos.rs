@@ -54,6 +54,13 @@ enum Cmd {
         #[command(flatten)]
         common: Common,
     },
+    /// Checks a recorded history (the `history.json` a failed run keeps).
+    Check {
+        file: PathBuf,
+        /// Search step budget per key.
+        #[arg(long, default_value_t = 50_000_000)]
+        budget: u64,
+    },
     /// `runs` runs with seeds `seed..seed+runs`; exits 1 if any failed.
     Campaign {
         #[arg(long, default_value_t = 20)]
@@ -114,6 +121,32 @@ async fn main() -> anyhow::Result<()> {
             if !r.passed() {
                 std::process::exit(1);
             }
+        }
+        Cmd::Check { file, budget } => {
+            let bytes =
+                std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
+            let ops: Vec<kvchaos::history::Op> =
+                serde_json::from_slice(&bytes).with_context(|| {
+                    format!(
+                        "{} is not a history (JSON list of operations)",
+                        file.display()
+                    )
+                })?;
+            let r = kvchaos::checker::check(&ops, budget);
+            println!(
+                "{} operations on {} keys, {} search steps",
+                r.ops, r.keys, r.steps
+            );
+            for (key, why) in &r.violations {
+                println!("VIOLATION on {key}:\n{why}");
+            }
+            for key in &r.undecided {
+                println!("undecided (budget exhausted): {key}");
+            }
+            if !r.linearizable() {
+                std::process::exit(1);
+            }
+            println!("linearizable");
         }
         Cmd::Campaign {
             runs,

@@ -271,6 +271,41 @@ where
 /// How far behind the leader's log a learner may be when it is promoted.
 pub const PROMOTE_MAX_LAG: u64 = 100;
 
+/// Waits briefly for learner `id` to be within [`PROMOTE_MAX_LAG`] of the leader's log
+/// (the replication metrics trail the acknowledgements by a moment), else refuses.
+async fn learner_caught_up(state: &AppState, id: NodeId) -> Result<(), ApiError> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+    loop {
+        let lag = cluster_info(state)
+            .members
+            .into_iter()
+            .find(|m| m.id == id)
+            .and_then(|m| m.lag);
+        match lag {
+            Some(l) if l <= PROMOTE_MAX_LAG => return Ok(()),
+            _ if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Some(l) => {
+                return Err(ApiError::Conflict {
+                    code: "learner_not_caught_up",
+                    message: format!(
+                        "learner {id} is {l} entries behind the leader; promote it once it is at most {PROMOTE_MAX_LAG} behind"
+                    ),
+                });
+            }
+            None => {
+                return Err(ApiError::Conflict {
+                    code: "learner_not_caught_up",
+                    message: format!(
+                        "learner {id} has not acknowledged any entry (is its raft_addr reachable?); add it with \"wait\": true and promote it once it has caught up"
+                    ),
+                });
+            }
+        }
+    }
+}
+
 /// Answers `NotInitialized` / forwards to the leader unless this node leads.
 async fn leader_only(state: &AppState, raw: &Raw) -> Result<Option<Response>, ApiError> {
     if !state.initialized() {
@@ -394,27 +429,7 @@ pub async fn change_membership(
         // count toward quorum without acknowledging anything: promoting it can stall
         // every write. Refuse until it has caught up, as etcd does for learners.
         for id in ids.difference(&voters) {
-            let lag = info
-                .members
-                .iter()
-                .find(|m| m.id == *id)
-                .and_then(|m| m.lag);
-            match lag {
-                Some(l) if l <= PROMOTE_MAX_LAG => {}
-                _ => {
-                    return Err(ApiError::Conflict {
-                        code: "learner_not_caught_up",
-                        message: match lag {
-                            Some(l) => format!(
-                                "learner {id} is {l} entries behind the leader; promote it once it is at most {PROMOTE_MAX_LAG} behind"
-                            ),
-                            None => format!(
-                                "learner {id} has not acknowledged any entry yet (is its raft_addr reachable?); add it with \"wait\": true and promote it once it has caught up"
-                            ),
-                        },
-                    });
-                }
-            }
+            learner_caught_up(&state, *id).await?;
         }
         let noop = ids.is_subset(&voters);
         (ChangeMembers::AddVoterIds(ids), noop)

@@ -20,8 +20,10 @@ use openraft::storage::RaftLogStorage;
 use openraft::type_config::alias::EntryOf;
 use openraft::type_config::alias::LogIdOf;
 use openraft::type_config::alias::VoteOf;
+use sqlx::Acquire;
 use sqlx::Row;
 
+use super::Durability;
 use super::Store;
 use super::StoreError;
 use super::decode;
@@ -133,14 +135,18 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &VoteOf<TypeConfig>) -> Result<(), io::Error> {
-        Ok(self.store.meta_put(VOTE, vote).await?)
+        Ok(self.store.meta_put(VOTE, vote, Durability::Sync).await?)
     }
 
     async fn save_committed(
         &mut self,
         committed: Option<LogIdOf<TypeConfig>>,
     ) -> Result<(), io::Error> {
-        Ok(self.store.meta_put(COMMITTED, &committed).await?)
+        // Advisory (it only saves re-applying on restart): no sync of its own.
+        Ok(self
+            .store
+            .meta_put(COMMITTED, &committed, Durability::Deferred)
+            .await?)
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogIdOf<TypeConfig>>, io::Error> {
@@ -171,7 +177,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 // Overwriting by index makes a retry after an unknown commit outcome harmless.
                 self.store
                     .retrying("append log entries", || async {
-                        let mut tx = self.store.writer.begin().await?;
+                        let mut conn = self.store.writer(Durability::Sync).await?;
+                        let mut tx = conn.begin().await?;
                         for (index, bytes) in &rows {
                             sqlx::query(
                                 "INSERT INTO raft_log (log_index, entry) VALUES ($1, $2) \
@@ -213,9 +220,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let keep_through = last_log_id.map(|l| l.index as i64).unwrap_or(-1);
         self.store
             .retrying("truncate log", || async {
+                let mut conn = self.store.writer(Durability::Sync).await?;
                 sqlx::query("DELETE FROM raft_log WHERE log_index > $1")
                     .bind(keep_through)
-                    .execute(&self.store.writer)
+                    .execute(&mut *conn)
                     .await?;
                 Ok(())
             })
@@ -227,7 +235,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let bytes = encode(&log_id)?;
         self.store
             .retrying("purge log", || async {
-                let mut tx = self.store.writer.begin().await?;
+                let mut conn = self.store.writer(Durability::Sync).await?;
+                let mut tx = conn.begin().await?;
                 // The marker goes in the same transaction, so a crash never leaves entries
                 // gone without the marker that explains their absence.
                 put_meta(&mut tx, LAST_PURGED, bytes.clone()).await?;

@@ -9,11 +9,21 @@
 //! Each store has two pools: a single *writer* connection that every mutation
 //! (log append, vote, apply) goes through, so writes of one node never contend
 //! with each other, and a small *reader* pool for replication reads, client
-//! reads and snapshot builds, which see committed state only. Commits are
-//! durable when they return (SQLite WAL with `synchronous=FULL`; PostgreSQL
-//! with its default `synchronous_commit=on`), so a log append is on disk
-//! before openraft is told it is flushed; one transaction covers a whole batch
-//! of entries, so one sync serves many writes.
+//! reads and snapshot builds, which see committed state only. Raft log, vote
+//! and purge commits are durable when they return (SQLite WAL with
+//! `synchronous=FULL`; PostgreSQL with its default `synchronous_commit=on`), so
+//! a log append is on disk before openraft is told it is flushed; one
+//! transaction covers a whole batch of entries, so one sync serves many writes.
+//!
+//! On SQLite, state-machine applies and the advisory committed index are
+//! committed without their own fsync ([`Durability::Deferred`]): they are
+//! derived from the durable log, so a power loss can only roll them back to an
+//! earlier position, from which openraft re-applies the log on restart. They
+//! share the WAL with the log, and the next durable log commit syncs them too;
+//! a log purge (which follows a snapshot) is durable, so applied state is never
+//! behind a purged log. A process crash loses nothing (the WAL is in the OS
+//! cache). On PostgreSQL every commit stays synchronous: the database can crash
+//! while kvserver keeps running, and a rolled-back apply would then go unnoticed.
 //!
 //! When the database is unreachable, mutations are retried with backoff
 //! instead of failing (a storage error is fatal to openraft), the store is
@@ -245,13 +255,28 @@ fn migrator(backend: &Backend) -> Migrator {
     ])
 }
 
+/// How a write transaction must reach the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Durability {
+    /// On disk before the commit returns: Raft log, vote, purge marker, snapshot install.
+    Sync,
+    /// SQLite: committed to the WAL, synced by the next `Sync` commit (see the module docs).
+    /// PostgreSQL: the same as `Sync`.
+    Deferred,
+}
+
+/// The writer connection's `synchronous` mode as last set (0: unknown, 1: NORMAL, 2: FULL).
+const MODE_UNKNOWN: u8 = 0;
+
 /// Upsert of one `raft_meta` row, shared by every writer.
 pub(crate) const META_UPSERT: &str = "INSERT INTO raft_meta (name, value) VALUES ($1, $2) ON CONFLICT (name) DO UPDATE SET value = excluded.value";
 
 /// Shared handle on one node's database; cheap to clone.
 #[derive(Clone)]
 pub struct Store {
-    pub(crate) writer: AnyPool,
+    writer: AnyPool,
+    /// See [`Durability`]: what the (single) writer connection is set to.
+    writer_mode: Arc<std::sync::atomic::AtomicU8>,
     pub(crate) reader: AnyPool,
     pub(crate) snapshot_dir: PathBuf,
     /// Cluster revision after the last applied entry (mirrors `raft_meta.sm_revision`).
@@ -365,6 +390,7 @@ impl Store {
         let (writer, reader) = pools(opts).await?;
         let store = Store {
             writer,
+            writer_mode: Arc::new(std::sync::atomic::AtomicU8::new(MODE_UNKNOWN)),
             reader,
             snapshot_dir,
             revision: Arc::new(AtomicU64::new(0)),
@@ -402,7 +428,10 @@ impl Store {
                 stored: s,
                 configured: configured.to_string(),
             }),
-            None => self.meta_put(field, &configured.to_string()).await,
+            None => {
+                self.meta_put(field, &configured.to_string(), Durability::Sync)
+                    .await
+            }
         }
     }
 
@@ -488,19 +517,45 @@ impl Store {
         }
     }
 
-    /// Writes one value to `raft_meta` in its own durable transaction.
+    /// The writer connection, set up for `durability`. Every mutation goes through here:
+    /// the mode is a property of the one connection, so a durable write must never
+    /// find it left in NORMAL by a state-machine apply.
+    pub(crate) async fn writer(
+        &self,
+        durability: Durability,
+    ) -> Result<sqlx::pool::PoolConnection<Any>, StoreError> {
+        let mut conn = self.writer.acquire().await?;
+        if self.backend_name == "sqlite" {
+            let (want, pragma) = match durability {
+                Durability::Sync => (2, "PRAGMA synchronous = FULL"),
+                Durability::Deferred => (1, "PRAGMA synchronous = NORMAL"),
+            };
+            // Read and set while holding the only connection, so the two cannot disagree.
+            // A replaced connection starts in FULL (after_connect): the safe direction.
+            if self.writer_mode.load(Ordering::Acquire) != want {
+                self.writer_mode.store(MODE_UNKNOWN, Ordering::Release);
+                conn.execute(pragma).await?;
+                self.writer_mode.store(want, Ordering::Release);
+            }
+        }
+        Ok(conn)
+    }
+
+    /// Writes one value to `raft_meta` in its own transaction.
     pub(crate) async fn meta_put<T: Serialize>(
         &self,
         name: &str,
         value: &T,
+        durability: Durability,
     ) -> Result<(), StoreError> {
         let bytes = encode(value)?;
         let started = std::time::Instant::now();
         self.retrying("meta write", || async {
+            let mut conn = self.writer(durability).await?;
             sqlx::query(META_UPSERT)
                 .bind(name)
                 .bind(bytes.clone())
-                .execute(&self.writer)
+                .execute(&mut *conn)
                 .await?;
             Ok(())
         })

@@ -27,6 +27,9 @@ use openraft::type_config::alias::SnapshotMetaOf;
 use openraft::type_config::alias::SnapshotOf;
 use openraft::type_config::alias::StoredMembershipOf;
 
+use sqlx::Acquire;
+
+use super::Durability;
 use super::KV_COLUMNS;
 use super::Store;
 use super::StoreError;
@@ -91,7 +94,9 @@ impl StateMachine {
                 events: Vec::new(),
             });
         };
-        let mut tx = self.store.writer.begin().await?;
+        // Derived from the durable log: see `Durability::Deferred`.
+        let mut conn = self.store.writer(Durability::Deferred).await?;
+        let mut tx = conn.begin().await?;
         let db_applied: Option<LogIdOf<TypeConfig>> =
             get_meta::<Option<LogIdOf<TypeConfig>>>(&mut tx, SM_APPLIED)
                 .await?
@@ -195,7 +200,8 @@ impl StateMachine {
     ) -> Result<u64, StoreError> {
         let mut reader = SnapshotFile::open(path).await?.reader();
         let revision = reader.header().await?;
-        let mut tx = self.store.writer.begin().await?;
+        let mut conn = self.store.writer(Durability::Sync).await?;
+        let mut tx = conn.begin().await?;
         sqlx::query("DELETE FROM kv").execute(&mut *tx).await?;
         while let Some(kv) = reader.next_kv().await? {
             upsert(&mut tx, &kv).await?;
@@ -286,7 +292,11 @@ async fn set_current_snapshot(
         Some((m, n)) if m.last_log_id > meta.last_log_id && *n != name => n.clone(),
         _ => {
             store
-                .meta_put(SNAPSHOT_CURRENT, &(meta.clone(), name.clone()))
+                .meta_put(
+                    SNAPSHOT_CURRENT,
+                    &(meta.clone(), name.clone()),
+                    Durability::Sync,
+                )
                 .await?;
             name
         }
