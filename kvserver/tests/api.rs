@@ -888,3 +888,37 @@ async fn sigterm_drains_in_flight_requests_and_exits_zero() -> anyhow::Result<()
     );
     Ok(())
 }
+
+/// Found by the API fuzzer: a learner that was never reached looked caught up, so
+/// promoting it made a one-node cluster a two-voter cluster that could not commit.
+/// Now the promotion is refused and the cluster keeps serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreachable_learner_is_not_promoted() -> anyhow::Result<()> {
+    let n = Node::start(true, 1 << 20).await?;
+    // A loopback port nobody listens on.
+    let dead = common::free_port();
+    let learner =
+        format!(r#"{{"id":2,"api_addr":"127.0.0.1:{dead}","raft_addr":"127.0.0.1:{dead}"}}"#);
+    let (s, b) = n.post("/v1/cluster/learners", &learner).await?;
+    ensure!(s == 200, "learner added: {s} {b}");
+    let (s, b) = n
+        .post("/v1/cluster/membership", r#"{"add_voters":[2]}"#)
+        .await?;
+    ensure!(
+        s == 409 && b["error"]["code"] == "learner_not_caught_up",
+        "promotion of an unreachable learner refused: {s} {b}"
+    );
+    let (s, b) = n
+        .put("/v1/kv/after", r#"{"value":"still serving"}"#)
+        .await?;
+    ensure!(s == 201, "writes still commit: {s} {b}");
+    let (_, info) = n.get("/v1/cluster").await?;
+    ensure!(
+        info["joint"] == false
+            && info["members"].as_array().is_some_and(|m| m
+                .iter()
+                .any(|m| m["id"] == 2 && m["role"] == "learner" && m["matched_index"].is_null())),
+        "node 2 stays a learner that matched nothing: {info}"
+    );
+    n.stop().await
+}
