@@ -13,17 +13,18 @@
 //! calling from the first bytes of each connection — the Raft hello frame names
 //! the dialing node, a forwarded HTTP request carries `x-kv-forwarded-by` — and
 //! then copies bytes both ways while the link between the two nodes is up.
-//! While a link is cut, everything sent across it is silently dropped (as a
-//! partitioned network drops packets: the sender times out, it does not get a
-//! fast error), and a connection that lost bytes is closed when they next
-//! flow, since its stream is no longer intact.
+//! While a link is cut nothing crosses it: bytes are held (and, once a buffer
+//! is held, no more are read, so the sender's socket fills up), and new
+//! connections are accepted but not carried on. Senders time out instead of
+//! getting a fast error, as across a partitioned network. When the link heals
+//! the held bytes are delivered, as TCP retransmission would deliver them; a
+//! connection whose owner gave up in the meantime has simply been closed.
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::Mutex;
-use std::sync::atomic::AtomicBool;
-use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use tokio::io::AsyncReadExt;
 use tokio::io::AsyncWriteExt;
@@ -80,6 +81,16 @@ impl Links {
     fn lock(&self) -> std::sync::MutexGuard<'_, HashSet<(u64, u64)>> {
         // A panic while holding this lock cannot leave the set inconsistent.
         self.cut.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// How often a held connection looks whether its link has healed.
+const HEAL_POLL: Duration = Duration::from_millis(20);
+
+/// Waits while the link between `a` and `b` is cut.
+async fn until_healed(links: &Links, a: u64, b: u64) {
+    while links.is_cut(a, b) {
+        tokio::time::sleep(HEAL_POLL).await;
     }
 }
 
@@ -175,25 +186,15 @@ async fn relay(
     let (pre, from) = preamble(&mut down, channel).await?;
     // Unknown callers (harness clients, or unparsable preambles) are never cut.
     let from = from.unwrap_or(to);
-    let poisoned = Arc::new(AtomicBool::new(false));
-    if links.is_cut(from, to) {
-        // Black hole: swallow what the caller sends until it gives up or the link heals.
-        poisoned.store(true, Ordering::Relaxed);
-        let mut buf = [0u8; 16 * 1024];
-        loop {
-            let n = down.read(&mut buf).await?;
-            if n == 0 || !links.is_cut(from, to) {
-                return Ok(());
-            }
-        }
-    }
+    // Across a cut link a connection is not carried on until the link heals.
+    until_healed(&links, from, to).await;
     let mut up = TcpStream::connect(target).await?;
     up.set_nodelay(true)?;
     up.write_all(&pre).await?;
     let (dr, dw) = down.into_split();
     let (ur, uw) = up.into_split();
-    let a = pipe(dr, uw, from, to, links.clone(), poisoned.clone());
-    let b = pipe(ur, dw, from, to, links, poisoned);
+    let a = pipe(dr, uw, from, to, links.clone());
+    let b = pipe(ur, dw, from, to, links);
     // When either direction ends, drop both: the node sees the connection close.
     tokio::select! {
         _ = a => {}
@@ -208,7 +209,6 @@ async fn pipe(
     from: u64,
     to: u64,
     links: Arc<Links>,
-    poisoned: Arc<AtomicBool>,
 ) -> std::io::Result<()> {
     let mut buf = vec![0u8; 64 * 1024];
     loop {
@@ -216,13 +216,7 @@ async fn pipe(
         if n == 0 {
             return Ok(());
         }
-        if links.is_cut(from, to) {
-            poisoned.store(true, Ordering::Relaxed);
-            continue;
-        }
-        if poisoned.load(Ordering::Relaxed) {
-            return Ok(());
-        }
+        until_healed(&links, from, to).await;
         w.write_all(&buf[..n]).await?;
     }
 }
@@ -258,7 +252,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn cut_links_drop_bytes_and_healed_links_carry_them() -> std::io::Result<()> {
+    async fn cut_links_hold_bytes_until_healed() -> std::io::Result<()> {
         // An echo server as node 2; node 1 dials it through the proxy.
         let echo = TcpListener::bind("127.0.0.1:0").await?;
         let echo_addr = echo.local_addr()?;
@@ -287,21 +281,24 @@ mod tests {
         assert_eq!(&got, head);
 
         links.cut(1, 2);
-        c.write_all(b"lost").await?;
-        let mut one = [0u8; 1];
-        let silent =
-            tokio::time::timeout(std::time::Duration::from_millis(300), c.read(&mut one)).await;
+        c.write_all(b"held").await?;
+        let mut four = [0u8; 4];
+        let silent = tokio::time::timeout(Duration::from_millis(300), c.read(&mut four)).await;
         assert!(silent.is_err(), "nothing crosses a cut link");
+        // A new connection across the cut is accepted but not carried on either.
+        let mut c2 = TcpStream::connect(proxy_addr).await?;
+        c2.write_all(head).await?;
+        let silent = tokio::time::timeout(Duration::from_millis(300), c2.read(&mut four)).await;
+        assert!(silent.is_err(), "no new connection across a cut link");
         links.heal_all();
-        // The stream lost bytes: the proxy closes it at the next traffic.
-        c.write_all(b"x").await?;
-        let n = tokio::time::timeout(std::time::Duration::from_secs(2), c.read(&mut one)).await??;
-        assert_eq!(n, 0, "a damaged connection is closed");
-
-        let mut c = TcpStream::connect(proxy_addr).await?;
-        c.write_all(head).await?;
-        c.read_exact(&mut got).await?;
-        assert_eq!(&got, head, "a new connection works after healing");
+        // Healing delivers what was held, as TCP retransmission would.
+        tokio::time::timeout(Duration::from_secs(2), c.read_exact(&mut four)).await??;
+        assert_eq!(&four, b"held");
+        tokio::time::timeout(Duration::from_secs(2), c2.read_exact(&mut got)).await??;
+        assert_eq!(
+            &got, head,
+            "the held connection is carried on after healing"
+        );
         task.abort();
         Ok(())
     }
