@@ -110,23 +110,7 @@ fn apply(state: u32, step: Step) -> Option<u32> {
 /// which their never-ending intervals allow. Only if that smaller history does
 /// not pass is the full one searched, so a reported violation is always real.
 pub fn check_key(ops: &[&Op], budget: u64) -> (Verdict, u64) {
-    let mut observed: HashSet<&str> = HashSet::new();
-    for op in ops {
-        match (&op.call, &op.ret) {
-            (Call::Read, Ret::Read { value: Some(v) }) => {
-                observed.insert(v);
-            }
-            (
-                Call::Cas {
-                    expect: Some(v), ..
-                },
-                _,
-            ) => {
-                observed.insert(v);
-            }
-            _ => {}
-        }
-    }
+    let observed = observed_values(ops);
     let pruned: Vec<&Op> = ops
         .iter()
         .copied()
@@ -145,6 +129,28 @@ pub fn check_key(ops: &[&Op], budget: u64) -> (Verdict, u64) {
     }
     let (verdict, more) = search(ops, budget);
     (verdict, spent + more)
+}
+
+/// Values some operation observed: returned by a read, or expected by a CAS.
+fn observed_values<'a>(ops: &[&'a Op]) -> HashSet<&'a str> {
+    let mut observed = HashSet::new();
+    for op in ops {
+        match (&op.call, &op.ret) {
+            (Call::Read, Ret::Read { value: Some(v) }) => {
+                observed.insert(v.as_str());
+            }
+            (
+                Call::Cas {
+                    expect: Some(v), ..
+                },
+                _,
+            ) => {
+                observed.insert(v.as_str());
+            }
+            _ => {}
+        }
+    }
+    observed
 }
 
 /// The Wing–Gong/Porcupine search over one key's operations.
@@ -171,23 +177,7 @@ fn search<'a>(ops: &[&'a Op], budget: u64) -> (Verdict, u64) {
     // pending one of a class: any order using a later one works with the earlier one
     // in its place (its interval [invoke, ∞) contains the later one's). This turns
     // 2^k subsets of k pending writes into k + 1 and keeps leader pauses checkable.
-    let mut observed: HashSet<&str> = HashSet::new();
-    for op in ops {
-        match (&op.call, &op.ret) {
-            (Call::Read, Ret::Read { value: Some(v) }) => {
-                observed.insert(v);
-            }
-            (
-                Call::Cas {
-                    expect: Some(v), ..
-                },
-                _,
-            ) => {
-                observed.insert(v);
-            }
-            _ => {}
-        }
-    }
+    let observed = observed_values(ops);
     let mut values: HashMap<&'a str, u32> = HashMap::new();
     let mut names: Vec<Option<&'a str>> = vec![None, Some("(a value nobody observed)")];
     const UNOBSERVED: u32 = 1;
