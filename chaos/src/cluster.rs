@@ -65,8 +65,10 @@ pub struct Cluster {
     args: Vec<String>,
 }
 
-/// A loopback port that was free a moment ago and that this process has not handed out before.
-fn free_port() -> std::io::Result<u16> {
+/// A loopback port that was free a moment ago and that this process has not handed out before
+/// (between the release and a child's bind the kernel may offer it again; two nodes must never
+/// share one). kvserver's test harness uses it too, so both draw from one set.
+pub fn free_port() -> std::io::Result<u16> {
     static HANDED_OUT: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
     loop {
         let l = std::net::TcpListener::bind("127.0.0.1:0")?;

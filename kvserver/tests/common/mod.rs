@@ -33,38 +33,18 @@ pub fn local_config(dir: &std::path::Path, bootstrap: bool) -> kvserver::Config 
     }
 }
 
-/// A port that was free a moment ago (bound to port 0, then released), and that this
-/// test process has not handed out before: between the release and the child's bind the
-/// kernel may offer the same port again, and two nodes must never get the same one.
+/// A free loopback port not handed out before in this process (shared with kvchaos's harness).
 pub fn free_port() -> u16 {
-    static HANDED_OUT: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
-    loop {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind port 0");
-        let port = l.local_addr().expect("local addr").port();
-        let mut seen = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
-        if !seen.contains(&port) {
-            seen.push(port);
-            return port;
-        }
-    }
+    kvchaos::cluster::free_port().expect("bind port 0")
 }
 
 /// Polls `f` every 50 ms until it yields `Some`, or fails after `timeout`.
-pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut f: F) -> anyhow::Result<T>
+pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, f: F) -> anyhow::Result<T>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Option<T>>,
 {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f().await {
-            return Ok(v);
-        }
-        if Instant::now() >= deadline {
-            bail!("timed out after {timeout:?} waiting for {what}");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    Ok(kvchaos::cluster::wait(timeout, what, f).await?)
 }
 
 /// Repeats a request until it answers `status` (within 20 s); returns the JSON body.
