@@ -45,20 +45,22 @@ wait_http() {  # wait_http URL: polls until it answers (30 s).
   echo "error: $1 did not come up" >&2; return 1
 }
 
-members="{"
 for i in 1 2 3; do
   api=${P[$((i-1))]}; raft=${P[$((i+2))]}
   "$KVSERVER" --node-id "$i" --cluster-id bench --data-dir "$OUT/kv$i" \
     --api-addr "127.0.0.1:$api" --raft-addr "127.0.0.1:$raft" --log-level warn > "$OUT/kv$i.log" 2>&1 &
   PIDS+=($!); KV_PIDS+="${KV_PIDS:+,}$!"
   KV_EPS+="${KV_EPS:+,}127.0.0.1:$api"
-  members+="\"$i\":{\"api_addr\":\"127.0.0.1:$api\",\"raft_addr\":\"127.0.0.1:$raft\"}"
-  [ "$i" -lt 3 ] && members+=","
 done
-members+="}"
 for i in 1 2 3; do wait_http "http://127.0.0.1:${P[$((i-1))]}/healthz"; done
-curl -sf -XPOST "http://127.0.0.1:${P[0]}/v1/cluster/init" -H 'content-type: application/json' \
-  -d "{\"members\":$members}" > /dev/null
+# Node 1 forms a one-voter cluster; 2 and 3 join as learners and are promoted.
+kv_post() { curl -sf -XPOST "http://127.0.0.1:${P[0]}$1" -H 'content-type: application/json' -d "$2" > /dev/null; }
+kv_post /v1/cluster/init '{}'
+wait_http "http://127.0.0.1:${P[0]}/readyz"
+for i in 2 3; do
+  kv_post /v1/cluster/learners "{\"id\":$i,\"api_addr\":\"127.0.0.1:${P[$((i-1))]}\",\"raft_addr\":\"127.0.0.1:${P[$((i+2))]}\",\"wait\":true}"
+done
+kv_post /v1/cluster/membership '{"add_voters":[2,3]}'
 for i in 1 2 3; do wait_http "http://127.0.0.1:${P[$((i-1))]}/readyz"; done
 
 cluster=""

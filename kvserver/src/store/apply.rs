@@ -7,11 +7,16 @@
 //! same new revision, and a command that changes nothing (failed guard, delete
 //! of a missing key, read-only transaction) leaves the revision where it was.
 
+use std::collections::BTreeSet;
+use std::collections::HashMap;
+
 use sqlx::Any;
 use sqlx::Transaction;
 
-use super::KV_BY_KEY;
+use super::KV_COLUMNS;
 use super::StoreError;
+use super::batch;
+use super::batch::Shapes;
 use super::is_expired;
 use super::row_to_kv;
 use crate::types::Cmp;
@@ -25,59 +30,172 @@ use crate::types::TxnOp;
 use crate::types::TxnOpResult;
 use crate::types::WatchEvent;
 
+static SELECT_KEYS: Shapes = Shapes::new(|n| {
+    format!(
+        "SELECT {KV_COLUMNS} FROM kv WHERE key IN ({})",
+        batch::params(n)
+    )
+});
+static DELETE_KEYS: Shapes =
+    Shapes::new(|n| format!("DELETE FROM kv WHERE key IN ({})", batch::params(n)));
+static UPSERT_KV: Shapes = Shapes::new(|n| {
+    format!(
+        "INSERT INTO kv ({KV_COLUMNS}) VALUES {} ON CONFLICT (key) DO UPDATE SET value = excluded.value, \
+         create_revision = excluded.create_revision, mod_revision = excluded.mod_revision, version = excluded.version, \
+         expires_at_ms = excluded.expires_at_ms, created_at_ms = excluded.created_at_ms, updated_at_ms = excluded.updated_at_ms",
+        batch::values(n, 8)
+    )
+});
+
+/// Writes `rows` (distinct keys) with as few statements as their count allows.
+pub(crate) async fn upsert_many(
+    tx: &mut Transaction<'_, Any>,
+    rows: &[&KeyValue],
+) -> Result<(), StoreError> {
+    let mut rest = rows;
+    for n in batch::insert_chunks(rows.len()) {
+        let (chunk, tail) = rest.split_at(n);
+        rest = tail;
+        let mut q = sqlx::query(UPSERT_KV.get(n));
+        for kv in chunk {
+            q = q
+                .bind(kv.key.as_str())
+                .bind(kv.value.as_deref().unwrap_or_default())
+                .bind(kv.create_revision as i64)
+                .bind(kv.mod_revision as i64)
+                .bind(kv.version as i64)
+                .bind(kv.expires_at_ms.map(|v| v as i64))
+                .bind(kv.created_at_ms as i64)
+                .bind(kv.updated_at_ms as i64);
+        }
+        q.execute(&mut **tx).await?;
+    }
+    Ok(())
+}
+
+/// Runs `statement` (an `IN` list of keys) over `keys` in padded chunks.
+async fn for_keys_in(
+    tx: &mut Transaction<'_, Any>,
+    statement: &'static Shapes,
+    keys: &[&str],
+    mut on_row: impl FnMut(&sqlx::any::AnyRow) -> Result<(), StoreError>,
+) -> Result<(), StoreError> {
+    for chunk in keys.chunks(batch::MAX_ROWS) {
+        let shape = batch::padded(chunk.len());
+        let mut q = sqlx::query(statement.get(shape));
+        for i in 0..shape {
+            q = q.bind(chunk[i.min(chunk.len() - 1)]);
+        }
+        for row in q.fetch_all(&mut **tx).await? {
+            on_row(&row)?;
+        }
+    }
+    Ok(())
+}
+
 /// State threaded through the application of one batch.
+///
+/// Rows are read and written through a cache of the keys the batch touches: the
+/// batch's keys are read up front with a few multi-row statements
+/// ([`ApplyCtx::prefetch`]), commands then work on the cache, and the changes go
+/// to the database at the end ([`ApplyCtx::flush`]). Commands that scan the table
+/// (prefix deletes) flush first, so the table they scan is the batch's state.
 pub(crate) struct ApplyCtx<'t, 'c> {
     pub tx: &'t mut Transaction<'c, Any>,
     /// Revision after the last applied command.
     pub rev: u64,
     /// Changes made so far in this batch, in order.
     pub events: Vec<WatchEvent>,
+    /// Stored row of every key read or written so far (`None`: absent), as the batch
+    /// has left it; expired rows included (readers filter by their own time).
+    cache: HashMap<String, Option<KeyValue>>,
+    /// Keys changed in the cache and not yet written to the table.
+    dirty: BTreeSet<String>,
 }
 
-async fn load(
-    tx: &mut Transaction<'_, Any>,
-    key: &str,
-    now_ms: u64,
-) -> Result<Option<KeyValue>, StoreError> {
-    let row = sqlx::query(KV_BY_KEY)
-        .bind(key)
-        .fetch_optional(&mut **tx)
+impl<'t, 'c> ApplyCtx<'t, 'c> {
+    pub fn new(tx: &'t mut Transaction<'c, Any>, rev: u64) -> Self {
+        Self {
+            tx,
+            rev,
+            events: Vec::new(),
+            cache: HashMap::new(),
+            dirty: BTreeSet::new(),
+        }
+    }
+
+    /// Reads the stored rows of `cmds`' keys that are not cached yet.
+    pub async fn prefetch(&mut self, cmds: &[&Command]) -> Result<(), StoreError> {
+        let mut keys: Vec<&str> = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        for cmd in cmds {
+            for_each_key(cmd, |k| {
+                if !self.cache.contains_key(k) && seen.insert(k) {
+                    keys.push(k);
+                }
+            });
+        }
+        if keys.is_empty() {
+            return Ok(());
+        }
+        let mut found = HashMap::with_capacity(keys.len());
+        for_keys_in(self.tx, &SELECT_KEYS, &keys, |row| {
+            let kv = row_to_kv(row, true)?;
+            found.insert(kv.key.clone(), kv);
+            Ok(())
+        })
         .await?;
-    Ok(row
-        .map(|r| row_to_kv(&r, true))
-        .transpose()?
-        .filter(|kv| !is_expired(kv, now_ms)))
-}
+        for k in keys {
+            let row = found.remove(k);
+            self.cache.insert(k.to_string(), row);
+        }
+        Ok(())
+    }
 
-pub(crate) async fn upsert(tx: &mut Transaction<'_, Any>, kv: &KeyValue) -> Result<(), StoreError> {
-    sqlx::query(
-        "INSERT INTO kv (key, value, create_revision, mod_revision, version, expires_at_ms, created_at_ms, updated_at_ms) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (key) DO UPDATE SET value = excluded.value, \
-         create_revision = excluded.create_revision, mod_revision = excluded.mod_revision, version = excluded.version, \
-         expires_at_ms = excluded.expires_at_ms, created_at_ms = excluded.created_at_ms, updated_at_ms = excluded.updated_at_ms",
-    )
-    .bind(kv.key.clone())
-    .bind(kv.value.clone().unwrap_or_default())
-    .bind(kv.create_revision as i64)
-    .bind(kv.mod_revision as i64)
-    .bind(kv.version as i64)
-    .bind(kv.expires_at_ms.map(|v| v as i64))
-    .bind(kv.created_at_ms as i64)
-    .bind(kv.updated_at_ms as i64)
-    .execute(&mut **tx)
-    .await?;
-    Ok(())
-}
-
-async fn delete_row(tx: &mut Transaction<'_, Any>, key: &str) -> Result<(), StoreError> {
-    sqlx::query("DELETE FROM kv WHERE key = $1")
-        .bind(key)
-        .execute(&mut **tx)
+    /// The stored row of `key` (expired or not).
+    async fn row(&mut self, key: &str) -> Result<Option<KeyValue>, StoreError> {
+        if let Some(row) = self.cache.get(key) {
+            return Ok(row.clone());
+        }
+        let mut row = None;
+        for_keys_in(self.tx, &SELECT_KEYS, &[key], |r| {
+            row = Some(row_to_kv(r, true)?);
+            Ok(())
+        })
         .await?;
-    Ok(())
-}
+        self.cache.insert(key.to_string(), row.clone());
+        Ok(row)
+    }
 
-impl ApplyCtx<'_, '_> {
+    /// The live (stored and not expired at `now_ms`) value of `key`.
+    async fn load(&mut self, key: &str, now_ms: u64) -> Result<Option<KeyValue>, StoreError> {
+        Ok(self.row(key).await?.filter(|kv| !is_expired(kv, now_ms)))
+    }
+
+    fn stage(&mut self, key: String, row: Option<KeyValue>) {
+        self.dirty.insert(key.clone());
+        self.cache.insert(key, row);
+    }
+
+    /// Writes the staged changes to the table.
+    pub async fn flush(&mut self) -> Result<(), StoreError> {
+        if self.dirty.is_empty() {
+            return Ok(());
+        }
+        let dirty = std::mem::take(&mut self.dirty);
+        let mut upserts = Vec::new();
+        let mut deletes = Vec::new();
+        for key in &dirty {
+            match self.cache.get(key) {
+                Some(Some(kv)) => upserts.push(kv),
+                _ => deletes.push(key.as_str()),
+            }
+        }
+        upsert_many(self.tx, &upserts).await?;
+        for_keys_in(self.tx, &DELETE_KEYS, &deletes, |_| Ok(())).await?;
+        Ok(())
+    }
+
     /// Writes `key` at revision `at` given its live previous state.
     async fn put(
         &mut self,
@@ -98,7 +216,7 @@ impl ApplyCtx<'_, '_> {
             created_at_ms: live.as_ref().map(|k| k.created_at_ms).unwrap_or(now_ms),
             updated_at_ms: now_ms,
         };
-        upsert(self.tx, &kv).await?;
+        self.stage(kv.key.clone(), Some(kv.clone()));
         self.events.push(WatchEvent {
             revision: at,
             kind: EventKind::Put,
@@ -110,8 +228,8 @@ impl ApplyCtx<'_, '_> {
     }
 
     /// Deletes the live key `prev` at revision `at`.
-    async fn delete(&mut self, at: u64, prev: KeyValue) -> Result<(), StoreError> {
-        delete_row(self.tx, &prev.key).await?;
+    fn delete(&mut self, at: u64, prev: KeyValue) {
+        self.stage(prev.key.clone(), None);
         self.events.push(WatchEvent {
             revision: at,
             kind: EventKind::Delete,
@@ -119,7 +237,6 @@ impl ApplyCtx<'_, '_> {
             kv: None,
             prev: Some(prev),
         });
-        Ok(())
     }
 
     /// The live value of `key` if the CAS guard holds, else the `PreconditionFailed` outcome.
@@ -129,7 +246,7 @@ impl ApplyCtx<'_, '_> {
         if_revision: Option<u64>,
         now_ms: u64,
     ) -> Result<Result<Option<KeyValue>, Outcome>, StoreError> {
-        let live = load(self.tx, key, now_ms).await?;
+        let live = self.load(key, now_ms).await?;
         Ok(if guard_holds(&live, if_revision) {
             Ok(live)
         } else {
@@ -170,7 +287,7 @@ impl ApplyCtx<'_, '_> {
                 let Some(prev) = live else {
                     return Ok(Outcome::NotFound);
                 };
-                self.delete(at, prev.clone()).await?;
+                self.delete(at, prev.clone());
                 self.rev = at;
                 Ok(Outcome::Deleted {
                     count: 1,
@@ -178,6 +295,8 @@ impl ApplyCtx<'_, '_> {
                 })
             }
             Command::DeletePrefix { prefix, now_ms } => {
+                // The scan reads the table: it must hold this batch's changes so far.
+                self.flush().await?;
                 // Keys with the prefix are contiguous from the prefix on, in byte order.
                 let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
                     "SELECT {} FROM kv WHERE key >= $1 ORDER BY key",
@@ -198,7 +317,7 @@ impl ApplyCtx<'_, '_> {
                 }
                 let count = doomed.len() as u64;
                 for prev in doomed {
-                    self.delete(at, prev).await?;
+                    self.delete(at, prev);
                 }
                 if count > 0 {
                     self.rev = at;
@@ -208,14 +327,10 @@ impl ApplyCtx<'_, '_> {
             Command::Expire { keys, now_ms } => {
                 let mut count = 0;
                 for key in keys {
-                    let row = sqlx::query(KV_BY_KEY)
-                        .bind(key.clone())
-                        .fetch_optional(&mut **self.tx)
-                        .await?;
-                    if let Some(kv) = row.map(|r| row_to_kv(&r, true)).transpose()? {
+                    if let Some(kv) = self.row(&key).await? {
                         // Re-checked here: the key may have been rewritten since the reaper saw it.
                         if is_expired(&kv, now_ms) {
-                            self.delete(at, kv).await?;
+                            self.delete(at, kv);
                             count += 1;
                         }
                     }
@@ -233,7 +348,7 @@ impl ApplyCtx<'_, '_> {
             } => {
                 let mut succeeded = true;
                 for c in &compare {
-                    let live = load(self.tx, &c.key, now_ms).await?;
+                    let live = self.load(&c.key, now_ms).await?;
                     if !compare_holds(c, live.as_ref()) {
                         succeeded = false;
                         break;
@@ -249,16 +364,16 @@ impl ApplyCtx<'_, '_> {
                             value,
                             expires_at_ms,
                         } => {
-                            let live = load(self.tx, &key, now_ms).await?;
+                            let live = self.load(&key, now_ms).await?;
                             let (created, kv, prev) = self
                                 .put(at, key, value, expires_at_ms, live, now_ms)
                                 .await?;
                             wrote = true;
                             TxnOpResult::Put { created, kv, prev }
                         }
-                        TxnOp::Delete { key } => match load(self.tx, &key, now_ms).await? {
+                        TxnOp::Delete { key } => match self.load(&key, now_ms).await? {
                             Some(prev) => {
-                                self.delete(at, prev.clone()).await?;
+                                self.delete(at, prev.clone());
                                 wrote = true;
                                 TxnOpResult::Delete {
                                     deleted: 1,
@@ -271,7 +386,7 @@ impl ApplyCtx<'_, '_> {
                             },
                         },
                         TxnOp::Get { key } => TxnOpResult::Get {
-                            kv: load(self.tx, &key, now_ms).await?,
+                            kv: self.load(&key, now_ms).await?,
                         },
                     });
                 }
@@ -281,6 +396,28 @@ impl ApplyCtx<'_, '_> {
                 Ok(Outcome::Txn { succeeded, results })
             }
         }
+    }
+}
+
+/// Calls `f` with every key `cmd` reads or writes by name (not prefix scans).
+fn for_each_key<'a>(cmd: &'a Command, mut f: impl FnMut(&'a str)) {
+    match cmd {
+        Command::Put { key, .. } | Command::Delete { key, .. } => f(key),
+        Command::Expire { keys, .. } => keys.iter().for_each(|k| f(k)),
+        Command::Txn {
+            compare,
+            success,
+            failure,
+            ..
+        } => {
+            compare.iter().for_each(|c| f(&c.key));
+            for op in success.iter().chain(failure) {
+                match op {
+                    TxnOp::Put { key, .. } | TxnOp::Delete { key } | TxnOp::Get { key } => f(key),
+                }
+            }
+        }
+        Command::DeletePrefix { .. } => {}
     }
 }
 

@@ -11,6 +11,8 @@ use std::fmt::Debug;
 use std::io;
 use std::ops::Bound;
 use std::ops::RangeBounds;
+use std::sync::Arc;
+use std::sync::Mutex;
 
 use openraft::LogState;
 use openraft::OptionalSend;
@@ -26,24 +28,153 @@ use sqlx::Row;
 use super::Durability;
 use super::Store;
 use super::StoreError;
+use super::batch;
+use super::batch::Shapes;
 use super::decode;
 use super::encode;
 use super::put_meta;
 use crate::types::TypeConfig;
 
 const VOTE: &str = "vote";
-const COMMITTED: &str = "committed";
+pub(crate) const COMMITTED: &str = "committed";
 const LAST_PURGED: &str = "last_purged";
+
+static APPEND: Shapes = Shapes::new(|n| {
+    format!(
+        "INSERT INTO raft_log (log_index, entry) VALUES {} \
+         ON CONFLICT (log_index) DO UPDATE SET entry = excluded.entry",
+        batch::values(n, 2)
+    )
+});
+
+/// The insert of `rows` (a power-of-two count up to `batch::MAX_ROWS`).
+fn append_query(
+    rows: &[(i64, Vec<u8>)],
+) -> sqlx::query::Query<'_, sqlx::Any, sqlx::any::AnyArguments> {
+    let mut q = sqlx::query(APPEND.get(rows.len()));
+    for (index, bytes) in rows {
+        q = q.bind(*index).bind(bytes.as_slice());
+    }
+    q
+}
+
+/// Most entries kept in the in-memory tail of the log.
+const TAIL_MAX_ENTRIES: usize = 4096;
+/// Most (encoded) bytes kept in the in-memory tail of the log.
+const TAIL_MAX_BYTES: usize = 8 << 20;
+
+/// The most recently appended entries, in memory. Replication and the state
+/// machine read what was just appended, and profiles showed each such read as a
+/// round trip to a reader connection's thread; from here it is a copy.
+///
+/// Invariant: the tail is always a suffix of the stored log (consecutive indexes
+/// ending at the last stored entry), or empty. Entries join after their commit,
+/// truncation and purge remove them here too, and anything unusual (an append
+/// that does not continue the tail) empties it; reads it cannot serve whole go to
+/// the database.
+#[derive(Default)]
+struct Tail {
+    entries: std::collections::VecDeque<(EntryOf<TypeConfig>, usize)>,
+    bytes: usize,
+}
+
+impl Tail {
+    fn first(&self) -> Option<u64> {
+        self.entries.front().map(|(e, _)| e.log_id.index)
+    }
+
+    fn last(&self) -> Option<u64> {
+        self.entries.back().map(|(e, _)| e.log_id.index)
+    }
+
+    /// Adds entries just committed after the current last stored entry.
+    fn extend(&mut self, appended: Vec<(EntryOf<TypeConfig>, usize)>) {
+        let Some(first_new) = appended.first().map(|(e, _)| e.log_id.index) else {
+            return;
+        };
+        if self.last().is_some_and(|last| first_new != last + 1) {
+            // An overwrite or a gap: the stored log may hold entries we cannot see here.
+            self.clear();
+        }
+        for (entry, size) in appended {
+            self.bytes += size;
+            self.entries.push_back((entry, size));
+        }
+        while self.entries.len() > TAIL_MAX_ENTRIES || self.bytes > TAIL_MAX_BYTES {
+            self.pop_front();
+        }
+    }
+
+    fn pop_front(&mut self) {
+        if let Some((_, size)) = self.entries.pop_front() {
+            self.bytes -= size;
+        }
+    }
+
+    fn clear(&mut self) {
+        self.entries.clear();
+        self.bytes = 0;
+    }
+
+    /// Keeps entries up to and including `index` (all removed for `None`).
+    fn truncate_after(&mut self, index: Option<u64>) {
+        while let Some(last) = self.last() {
+            if index.is_some_and(|i| last <= i) {
+                break;
+            }
+            if let Some((_, size)) = self.entries.pop_back() {
+                self.bytes -= size;
+            }
+        }
+    }
+
+    /// Removes entries up to and including `index`.
+    fn purge(&mut self, index: u64) {
+        while self.first().is_some_and(|f| f <= index) {
+            self.pop_front();
+        }
+    }
+
+    /// Entries with `start <= index < end`, if the tail holds all of them that exist.
+    fn get(&self, start: u64, end: u64) -> Option<Vec<EntryOf<TypeConfig>>> {
+        let (first, last) = (self.first()?, self.last()?);
+        if start < first {
+            return None;
+        }
+        let end = end.min(last + 1);
+        if start >= end {
+            return Some(Vec::new());
+        }
+        let from = (start - first) as usize;
+        let to = (end - first) as usize;
+        Some(
+            self.entries
+                .range(from..to)
+                .map(|(e, _)| e.clone())
+                .collect(),
+        )
+    }
+}
 
 /// The Raft log half of a node's store.
 #[derive(Clone)]
 pub struct LogStore {
     store: Store,
+    tail: Arc<Mutex<Tail>>,
 }
 
 impl LogStore {
     pub fn new(store: Store) -> Self {
-        Self { store }
+        Self {
+            store,
+            tail: Arc::default(),
+        }
+    }
+
+    fn tail(&self) -> std::sync::MutexGuard<'_, Tail> {
+        // A panic while holding the lock leaves a consistent deque (no partial updates
+        // that matter: at worst a shorter tail), so a poisoned lock is still usable.
+        self.tail.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     async fn last_entry_log_id(&self) -> Result<Option<LogIdOf<TypeConfig>>, StoreError> {
@@ -89,6 +220,9 @@ impl RaftLogReader<TypeConfig> for LogStore {
         range: RB,
     ) -> Result<Vec<EntryOf<TypeConfig>>, io::Error> {
         let (start, end) = range_to_sql(&range);
+        if let Some(hit) = self.tail().get(start as u64, end as u64) {
+            return Ok(hit);
+        }
         let rows = self
             .store
             .retrying("read log entries", || async {
@@ -142,11 +276,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         &mut self,
         committed: Option<LogIdOf<TypeConfig>>,
     ) -> Result<(), io::Error> {
-        // Advisory (it only saves re-applying on restart): no sync of its own.
-        Ok(self
-            .store
-            .meta_put(COMMITTED, &committed, Durability::Deferred)
-            .await?)
+        // Advisory (it only lets a restarted node apply up to it before hearing from a
+        // leader), so it costs no statement of its own: the next apply transaction
+        // records it, and a crash loses at most the last value.
+        self.store.set_pending_committed(encode(&committed)?);
+        Ok(())
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogIdOf<TypeConfig>>, io::Error> {
@@ -167,32 +301,39 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I::IntoIter: OptionalSend,
     {
         let started = std::time::Instant::now();
+        let entries: Vec<EntryOf<TypeConfig>> = entries.into_iter().collect();
         let rows: Result<Vec<(i64, Vec<u8>)>, StoreError> = entries
-            .into_iter()
-            .map(|e| Ok((e.log_id.index as i64, encode(&e)?)))
+            .iter()
+            .map(|e| Ok((e.log_id.index as i64, encode(e)?)))
             .collect();
         let result = match rows {
             Err(e) => Err(e),
             Ok(rows) => {
+                let sizes: Vec<usize> = rows.iter().map(|(_, b)| b.len()).collect();
                 // Overwriting by index makes a retry after an unknown commit outcome harmless.
                 self.store
                     .retrying("append log entries", || async {
                         let mut conn = self.store.writer(Durability::Sync).await?;
-                        let mut tx = conn.begin().await?;
-                        for (index, bytes) in &rows {
-                            sqlx::query(
-                                "INSERT INTO raft_log (log_index, entry) VALUES ($1, $2) \
-                                 ON CONFLICT (log_index) DO UPDATE SET entry = excluded.entry",
-                            )
-                            .bind(*index)
-                            .bind(bytes.clone())
-                            .execute(&mut *tx)
-                            .await?;
+                        let chunks: Vec<usize> = batch::insert_chunks(rows.len()).collect();
+                        if rows.is_empty() {
+                            // Nothing to write (openraft may hand over an empty batch).
+                        } else if chunks.len() == 1 {
+                            // One multi-row statement is its own transaction: one sync.
+                            append_query(&rows).execute(&mut *conn).await?;
+                        } else {
+                            let mut tx = conn.begin().await?;
+                            let mut rest = &rows[..];
+                            for n in chunks {
+                                let (chunk, tail) = rest.split_at(n);
+                                rest = tail;
+                                append_query(chunk).execute(&mut *tx).await?;
+                            }
+                            tx.commit().await?;
                         }
-                        tx.commit().await?;
                         Ok(())
                     })
                     .await
+                    .map(|()| self.tail().extend(entries.into_iter().zip(sizes).collect()))
             }
         };
         self.store
@@ -218,6 +359,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         last_log_id: Option<LogIdOf<TypeConfig>>,
     ) -> Result<(), io::Error> {
         let keep_through = last_log_id.map(|l| l.index as i64).unwrap_or(-1);
+        // Before the delete: a tail entry the table no longer has must never be served.
+        self.tail().truncate_after(last_log_id.map(|l| l.index));
         self.store
             .retrying("truncate log", || async {
                 let mut conn = self.store.writer(Durability::Sync).await?;
@@ -233,6 +376,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn purge(&mut self, log_id: LogIdOf<TypeConfig>) -> Result<(), io::Error> {
         let bytes = encode(&log_id)?;
+        self.tail().purge(log_id.index);
         self.store
             .retrying("purge log", || async {
                 let mut conn = self.store.writer(Durability::Sync).await?;
@@ -249,5 +393,65 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             })
             .await?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use openraft::EntryPayload;
+    use openraft::vote::RaftLeaderIdExt;
+
+    use super::*;
+
+    fn entry(index: u64) -> (EntryOf<TypeConfig>, usize) {
+        let leader = openraft::type_config::alias::LeaderIdOf::<TypeConfig>::new_committed(1, 1);
+        let e = EntryOf::<TypeConfig> {
+            log_id: openraft::LogId::new(leader, index),
+            payload: EntryPayload::Blank,
+        };
+        (e, 100)
+    }
+
+    fn indexes(v: Option<Vec<EntryOf<TypeConfig>>>) -> Option<Vec<u64>> {
+        v.map(|v| v.iter().map(|e| e.log_id.index).collect())
+    }
+
+    #[test]
+    fn tail_serves_only_what_it_holds_whole() {
+        let mut t = Tail::default();
+        assert_eq!(
+            indexes(t.get(0, u64::MAX)),
+            None,
+            "empty tail serves nothing"
+        );
+        t.extend((5..=9).map(entry).collect());
+        assert_eq!(indexes(t.get(6, 8)), Some(vec![6, 7]));
+        assert_eq!(indexes(t.get(7, u64::MAX)), Some(vec![7, 8, 9]));
+        assert_eq!(indexes(t.get(10, u64::MAX)), Some(vec![]), "past the end");
+        assert_eq!(indexes(t.get(4, 8)), None, "starts before the tail");
+        t.truncate_after(Some(7));
+        assert_eq!(indexes(t.get(5, u64::MAX)), Some(vec![5, 6, 7]));
+        t.purge(5);
+        assert_eq!(indexes(t.get(5, u64::MAX)), None);
+        assert_eq!(indexes(t.get(6, u64::MAX)), Some(vec![6, 7]));
+        // Continuing appends join; anything else empties the tail.
+        t.extend(vec![entry(8)]);
+        assert_eq!(t.last(), Some(8));
+        t.extend(vec![entry(7)]);
+        assert_eq!((t.first(), t.last()), (Some(7), Some(7)));
+        t.extend(vec![entry(9)]);
+        assert_eq!((t.first(), t.last()), (Some(9), Some(9)));
+        t.truncate_after(None);
+        assert_eq!(t.bytes, 0);
+        assert!(t.entries.is_empty());
+    }
+
+    #[test]
+    fn tail_is_bounded() {
+        let mut t = Tail::default();
+        t.extend((1..=(TAIL_MAX_ENTRIES as u64 + 10)).map(entry).collect());
+        assert_eq!(t.entries.len(), TAIL_MAX_ENTRIES);
+        assert_eq!(t.first(), Some(11));
+        assert_eq!(t.bytes, TAIL_MAX_ENTRIES * 100);
     }
 }

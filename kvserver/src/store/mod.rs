@@ -36,6 +36,7 @@
 //! machine and [`snapshot`] the on-disk snapshot format.
 
 mod apply;
+mod batch;
 pub mod log;
 pub mod sm;
 pub mod snapshot;
@@ -287,6 +288,10 @@ pub struct Store {
     backend_name: &'static str,
     pub(crate) feed: tokio::sync::broadcast::Sender<watch::Feed>,
     pub(crate) watch_history: u64,
+    /// Watch history at or below this revision is deleted (mirrors `raft_meta.watch_compacted`).
+    pub(crate) compacted: Arc<AtomicU64>,
+    /// The committed log id openraft last reported (encoded), written with the next apply.
+    committed: Arc<std::sync::Mutex<Option<Vec<u8>>>>,
 }
 
 fn valid_schema(s: &str) -> bool {
@@ -403,6 +408,8 @@ impl Store {
             },
             feed: tokio::sync::broadcast::channel(opts.feed_capacity.max(1)).0,
             watch_history: opts.watch_history.max(1),
+            compacted: Arc::new(AtomicU64::new(0)),
+            committed: Arc::new(std::sync::Mutex::new(None)),
         };
         store
             .check_identity("node_id", &opts.node_id.to_string())
@@ -410,6 +417,10 @@ impl Store {
         store.check_identity("cluster_id", &opts.cluster_id).await?;
         let rev: Option<u64> = store.meta_get("sm_revision").await?;
         store.revision.store(rev.unwrap_or(0), Ordering::SeqCst);
+        let compacted: Option<u64> = store.meta_get(watch::WATCH_COMPACTED).await?;
+        store
+            .compacted
+            .store(compacted.unwrap_or(0), Ordering::SeqCst);
         snapshot::remove_temp_files(&store.snapshot_dir);
         Ok(store)
     }
@@ -497,6 +508,18 @@ impl Store {
                 Err(e) => return Err(e),
             }
         }
+    }
+
+    /// Remembers the committed log id (encoded) for the next apply transaction.
+    pub(crate) fn set_pending_committed(&self, encoded: Vec<u8>) {
+        if let Ok(mut c) = self.committed.lock() {
+            *c = Some(encoded);
+        }
+    }
+
+    /// The committed log id to record with the next apply, if openraft reported one.
+    pub(crate) fn pending_committed(&self) -> Option<Vec<u8>> {
+        self.committed.lock().ok().and_then(|c| c.clone())
     }
 
     /// Reads one value from `raft_meta` (bincode encoded).
@@ -712,6 +735,32 @@ pub(crate) async fn put_meta(
         .bind(value)
         .execute(&mut **tx)
         .await?;
+    Ok(())
+}
+
+static META_UPSERT_MANY: batch::Shapes = batch::Shapes::new(|n| {
+    format!(
+        "INSERT INTO raft_meta (name, value) VALUES {} ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+        batch::values(n, 2)
+    )
+});
+
+/// Upserts several `raft_meta` rows (distinct names) inside a transaction, in one
+/// statement for up to 64 rows.
+pub(crate) async fn put_metas(
+    tx: &mut Transaction<'_, Any>,
+    rows: &[(&str, Vec<u8>)],
+) -> Result<(), StoreError> {
+    let mut rest = rows;
+    for n in batch::insert_chunks(rows.len()) {
+        let (chunk, tail) = rest.split_at(n);
+        rest = tail;
+        let mut q = sqlx::query(META_UPSERT_MANY.get(n));
+        for (name, value) in chunk {
+            q = q.bind(*name).bind(value.as_slice());
+        }
+        q.execute(&mut **tx).await?;
+    }
     Ok(())
 }
 

@@ -34,10 +34,11 @@ use super::KV_COLUMNS;
 use super::Store;
 use super::StoreError;
 use super::apply::ApplyCtx;
-use super::apply::upsert;
+use super::apply::upsert_many;
 use super::encode;
 use super::get_meta;
 use super::put_meta;
+use super::put_metas;
 use super::row_to_kv;
 use super::snapshot::SnapshotFile;
 use super::snapshot::SnapshotWriter;
@@ -69,6 +70,8 @@ struct Applied {
     membership: StoredMembershipOf<TypeConfig>,
     /// Watch events of the batch, in revision order.
     events: Vec<crate::types::WatchEvent>,
+    /// New watch-history compaction horizon, if the batch moved it.
+    compacted: Option<u64>,
 }
 
 impl StateMachine {
@@ -85,44 +88,60 @@ impl StateMachine {
         })
     }
 
-    async fn apply_once(&self, batch: &[EntryOf<TypeConfig>]) -> Result<Applied, StoreError> {
+    /// One attempt at applying `batch` in one transaction. `verify`: first read the applied
+    /// position inside the transaction (a retry after a commit whose outcome is unknown);
+    /// a first attempt knows the position from memory, which matches the table.
+    async fn apply_once(
+        &self,
+        batch: &[EntryOf<TypeConfig>],
+        verify: bool,
+    ) -> Result<Applied, StoreError> {
         let Some(last) = batch.last().map(|e| e.log_id) else {
             return Ok(Applied {
                 results: Vec::new(),
                 revision: self.store.revision(),
                 membership: self.membership.clone(),
                 events: Vec::new(),
+                compacted: None,
             });
         };
         // Derived from the durable log: see `Durability::Deferred`.
         let mut conn = self.store.writer(Durability::Deferred).await?;
         let mut tx = conn.begin().await?;
-        let db_applied: Option<LogIdOf<TypeConfig>> =
-            get_meta::<Option<LogIdOf<TypeConfig>>>(&mut tx, SM_APPLIED)
-                .await?
-                .flatten();
-        if db_applied.is_some_and(|a| a.index >= last.index) {
-            // An earlier attempt committed this batch; only its acknowledgement was lost.
-            // Its watch events are read back so watchers see no gap.
-            let revision = get_meta(&mut tx, SM_REVISION).await?.unwrap_or(0);
-            let membership = get_meta(&mut tx, SM_MEMBERSHIP).await?.unwrap_or_default();
-            let events =
-                super::watch::read_events(&mut tx, self.store.revision(), revision).await?;
-            tx.rollback().await?;
-            return Ok(Applied {
-                results: vec![None; batch.len()],
-                revision,
-                membership,
-                events,
-            });
+        if verify {
+            let db_applied: Option<LogIdOf<TypeConfig>> =
+                get_meta::<Option<LogIdOf<TypeConfig>>>(&mut tx, SM_APPLIED)
+                    .await?
+                    .flatten();
+            if db_applied.is_some_and(|a| a.index >= last.index) {
+                // An earlier attempt committed this batch; only its acknowledgement was lost.
+                // Its watch events are read back so watchers see no gap.
+                let revision = get_meta(&mut tx, SM_REVISION).await?.unwrap_or(0);
+                let membership = get_meta(&mut tx, SM_MEMBERSHIP).await?.unwrap_or_default();
+                let events =
+                    super::watch::read_events(&mut tx, self.store.revision(), revision).await?;
+                let compacted = get_meta(&mut tx, super::watch::WATCH_COMPACTED).await?;
+                tx.rollback().await?;
+                return Ok(Applied {
+                    results: vec![None; batch.len()],
+                    revision,
+                    membership,
+                    events,
+                    compacted,
+                });
+            }
         }
         let mut membership = self.membership.clone();
         let mut results = Vec::with_capacity(batch.len());
-        let mut ctx = ApplyCtx {
-            tx: &mut tx,
-            rev: self.store.revision(),
-            events: Vec::new(),
-        };
+        let mut ctx = ApplyCtx::new(&mut tx, self.store.revision());
+        let commands: Vec<&crate::types::Command> = batch
+            .iter()
+            .filter_map(|e| match &e.payload {
+                EntryPayload::Normal(cmd) => Some(cmd),
+                _ => None,
+            })
+            .collect();
+        ctx.prefetch(&commands).await?;
         for entry in batch {
             let result = match &entry.payload {
                 EntryPayload::Blank => ApplyResult::none(ctx.rev),
@@ -140,17 +159,38 @@ impl StateMachine {
             };
             results.push(Some(result));
         }
+        ctx.flush().await?;
         let (rev, events) = (ctx.rev, ctx.events);
-        super::watch::record_events(&mut tx, &events, rev, self.store.watch_history).await?;
-        put_meta(&mut tx, SM_APPLIED, encode(&Some(last))?).await?;
-        put_meta(&mut tx, SM_MEMBERSHIP, encode(&membership)?).await?;
-        put_meta(&mut tx, SM_REVISION, encode(&rev)?).await?;
+        let compacted = super::watch::record_events(
+            &mut tx,
+            &events,
+            rev,
+            self.store.watch_history,
+            self.store.compacted.load(Ordering::SeqCst),
+        )
+        .await?;
+        let mut meta = vec![
+            (SM_APPLIED, encode(&Some(last))?),
+            (SM_REVISION, encode(&rev)?),
+        ];
+        if membership != self.membership {
+            meta.push((SM_MEMBERSHIP, encode(&membership)?));
+        }
+        if let Some(horizon) = compacted {
+            meta.push((super::watch::WATCH_COMPACTED, encode(&horizon)?));
+        }
+        // The committed index openraft last reported (advisory, see `LogStore::save_committed`).
+        if let Some(committed) = self.store.pending_committed() {
+            meta.push((super::log::COMMITTED, committed));
+        }
+        put_metas(&mut tx, &meta).await?;
         tx.commit().await?;
         Ok(Applied {
             results,
             revision: rev,
             membership,
             events,
+            compacted,
         })
     }
 
@@ -168,9 +208,13 @@ impl StateMachine {
             return Ok(());
         };
         let started = std::time::Instant::now();
+        let mut attempt = 0u32;
         let applied = self
             .store
-            .retrying("apply entries", || self.apply_once(&batch))
+            .retrying("apply entries", || {
+                attempt += 1;
+                self.apply_once(&batch, attempt > 1)
+            })
             .await?;
         self.store
             .metrics
@@ -178,6 +222,9 @@ impl StateMachine {
             .observe(started.elapsed().as_secs_f64());
         self.applied = Some(last);
         self.membership = applied.membership;
+        if let Some(horizon) = applied.compacted {
+            self.store.compacted.store(horizon, Ordering::SeqCst);
+        }
         self.store
             .revision
             .store(applied.revision, Ordering::SeqCst);
@@ -203,8 +250,18 @@ impl StateMachine {
         let mut conn = self.store.writer(Durability::Sync).await?;
         let mut tx = conn.begin().await?;
         sqlx::query("DELETE FROM kv").execute(&mut *tx).await?;
-        while let Some(kv) = reader.next_kv().await? {
-            upsert(&mut tx, &kv).await?;
+        let mut rows = Vec::with_capacity(super::batch::MAX_ROWS);
+        loop {
+            let next = reader.next_kv().await?;
+            let done = next.is_none();
+            rows.extend(next);
+            if rows.len() == super::batch::MAX_ROWS || (done && !rows.is_empty()) {
+                upsert_many(&mut tx, &rows.iter().collect::<Vec<_>>()).await?;
+                rows.clear();
+            }
+            if done {
+                break;
+            }
         }
         // The event history does not travel with snapshots: it restarts at the snapshot.
         super::watch::reset_history(&mut tx, revision).await?;
@@ -231,6 +288,8 @@ impl StateMachine {
         self.applied = meta.last_log_id;
         self.membership = meta.last_membership.clone();
         self.store.revision.store(revision, Ordering::SeqCst);
+        // `reset_history` moved the horizon to the snapshot's revision.
+        self.store.compacted.store(revision, Ordering::SeqCst);
         self.store.publish_reset(revision);
 
         let final_path = snapshot_path(&self.store, &meta.last_log_id);

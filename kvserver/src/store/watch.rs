@@ -19,6 +19,8 @@ use sqlx::Transaction;
 
 use super::Store;
 use super::StoreError;
+use super::batch;
+use super::batch::Shapes;
 use super::decode;
 use super::encode;
 use super::get_meta;
@@ -27,7 +29,7 @@ use super::snapshot::SnapKv;
 use crate::types::EventKind;
 use crate::types::WatchEvent;
 
-const WATCH_COMPACTED: &str = "watch_compacted";
+pub(crate) const WATCH_COMPACTED: &str = "watch_compacted";
 
 /// What the live feed carries.
 #[derive(Debug, Clone)]
@@ -47,14 +49,29 @@ struct StoredEvent {
     prev: Option<SnapKv>,
 }
 
+static INSERT_EVENTS: Shapes = Shapes::new(|n| {
+    format!(
+        "INSERT INTO kv_events (revision, events) VALUES {} \
+         ON CONFLICT (revision) DO UPDATE SET events = excluded.events",
+        batch::values(n, 2)
+    )
+});
+
 /// Writes the batch's events (grouped per revision) and compacts history older than
-/// `keep` revisions behind `rev`.
+/// `keep` revisions behind `rev`, given the current horizon `compacted`. Returns the
+/// new horizon when it moved (the caller records it with the batch).
+///
+/// Compaction runs in steps of `keep / 16` revisions (at least 1, at most 1,024), so
+/// a write does not pay for a delete every time; between steps up to one step more
+/// than `keep` revisions of history are kept.
 pub(crate) async fn record_events(
     tx: &mut Transaction<'_, Any>,
     events: &[WatchEvent],
     rev: u64,
     keep: u64,
-) -> Result<(), StoreError> {
+    compacted: u64,
+) -> Result<Option<u64>, StoreError> {
+    let mut rows: Vec<(i64, Vec<u8>)> = Vec::new();
     let mut i = 0;
     while i < events.len() {
         let revision = events[i].revision;
@@ -69,26 +86,28 @@ pub(crate) async fn record_events(
             });
             i += 1;
         }
-        sqlx::query(
-            "INSERT INTO kv_events (revision, events) VALUES ($1, $2) ON CONFLICT (revision) DO UPDATE SET events = excluded.events",
-        )
-        .bind(revision as i64)
-        .bind(encode(&group)?)
-        .execute(&mut **tx)
-        .await?;
+        rows.push((revision as i64, encode(&group)?));
     }
-    if rev > keep {
-        let horizon = rev - keep;
-        let compacted: u64 = get_meta(tx, WATCH_COMPACTED).await?.unwrap_or(0);
-        if horizon > compacted {
-            sqlx::query("DELETE FROM kv_events WHERE revision <= $1")
-                .bind(horizon as i64)
-                .execute(&mut **tx)
-                .await?;
-            put_meta(tx, WATCH_COMPACTED, encode(&horizon)?).await?;
+    let mut rest = &rows[..];
+    for n in batch::insert_chunks(rows.len()) {
+        let (chunk, tail) = rest.split_at(n);
+        rest = tail;
+        let mut q = sqlx::query(INSERT_EVENTS.get(n));
+        for (revision, bytes) in chunk {
+            q = q.bind(*revision).bind(bytes.as_slice());
         }
+        q.execute(&mut **tx).await?;
     }
-    Ok(())
+    let step = (keep / 16).clamp(1, 1024);
+    if rev > keep && rev - keep >= compacted + step {
+        let horizon = rev - keep;
+        sqlx::query("DELETE FROM kv_events WHERE revision <= $1")
+            .bind(horizon as i64)
+            .execute(&mut **tx)
+            .await?;
+        return Ok(Some(horizon));
+    }
+    Ok(None)
 }
 
 /// Drops all history; the oldest watchable revision becomes `revision + 1`.
