@@ -13,6 +13,7 @@
 //! - [`store`]: SQLite (sqlx) persistence: Raft log and vote ([`store::log`]), the state
 //!   machine ([`store::sm`]) and snapshot files ([`store::snapshot`]).
 //! - [`network`]: the binary Raft peer transport (client and server) on its own port.
+//! - [`read`]: linearizable reads served by followers (read index from the leader).
 //! - [`api`]: the client HTTP API (axum): KV, cluster management, ops endpoints, forwarding.
 //! - [`metrics`]: the node's Prometheus registry.
 //!
@@ -36,6 +37,8 @@ pub mod metrics;
 pub mod network;
 #[cfg(feature = "server")]
 pub mod node;
+#[cfg(feature = "server")]
+pub mod read;
 #[cfg(feature = "server")]
 pub mod store;
 #[cfg(feature = "server")]

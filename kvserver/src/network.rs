@@ -136,6 +136,8 @@ enum Request {
     },
     Chunk(Vec<u8>),
     SnapshotEnd,
+    /// A follower asks the leader for a read index (follower reads, see `crate::read`).
+    ReadIndex,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -146,6 +148,8 @@ enum Response {
     TransferLeader(Result<TransferLeaderResponse<TypeConfig>, String>),
     Snapshot(Result<SnapshotResponse<TypeConfig>, String>),
     Error(String),
+    /// The log index a read must see applied, confirmed by a quorum after the request arrived.
+    ReadIndex(Result<u64, String>),
 }
 
 async fn write_frame<W: AsyncWriteExt + Unpin, T: Serialize>(
@@ -212,6 +216,33 @@ pub struct PeerClient {
 }
 
 impl PeerClient {
+    /// A client of `target` at `addr` outside openraft (for follower reads).
+    pub(crate) fn new(
+        me: NodeId,
+        target: NodeId,
+        addr: String,
+        cluster_id: Arc<str>,
+        raft: Arc<std::sync::OnceLock<KvRaft>>,
+    ) -> Self {
+        Self {
+            me,
+            target,
+            addr,
+            cluster_id,
+            raft,
+            conn: None,
+        }
+    }
+
+    /// Asks the target (the leader) for a read index.
+    pub(crate) async fn read_index(&mut self, ttl: Duration) -> Result<u64, PeerError> {
+        match self.call(&Request::ReadIndex, ttl).await? {
+            Response::ReadIndex(Ok(index)) => Ok(index),
+            Response::ReadIndex(Err(e)) | Response::Error(e) => Err(PeerError::Remote(e)),
+            _ => Err(PeerError::Unexpected),
+        }
+    }
+
     async fn connect(&mut self) -> Result<&mut Conn, PeerError> {
         if self.conn.is_none() {
             let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&self.addr))
@@ -602,6 +633,12 @@ async fn serve_conn(stream: TcpStream, server: &PeerServer) -> Result<(), PeerEr
             ),
             Request::SnapshotBegin { vote, meta } => Response::Snapshot(
                 receive_snapshot(&mut reader, raft, snapshot_dir, vote, meta).await,
+            ),
+            Request::ReadIndex => Response::ReadIndex(
+                raft.get_read_linearizer(openraft::ReadPolicy::ReadIndex)
+                    .await
+                    .map(|l| l.read_log_id().index())
+                    .map_err(|e| e.to_string()),
             ),
             Request::Chunk(_) | Request::SnapshotEnd => {
                 Response::Error("snapshot data outside a transfer".into())

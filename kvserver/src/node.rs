@@ -190,6 +190,7 @@ pub async fn start_node(config: Config) -> Result<NodeHandle, NodeError> {
     let (stop, stop_rx) = watch::channel(false);
     let peer_state = Arc::new(PeerState::default());
     let mut tasks = Vec::new();
+    let follower_cluster_id = cluster_id.clone();
     let peer_server = Arc::new(network::PeerServer {
         raft: raft.clone(),
         node_id: id,
@@ -221,6 +222,7 @@ pub async fn start_node(config: Config) -> Result<NodeHandle, NodeError> {
         http,
         started: Instant::now(),
         peer_state,
+        follower_reads: crate::read::FollowerReads::new(id, follower_cluster_id, raft.clone()),
         shutdown: api_stop_rx.clone(),
     });
     let app = api::router(state.clone());

@@ -129,6 +129,14 @@ pub async fn linearize(
     match res {
         Ok(_) => Ok(None),
         Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(f))) => {
+            // Served here once this node has applied the leader's read index; if that
+            // fails (leader moved, this node lags), the leader serves it instead.
+            if let Some(leader) = f.leader_id {
+                match state.follower_reads.barrier(leader).await {
+                    Ok(()) => return Ok(None),
+                    Err(e) => tracing::debug!(error = %e, "follower read: forwarding instead"),
+                }
+            }
             Ok(Some(state.forward(raw, f.leader_id).await?))
         }
         Err(e) => Err(read_error(e)),

@@ -69,6 +69,8 @@ pub struct NodeState {
     pub started: Instant,
     /// Unix ms of the last AppendEntries accepted from a leader (followers' heartbeat clock).
     pub peer_state: Arc<crate::network::PeerState>,
+    /// Linearizable reads on this node while it follows.
+    pub follower_reads: Arc<crate::read::FollowerReads>,
     /// Becomes true when the API starts draining (long-lived streams end then).
     pub shutdown: tokio::sync::watch::Receiver<bool>,
 }

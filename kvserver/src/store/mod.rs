@@ -307,9 +307,13 @@ async fn pools(opts: &StoreOptions) -> Result<(AnyPool, AnyPool), StoreError> {
         Backend::Sqlite => {
             let path = opts.data_dir.join("kvserver.db");
             let url = |mode: &str| format!("sqlite://{}?mode={mode}", path.display());
+            // No ping before each acquire (sqlx's default): a connection to a local file
+            // cannot go stale, and the ping was a second worker-thread round trip for
+            // every statement in profiles.
             let writer = AnyPoolOptions::new()
                 .max_connections(1)
                 .min_connections(1)
+                .test_before_acquire(false)
                 .acquire_timeout(Duration::from_secs(30))
                 .after_connect(|conn, _| {
                     Box::pin(async move {
@@ -324,6 +328,7 @@ async fn pools(opts: &StoreOptions) -> Result<(AnyPool, AnyPool), StoreError> {
             migrator(&opts.backend).run(&writer).await?;
             let reader = AnyPoolOptions::new()
                 .max_connections(4)
+                .test_before_acquire(false)
                 .acquire_timeout(Duration::from_secs(30))
                 .after_connect(|conn, _| {
                     Box::pin(async move {
