@@ -1,11 +1,20 @@
 #!/usr/bin/env bash
-# Side-by-side benchmark: a 3-node kvserver (SQLite, durable defaults) and a
-# 3-member etcd (Debian's etcd-server, default durable settings) on 127.0.0.1,
-# driven by the same load generator (kvbench) with the same workloads at 1, 16
-# and 64 connections, alternating between the stores. Prints one table with
-# the ratio kvserver/etcd per cell. Everything it starts it stops.
+# Side-by-side benchmark of kvserver and etcd on this machine, one run, same load
+# generator (kvbench), durable settings on both sides.
 #
-#   bench/compare.sh                 # ~5 min
+#   main table: 3-node kvserver (SQLite) vs 3-member etcd (Debian's etcd-server,
+#               default settings), put / linearizable get / stale get / CAS at 1, 16
+#               and 64 connections, the two stores alternating cell by cell;
+#   more rows:  3-node kvserver on PostgreSQL (one local server, fsync on, synchronous
+#               commit) against the 3-member etcd cells of the main table, 1-node
+#               kvserver vs 1-member etcd, and the loopback HTTP floor (kvbench's
+#               fixed-response server under the same load generator).
+#
+# Everything it starts it stops (trap). etcd and PostgreSQL are installed from
+# Debian packages if absent. ~6 minutes.
+#
+#   bench/compare.sh                 # everything
+#   EXTRA=0 bench/compare.sh         # main table only (~3 min)
 #   DURATION=10 bench/compare.sh     # longer cells
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
@@ -14,106 +23,217 @@ WARMUP="${WARMUP:-1}"
 KEYS="${KEYS:-10000}"
 WORKLOADS="${WORKLOADS:-put get stale-get cas}"
 CONNS="${CONNS:-1 16 64}"
+EXTRA="${EXTRA:-1}"
 OUT="$(mktemp -d -t kvc-bench.XXXXXX)"
 PIDS=()
+PG_CTL=""
 cleanup() {
   for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
   for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
+  if [ -n "$PG_CTL" ]; then $PG_CTL stop -m immediate >/dev/null 2>&1 || true; fi
   rm -rf "$OUT"
 }
 trap cleanup EXIT
 
-if ! command -v etcd >/dev/null; then
-  echo "installing etcd-server (Debian package)" >&2
-  apt-get update -qq && apt-get install -y -qq --no-install-recommends etcd-server >/dev/null
-fi
+apt_install() {  # apt_install PACKAGE
+  echo "installing $1 (Debian package)" >&2
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$1" >/dev/null \
+    || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$1" >/dev/null; }
+}
+command -v etcd >/dev/null || apt_install etcd-server
 (cd "$ROOT" && cargo build --release --locked -q -p kvserver -p kvbench)
 KVSERVER="$ROOT/target/release/kvserver"
 KVBENCH="$ROOT/target/release/kvbench"
 
-# 12 distinct free ports on 127.0.0.1.
-read -r -a P <<<"$(python3 - <<'PY'
+# Distinct free ports on 127.0.0.1, handed out by take_port (sets PORT).
+read -r -a PORTS <<<"$(python3 - <<'PY'
 import socket
 socks = []
-for _ in range(12):
+for _ in range(40):
     s = socket.socket(); s.bind(("127.0.0.1", 0)); socks.append(s)
 print(" ".join(str(s.getsockname()[1]) for s in socks))
 PY
 )"
-wait_http() {  # wait_http URL: polls until it answers (30 s).
+PI=0
+take_port() { PORT=${PORTS[$PI]}; PI=$((PI + 1)); }
+wait_http() {  # wait_http URL: polls until it answers 2xx (30 s).
   for _ in $(seq 1 150); do curl -sf -o /dev/null "$1" && return 0; sleep 0.2; done
   echo "error: $1 did not come up" >&2; return 1
 }
-
-for i in 1 2 3; do
-  api=${P[$((i-1))]}; raft=${P[$((i+2))]}
-  "$KVSERVER" --node-id "$i" --cluster-id bench --data-dir "$OUT/kv$i" \
-    --api-addr "127.0.0.1:$api" --raft-addr "127.0.0.1:$raft" --log-level warn > "$OUT/kv$i.log" 2>&1 &
-  PIDS+=($!); KV_PIDS+="${KV_PIDS:+,}$!"
-  KV_EPS+="${KV_EPS:+,}127.0.0.1:$api"
-done
-for i in 1 2 3; do wait_http "http://127.0.0.1:${P[$((i-1))]}/healthz"; done
-# Node 1 forms a one-voter cluster; 2 and 3 join as learners and are promoted.
-kv_post() { curl -sf -XPOST "http://127.0.0.1:${P[0]}$1" -H 'content-type: application/json' -d "$2" > /dev/null; }
-kv_post /v1/cluster/init '{}'
-wait_http "http://127.0.0.1:${P[0]}/readyz"
-for i in 2 3; do
-  kv_post /v1/cluster/learners "{\"id\":$i,\"api_addr\":\"127.0.0.1:${P[$((i-1))]}\",\"raft_addr\":\"127.0.0.1:${P[$((i+2))]}\",\"wait\":true}"
-done
-kv_post /v1/cluster/membership '{"add_voters":[2,3]}'
-for i in 1 2 3; do wait_http "http://127.0.0.1:${P[$((i-1))]}/readyz"; done
-
-cluster=""
-for i in 1 2 3; do cluster+="${cluster:+,}e$i=http://127.0.0.1:${P[$((i+8))]}"; done
-for i in 1 2 3; do
-  client=${P[$((i+5))]}; peer=${P[$((i+8))]}
-  etcd --name "e$i" --data-dir "$OUT/etcd$i" \
-    --listen-client-urls "http://127.0.0.1:$client" --advertise-client-urls "http://127.0.0.1:$client" \
-    --listen-peer-urls "http://127.0.0.1:$peer" --initial-advertise-peer-urls "http://127.0.0.1:$peer" \
-    --initial-cluster "$cluster" --initial-cluster-state new --logger zap --log-level warn \
-    > "$OUT/etcd$i.log" 2>&1 &
-  PIDS+=($!); ETCD_PIDS+="${ETCD_PIDS:+,}$!"
-  ETCD_EPS+="${ETCD_EPS:+,}127.0.0.1:$client"
-done
-for i in 1 2 3; do wait_http "http://127.0.0.1:${P[$((i+5))]}/health"; done
-
-bench() {  # bench TARGET EPS PIDS WORKLOAD CONNS [extra]
-  "$KVBENCH" --target "$1" --endpoints "$2" --pids "$3" --workload "$4" --connections "$5" \
-    --duration-s "$DURATION" --warmup-s "$WARMUP" --keys "$KEYS" --json "${@:6}"
+post() {  # post URL JSON
+  curl -sf -XPOST "$1" -H 'content-type: application/json' -d "$2" >/dev/null \
+    || { echo "error: POST $1 $2 failed" >&2; return 1; }
 }
-echo "preloading $KEYS keys into each store" >&2
-for t in kv etcd; do
-  eps=$([ $t = kv ] && echo "$KV_EPS" || echo "$ETCD_EPS")
-  "$KVBENCH" --target $t --endpoints "$eps" --workload put --connections 64 --keys "$KEYS" \
-    --preload --duration-s 0 --warmup-s 0 --json > /dev/null
-done
 
-: > "$OUT/results.jsonl"
+# start_kv NAME N [kvserver flags...]: N nodes; node 1 forms the cluster, the others
+# join as learners and are promoted. Sets EPS_NAME and PIDS_NAME.
+start_kv() {
+  local name=$1 n=$2; shift 2
+  local eps="" pids="" api=() raft=()
+  for i in $(seq 1 "$n"); do
+    take_port; api[i]=$PORT; take_port; raft[i]=$PORT
+    "$KVSERVER" --node-id "$i" --cluster-id "bench-$name" --data-dir "$OUT/$name/$i" \
+      --api-addr "127.0.0.1:${api[i]}" --raft-addr "127.0.0.1:${raft[i]}" --log-level warn \
+      "$@" --set "storage.postgres.schema=bench_${name//-/_}_$i" > "$OUT/$name-$i.log" 2>&1 &
+    PIDS+=($!); pids+="${pids:+,}$!"; eps+="${eps:+,}127.0.0.1:${api[i]}"
+  done
+  for i in $(seq 1 "$n"); do wait_http "http://127.0.0.1:${api[i]}/healthz"; done
+  post "http://127.0.0.1:${api[1]}/v1/cluster/init" '{}'
+  wait_http "http://127.0.0.1:${api[1]}/readyz"
+  local voters=""
+  for i in $(seq 2 "$n"); do
+    post "http://127.0.0.1:${api[1]}/v1/cluster/learners" \
+      "{\"id\":$i,\"api_addr\":\"127.0.0.1:${api[i]}\",\"raft_addr\":\"127.0.0.1:${raft[i]}\",\"wait\":true}"
+    voters+="${voters:+,}$i"
+  done
+  [ -n "$voters" ] && post "http://127.0.0.1:${api[1]}/v1/cluster/membership" "{\"add_voters\":[$voters]}"
+  for i in $(seq 1 "$n"); do wait_http "http://127.0.0.1:${api[i]}/readyz"; done
+  printf -v "EPS_${name//-/_}" '%s' "$eps"; printf -v "PIDS_${name//-/_}" '%s' "$pids"
+}
+
+# start_etcd NAME N: an N-member etcd cluster. Sets EPS_NAME and PIDS_NAME.
+start_etcd() {
+  local name=$1 n=$2 cluster="" eps="" pids="" client=() peer=()
+  for i in $(seq 1 "$n"); do
+    take_port; client[i]=$PORT; take_port; peer[i]=$PORT
+    cluster+="${cluster:+,}e$i=http://127.0.0.1:${peer[i]}"
+  done
+  for i in $(seq 1 "$n"); do
+    etcd --name "e$i" --data-dir "$OUT/$name/$i" \
+      --listen-client-urls "http://127.0.0.1:${client[i]}" --advertise-client-urls "http://127.0.0.1:${client[i]}" \
+      --listen-peer-urls "http://127.0.0.1:${peer[i]}" --initial-advertise-peer-urls "http://127.0.0.1:${peer[i]}" \
+      --initial-cluster "$cluster" --initial-cluster-state new --logger zap --log-level warn \
+      > "$OUT/$name-$i.log" 2>&1 &
+    PIDS+=($!); pids+="${pids:+,}$!"; eps+="${eps:+,}127.0.0.1:${client[i]}"
+  done
+  for i in $(seq 1 "$n"); do wait_http "http://127.0.0.1:${client[i]}/health"; done
+  printf -v "EPS_${name//-/_}" '%s' "$eps"; printf -v "PIDS_${name//-/_}" '%s' "$pids"
+}
+
+stop_pids() {  # stop_pids 1,2,3
+  local p
+  for p in ${1//,/ }; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
+}
+
+# start_pg: a private PostgreSQL server (fsync on, synchronous commit). Sets PG_URL.
+start_pg() {
+  local bin
+  bin=$(compgen -G "/usr/lib/postgresql/*/bin" | sort -V | tail -1 || true)
+  if [ -z "$bin" ]; then
+    apt_install postgresql
+    # The package starts a system cluster; this benchmark uses its own.
+    if command -v pg_lsclusters >/dev/null; then
+      pg_lsclusters -h 2>/dev/null | while read -r ver cname _; do pg_ctlcluster "$ver" "$cname" stop 2>/dev/null || true; done
+    fi
+    bin=$(compgen -G "/usr/lib/postgresql/*/bin" | sort -V | tail -1)
+  fi
+  local as=() dir="$OUT/pg"
+  mkdir -p "$dir"
+  if [ "$(id -u)" = 0 ]; then
+    # PostgreSQL refuses to run as root: its files belong to the postgres user.
+    chmod 755 "$OUT"; chown postgres: "$dir"; as=(runuser -u postgres --)
+  fi
+  take_port; local port=$PORT
+  "${as[@]}" "$bin/initdb" -D "$dir/data" -U kv --auth=trust -E UTF8 --locale=C.UTF-8 --no-instructions >/dev/null
+  PG_CTL="${as[*]} $bin/pg_ctl -D $dir/data"
+  $PG_CTL -o "-p $port -k $dir -c listen_addresses=127.0.0.1 -c fsync=on -c synchronous_commit=on -c max_connections=200" \
+    -l "$dir/server.log" -w -t 60 start >/dev/null
+  PG_URL="postgres://kv@127.0.0.1:$port/postgres"
+}
+
+RESULTS="$OUT/results.jsonl"
+: > "$RESULTS"
+bench() {  # bench SETUP TARGET EPS PIDS WORKLOAD CONNS
+  "$KVBENCH" --target "$2" --endpoints "$3" --pids "$4" --workload "$5" --connections "$6" \
+    --duration-s "$DURATION" --warmup-s "$WARMUP" --keys "$KEYS" --json \
+    | sed "s/^{/{\"setup\":\"$1\",/" >> "$RESULTS"
+}
+preload() {  # preload TARGET EPS
+  "$KVBENCH" --target "$1" --endpoints "$2" --workload put --connections 64 --keys "$KEYS" \
+    --preload --duration-s 0 --warmup-s 0 --json > /dev/null
+}
+
+echo "starting a 3-node kvserver (SQLite) and a 3-member etcd" >&2
+start_kv kv3 3
+start_etcd etcd3 3
+preload kv "$EPS_kv3"; preload etcd "$EPS_etcd3"
 for w in $WORKLOADS; do
   for c in $CONNS; do
     echo "  $w c=$c" >&2
-    bench kv "$KV_EPS" "$KV_PIDS" "$w" "$c" >> "$OUT/results.jsonl"
-    bench etcd "$ETCD_EPS" "$ETCD_PIDS" "$w" "$c" >> "$OUT/results.jsonl"
+    bench kv3 kv "$EPS_kv3" "$PIDS_kv3" "$w" "$c"
+    bench etcd3 etcd "$EPS_etcd3" "$PIDS_etcd3" "$w" "$c"
   done
 done
+stop_pids "$PIDS_kv3"; stop_pids "$PIDS_etcd3"
 
-python3 - "$OUT/results.jsonl" <<'PY'
+if [ "$EXTRA" = 1 ]; then
+  echo "starting PostgreSQL and a 3-node kvserver on it" >&2
+  start_pg
+  KV_STORAGE_BACKEND=postgres KV_STORAGE_POSTGRES_URL="$PG_URL" start_kv kv3-pg 3
+  preload kv "$EPS_kv3_pg"
+  for cell in "put 1" "put 64" "get 64"; do
+    set -- $cell; echo "  postgres $1 c=$2" >&2
+    bench kv3-pg kv "$EPS_kv3_pg" "$PIDS_kv3_pg" "$1" "$2"
+  done
+  stop_pids "$PIDS_kv3_pg"; $PG_CTL stop -m fast >/dev/null; PG_CTL=""
+
+  echo "starting a 1-node kvserver and a 1-member etcd" >&2
+  start_kv kv1 1
+  start_etcd etcd1 1
+  preload kv "$EPS_kv1"; preload etcd "$EPS_etcd1"
+  for cell in "put 1" "put 64" "get 64"; do
+    set -- $cell; echo "  1-node $1 c=$2" >&2
+    bench kv1 kv "$EPS_kv1" "$PIDS_kv1" "$1" "$2"
+    bench etcd1 etcd "$EPS_etcd1" "$PIDS_etcd1" "$1" "$2"
+  done
+  stop_pids "$PIDS_kv1"; stop_pids "$PIDS_etcd1"
+
+  echo "loopback HTTP floor (fixed-response server)" >&2
+  take_port; FIXED="127.0.0.1:$PORT"
+  "$KVBENCH" --serve-fixed "$FIXED" & PIDS+=($!); FIXED_PID=$!
+  wait_http "http://$FIXED/"
+  for c in $CONNS; do bench floor fixed "$FIXED" "$FIXED_PID" get "$c"; done
+fi
+
+python3 - "$RESULTS" <<'PY'
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1])]
-cells = {}
-for r in rows:
-    cells.setdefault((r["workload"], r["connections"]), {})[r["target"]] = r
+cell = {(r["setup"], r["workload"], r["connections"]): r for r in rows}
 def f(x, d=0):
     return "-" if x is None else f"{x:,.{d}f}"
+def ratio(a, b):
+    return f'{a["ops_per_s"] / b["ops_per_s"]:.2f}×' if a and b and b["ops_per_s"] else "-"
+def errs(r):
+    return sum(r["errors"].values()) if r else "-"
 print("| workload | conns | kvserver ops/s | etcd ops/s | ratio | kv p50 ms | etcd p50 ms | kv p99 ms | etcd p99 ms | kv CPU µs/op | etcd CPU µs/op | kv RSS MiB | etcd RSS MiB | errors kv/etcd |")
 print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
-for (w, c), t in cells.items():
-    k, e = t.get("kv"), t.get("etcd")
-    if not k or not e:
+for (setup, w, c), k in cell.items():
+    e = cell.get(("etcd3", w, c))
+    if setup != "kv3" or not e:
         continue
-    ratio = k["ops_per_s"] / e["ops_per_s"] if e["ops_per_s"] else float("nan")
-    errs = f'{sum(k["errors"].values())}/{sum(e["errors"].values())}'
-    print(f'| {w} | {c} | {f(k["ops_per_s"])} | {f(e["ops_per_s"])} | {ratio:.2f}× | {k["p50_ms"]:.2f} | {e["p50_ms"]:.2f} | '
+    print(f'| {w} | {c} | {f(k["ops_per_s"])} | {f(e["ops_per_s"])} | {ratio(k, e)} | {k["p50_ms"]:.2f} | {e["p50_ms"]:.2f} | '
           f'{k["p99_ms"]:.2f} | {e["p99_ms"]:.2f} | {f(k["server_cpu_us_per_op"])} | {f(e["server_cpu_us_per_op"])} | '
-          f'{k["server_peak_rss_mib"]} | {e["server_peak_rss_mib"]} | {errs} |')
+          f'{k["server_peak_rss_mib"]} | {e["server_peak_rss_mib"]} | {errs(k)}/{errs(e)} |')
+other = [(s, w, c) for (s, w, c) in cell if s in ("kv3-pg", "kv1")]
+if other:
+    print()
+    print("| setup | workload | conns | kvserver ops/s | etcd ops/s (same shape) | ratio | kv p50 ms | etcd p50 ms | kv p99 ms | etcd p99 ms | kv CPU µs/op | kv RSS MiB | etcd RSS MiB |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    names = {"kv3-pg": ("3-node, PostgreSQL", "etcd3"), "kv1": ("1-node, SQLite", "etcd1")}
+    for s, w, c in other:
+        k = cell[(s, w, c)]
+        label, peer = names[s]
+        e = cell.get((peer, w, c))
+        print(f'| {label} | {w} | {c} | {f(k["ops_per_s"])} | {f(e and e["ops_per_s"])} | {ratio(k, e)} | {k["p50_ms"]:.2f} | '
+              f'{e["p50_ms"] if e else 0:.2f} | {k["p99_ms"]:.2f} | {e["p99_ms"] if e else 0:.2f} | '
+              f'{f(k["server_cpu_us_per_op"])} | {k["server_peak_rss_mib"]} | {e and e["server_peak_rss_mib"]} |')
+floor = {c: r for (s, w, c), r in cell.items() if s == "floor"}
+if floor:
+    print()
+    print("| HTTP floor (fixed response) | conns | ops/s | p50 ms | p99 ms | kvserver lin. get / floor | kvserver stale get / floor |")
+    print("|---|---|---|---|---|---|---|")
+    for c, r in sorted(floor.items()):
+        g, sg = cell.get(("kv3", "get", c)), cell.get(("kv3", "stale-get", c))
+        pct = lambda x: f'{100 * x["ops_per_s"] / r["ops_per_s"]:.0f} %' if x and r["ops_per_s"] else "-"
+        print(f'| fixed | {c} | {f(r["ops_per_s"])} | {r["p50_ms"]:.2f} | {r["p99_ms"]:.2f} | {pct(g)} | {pct(sg)} |')
 PY

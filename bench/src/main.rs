@@ -48,8 +48,12 @@ struct Cli {
     #[arg(long, value_enum, default_value = "kv")]
     target: Target,
     /// `host:port` of each node; connections are spread over them.
-    #[arg(long, value_delimiter = ',', required = true)]
+    #[arg(long, value_delimiter = ',', required_unless_present = "serve_fixed")]
     endpoints: Vec<String>,
+    /// Instead of generating load, serve the `fixed` target on this address until
+    /// killed: every request gets the same small JSON answer (the HTTP floor).
+    #[arg(long, value_name = "ADDR")]
+    serve_fixed: Option<String>,
     /// put | get | stale-get | cas | mixed:<percent puts>
     #[arg(long, default_value = "put")]
     workload: String,
@@ -402,9 +406,38 @@ async fn run_phase(
     Ok((all, measured))
 }
 
+/// The floor: a keep-alive HTTP/1.1 server (hyper on the same runtime as kvserver's
+/// axum) that answers every request with one fixed JSON body the size of a small
+/// key-value response, doing no other work.
+async fn serve_fixed(addr: &str) -> anyhow::Result<()> {
+    const BODY: &[u8] = br#"{"revision":1,"node_id":1,"kv":{"key":"bench-000000","value":"fixed","create_revision":1,"mod_revision":1,"version":1,"created_at_ms":0,"updated_at_ms":0}}"#;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding {addr}"))?;
+    loop {
+        let (stream, _) = listener.accept().await?;
+        stream.set_nodelay(true)?;
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(|_req| async {
+                hyper::Response::builder()
+                    .header("content-type", "application/json")
+                    .body(Full::new(Bytes::from_static(BODY)))
+            });
+            let io = hyper_util::rt::TokioIo::new(stream);
+            // A client closing its connection ends this task; nothing to report.
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(io, service)
+                .await;
+        });
+    }
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    if let Some(addr) = &cli.serve_fixed {
+        return serve_fixed(addr).await;
+    }
     anyhow::ensure!(cli.keys > 0, "--keys must be > 0");
     let (put_pct, op) = parse_workload(&cli.workload, cli.target)?;
     if cli.preload && cli.target != Target::Fixed {
