@@ -146,6 +146,16 @@ fn panic_response(err: Box<dyn std::any::Any + Send + 'static>) -> Response {
     ApiError::Internal("the request handler panicked; the error was logged".into()).into_response()
 }
 
+/// A request id unique across nodes and restarts: a random per-process prefix and a
+/// counter. (A UUID per request cost a `getrandom` system call on every request.)
+fn new_request_id() -> String {
+    static PREFIX: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let prefix = PREFIX.get_or_init(|| uuid::Uuid::new_v4().simple().to_string()[..16].to_string());
+    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("{prefix}-{n:x}")
+}
+
 /// Request id, latency, metrics and one log line per request.
 async fn observe(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
     let started = Instant::now();
@@ -155,7 +165,7 @@ async fn observe(State(state): State<AppState>, mut req: Request, next: Next) ->
         .and_then(|v| v.to_str().ok())
         .filter(|v| !v.is_empty() && v.len() <= 128)
         .map(str::to_string)
-        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+        .unwrap_or_else(new_request_id);
     if let Ok(v) = HeaderValue::from_str(&request_id) {
         req.headers_mut().insert(REQUEST_ID, v);
     }
