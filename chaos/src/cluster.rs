@@ -85,7 +85,8 @@ fn loopback(port: u16) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], port))
 }
 
-fn signal(pid: u32, sig: &str) -> Result<(), ChaosError> {
+/// Sends `sig` (as `kill` spells it: `-STOP`, `-CONT`, ...) to process `pid`.
+pub fn signal(pid: u32, sig: &str) -> Result<(), ChaosError> {
     let st = Command::new("kill")
         .arg(sig)
         .arg(pid.to_string())

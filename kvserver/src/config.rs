@@ -134,6 +134,9 @@ impl Default for WatchConfig {
 pub struct StorageConfig {
     /// `sqlite` (embedded file in `data_dir`) or `postgres`.
     pub backend: String,
+    /// Memory for caching recently read and written keys (0: no cache); point reads
+    /// of cached keys do not touch the database.
+    pub cache_bytes: usize,
     /// PostgreSQL settings (used when `backend: postgres`).
     pub postgres: PostgresConfig,
 }
@@ -142,6 +145,7 @@ impl Default for StorageConfig {
     fn default() -> Self {
         Self {
             backend: "sqlite".into(),
+            cache_bytes: 64 << 20,
             postgres: PostgresConfig::default(),
         }
     }
@@ -336,6 +340,11 @@ const ENV: &[(&str, &str, Kind)] = &[
         Kind::Scalar,
     ),
     ("KV_STORAGE_BACKEND", "storage.backend", Kind::Str),
+    (
+        "KV_STORAGE_CACHE_BYTES",
+        "storage.cache_bytes",
+        Kind::Scalar,
+    ),
     ("KV_STORAGE_POSTGRES_URL", "storage.postgres.url", Kind::Str),
     (
         "KV_STORAGE_POSTGRES_SCHEMA",
@@ -653,6 +662,12 @@ impl Config {
             return Err(field_err(
                 "watch.feed_capacity",
                 "must be between 1 and 1000000",
+            ));
+        }
+        if self.storage.cache_bytes > 1 << 40 {
+            return Err(field_err(
+                "storage.cache_bytes",
+                "must be at most 1099511627776 (1 TiB)",
             ));
         }
         match self.storage.backend.as_str() {

@@ -31,6 +31,10 @@ pub struct Metrics {
     pub raft_replication_lag: IntGaugeVec,
     pub kv_revision: IntGauge,
     pub peer_refused: IntCounterVec,
+    /// Row cache lookups by `result` (`hit`, `miss`), counted by the cache itself.
+    pub row_cache_lookups: IntCounterVec,
+    pub row_cache_entries: IntGauge,
+    pub row_cache_bytes: IntGauge,
 }
 
 fn gauge(registry: &Registry, name: &str, help: &str) -> Result<IntGauge, prometheus::Error> {
@@ -87,7 +91,25 @@ impl Metrics {
             &["reason"],
         )?;
         registry.register(Box::new(peer_refused.clone()))?;
+        let row_cache_lookups = IntCounterVec::new(
+            Opts::new(
+                "kv_row_cache_lookups_total",
+                "Key lookups in the row cache by reads and applies, by result (hit, miss)",
+            ),
+            &["result"],
+        )?;
+        registry.register(Box::new(row_cache_lookups.clone()))?;
         Ok(Self {
+            row_cache_entries: gauge(
+                &registry,
+                "kv_row_cache_entries",
+                "Keys held by the row cache",
+            )?,
+            row_cache_bytes: gauge(
+                &registry,
+                "kv_row_cache_bytes",
+                "Memory charged to the row cache (storage.cache_bytes is its limit)",
+            )?,
             raft_term: gauge(&registry, "kv_raft_term", "Current Raft term")?,
             raft_leader: gauge(
                 &registry,
@@ -130,6 +152,7 @@ impl Metrics {
             storage_sync_seconds,
             raft_replication_lag,
             peer_refused,
+            row_cache_lookups,
         })
     }
 

@@ -155,6 +155,7 @@ pub async fn start_node(config: Config) -> Result<NodeHandle, NodeError> {
         backend,
         watch_history: config.watch.history_revisions,
         feed_capacity: config.watch.feed_capacity,
+        cache_bytes: config.storage.cache_bytes,
     };
     let store = Store::open(&store_opts, metrics.clone()).await?;
     let log_store = LogStore::new(store.clone());

@@ -245,6 +245,104 @@ on_both_backends!(
     ]
 );
 
+/// A follower that cached rows (reads fill the row cache), then froze while the
+/// rest of the cluster rewrote, deleted and created those keys and compacted its
+/// log, catches up by snapshot install and serves the new rows, not its cached ones.
+async fn warm_cache_across_snapshot(c: &mut Cluster) -> anyhow::Result<()> {
+    let leader = c.form(3).await?;
+    let lagging = (1..=3).rev().find(|id| *id != leader).context("follower")?;
+    for i in 0..10 {
+        let (st, body) = c
+            .put_kv(leader, &format!("warm/{i}"), &format!("old-{i}"))
+            .await?;
+        ensure!(st == 201, "put: {st} {body}");
+    }
+    let target = c.cluster_info(leader).await?["committed_index"]
+        .as_u64()
+        .context("committed")?;
+    c.wait_applied(lagging, target, Duration::from_secs(10))
+        .await?;
+    for i in 0..10 {
+        let v = c.read(lagging, &format!("warm/{i}"), true).await?;
+        ensure!(v == Some(format!("old-{i}")), "warm/{i} before: {v:?}");
+    }
+    ensure!(
+        c.read(lagging, "warm/absent", true).await?.is_none(),
+        "absent before"
+    );
+    let before = c.cluster_info(lagging).await?["last_log_index"]
+        .as_u64()
+        .unwrap_or(0);
+
+    c.freeze(lagging, true)?;
+    let http = common::client();
+    for i in 0..5 {
+        let (st, body) = c
+            .put_kv(leader, &format!("warm/{i}"), &format!("new-{i}"))
+            .await?;
+        ensure!(st == 200, "overwrite: {st} {body}");
+    }
+    for i in 5..10 {
+        let st = http
+            .delete(c.url(leader, &format!("/v1/kv/warm/{i}")))
+            .send()
+            .await?
+            .status();
+        ensure!(st.as_u16() == 200, "delete warm/{i}: {st}");
+    }
+    let (st, body) = c.put_kv(leader, "warm/absent", "now-here").await?;
+    ensure!(st == 201, "create: {st} {body}");
+    for i in 0..60 {
+        c.put_kv(leader, &format!("fill/{i:02}"), "x").await?;
+    }
+    let cr = &*c;
+    wait_for(
+        "leader purged the log behind a snapshot",
+        Duration::from_secs(10),
+        || async move {
+            let info = cr.cluster_info(leader).await.ok()?;
+            (info["purged_index"].as_u64()? > before + 1).then_some(())
+        },
+    )
+    .await?;
+    c.freeze(lagging, false)?;
+    let target = c.cluster_info(leader).await?["committed_index"]
+        .as_u64()
+        .context("committed")?;
+    c.wait_applied(lagging, target, Duration::from_secs(20))
+        .await?;
+    let info = c.cluster_info(lagging).await?;
+    ensure!(
+        info["snapshot_index"].as_u64().unwrap_or(0) > before,
+        "caught up by snapshot: {info}"
+    );
+    for i in 0..5 {
+        let v = c.read(lagging, &format!("warm/{i}"), true).await?;
+        ensure!(v == Some(format!("new-{i}")), "warm/{i} after: {v:?}");
+    }
+    for i in 5..10 {
+        let v = c.read(lagging, &format!("warm/{i}"), true).await?;
+        ensure!(v.is_none(), "warm/{i} deleted: {v:?}");
+    }
+    let v = c.read(lagging, "warm/absent", true).await?;
+    ensure!(
+        v.as_deref() == Some("now-here"),
+        "warm/absent created: {v:?}"
+    );
+    Ok(())
+}
+
+on_both_backends!(
+    follower_with_warm_cache_catches_up_by_snapshot,
+    warm_cache_across_snapshot,
+    &[
+        "--set",
+        "raft.snapshot_after_entries=20",
+        "--set",
+        "raft.keep_entries_after_snapshot=0",
+    ]
+);
+
 async fn membership_changes(c: &mut Cluster) -> anyhow::Result<()> {
     let leader = c.form(3).await?;
     for i in 0..10 {

@@ -50,6 +50,8 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachine, tempfile::TempDir> for Bui
             backend,
             watch_history: 1000,
             feed_capacity: 16,
+            // Small, so the suite also runs through evictions.
+            cache_bytes: 64 * 1024,
         };
         let store = Store::open(&opts, metrics).await.map_err(|e| fail(&e))?;
         let sm = StateMachine::new(store.clone())

@@ -149,6 +149,9 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
     g.raft_snapshot_index
         .set(m.snapshot.as_ref().map(|l| l.index).unwrap_or(0) as i64);
     g.kv_revision.set(state.store.revision() as i64);
+    let (entries, bytes) = state.store.rows.usage();
+    g.row_cache_entries.set(entries as i64);
+    g.row_cache_bytes.set(bytes as i64);
     g.raft_replication_lag.reset();
     if let Some(rep) = &m.replication {
         let last = m.last_log_index.unwrap_or(0);

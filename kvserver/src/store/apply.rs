@@ -17,6 +17,8 @@ use super::KV_COLUMNS;
 use super::StoreError;
 use super::batch;
 use super::batch::Shapes;
+use super::cache::Row;
+use super::cache::RowCache;
 use super::is_expired;
 use super::row_to_kv;
 use crate::types::Cmp;
@@ -102,6 +104,8 @@ async fn for_keys_in(
 /// (prefix deletes) flush first, so the table they scan is the batch's state.
 pub(crate) struct ApplyCtx<'t, 'c> {
     pub tx: &'t mut Transaction<'c, Any>,
+    /// The node's row cache: rows found there are not read from the table.
+    rows: &'t RowCache,
     /// Revision after the last applied command.
     pub rev: u64,
     /// Changes made so far in this batch, in order.
@@ -114,9 +118,10 @@ pub(crate) struct ApplyCtx<'t, 'c> {
 }
 
 impl<'t, 'c> ApplyCtx<'t, 'c> {
-    pub fn new(tx: &'t mut Transaction<'c, Any>, rev: u64) -> Self {
+    pub fn new(tx: &'t mut Transaction<'c, Any>, rows: &'t RowCache, rev: u64) -> Self {
         Self {
             tx,
+            rows,
             rev,
             events: Vec::new(),
             cache: HashMap::new(),
@@ -131,7 +136,12 @@ impl<'t, 'c> ApplyCtx<'t, 'c> {
         for cmd in cmds {
             for_each_key(cmd, |k| {
                 if !self.cache.contains_key(k) && seen.insert(k) {
-                    keys.push(k);
+                    match self.rows.get(k) {
+                        Some(row) => {
+                            self.cache.insert(k.to_string(), row);
+                        }
+                        None => keys.push(k),
+                    }
                 }
             });
         }
@@ -156,6 +166,10 @@ impl<'t, 'c> ApplyCtx<'t, 'c> {
     async fn row(&mut self, key: &str) -> Result<Option<KeyValue>, StoreError> {
         if let Some(row) = self.cache.get(key) {
             return Ok(row.clone());
+        }
+        if let Some(row) = self.rows.get(key) {
+            self.cache.insert(key.to_string(), row.clone());
+            return Ok(row);
         }
         let mut row = None;
         for_keys_in(self.tx, &SELECT_KEYS, &[key], |r| {
@@ -194,6 +208,12 @@ impl<'t, 'c> ApplyCtx<'t, 'c> {
         upsert_many(self.tx, &upserts).await?;
         for_keys_in(self.tx, &DELETE_KEYS, &deletes, |_| Ok(())).await?;
         Ok(())
+    }
+
+    /// The batch's revision and events, and the final stored row of every key it
+    /// read or wrote (for the row cache, once the batch has committed).
+    pub fn finish(self) -> (u64, Vec<WatchEvent>, HashMap<String, Row>) {
+        (self.rev, self.events, self.cache)
     }
 
     /// Writes `key` at revision `at` given its live previous state.

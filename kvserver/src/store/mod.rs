@@ -37,6 +37,7 @@
 
 mod apply;
 mod batch;
+pub(crate) mod cache;
 pub mod log;
 pub mod sm;
 pub mod snapshot;
@@ -178,6 +179,8 @@ pub struct StoreOptions {
     pub watch_history: u64,
     /// Capacity of the live event feed, in applied batches.
     pub feed_capacity: usize,
+    /// Budget of the in-memory row cache (0: no cache).
+    pub cache_bytes: usize,
 }
 
 /// The schema. SQLite and PostgreSQL differ only in type names; `key` sorts by
@@ -292,6 +295,8 @@ pub struct Store {
     pub(crate) compacted: Arc<AtomicU64>,
     /// The committed log id openraft last reported (encoded), written with the next apply.
     committed: Arc<std::sync::Mutex<Option<Vec<u8>>>>,
+    /// Recently read or written rows (see `cache.rs`).
+    pub(crate) rows: Arc<cache::RowCache>,
 }
 
 fn valid_schema(s: &str) -> bool {
@@ -398,6 +403,10 @@ impl Store {
         let snapshot_dir = opts.data_dir.join("snapshots");
         std::fs::create_dir_all(&snapshot_dir)?;
         let (writer, reader) = pools(opts).await?;
+        let rows = Arc::new(cache::RowCache::new(
+            opts.cache_bytes,
+            &metrics.row_cache_lookups,
+        ));
         let store = Store {
             writer,
             writer_mode: Arc::new(std::sync::atomic::AtomicU8::new(MODE_UNKNOWN)),
@@ -415,6 +424,7 @@ impl Store {
             watch_history: opts.watch_history.max(1),
             compacted: Arc::new(AtomicU64::new(0)),
             committed: Arc::new(std::sync::Mutex::new(None)),
+            rows,
         };
         store
             .check_identity("node_id", &opts.node_id.to_string())
@@ -596,14 +606,21 @@ impl Store {
 
     /// Reads a key, hiding it when its expiry is at or before `now_ms`.
     pub async fn get(&self, key: &str, now_ms: u64) -> Result<Option<KeyValue>, StoreError> {
-        let row = sqlx::query(KV_BY_KEY)
-            .bind(key)
-            .fetch_optional(&self.reader)
-            .await?;
-        Ok(row
-            .map(|r| row_to_kv(&r, true))
-            .transpose()?
-            .filter(|kv| !is_expired(kv, now_ms)))
+        let row = match self.rows.get(key) {
+            Some(row) => row,
+            None => {
+                let generation = self.rows.generation();
+                let row = sqlx::query(KV_BY_KEY)
+                    .bind(key)
+                    .fetch_optional(&self.reader)
+                    .await?
+                    .map(|r| row_to_kv(&r, true))
+                    .transpose()?;
+                self.rows.fill(generation, key, &row);
+                row
+            }
+        };
+        Ok(row.filter(|kv| !is_expired(kv, now_ms)))
     }
 
     /// Reads several keys from one consistent view; returns found keys and missing names.

@@ -72,6 +72,9 @@ struct Applied {
     events: Vec<crate::types::WatchEvent>,
     /// New watch-history compaction horizon, if the batch moved it.
     compacted: Option<u64>,
+    /// Final rows of the keys the batch read or wrote, for the row cache; `None` when
+    /// they are unknown (the batch had been applied by an earlier attempt).
+    touched: Option<std::collections::HashMap<String, super::cache::Row>>,
 }
 
 impl StateMachine {
@@ -103,6 +106,7 @@ impl StateMachine {
                 membership: self.membership.clone(),
                 events: Vec::new(),
                 compacted: None,
+                touched: Some(Default::default()),
             });
         };
         // Derived from the durable log: see `Durability::Deferred`.
@@ -128,12 +132,13 @@ impl StateMachine {
                     membership,
                     events,
                     compacted,
+                    touched: None,
                 });
             }
         }
         let mut membership = self.membership.clone();
         let mut results = Vec::with_capacity(batch.len());
-        let mut ctx = ApplyCtx::new(&mut tx, self.store.revision());
+        let mut ctx = ApplyCtx::new(&mut tx, &self.store.rows, self.store.revision());
         let commands: Vec<&crate::types::Command> = batch
             .iter()
             .filter_map(|e| match &e.payload {
@@ -160,7 +165,7 @@ impl StateMachine {
             results.push(Some(result));
         }
         ctx.flush().await?;
-        let (rev, events) = (ctx.rev, ctx.events);
+        let (rev, events, touched) = ctx.finish();
         let compacted = super::watch::record_events(
             &mut tx,
             &events,
@@ -191,6 +196,7 @@ impl StateMachine {
             membership,
             events,
             compacted,
+            touched: Some(touched),
         })
     }
 
@@ -213,9 +219,19 @@ impl StateMachine {
             .store
             .retrying("apply entries", || {
                 attempt += 1;
+                if attempt > 1 {
+                    // The failed attempt may have committed: cached rows may be behind.
+                    self.store.rows.clear();
+                }
                 self.apply_once(&batch, attempt > 1)
             })
             .await?;
+        // Before the batch counts as applied: a read waiting for this batch must find
+        // its rows in the cache (or the cache without them).
+        match applied.touched {
+            Some(touched) => self.store.rows.committed(touched),
+            None => self.store.rows.clear(),
+        }
         self.store
             .metrics
             .storage_sync_seconds
@@ -285,6 +301,8 @@ impl StateMachine {
                 self.install_once(meta, &received_path)
             })
             .await?;
+        // The table was replaced wholesale.
+        self.store.rows.clear();
         self.applied = meta.last_log_id;
         self.membership = meta.last_membership.clone();
         self.store.revision.store(revision, Ordering::SeqCst);

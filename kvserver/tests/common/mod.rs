@@ -255,6 +255,13 @@ impl Cluster {
         }
     }
 
+    /// `SIGSTOP` (`stop: true`) or `SIGCONT`: the process keeps its sockets and memory.
+    pub fn freeze(&self, id: u64, stop: bool) -> anyhow::Result<()> {
+        let child = self.nodes[&id].child.as_ref().context("node not running")?;
+        kvchaos::cluster::signal(child.id(), if stop { "-STOP" } else { "-CONT" })?;
+        Ok(())
+    }
+
     /// Sends SIGTERM and waits for the exit status.
     pub async fn terminate(
         &mut self,
