@@ -592,10 +592,19 @@ async fn cluster_and_ops_endpoints() -> anyhow::Result<()> {
         b["members"][0]["role"] == "voter" && b["members"][0]["lag"] == 0,
         "members: {b}"
     );
-    ensure!(
-        b["applied_index"].as_u64() >= Some(2) && b["term"].as_u64() >= Some(1),
-        "indexes: {b}"
-    );
+    ensure!(b["term"].as_u64() >= Some(1), "term: {b}");
+    // The write was answered by the state machine; openraft publishes the applied
+    // index just after, so the cluster view catches up a moment later.
+    let nr = &n;
+    wait_for(
+        "applied index 2 in the cluster view",
+        Duration::from_secs(5),
+        || async move {
+            let (_, b) = nr.get("/v1/cluster").await.ok()?;
+            (b["applied_index"].as_u64() >= Some(2)).then_some(())
+        },
+    )
+    .await?;
     let (s, b) = n.post("/v1/cluster/init", "").await?;
     ensure!(
         s == 200 && b["changed"] == false,

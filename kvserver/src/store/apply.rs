@@ -10,17 +10,18 @@
 use std::collections::BTreeSet;
 use std::collections::HashMap;
 
-use sqlx::Any;
-use sqlx::Transaction;
+use sqlx::AnyConnection;
 
 use super::KV_COLUMNS;
 use super::StoreError;
+use super::WriteBatch;
 use super::batch;
 use super::batch::Shapes;
 use super::cache::Row;
 use super::cache::RowCache;
 use super::is_expired;
 use super::row_to_kv;
+use super::script::Arg;
 use crate::types::Cmp;
 use crate::types::CmpOp;
 use crate::types::CmpTarget;
@@ -49,35 +50,41 @@ static UPSERT_KV: Shapes = Shapes::new(|n| {
     )
 });
 
-/// Writes `rows` (distinct keys) with as few statements as their count allows.
-pub(crate) async fn upsert_many(
-    tx: &mut Transaction<'_, Any>,
-    rows: &[&KeyValue],
-) -> Result<(), StoreError> {
+/// Queues writes of `rows` (distinct keys) in as few statements as their count allows.
+pub(crate) fn upsert_many(w: &mut WriteBatch, rows: &[&KeyValue]) {
     let mut rest = rows;
     for n in batch::insert_chunks(rows.len()) {
         let (chunk, tail) = rest.split_at(n);
         rest = tail;
-        let mut q = sqlx::query(UPSERT_KV.get(n));
+        let mut args = Vec::with_capacity(8 * n);
         for kv in chunk {
-            q = q
-                .bind(kv.key.as_str())
-                .bind(kv.value.as_deref().unwrap_or_default())
-                .bind(kv.create_revision as i64)
-                .bind(kv.mod_revision as i64)
-                .bind(kv.version as i64)
-                .bind(kv.expires_at_ms.map(|v| v as i64))
-                .bind(kv.created_at_ms as i64)
-                .bind(kv.updated_at_ms as i64);
+            args.extend([
+                Arg::Text(kv.key.clone()),
+                Arg::Text(kv.value.clone().unwrap_or_default()),
+                Arg::Int(kv.create_revision as i64),
+                Arg::Int(kv.mod_revision as i64),
+                Arg::Int(kv.version as i64),
+                Arg::OptInt(kv.expires_at_ms.map(|v| v as i64)),
+                Arg::Int(kv.created_at_ms as i64),
+                Arg::Int(kv.updated_at_ms as i64),
+            ]);
         }
-        q.execute(&mut **tx).await?;
+        w.push(UPSERT_KV.get(n), args);
     }
-    Ok(())
 }
 
-/// Runs `statement` (an `IN` list of keys) over `keys` in padded chunks.
+/// The arguments of an `IN` list statement for `chunk`, padded to its shape.
+fn in_list(chunk: &[&str]) -> (usize, Vec<Arg>) {
+    let shape = batch::padded(chunk.len());
+    let args = (0..shape)
+        .map(|i| Arg::Text(chunk[i.min(chunk.len() - 1)].to_string()))
+        .collect();
+    (shape, args)
+}
+
+/// Runs the query `statement` (an `IN` list of keys) over `keys` in padded chunks.
 async fn for_keys_in(
-    tx: &mut Transaction<'_, Any>,
+    conn: &mut AnyConnection,
     statement: &'static Shapes,
     keys: &[&str],
     mut on_row: impl FnMut(&sqlx::any::AnyRow) -> Result<(), StoreError>,
@@ -88,7 +95,7 @@ async fn for_keys_in(
         for i in 0..shape {
             q = q.bind(chunk[i.min(chunk.len() - 1)]);
         }
-        for row in q.fetch_all(&mut **tx).await? {
+        for row in q.fetch_all(&mut *conn).await? {
             on_row(&row)?;
         }
     }
@@ -102,8 +109,9 @@ async fn for_keys_in(
 /// ([`ApplyCtx::prefetch`]), commands then work on the cache, and the changes go
 /// to the database at the end ([`ApplyCtx::flush`]). Commands that scan the table
 /// (prefix deletes) flush first, so the table they scan is the batch's state.
-pub(crate) struct ApplyCtx<'t, 'c> {
-    pub tx: &'t mut Transaction<'c, Any>,
+pub(crate) struct ApplyCtx<'t> {
+    /// The batch's writes are queued here and go out with its commit.
+    pub w: &'t mut WriteBatch,
     /// The node's row cache: rows found there are not read from the table.
     rows: &'t RowCache,
     /// Revision after the last applied command.
@@ -117,10 +125,10 @@ pub(crate) struct ApplyCtx<'t, 'c> {
     dirty: BTreeSet<String>,
 }
 
-impl<'t, 'c> ApplyCtx<'t, 'c> {
-    pub fn new(tx: &'t mut Transaction<'c, Any>, rows: &'t RowCache, rev: u64) -> Self {
+impl<'t> ApplyCtx<'t> {
+    pub fn new(w: &'t mut WriteBatch, rows: &'t RowCache, rev: u64) -> Self {
         Self {
-            tx,
+            w,
             rows,
             rev,
             events: Vec::new(),
@@ -149,7 +157,7 @@ impl<'t, 'c> ApplyCtx<'t, 'c> {
             return Ok(());
         }
         let mut found = HashMap::with_capacity(keys.len());
-        for_keys_in(self.tx, &SELECT_KEYS, &keys, |row| {
+        for_keys_in(&mut self.w.conn, &SELECT_KEYS, &keys, |row| {
             let kv = row_to_kv(row, true)?;
             found.insert(kv.key.clone(), kv);
             Ok(())
@@ -172,7 +180,7 @@ impl<'t, 'c> ApplyCtx<'t, 'c> {
             return Ok(row);
         }
         let mut row = None;
-        for_keys_in(self.tx, &SELECT_KEYS, &[key], |r| {
+        for_keys_in(&mut self.w.conn, &SELECT_KEYS, &[key], |r| {
             row = Some(row_to_kv(r, true)?);
             Ok(())
         })
@@ -191,10 +199,10 @@ impl<'t, 'c> ApplyCtx<'t, 'c> {
         self.cache.insert(key, row);
     }
 
-    /// Writes the staged changes to the table.
-    pub async fn flush(&mut self) -> Result<(), StoreError> {
+    /// Queues the staged changes for the table.
+    pub fn flush(&mut self) {
         if self.dirty.is_empty() {
-            return Ok(());
+            return;
         }
         let dirty = std::mem::take(&mut self.dirty);
         let mut upserts = Vec::new();
@@ -205,9 +213,11 @@ impl<'t, 'c> ApplyCtx<'t, 'c> {
                 _ => deletes.push(key.as_str()),
             }
         }
-        upsert_many(self.tx, &upserts).await?;
-        for_keys_in(self.tx, &DELETE_KEYS, &deletes, |_| Ok(())).await?;
-        Ok(())
+        upsert_many(self.w, &upserts);
+        for chunk in deletes.chunks(batch::MAX_ROWS) {
+            let (shape, args) = in_list(chunk);
+            self.w.push(DELETE_KEYS.get(shape), args);
+        }
     }
 
     /// The batch's revision and events, and the final stored row of every key it
@@ -316,14 +326,15 @@ impl<'t, 'c> ApplyCtx<'t, 'c> {
             }
             Command::DeletePrefix { prefix, now_ms } => {
                 // The scan reads the table: it must hold this batch's changes so far.
-                self.flush().await?;
+                self.flush();
+                self.w.send().await?;
                 // Keys with the prefix are contiguous from the prefix on, in byte order.
                 let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
                     "SELECT {} FROM kv WHERE key >= $1 ORDER BY key",
                     super::KV_COLUMNS
                 )))
                 .bind(prefix.clone())
-                .fetch_all(&mut **self.tx)
+                .fetch_all(&mut *self.w.conn)
                 .await?;
                 let mut doomed = Vec::new();
                 for row in &rows {

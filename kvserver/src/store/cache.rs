@@ -15,7 +15,8 @@
 //! row read before a commit can never be cached after that commit's update, and
 //! an entry, once present, always equals the committed row. Anything else that
 //! changes the table (a snapshot install, an apply retried after an unknown
-//! commit outcome) clears the cache.
+//! commit outcome) clears the cache. While the database is unreachable, point
+//! reads bypass the cache and fail like any other read (`Store::get`).
 
 use std::collections::HashMap;
 use std::sync::Mutex;

@@ -33,12 +33,14 @@ use super::batch::Shapes;
 use super::decode;
 use super::encode;
 use super::put_meta;
+use super::script::Arg;
 use crate::types::TypeConfig;
 
 const VOTE: &str = "vote";
 pub(crate) const COMMITTED: &str = "committed";
 const LAST_PURGED: &str = "last_purged";
 
+/// Upsert of `n` entries (overwriting by index makes a retried append harmless).
 static APPEND: Shapes = Shapes::new(|n| {
     format!(
         "INSERT INTO raft_log (log_index, entry) VALUES {} \
@@ -46,17 +48,6 @@ static APPEND: Shapes = Shapes::new(|n| {
         batch::values(n, 2)
     )
 });
-
-/// The insert of `rows` (a power-of-two count up to `batch::MAX_ROWS`).
-fn append_query(
-    rows: &[(i64, Vec<u8>)],
-) -> sqlx::query::Query<'_, sqlx::Any, sqlx::any::AnyArguments> {
-    let mut q = sqlx::query(APPEND.get(rows.len()));
-    for (index, bytes) in rows {
-        q = q.bind(*index).bind(bytes.as_slice());
-    }
-    q
-}
 
 /// Most entries kept in the in-memory tail of the log.
 const TAIL_MAX_ENTRIES: usize = 4096;
@@ -313,24 +304,28 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 // Overwriting by index makes a retry after an unknown commit outcome harmless.
                 self.store
                     .retrying("append log entries", || async {
-                        let mut conn = self.store.writer(Durability::Sync).await?;
-                        let chunks: Vec<usize> = batch::insert_chunks(rows.len()).collect();
                         if rows.is_empty() {
                             // Nothing to write (openraft may hand over an empty batch).
-                        } else if chunks.len() == 1 {
-                            // One multi-row statement is its own transaction: one sync.
-                            append_query(&rows).execute(&mut *conn).await?;
-                        } else {
-                            let mut tx = conn.begin().await?;
-                            let mut rest = &rows[..];
-                            for n in chunks {
-                                let (chunk, tail) = rest.split_at(n);
-                                rest = tail;
-                                append_query(chunk).execute(&mut *tx).await?;
-                            }
-                            tx.commit().await?;
+                            return Ok(());
                         }
-                        Ok(())
+                        let chunks: Vec<usize> = batch::insert_chunks(rows.len()).collect();
+                        // One multi-row statement is its own transaction: one sync.
+                        let mut w = self
+                            .store
+                            .write_batch(Durability::Sync, chunks.len() > 1)
+                            .await?;
+                        let mut rest = &rows[..];
+                        for n in chunks {
+                            let (chunk, tail) = rest.split_at(n);
+                            rest = tail;
+                            let mut args = Vec::with_capacity(2 * n);
+                            for (index, bytes) in chunk {
+                                args.push(Arg::Int(*index));
+                                args.push(Arg::Blob(bytes.clone()));
+                            }
+                            w.push(APPEND.get(n), args);
+                        }
+                        w.commit().await
                     })
                     .await
                     .map(|()| self.tail().extend(entries.into_iter().zip(sizes).collect()))

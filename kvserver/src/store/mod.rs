@@ -33,12 +33,15 @@
 //! applied position inside its transaction and skips entries already applied.
 //!
 //! Submodules: [`log`] implements openraft's log storage, [`sm`] the state
-//! machine and [`snapshot`] the on-disk snapshot format.
+//! machine and [`snapshot`] the on-disk snapshot format; `apply` the command
+//! semantics, `batch` multi-row statement shapes, `script` sending a write
+//! path's statements in one trip, `cache` the in-memory row cache.
 
 mod apply;
 mod batch;
 pub(crate) mod cache;
 pub mod log;
+pub(crate) mod script;
 pub mod sm;
 pub mod snapshot;
 pub mod watch;
@@ -275,6 +278,56 @@ const MODE_UNKNOWN: u8 = 0;
 /// Upsert of one `raft_meta` row, shared by every writer.
 pub(crate) const META_UPSERT: &str = "INSERT INTO raft_meta (name, value) VALUES ($1, $2) ON CONFLICT (name) DO UPDATE SET value = excluded.value";
 
+/// A write path's statements on the writer connection, sent in as few trips as the
+/// backend allows (`script.rs`): everything pending goes out with the next
+/// [`WriteBatch::send`] or [`WriteBatch::commit`]; reads in between run on
+/// [`WriteBatch::conn`] and see what was sent. Dropped without a successful
+/// commit, the connection is closed (which rolls an open transaction back) and
+/// the pool opens a fresh one, so no half-done transaction survives an error.
+pub(crate) struct WriteBatch {
+    pub conn: sqlx::pool::PoolConnection<Any>,
+    pending: script::Script,
+    one_trip: bool,
+    transaction: bool,
+    done: bool,
+    /// SQLite: the writer's recorded `synchronous` mode and the mode this batch sets.
+    mode: Option<(Arc<std::sync::atomic::AtomicU8>, u8)>,
+}
+
+impl WriteBatch {
+    /// Queues a statement (placeholders `$1`… within it).
+    pub fn push(&mut self, sql: &'static str, args: Vec<script::Arg>) {
+        self.pending.push(sql, args);
+    }
+
+    /// Sends everything queued (e.g. before a read that must see it).
+    pub async fn send(&mut self) -> Result<(), StoreError> {
+        let pending = std::mem::take(&mut self.pending);
+        pending.run(&mut self.conn, self.one_trip).await
+    }
+
+    /// Sends the rest and commits (when in a transaction).
+    pub async fn commit(mut self) -> Result<(), StoreError> {
+        if self.transaction {
+            self.pending.push("COMMIT", Vec::new());
+        }
+        self.send().await?;
+        self.done = true;
+        if let Some((mode, want)) = &self.mode {
+            mode.store(*want, Ordering::Release);
+        }
+        Ok(())
+    }
+}
+
+impl Drop for WriteBatch {
+    fn drop(&mut self) {
+        if !self.done {
+            self.conn.close_on_drop();
+        }
+    }
+}
+
 /// Shared handle on one node's database; cheap to clone.
 #[derive(Clone)]
 pub struct Store {
@@ -482,10 +535,9 @@ impl Store {
             tokio::time::timeout(timeout, sqlx::query("SELECT 1").fetch_one(&self.reader)).await,
             Ok(Ok(_))
         );
-        if ok {
-            self.healthy.store(true, Ordering::Relaxed);
-        }
-        ok && self.healthy()
+        // A failed ping marks the store down too, so cached reads stop while it is.
+        self.healthy.store(ok, Ordering::Relaxed);
+        ok
     }
 
     /// Runs a mutation until it succeeds, waiting out transient database outages.
@@ -579,6 +631,44 @@ impl Store {
         Ok(conn)
     }
 
+    /// The writer connection with an empty script of writes at `durability`, in a
+    /// transaction when `transaction` (see [`WriteBatch`]).
+    pub(crate) async fn write_batch(
+        &self,
+        durability: Durability,
+        transaction: bool,
+    ) -> Result<WriteBatch, StoreError> {
+        let conn = self.writer.acquire().await?;
+        let sqlite = self.backend_name == "sqlite";
+        let mut pending = script::Script::new();
+        let want = match durability {
+            Durability::Sync => 2,
+            Durability::Deferred => 1,
+        };
+        if sqlite {
+            // Inline, so it costs no trip of its own; recorded once it has run.
+            self.writer_mode.store(MODE_UNKNOWN, Ordering::Release);
+            pending.push(
+                match durability {
+                    Durability::Sync => "PRAGMA synchronous = FULL",
+                    Durability::Deferred => "PRAGMA synchronous = NORMAL",
+                },
+                Vec::new(),
+            );
+        }
+        if transaction {
+            pending.push("BEGIN", Vec::new());
+        }
+        Ok(WriteBatch {
+            conn,
+            pending,
+            one_trip: sqlite,
+            transaction,
+            done: false,
+            mode: sqlite.then(|| (self.writer_mode.clone(), want)),
+        })
+    }
+
     /// Writes one value to `raft_meta` in its own transaction.
     pub(crate) async fn meta_put<T: Serialize>(
         &self,
@@ -606,7 +696,14 @@ impl Store {
 
     /// Reads a key, hiding it when its expiry is at or before `now_ms`.
     pub async fn get(&self, key: &str, now_ms: u64) -> Result<Option<KeyValue>, StoreError> {
-        let row = match self.rows.get(key) {
+        // While the database is known to be down, reads answer 503 like uncached ones
+        // (one behaviour for every key; the outage is visible to clients and probes).
+        let cached = if self.healthy() {
+            self.rows.get(key)
+        } else {
+            None
+        };
+        let row = match cached {
             Some(row) => row,
             None => {
                 let generation = self.rows.generation();
@@ -767,33 +864,32 @@ static META_UPSERT_MANY: batch::Shapes = batch::Shapes::new(|n| {
     )
 });
 
-/// Upserts several `raft_meta` rows (distinct names) inside a transaction, in one
-/// statement for up to 64 rows.
-pub(crate) async fn put_metas(
-    tx: &mut Transaction<'_, Any>,
-    rows: &[(&str, Vec<u8>)],
-) -> Result<(), StoreError> {
+/// Queues upserts of several `raft_meta` rows (distinct names), one statement for up
+/// to 64 rows.
+pub(crate) fn put_metas(w: &mut WriteBatch, rows: &[(&str, Vec<u8>)]) {
     let mut rest = rows;
     for n in batch::insert_chunks(rows.len()) {
         let (chunk, tail) = rest.split_at(n);
         rest = tail;
-        let mut q = sqlx::query(META_UPSERT_MANY.get(n));
+        let mut args = Vec::with_capacity(2 * n);
         for (name, value) in chunk {
-            q = q.bind(*name).bind(value.as_slice());
+            args.extend([
+                script::Arg::Text(name.to_string()),
+                script::Arg::Blob(value.clone()),
+            ]);
         }
-        q.execute(&mut **tx).await?;
+        w.push(META_UPSERT_MANY.get(n), args);
     }
-    Ok(())
 }
 
-/// Reads one `raft_meta` row inside a transaction.
+/// Reads one `raft_meta` row (on a transaction's or the writer's connection).
 pub(crate) async fn get_meta<T: DeserializeOwned>(
-    tx: &mut Transaction<'_, Any>,
+    conn: &mut sqlx::AnyConnection,
     name: &str,
 ) -> Result<Option<T>, StoreError> {
     let row = sqlx::query("SELECT value FROM raft_meta WHERE name = $1")
         .bind(name)
-        .fetch_optional(&mut **tx)
+        .fetch_optional(conn)
         .await?;
     match row {
         None => Ok(None),

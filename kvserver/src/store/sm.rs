@@ -27,8 +27,6 @@ use openraft::type_config::alias::SnapshotMetaOf;
 use openraft::type_config::alias::SnapshotOf;
 use openraft::type_config::alias::StoredMembershipOf;
 
-use sqlx::Acquire;
-
 use super::Durability;
 use super::KV_COLUMNS;
 use super::Store;
@@ -37,7 +35,6 @@ use super::apply::ApplyCtx;
 use super::apply::upsert_many;
 use super::encode;
 use super::get_meta;
-use super::put_meta;
 use super::put_metas;
 use super::row_to_kv;
 use super::snapshot::SnapshotFile;
@@ -109,10 +106,9 @@ impl StateMachine {
                 touched: Some(Default::default()),
             });
         };
-        // Derived from the durable log: see `Durability::Deferred`.
-        let mut conn = self.store.writer(Durability::Deferred).await?;
-        let mut tx = conn.begin().await?;
         if verify {
+            // Committed state is what a reader sees (the state machine is the only writer).
+            let mut tx = self.store.reader.begin().await?;
             let db_applied: Option<LogIdOf<TypeConfig>> =
                 get_meta::<Option<LogIdOf<TypeConfig>>>(&mut tx, SM_APPLIED)
                     .await?
@@ -136,9 +132,11 @@ impl StateMachine {
                 });
             }
         }
+        // Derived from the durable log: see `Durability::Deferred`.
+        let mut w = self.store.write_batch(Durability::Deferred, true).await?;
         let mut membership = self.membership.clone();
         let mut results = Vec::with_capacity(batch.len());
-        let mut ctx = ApplyCtx::new(&mut tx, &self.store.rows, self.store.revision());
+        let mut ctx = ApplyCtx::new(&mut w, &self.store.rows, self.store.revision());
         let commands: Vec<&crate::types::Command> = batch
             .iter()
             .filter_map(|e| match &e.payload {
@@ -164,16 +162,15 @@ impl StateMachine {
             };
             results.push(Some(result));
         }
-        ctx.flush().await?;
+        ctx.flush();
         let (rev, events, touched) = ctx.finish();
         let compacted = super::watch::record_events(
-            &mut tx,
+            &mut w,
             &events,
             rev,
             self.store.watch_history,
             self.store.compacted.load(Ordering::SeqCst),
-        )
-        .await?;
+        )?;
         let mut meta = vec![
             (SM_APPLIED, encode(&Some(last))?),
             (SM_REVISION, encode(&rev)?),
@@ -188,8 +185,9 @@ impl StateMachine {
         if let Some(committed) = self.store.pending_committed() {
             meta.push((super::log::COMMITTED, committed));
         }
-        put_metas(&mut tx, &meta).await?;
-        tx.commit().await?;
+        put_metas(&mut w, &meta);
+        // One trip on SQLite: PRAGMA, BEGIN, the batch's writes, COMMIT.
+        w.commit().await?;
         Ok(Applied {
             results,
             revision: rev,
@@ -263,16 +261,17 @@ impl StateMachine {
     ) -> Result<u64, StoreError> {
         let mut reader = SnapshotFile::open(path).await?.reader();
         let revision = reader.header().await?;
-        let mut conn = self.store.writer(Durability::Sync).await?;
-        let mut tx = conn.begin().await?;
-        sqlx::query("DELETE FROM kv").execute(&mut *tx).await?;
+        let mut w = self.store.write_batch(Durability::Sync, true).await?;
+        w.push("DELETE FROM kv", Vec::new());
         let mut rows = Vec::with_capacity(super::batch::MAX_ROWS);
         loop {
             let next = reader.next_kv().await?;
             let done = next.is_none();
             rows.extend(next);
             if rows.len() == super::batch::MAX_ROWS || (done && !rows.is_empty()) {
-                upsert_many(&mut tx, &rows.iter().collect::<Vec<_>>()).await?;
+                upsert_many(&mut w, &rows.iter().collect::<Vec<_>>());
+                // Sent per chunk: a snapshot may be larger than memory should hold.
+                w.send().await?;
                 rows.clear();
             }
             if done {
@@ -280,11 +279,16 @@ impl StateMachine {
             }
         }
         // The event history does not travel with snapshots: it restarts at the snapshot.
-        super::watch::reset_history(&mut tx, revision).await?;
-        put_meta(&mut tx, SM_APPLIED, encode(&meta.last_log_id)?).await?;
-        put_meta(&mut tx, SM_MEMBERSHIP, encode(&meta.last_membership)?).await?;
-        put_meta(&mut tx, SM_REVISION, encode(&revision)?).await?;
-        tx.commit().await?;
+        super::watch::reset_history(&mut w, revision)?;
+        put_metas(
+            &mut w,
+            &[
+                (SM_APPLIED, encode(&meta.last_log_id)?),
+                (SM_MEMBERSHIP, encode(&meta.last_membership)?),
+                (SM_REVISION, encode(&revision)?),
+            ],
+        );
+        w.commit().await?;
         Ok(revision)
     }
 

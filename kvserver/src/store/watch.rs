@@ -13,18 +13,19 @@ use std::sync::Arc;
 
 use serde::Deserialize;
 use serde::Serialize;
-use sqlx::Any;
+use sqlx::AnyConnection;
 use sqlx::Row;
-use sqlx::Transaction;
 
 use super::Store;
 use super::StoreError;
+use super::WriteBatch;
 use super::batch;
 use super::batch::Shapes;
 use super::decode;
 use super::encode;
 use super::get_meta;
-use super::put_meta;
+use super::put_metas;
+use super::script::Arg;
 use super::snapshot::SnapKv;
 use crate::types::EventKind;
 use crate::types::WatchEvent;
@@ -64,8 +65,8 @@ static INSERT_EVENTS: Shapes = Shapes::new(|n| {
 /// Compaction runs in steps of `keep / 16` revisions (at least 1, at most 1,024), so
 /// a write does not pay for a delete every time; between steps up to one step more
 /// than `keep` revisions of history are kept.
-pub(crate) async fn record_events(
-    tx: &mut Transaction<'_, Any>,
+pub(crate) fn record_events(
+    w: &mut WriteBatch,
     events: &[WatchEvent],
     rev: u64,
     keep: u64,
@@ -92,33 +93,29 @@ pub(crate) async fn record_events(
     for n in batch::insert_chunks(rows.len()) {
         let (chunk, tail) = rest.split_at(n);
         rest = tail;
-        let mut q = sqlx::query(INSERT_EVENTS.get(n));
+        let mut args = Vec::with_capacity(2 * n);
         for (revision, bytes) in chunk {
-            q = q.bind(*revision).bind(bytes.as_slice());
+            args.extend([Arg::Int(*revision), Arg::Blob(bytes.clone())]);
         }
-        q.execute(&mut **tx).await?;
+        w.push(INSERT_EVENTS.get(n), args);
     }
     let step = (keep / 16).clamp(1, 1024);
     if rev > keep && rev - keep >= compacted + step {
         let horizon = rev - keep;
-        sqlx::query("DELETE FROM kv_events WHERE revision <= $1")
-            .bind(horizon as i64)
-            .execute(&mut **tx)
-            .await?;
+        w.push(
+            "DELETE FROM kv_events WHERE revision <= $1",
+            vec![Arg::Int(horizon as i64)],
+        );
         return Ok(Some(horizon));
     }
     Ok(None)
 }
 
 /// Drops all history; the oldest watchable revision becomes `revision + 1`.
-pub(crate) async fn reset_history(
-    tx: &mut Transaction<'_, Any>,
-    revision: u64,
-) -> Result<(), StoreError> {
-    sqlx::query("DELETE FROM kv_events")
-        .execute(&mut **tx)
-        .await?;
-    put_meta(tx, WATCH_COMPACTED, encode(&revision)?).await
+pub(crate) fn reset_history(w: &mut WriteBatch, revision: u64) -> Result<(), StoreError> {
+    w.push("DELETE FROM kv_events", Vec::new());
+    put_metas(w, &[(WATCH_COMPACTED, encode(&revision)?)]);
+    Ok(())
 }
 
 fn decode_row(row: &sqlx::any::AnyRow) -> Result<Vec<WatchEvent>, StoreError> {
@@ -136,16 +133,16 @@ fn decode_row(row: &sqlx::any::AnyRow) -> Result<Vec<WatchEvent>, StoreError> {
         .collect())
 }
 
-/// Events with `after < revision <= upto`, in order (inside a transaction).
+/// Events with `after < revision <= upto`, in order.
 pub(crate) async fn read_events(
-    tx: &mut Transaction<'_, Any>,
+    conn: &mut AnyConnection,
     after: u64,
     upto: u64,
 ) -> Result<Vec<WatchEvent>, StoreError> {
     let rows = sqlx::query("SELECT revision, events FROM kv_events WHERE revision > $1 AND revision <= $2 ORDER BY revision")
         .bind(after as i64)
         .bind(upto as i64)
-        .fetch_all(&mut **tx)
+        .fetch_all(conn)
         .await?;
     let mut out = Vec::new();
     for row in &rows {
