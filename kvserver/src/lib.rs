@@ -14,6 +14,7 @@
 //!   machine ([`store::sm`]) and snapshot files ([`store::snapshot`]).
 //! - [`network`]: the binary Raft peer transport (client and server) on its own port.
 //! - [`read`]: linearizable reads served by followers (read index from the leader).
+//! - [`forward`]: writes that land on a follower, handed to the leader over the peer port.
 //! - [`api`]: the client HTTP API (axum): KV, cluster management, ops endpoints, forwarding.
 //! - [`metrics`]: the node's Prometheus registry.
 //!
@@ -31,6 +32,8 @@ pub mod model;
 pub mod api;
 #[cfg(feature = "server")]
 pub mod config;
+#[cfg(feature = "server")]
+pub mod forward;
 #[cfg(feature = "server")]
 pub mod metrics;
 #[cfg(feature = "server")]

@@ -34,6 +34,8 @@ pub struct Metrics {
     /// Row cache lookups by `result` (`hit`, `miss`), counted by the cache itself.
     pub row_cache_lookups: IntCounterVec,
     pub row_cache_entries: IntGauge,
+    /// Writes this node handed to the leader, by `via` (`peer`, `http`).
+    pub forwarded_writes: IntCounterVec,
     pub row_cache_bytes: IntGauge,
 }
 
@@ -99,6 +101,14 @@ impl Metrics {
             &["result"],
         )?;
         registry.register(Box::new(row_cache_lookups.clone()))?;
+        let forwarded_writes = IntCounterVec::new(
+            Opts::new(
+                "kv_forwarded_writes_total",
+                "Client writes this node handed to the leader, by path (peer: Raft peer port, http: replayed request)",
+            ),
+            &["via"],
+        )?;
+        registry.register(Box::new(forwarded_writes.clone()))?;
         Ok(Self {
             row_cache_entries: gauge(
                 &registry,
@@ -153,6 +163,7 @@ impl Metrics {
             raft_replication_lag,
             peer_refused,
             row_cache_lookups,
+            forwarded_writes,
         })
     }
 

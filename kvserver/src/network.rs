@@ -60,6 +60,8 @@ use tokio::net::tcp::OwnedWriteHalf;
 use crate::store::StateMachine;
 use crate::store::snapshot::SnapshotFile;
 use crate::store::snapshot::temp_path;
+use crate::types::ApplyResult;
+use crate::types::Command;
 use crate::types::KvNode;
 use crate::types::NodeId;
 use crate::types::TypeConfig;
@@ -138,6 +140,11 @@ enum Request {
     SnapshotEnd,
     /// A follower asks the leader for a read index (follower reads, see `crate::read`).
     ReadIndex,
+    /// Which of the requests after `ReadIndex` the server knows (a server that
+    /// predates this message closes the connection instead of answering).
+    Capabilities,
+    /// A follower hands a client's write to the leader (see `crate::forward`).
+    ClientWrite(Command),
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -150,6 +157,22 @@ enum Response {
     Error(String),
     /// The log index a read must see applied, confirmed by a quorum after the request arrived.
     ReadIndex(Result<u64, String>),
+    Capabilities {
+        client_write: bool,
+    },
+    /// The state machine's result of a forwarded write as JSON (its key-value type
+    /// omits absent fields, which bincode cannot express), or why it was not
+    /// proposed (`NotLeader`) or failed.
+    ClientWrite(Result<Vec<u8>, WriteRejected>),
+}
+
+/// Why the leader did not apply a forwarded write.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum WriteRejected {
+    /// This node is not the leader (it names the one it knows): not proposed.
+    NotLeader(Option<NodeId>),
+    /// Proposing failed (the node is shutting down, storage failed, …): outcome unknown.
+    Failed(String),
 }
 
 async fn write_frame<W: AsyncWriteExt + Unpin, T: Serialize>(
@@ -231,6 +254,52 @@ impl PeerClient {
             cluster_id,
             raft,
             conn: None,
+        }
+    }
+
+    /// Whether the target understands forwarded writes (one exchange, on connecting).
+    pub(crate) async fn supports_client_write(&mut self, ttl: Duration) -> Result<bool, PeerError> {
+        match self.call(&Request::Capabilities, ttl).await {
+            Ok(Response::Capabilities { client_write }) => Ok(client_write),
+            Ok(_) => Ok(false),
+            // An older server closes the connection on a request it cannot decode.
+            Err(PeerError::Io(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Whether the held connection is still usable: open, with nothing unread (a peer
+    /// that closed it shows as end of file). Without a connection: false.
+    pub(crate) fn is_open(&self) -> bool {
+        let Some(conn) = &self.conn else {
+            return false;
+        };
+        if !conn.reader.buffer().is_empty() {
+            return false;
+        }
+        let mut probe = [0u8; 1];
+        matches!(conn.reader.get_ref().try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+    }
+
+    /// Whether a connection to the target is open (or can be opened now).
+    pub(crate) async fn ensure_connected(&mut self) -> Result<(), PeerError> {
+        self.connect().await.map(|_| ())
+    }
+
+    /// Hands `cmd` to the target (the leader) and waits for its result. Any error
+    /// here comes after the command may have been sent: its outcome is unknown.
+    pub(crate) async fn client_write(
+        &mut self,
+        cmd: Command,
+        ttl: Duration,
+    ) -> Result<Result<ApplyResult, WriteRejected>, PeerError> {
+        match self.call(&Request::ClientWrite(cmd), ttl).await? {
+            Response::ClientWrite(Ok(json)) => serde_json::from_slice(&json)
+                .map(Ok)
+                .map_err(|e| PeerError::Remote(format!("undecodable write result: {e}"))),
+            Response::ClientWrite(Err(rejected)) => Ok(Err(rejected)),
+            Response::Error(e) => Err(PeerError::Remote(e)),
+            _ => Err(PeerError::Unexpected),
         }
     }
 
@@ -640,6 +709,19 @@ async fn serve_conn(stream: TcpStream, server: &PeerServer) -> Result<(), PeerEr
                     .map(|l| l.read_log_id().index())
                     .map_err(|e| e.to_string()),
             ),
+            Request::Capabilities => Response::Capabilities { client_write: true },
+            Request::ClientWrite(mut cmd) => {
+                // Time is the leader's, as for writes it receives itself.
+                cmd.restamp(crate::types::now_ms());
+                Response::ClientWrite(match raft.client_write(cmd).await {
+                    Ok(r) => serde_json::to_vec(&r.data)
+                        .map_err(|e| WriteRejected::Failed(format!("encoding the result: {e}"))),
+                    Err(openraft::error::RaftError::APIError(
+                        openraft::error::ClientWriteError::ForwardToLeader(f),
+                    )) => Err(WriteRejected::NotLeader(f.leader_id)),
+                    Err(e) => Err(WriteRejected::Failed(e.to_string())),
+                })
+            }
             Request::Chunk(_) | Request::SnapshotEnd => {
                 Response::Error("snapshot data outside a transfer".into())
             }

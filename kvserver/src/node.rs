@@ -223,7 +223,12 @@ pub async fn start_node(config: Config) -> Result<NodeHandle, NodeError> {
         http,
         started: Instant::now(),
         peer_state,
-        follower_reads: crate::read::FollowerReads::new(id, follower_cluster_id, raft.clone()),
+        follower_reads: crate::read::FollowerReads::new(
+            id,
+            follower_cluster_id.clone(),
+            raft.clone(),
+        ),
+        writes: crate::forward::WriteForwarder::new(id, follower_cluster_id, raft.clone()),
         shutdown: api_stop_rx.clone(),
     });
     let app = api::router(state.clone());

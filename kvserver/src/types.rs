@@ -72,6 +72,47 @@ pub enum Command {
     },
 }
 
+impl Command {
+    /// Moves the command's clock to `now_ms`: the time it was built at becomes `now_ms`
+    /// and every absolute expiry moves by the same amount, so a TTL keeps its length.
+    /// A leader applies this to writes a follower built (the leader's clock decides).
+    pub fn restamp(&mut self, now_ms: u64) {
+        let shift = |t: &mut u64, from: u64| *t = now_ms.saturating_add(t.saturating_sub(from));
+        match self {
+            Command::Put {
+                expires_at_ms,
+                now_ms: at,
+                ..
+            } => {
+                if let Some(e) = expires_at_ms {
+                    shift(e, *at);
+                }
+                *at = now_ms;
+            }
+            Command::Delete { now_ms: at, .. }
+            | Command::DeletePrefix { now_ms: at, .. }
+            | Command::Expire { now_ms: at, .. } => *at = now_ms,
+            Command::Txn {
+                success,
+                failure,
+                now_ms: at,
+                ..
+            } => {
+                for op in success.iter_mut().chain(failure.iter_mut()) {
+                    if let TxnOp::Put {
+                        expires_at_ms: Some(e),
+                        ..
+                    } = op
+                    {
+                        shift(e, *at);
+                    }
+                }
+                *at = now_ms;
+            }
+        }
+    }
+}
+
 /// A comparison of a transaction, against the live (unexpired) state of a key.
 /// A missing key has value none, version/create_revision/mod_revision 0.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -224,4 +265,86 @@ pub fn now_ms() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn restamp_moves_time_and_keeps_ttl_lengths() {
+        let mut put = Command::Put {
+            key: "k".into(),
+            value: "v".into(),
+            expires_at_ms: Some(1_000 + 30_000),
+            if_revision: None,
+            now_ms: 1_000,
+        };
+        put.restamp(5_000);
+        assert!(matches!(
+            put,
+            Command::Put {
+                expires_at_ms: Some(35_000),
+                now_ms: 5_000,
+                ..
+            }
+        ));
+        let mut txn = Command::Txn {
+            compare: vec![],
+            success: vec![
+                TxnOp::Put {
+                    key: "a".into(),
+                    value: "1".into(),
+                    expires_at_ms: Some(10_000 + 7_000),
+                },
+                TxnOp::Delete { key: "b".into() },
+            ],
+            failure: vec![TxnOp::Put {
+                key: "c".into(),
+                value: "2".into(),
+                expires_at_ms: None,
+            }],
+            now_ms: 10_000,
+        };
+        // A leader clock behind the follower's moves expiries back by the same amount.
+        txn.restamp(9_000);
+        let Command::Txn {
+            success,
+            failure,
+            now_ms,
+            ..
+        } = txn
+        else {
+            unreachable!("still a txn")
+        };
+        assert_eq!(now_ms, 9_000);
+        assert!(matches!(
+            &success[0],
+            TxnOp::Put {
+                expires_at_ms: Some(16_000),
+                ..
+            }
+        ));
+        assert!(matches!(
+            &failure[0],
+            TxnOp::Put {
+                expires_at_ms: None,
+                ..
+            }
+        ));
+        let mut del = Command::Delete {
+            key: "k".into(),
+            if_revision: Some(3),
+            now_ms: 1,
+        };
+        del.restamp(2);
+        assert_eq!(
+            del,
+            Command::Delete {
+                key: "k".into(),
+                if_revision: Some(3),
+                now_ms: 2
+            }
+        );
+    }
 }

@@ -54,10 +54,30 @@ async fn form_forward_read_everywhere(c: &mut Cluster) -> anyhow::Result<()> {
         "3 voters expected: {info}"
     );
 
-    // A write sent to a follower is forwarded; the response names the leader.
+    // A write sent to a follower is handed to the leader over the peer port; the
+    // follower answers with the leader's result.
     let (st, body) = c.put_kv(follower, "greeting", "hello").await?;
     ensure!(st == 201, "put via follower: {st} {body}");
-    ensure!(body["node_id"] == leader, "served by the leader: {body}");
+    ensure!(
+        body["node_id"] == follower,
+        "answered by the follower: {body}"
+    );
+    let metrics = c
+        .http
+        .get(c.url(follower, "/metrics"))
+        .send()
+        .await?
+        .text()
+        .await?;
+    ensure!(
+        metrics.contains("kv_forwarded_writes_total{via=\"peer\"} 1"),
+        "forwarded over the peer port: {}",
+        metrics
+            .lines()
+            .filter(|l| l.contains("forwarded"))
+            .collect::<Vec<_>>()
+            .join("; ")
+    );
     let rev = body["revision"].as_u64().context("revision")?;
 
     // Linearizable reads from every node see it immediately.

@@ -27,6 +27,7 @@ use super::Served;
 use super::WRITE_TIMEOUT;
 use super::error::read_error;
 use super::error::write_error;
+use crate::forward::Forwarded;
 use crate::model::BatchGetRequest;
 use crate::model::BatchGetResponse;
 use crate::model::Consistency;
@@ -40,6 +41,7 @@ use crate::model::PrefixDeleteQuery;
 use crate::model::PutRequest;
 use crate::model::PutResponse;
 use crate::model::ReadQuery;
+use crate::network::WriteRejected;
 use crate::types::ApplyResult;
 use crate::types::Command;
 use crate::types::Outcome;
@@ -86,6 +88,43 @@ pub async fn propose(
     if !state.initialized() {
         return Err(ApiError::NotInitialized);
     }
+    // A follower that knows the leader hands the command over the peer port
+    // (`crate::forward`); a request another node forwarded here is not sent on.
+    let mut cmd = cmd;
+    if let Some(leader) = state.writes.other_leader().filter(|_| !raw.forwarded()) {
+        let unknown = |message: String| ApiError::Unavailable {
+            code: "write_outcome_unknown",
+            message,
+            retry: false,
+        };
+        match state.writes.write(leader, cmd, WRITE_TIMEOUT).await {
+            Forwarded::Applied(r) => {
+                state
+                    .metrics
+                    .forwarded_writes
+                    .with_label_values(&["peer"])
+                    .inc();
+                return Ok(Served::Local(r));
+            }
+            Forwarded::Rejected(WriteRejected::NotLeader(hint)) => {
+                return Err(ApiError::NoLeader { leader_hint: hint });
+            }
+            Forwarded::Rejected(WriteRejected::Failed(e)) => {
+                return Err(unknown(format!(
+                    "leader {leader} failed the write ({e}); its outcome is unknown"
+                )));
+            }
+            Forwarded::Unknown(e) => {
+                return Err(unknown(format!(
+                    "lost leader {leader} after handing it the write ({e}); its outcome is unknown"
+                )));
+            }
+            Forwarded::NotSent(back, why) => {
+                tracing::debug!(leader, reason = %why, "peer forwarding unavailable; replaying over HTTP");
+                cmd = back;
+            }
+        }
+    }
     let res = tokio::time::timeout(super::WRITE_TIMEOUT, state.raft.client_write(cmd))
         .await
         .map_err(|_| ApiError::Unavailable {
@@ -98,7 +137,13 @@ pub async fn propose(
     match res {
         Ok(r) => Ok(Served::Local(r.data)),
         Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
-            Ok(Served::Forwarded(state.forward(raw, f.leader_id).await?))
+            let served = state.forward(raw, f.leader_id).await?;
+            state
+                .metrics
+                .forwarded_writes
+                .with_label_values(&["http"])
+                .inc();
+            Ok(Served::Forwarded(served))
         }
         Err(e) => Err(write_error(e)),
     }

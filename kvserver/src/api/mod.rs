@@ -1,10 +1,13 @@
 //! The client HTTP API (axum): routing, per-request observability, request
 //! extraction with JSON errors, and forwarding to the leader.
 //!
-//! Any node accepts any request. Writes and linearizable reads are first
-//! tried locally; when openraft answers "not the leader", the original HTTP
-//! request (method, path, query, body) is replayed once against the leader's
-//! API address taken from the membership. A forwarded request carries
+//! Any node accepts any request. A follower that knows the leader hands KV
+//! writes to it over the peer port (`crate::forward`) and serves linearizable
+//! reads after a read index (`crate::read`). Everything else that needs the
+//! leader (cluster changes, and writes or reads when those paths are not
+//! available) is replayed as the original HTTP request (method, path, query,
+//! body) once against the leader's API address taken from the membership. A
+//! replayed request carries
 //! `x-kv-forwarded-by`, and a node receiving one that is not the leader either
 //! answers 503 `no_leader` instead of forwarding again, so there are no loops.
 
@@ -71,6 +74,8 @@ pub struct NodeState {
     pub peer_state: Arc<crate::network::PeerState>,
     /// Linearizable reads on this node while it follows.
     pub follower_reads: Arc<crate::read::FollowerReads>,
+    /// Hands writes to the leader over the peer port.
+    pub writes: Arc<crate::forward::WriteForwarder>,
     /// Becomes true when the API starts draining (long-lived streams end then).
     pub shutdown: tokio::sync::watch::Receiver<bool>,
 }

@@ -19,7 +19,7 @@ use crate::model;
     info(
         title = "kvserver",
         description = "One node of kvcluster: a Raft-replicated, strongly consistent key-value store. \
-                       Any node accepts any request; writes and linearizable reads are forwarded to the leader. \
+                       Any node accepts any request; writes are handed to the leader, and linearizable reads are served by any member once it has caught up with the leader. \
                        Every error is `{\"error\": {\"code\": \"...\", \"message\": \"...\"}}`; `503` with `Retry-After` means retry.",
         license(name = "Apache-2.0")
     ),
