@@ -92,15 +92,7 @@ impl WriteForwarder {
 
     /// Sends `cmd` to `leader` and waits up to `ttl` for its result.
     pub async fn write(&self, leader: NodeId, cmd: Command, ttl: Duration) -> Forwarded {
-        let addr = {
-            let metrics = self.raft.metrics();
-            let m = metrics.borrow_watched();
-            m.membership_config
-                .membership()
-                .get_node(&leader)
-                .map(|n| n.raft_addr.clone())
-        };
-        let Some(addr) = addr else {
+        let Some(addr) = crate::network::member_raft_addr(&self.raft, leader) else {
             return Forwarded::NotSent(cmd, format!("leader {leader} is not in the membership"));
         };
         let pooled = {
@@ -131,9 +123,8 @@ impl WriteForwarder {
         let mut client = match pooled {
             Some(c) => c,
             None => {
-                let raft = Arc::new(std::sync::OnceLock::new());
-                let _ = raft.set(self.raft.clone());
-                let mut c = PeerClient::new(self.me, leader, addr, self.cluster_id.clone(), raft);
+                let mut c =
+                    PeerClient::new(self.me, leader, addr, self.cluster_id.clone(), &self.raft);
                 let setup = async {
                     c.ensure_connected().await?;
                     c.supports_client_write(SETUP_TIMEOUT).await

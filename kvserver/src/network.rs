@@ -75,6 +75,17 @@ pub fn raft_metrics(raft: &KvRaft) -> openraft::RaftMetrics<TypeConfig> {
     raft.metrics().borrow_watched().clone()
 }
 
+/// The Raft address of member `id` in `raft`'s current membership.
+pub fn member_raft_addr(raft: &KvRaft, id: NodeId) -> Option<String> {
+    use openraft::async_runtime::WatchReceiver;
+    let metrics = raft.metrics();
+    let m = metrics.borrow_watched();
+    m.membership_config
+        .membership()
+        .get_node(&id)
+        .map(|n| n.raft_addr.clone())
+}
+
 /// Largest frame accepted from a peer (entries batches are bounded by config far below this).
 const MAX_FRAME: u32 = 256 * 1024 * 1024;
 const SNAPSHOT_CHUNK: usize = 1024 * 1024;
@@ -239,20 +250,22 @@ pub struct PeerClient {
 }
 
 impl PeerClient {
-    /// A client of `target` at `addr` outside openraft (for follower reads).
+    /// A client of `target` at `addr` outside openraft (follower reads, forwarded writes).
     pub(crate) fn new(
         me: NodeId,
         target: NodeId,
         addr: String,
         cluster_id: Arc<str>,
-        raft: Arc<std::sync::OnceLock<KvRaft>>,
+        raft: &KvRaft,
     ) -> Self {
+        let handle = Arc::new(std::sync::OnceLock::new());
+        let _ = handle.set(raft.clone());
         Self {
             me,
             target,
             addr,
             cluster_id,
-            raft,
+            raft: handle,
             conn: None,
         }
     }

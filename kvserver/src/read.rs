@@ -121,24 +121,15 @@ impl FollowerReads {
 
     /// One read-index round trip to `leader`.
     async fn fetch(&self, leader: NodeId) -> Result<u64, String> {
-        let addr = {
-            let metrics = self.raft.metrics();
-            let m = metrics.borrow_watched();
-            m.membership_config
-                .membership()
-                .get_node(&leader)
-                .map(|n| n.raft_addr.clone())
-        }
-        .ok_or_else(|| FollowerReadError::UnknownLeader(leader).to_string())?;
+        let addr = crate::network::member_raft_addr(&self.raft, leader)
+            .ok_or_else(|| FollowerReadError::UnknownLeader(leader).to_string())?;
         let mut slot = self.client.lock().await;
         let reuse = matches!(&*slot, Some((id, a, _)) if *id == leader && *a == addr);
         if !reuse {
-            let raft = Arc::new(std::sync::OnceLock::new());
-            let _ = raft.set(self.raft.clone());
             *slot = Some((
                 leader,
                 addr.clone(),
-                PeerClient::new(self.me, leader, addr, self.cluster_id.clone(), raft),
+                PeerClient::new(self.me, leader, addr, self.cluster_id.clone(), &self.raft),
             ));
         }
         let Some((_, _, client)) = slot.as_mut() else {

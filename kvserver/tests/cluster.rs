@@ -62,13 +62,7 @@ async fn form_forward_read_everywhere(c: &mut Cluster) -> anyhow::Result<()> {
         body["node_id"] == follower,
         "answered by the follower: {body}"
     );
-    let metrics = c
-        .http
-        .get(c.url(follower, "/metrics"))
-        .send()
-        .await?
-        .text()
-        .await?;
+    let metrics = c.metrics_text(follower).await?;
     ensure!(
         metrics.contains("kv_forwarded_writes_total{via=\"peer\"} 1"),
         "forwarded over the peer port: {}",
@@ -595,13 +589,7 @@ async fn wiped_member(c: &mut Cluster) -> anyhow::Result<()> {
         info["initialized"] == false && info["role"] == "uninitialized",
         "the wiped node stays out of the cluster: {info}"
     );
-    let metrics = c
-        .http
-        .get(c.url(leader, "/metrics"))
-        .send()
-        .await?
-        .text()
-        .await?;
+    let metrics = c.metrics_text(leader).await?;
     ensure!(
         metrics.contains("kv_peer_refused_total{reason=\"lost_data\"}"),
         "refusals are counted"

@@ -332,6 +332,17 @@ impl Cluster {
         Ok((status, r.json().await.unwrap_or(Value::Null)))
     }
 
+    /// Node `id`'s Prometheus metrics text.
+    pub async fn metrics_text(&self, id: u64) -> anyhow::Result<String> {
+        Ok(self
+            .http
+            .get(self.url(id, "/metrics"))
+            .send()
+            .await?
+            .text()
+            .await?)
+    }
+
     /// Reads a key; returns its value or None when 404.
     pub async fn read(&self, id: u64, key: &str, stale: bool) -> anyhow::Result<Option<String>> {
         let q = if stale { "?consistency=stale" } else { "" };
