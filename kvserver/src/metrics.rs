@@ -45,17 +45,26 @@ fn gauge(registry: &Registry, name: &str, help: &str) -> Result<IntGauge, promet
     Ok(g)
 }
 
+fn counter_vec(
+    registry: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+) -> Result<IntCounterVec, prometheus::Error> {
+    let c = IntCounterVec::new(Opts::new(name, help), labels)?;
+    registry.register(Box::new(c.clone()))?;
+    Ok(c)
+}
+
 impl Metrics {
     pub fn new() -> Result<Self, prometheus::Error> {
         let registry = Registry::new();
-        let http_requests = IntCounterVec::new(
-            Opts::new(
-                "kv_http_requests_total",
-                "HTTP requests by route, method and status",
-            ),
+        let http_requests = counter_vec(
+            &registry,
+            "kv_http_requests_total",
+            "HTTP requests by route, method and status",
             &["route", "method", "status"],
         )?;
-        registry.register(Box::new(http_requests.clone()))?;
         let http_duration = HistogramVec::new(
             HistogramOpts::new(
                 "kv_http_request_duration_seconds",
@@ -85,30 +94,24 @@ impl Metrics {
             &["follower"],
         )?;
         registry.register(Box::new(raft_replication_lag.clone()))?;
-        let peer_refused = IntCounterVec::new(
-            Opts::new(
-                "kv_peer_refused_total",
-                "Peer connections or votes refused, by reason (cluster_id, node_id, lost_data, empty_vote)",
-            ),
+        let peer_refused = counter_vec(
+            &registry,
+            "kv_peer_refused_total",
+            "Peer connections or votes refused, by reason (cluster_id, node_id, lost_data, empty_vote)",
             &["reason"],
         )?;
-        registry.register(Box::new(peer_refused.clone()))?;
-        let row_cache_lookups = IntCounterVec::new(
-            Opts::new(
-                "kv_row_cache_lookups_total",
-                "Key lookups in the row cache by reads and applies, by result (hit, miss)",
-            ),
+        let row_cache_lookups = counter_vec(
+            &registry,
+            "kv_row_cache_lookups_total",
+            "Key lookups in the row cache by reads and applies, by result (hit, miss)",
             &["result"],
         )?;
-        registry.register(Box::new(row_cache_lookups.clone()))?;
-        let forwarded_writes = IntCounterVec::new(
-            Opts::new(
-                "kv_forwarded_writes_total",
-                "Client writes this node handed to the leader, by path (peer: Raft peer port, http: replayed request)",
-            ),
+        let forwarded_writes = counter_vec(
+            &registry,
+            "kv_forwarded_writes_total",
+            "Client writes this node handed to the leader, by path (peer: Raft peer port, http: replayed request)",
             &["via"],
         )?;
-        registry.register(Box::new(forwarded_writes.clone()))?;
         Ok(Self {
             row_cache_entries: gauge(
                 &registry,

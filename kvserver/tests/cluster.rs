@@ -168,9 +168,7 @@ async fn failover_and_rejoin(c: &mut Cluster) -> anyhow::Result<()> {
     }
     c.start(leader)?;
     c.wait_up(leader).await?;
-    let target = c.cluster_info(new_leader).await?["committed_index"]
-        .as_u64()
-        .context("committed")?;
+    let target = c.committed_index(new_leader).await?;
     c.wait_applied(leader, target, Duration::from_secs(15))
         .await?;
     let info = c.cluster_info(leader).await?;
@@ -208,21 +206,10 @@ async fn snapshot_catch_up(c: &mut Cluster) -> anyhow::Result<()> {
         ensure!(st == 201, "put: {st} {body}");
     }
     // The survivors compact: the log the lagging node would need is gone.
-    let cr = &*c;
-    wait_for(
-        "leader purged the log behind a snapshot",
-        Duration::from_secs(10),
-        || async move {
-            let info = cr.cluster_info(leader).await.ok()?;
-            (info["purged_index"].as_u64()? > before + 1).then_some(())
-        },
-    )
-    .await?;
+    c.wait_purged_past(leader, before).await?;
     c.start(lagging)?;
     c.wait_up(lagging).await?;
-    let target = c.cluster_info(leader).await?["committed_index"]
-        .as_u64()
-        .context("committed")?;
+    let target = c.committed_index(leader).await?;
     c.wait_applied(lagging, target, Duration::from_secs(20))
         .await?;
     let info = c.cluster_info(lagging).await?;
@@ -271,9 +258,7 @@ async fn warm_cache_across_snapshot(c: &mut Cluster) -> anyhow::Result<()> {
             .await?;
         ensure!(st == 201, "put: {st} {body}");
     }
-    let target = c.cluster_info(leader).await?["committed_index"]
-        .as_u64()
-        .context("committed")?;
+    let target = c.committed_index(leader).await?;
     c.wait_applied(lagging, target, Duration::from_secs(10))
         .await?;
     for i in 0..10 {
@@ -309,20 +294,9 @@ async fn warm_cache_across_snapshot(c: &mut Cluster) -> anyhow::Result<()> {
     for i in 0..60 {
         c.put_kv(leader, &format!("fill/{i:02}"), "x").await?;
     }
-    let cr = &*c;
-    wait_for(
-        "leader purged the log behind a snapshot",
-        Duration::from_secs(10),
-        || async move {
-            let info = cr.cluster_info(leader).await.ok()?;
-            (info["purged_index"].as_u64()? > before + 1).then_some(())
-        },
-    )
-    .await?;
+    c.wait_purged_past(leader, before).await?;
     c.freeze(lagging, false)?;
-    let target = c.cluster_info(leader).await?["committed_index"]
-        .as_u64()
-        .context("committed")?;
+    let target = c.committed_index(leader).await?;
     c.wait_applied(lagging, target, Duration::from_secs(20))
         .await?;
     let info = c.cluster_info(lagging).await?;
@@ -488,9 +462,7 @@ async fn no_quorum_answers_503(c: &mut Cluster) -> anyhow::Result<()> {
     c.put_kv(leader, "before", "1").await?;
     let survivor = (1..=3).find(|id| *id != leader).context("survivor")?;
     // The write is committed on a majority, which need not include the survivor yet.
-    let target = c.cluster_info(leader).await?["committed_index"]
-        .as_u64()
-        .context("committed")?;
+    let target = c.committed_index(leader).await?;
     c.wait_applied(survivor, target, Duration::from_secs(10))
         .await?;
     for id in 1..=3 {

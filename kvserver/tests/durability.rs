@@ -90,9 +90,7 @@ async fn crash_mid_burst(c: &mut Cluster) -> anyhow::Result<()> {
         c.wait_up(id).await?;
     }
     let final_leader = c.wait_leader(Duration::from_secs(10)).await?;
-    let target = c.cluster_info(final_leader).await?["committed_index"]
-        .as_u64()
-        .context("committed")?;
+    let target = c.committed_index(final_leader).await?;
     for id in 1..=3 {
         c.wait_applied(id, target, Duration::from_secs(20)).await?;
     }

@@ -129,9 +129,7 @@ async fn outage_under_load(c: &mut Cluster, pg: &Postgres) -> anyhow::Result<()>
     }
 
     let final_leader = c.wait_leader(Duration::from_secs(10)).await?;
-    let target = c.cluster_info(final_leader).await?["committed_index"]
-        .as_u64()
-        .context("committed")?;
+    let target = c.committed_index(final_leader).await?;
     for id in 1..=3 {
         c.wait_applied(id, target, Duration::from_secs(30)).await?;
         let (s, b) = c.get(id, "/readyz").await?;

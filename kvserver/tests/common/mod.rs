@@ -332,6 +332,26 @@ impl Cluster {
         Ok((status, r.json().await.unwrap_or(Value::Null)))
     }
 
+    /// Node `id`'s committed index, as it reports it.
+    pub async fn committed_index(&self, id: u64) -> anyhow::Result<u64> {
+        self.cluster_info(id).await?["committed_index"]
+            .as_u64()
+            .context("committed")
+    }
+
+    /// Waits until `leader` has purged its log past `index` (behind a snapshot).
+    pub async fn wait_purged_past(&self, leader: u64, index: u64) -> anyhow::Result<()> {
+        wait_for(
+            "leader purged the log behind a snapshot",
+            Duration::from_secs(10),
+            || async move {
+                let info = self.cluster_info(leader).await.ok()?;
+                (info["purged_index"].as_u64()? > index + 1).then_some(())
+            },
+        )
+        .await
+    }
+
     /// Node `id`'s Prometheus metrics text.
     pub async fn metrics_text(&self, id: u64) -> anyhow::Result<String> {
         Ok(self
