@@ -22,7 +22,6 @@ use openraft::storage::RaftLogStorage;
 use openraft::type_config::alias::EntryOf;
 use openraft::type_config::alias::LogIdOf;
 use openraft::type_config::alias::VoteOf;
-use sqlx::Acquire;
 use sqlx::Row;
 
 use super::Durability;
@@ -32,7 +31,7 @@ use super::batch;
 use super::batch::Shapes;
 use super::decode;
 use super::encode;
-use super::put_meta;
+use super::put_metas;
 use super::script::Arg;
 use crate::types::TypeConfig;
 
@@ -358,12 +357,12 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.tail().truncate_after(last_log_id.map(|l| l.index));
         self.store
             .retrying("truncate log", || async {
-                let mut conn = self.store.writer(Durability::Sync).await?;
-                sqlx::query("DELETE FROM raft_log WHERE log_index > $1")
-                    .bind(keep_through)
-                    .execute(&mut *conn)
-                    .await?;
-                Ok(())
+                let mut w = self.store.write_batch(Durability::Sync, false).await?;
+                w.push(
+                    "DELETE FROM raft_log WHERE log_index > $1",
+                    vec![Arg::Int(keep_through)],
+                );
+                w.commit().await
             })
             .await?;
         Ok(())
@@ -374,17 +373,15 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.tail().purge(log_id.index);
         self.store
             .retrying("purge log", || async {
-                let mut conn = self.store.writer(Durability::Sync).await?;
-                let mut tx = conn.begin().await?;
+                let mut w = self.store.write_batch(Durability::Sync, true).await?;
                 // The marker goes in the same transaction, so a crash never leaves entries
                 // gone without the marker that explains their absence.
-                put_meta(&mut tx, LAST_PURGED, bytes.clone()).await?;
-                sqlx::query("DELETE FROM raft_log WHERE log_index <= $1")
-                    .bind(log_id.index as i64)
-                    .execute(&mut *tx)
-                    .await?;
-                tx.commit().await?;
-                Ok(())
+                put_metas(&mut w, &[(LAST_PURGED, bytes.clone())]);
+                w.push(
+                    "DELETE FROM raft_log WHERE log_index <= $1",
+                    vec![Arg::Int(log_id.index as i64)],
+                );
+                w.commit().await
             })
             .await?;
         Ok(())

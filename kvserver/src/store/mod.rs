@@ -60,7 +60,6 @@ use sqlx::Any;
 use sqlx::AnyPool;
 use sqlx::Executor;
 use sqlx::Row;
-use sqlx::Transaction;
 use sqlx::any::AnyPoolOptions;
 use sqlx::any::AnyRow;
 use sqlx::migrate::Migration;
@@ -272,12 +271,6 @@ pub(crate) enum Durability {
     Deferred,
 }
 
-/// The writer connection's `synchronous` mode as last set (0: unknown, 1: NORMAL, 2: FULL).
-const MODE_UNKNOWN: u8 = 0;
-
-/// Upsert of one `raft_meta` row, shared by every writer.
-pub(crate) const META_UPSERT: &str = "INSERT INTO raft_meta (name, value) VALUES ($1, $2) ON CONFLICT (name) DO UPDATE SET value = excluded.value";
-
 /// A write path's statements on the writer connection, sent in as few trips as the
 /// backend allows (`script.rs`): everything pending goes out with the next
 /// [`WriteBatch::send`] or [`WriteBatch::commit`]; reads in between run on
@@ -290,8 +283,6 @@ pub(crate) struct WriteBatch {
     one_trip: bool,
     transaction: bool,
     done: bool,
-    /// SQLite: the writer's recorded `synchronous` mode and the mode this batch sets.
-    mode: Option<(Arc<std::sync::atomic::AtomicU8>, u8)>,
 }
 
 impl WriteBatch {
@@ -313,9 +304,6 @@ impl WriteBatch {
         }
         self.send().await?;
         self.done = true;
-        if let Some((mode, want)) = &self.mode {
-            mode.store(*want, Ordering::Release);
-        }
         Ok(())
     }
 }
@@ -332,8 +320,6 @@ impl Drop for WriteBatch {
 #[derive(Clone)]
 pub struct Store {
     writer: AnyPool,
-    /// See [`Durability`]: what the (single) writer connection is set to.
-    writer_mode: Arc<std::sync::atomic::AtomicU8>,
     pub(crate) reader: AnyPool,
     pub(crate) snapshot_dir: PathBuf,
     /// Cluster revision after the last applied entry (mirrors `raft_meta.sm_revision`).
@@ -462,7 +448,6 @@ impl Store {
         ));
         let store = Store {
             writer,
-            writer_mode: Arc::new(std::sync::atomic::AtomicU8::new(MODE_UNKNOWN)),
             reader,
             snapshot_dir,
             revision: Arc::new(AtomicU64::new(0)),
@@ -607,30 +592,6 @@ impl Store {
         }
     }
 
-    /// The writer connection, set up for `durability`. Every mutation goes through here:
-    /// the mode is a property of the one connection, so a durable write must never
-    /// find it left in NORMAL by a state-machine apply.
-    pub(crate) async fn writer(
-        &self,
-        durability: Durability,
-    ) -> Result<sqlx::pool::PoolConnection<Any>, StoreError> {
-        let mut conn = self.writer.acquire().await?;
-        if self.backend_name == "sqlite" {
-            let (want, pragma) = match durability {
-                Durability::Sync => (2, "PRAGMA synchronous = FULL"),
-                Durability::Deferred => (1, "PRAGMA synchronous = NORMAL"),
-            };
-            // Read and set while holding the only connection, so the two cannot disagree.
-            // A replaced connection starts in FULL (after_connect): the safe direction.
-            if self.writer_mode.load(Ordering::Acquire) != want {
-                self.writer_mode.store(MODE_UNKNOWN, Ordering::Release);
-                conn.execute(pragma).await?;
-                self.writer_mode.store(want, Ordering::Release);
-            }
-        }
-        Ok(conn)
-    }
-
     /// The writer connection with an empty script of writes at `durability`, in a
     /// transaction when `transaction` (see [`WriteBatch`]).
     pub(crate) async fn write_batch(
@@ -641,13 +602,10 @@ impl Store {
         let conn = self.writer.acquire().await?;
         let sqlite = self.backend_name == "sqlite";
         let mut pending = script::Script::new();
-        let want = match durability {
-            Durability::Sync => 2,
-            Durability::Deferred => 1,
-        };
         if sqlite {
-            // Inline, so it costs no trip of its own; recorded once it has run.
-            self.writer_mode.store(MODE_UNKNOWN, Ordering::Release);
+            // `synchronous` is a property of the one writer connection: every batch
+            // sets the mode it needs (inline, so it costs no trip of its own), so a
+            // durable write never finds it left in NORMAL by a state-machine apply.
             pending.push(
                 match durability {
                     Durability::Sync => "PRAGMA synchronous = FULL",
@@ -665,7 +623,6 @@ impl Store {
             one_trip: sqlite,
             transaction,
             done: false,
-            mode: sqlite.then(|| (self.writer_mode.clone(), want)),
         })
     }
 
@@ -679,13 +636,9 @@ impl Store {
         let bytes = encode(value)?;
         let started = std::time::Instant::now();
         self.retrying("meta write", || async {
-            let mut conn = self.writer(durability).await?;
-            sqlx::query(META_UPSERT)
-                .bind(name)
-                .bind(bytes.clone())
-                .execute(&mut *conn)
-                .await?;
-            Ok(())
+            let mut w = self.write_batch(durability, false).await?;
+            put_metas(&mut w, &[(name, bytes.clone())]);
+            w.commit().await
         })
         .await?;
         self.metrics
@@ -841,20 +794,6 @@ pub(crate) fn row_to_kv(row: &AnyRow, with_value: bool) -> Result<KeyValue, Stor
         created_at_ms: row.try_get::<i64, _>(6)? as u64,
         updated_at_ms: row.try_get::<i64, _>(7)? as u64,
     })
-}
-
-/// Upserts one `raft_meta` row inside a transaction.
-pub(crate) async fn put_meta(
-    tx: &mut Transaction<'_, Any>,
-    name: &str,
-    value: Vec<u8>,
-) -> Result<(), StoreError> {
-    sqlx::query(META_UPSERT)
-        .bind(name)
-        .bind(value)
-        .execute(&mut **tx)
-        .await?;
-    Ok(())
 }
 
 static META_UPSERT_MANY: batch::Shapes = batch::Shapes::new(|n| {
