@@ -686,7 +686,10 @@ async fn serve_conn(stream: TcpStream, server: &PeerServer) -> Result<(), PeerEr
         let resp = match req {
             Request::Append(rpc) => {
                 let r = raft.append_entries(rpc).await.map_err(|e| e.to_string());
-                if r.is_ok() {
+                // Only a sender this node accepts as leader counts as contact with one.
+                if r.as_ref()
+                    .is_ok_and(|r| !matches!(r, AppendEntriesResponse::HigherVote(_)))
+                {
                     peer_state
                         .last_append_ms
                         .store(crate::types::now_ms(), Ordering::Relaxed);

@@ -499,17 +499,86 @@ async fn no_quorum_answers_503(c: &mut Cluster) -> anyhow::Result<()> {
         c.read(survivor, "before", true).await?.as_deref() == Some("1"),
         "stale read without quorum"
     );
-    let (st, body) = c.get(survivor, "/readyz").await?;
-    ensure!(
-        st == 503 && body["ready"] == false,
-        "not ready without a leader: {st} {body}"
-    );
+    // openraft may still name (or name again, after a failed pre-vote) the dead
+    // leader: readiness must not follow that name but the contact with it, and stay off.
+    wait_unready(c, survivor, &["no known leader", "no contact with leader"]).await?;
     let (st, _) = c.get(survivor, "/healthz").await?;
     if st != 200 {
         bail!("healthz must stay 200: {st}");
     }
     Ok(())
 }
+
+/// Waits (≤ 2 × the longest election timeout + slack) until `id`'s `/readyz` says
+/// 503 with a reason containing one of `reasons`, then checks it stays so for a second.
+async fn wait_unready(c: &Cluster, id: u64, reasons: &[&str]) -> anyhow::Result<()> {
+    let unready = |body: &serde_json::Value| {
+        body["ready"] == false
+            && body["reasons"].as_array().is_some_and(|r| {
+                r.iter().any(|r| {
+                    r.as_str()
+                        .is_some_and(|r| reasons.iter().any(|want| r.contains(want)))
+                })
+            })
+    };
+    wait_for(
+        &format!("node {id} unready ({reasons:?})"),
+        Duration::from_secs(10),
+        || async move {
+            let (st, body) = c.get(id, "/readyz").await.ok()?;
+            (st == 503 && unready(&body)).then_some(())
+        },
+    )
+    .await?;
+    let until = std::time::Instant::now() + Duration::from_secs(1);
+    while std::time::Instant::now() < until {
+        let (st, body) = c.get(id, "/readyz").await?;
+        ensure!(
+            st == 503,
+            "node {id} turned ready again without a quorum: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(())
+}
+
+/// A leader whose followers are gone keeps its title for a while (openraft does
+/// not step down at once), but it must stop taking traffic: `/readyz` turns 503
+/// because no quorum acknowledges it, and comes back once one does.
+async fn leader_without_quorum_turns_unready(c: &mut Cluster) -> anyhow::Result<()> {
+    let leader = c.form(3).await?;
+    c.put_kv(leader, "before", "1").await?;
+    let (st, body) = c.get(leader, "/readyz").await?;
+    ensure!(st == 200, "leader ready with its quorum: {body}");
+    let followers: Vec<u64> = (1..=3).filter(|id| *id != leader).collect();
+    for id in &followers {
+        c.kill(*id);
+    }
+    wait_unready(c, leader, &["no quorum acknowledged this leader"]).await?;
+    // One follower back is a quorum again: the node is ready once a leader holds it.
+    c.start(followers[0])?;
+    let (cr, back) = (&*c, followers[0]);
+    wait_for(
+        "a ready node with a quorum again",
+        Duration::from_secs(30),
+        || async move {
+            for id in [leader, back] {
+                if let Ok((200, _)) = cr.get(id, "/readyz").await {
+                    return Some(());
+                }
+            }
+            None
+        },
+    )
+    .await?;
+    Ok(())
+}
+
+on_both_backends!(
+    isolated_leader_turns_unready,
+    leader_without_quorum_turns_unready,
+    &[]
+);
 
 on_both_backends!(
     cluster_without_quorum_answers_503_no_leader,

@@ -2,8 +2,9 @@
 //!
 //! `/healthz` only says the process serves HTTP (a liveness probe must not
 //! restart a node just because the cluster lost quorum); `/readyz` says the
-//! node is a member, knows a leader and has applied what it knows committed,
-//! which is what a Service should route on.
+//! node is a member, is in contact with a leader (or, as leader, with a quorum)
+//! and has applied what it knows committed, which is what a Service should
+//! route on.
 
 use std::sync::atomic::Ordering;
 
@@ -19,9 +20,11 @@ use axum::response::Response;
 use openraft::ServerState;
 
 use super::AppState;
+use super::NodeState;
 use super::Q;
 use super::cluster::role_name;
 use super::kv::NoParams;
+use crate::types::TypeConfig;
 use crate::types::now_ms;
 
 /// `GET /healthz`: liveness.
@@ -51,8 +54,22 @@ pub async fn readyz(State(state): State<AppState>, Q(_params): Q<NoParams>) -> R
     } else if membership.get_node(&state.id).is_none() {
         reasons.push("not a member of the cluster's current membership".to_string());
     }
-    if m.current_leader.is_none() {
-        reasons.push("no known leader".to_string());
+    match (m.current_leader, leader_contact_ms(&state, &m)) {
+        (None, _) => reasons.push("no known leader".to_string()),
+        // openraft keeps the last leader it knew (and restores it after a failed
+        // pre-vote), so a known leader alone does not mean one is reachable: a node
+        // cut off from it, or a leader cut off from its quorum, must stop taking
+        // traffic well before an election settles the question.
+        (Some(leader), None) => reasons.push(format!("no contact with leader {leader} yet")),
+        (Some(leader), Some(ms)) if ms > contact_limit_ms(&state) => reasons.push(format!(
+            "no contact with leader {leader} for {ms} ms{}",
+            if leader == state.id {
+                " (no quorum acknowledged this leader)"
+            } else {
+                ""
+            }
+        )),
+        (Some(_), Some(_)) => {}
     }
     let committed = m.local_committed.as_ref().map(|l| l.index).unwrap_or(0);
     let applied = m.last_applied.as_ref().map(|l| l.index).unwrap_or(0);
@@ -84,6 +101,33 @@ pub async fn readyz(State(state): State<AppState>, Q(_params): Q<NoParams>) -> R
         .into_response()
 }
 
+/// Milliseconds since this node last had evidence of a working leader: as leader,
+/// since a quorum acknowledged it (always fresh when it is the only voter);
+/// otherwise since it accepted an append (a heartbeat at least) from one. `None`:
+/// never.
+fn leader_contact_ms(state: &NodeState, m: &openraft::RaftMetrics<TypeConfig>) -> Option<u64> {
+    if m.state == ServerState::Leader {
+        let voters: Vec<_> = m.membership_config.membership().voter_ids().collect();
+        if voters == [state.id] {
+            return Some(0);
+        }
+        m.last_quorum_acked.as_ref().map(|i| {
+            use openraft::Instant;
+            i.elapsed().as_millis() as u64
+        })
+    } else {
+        let last = state.peer_state.last_append_ms.load(Ordering::Relaxed);
+        (last > 0).then(|| now_ms().saturating_sub(last))
+    }
+}
+
+/// Contact older than this makes a node unready: twice the longest election
+/// timeout, so that heartbeats delayed by a busy machine do not flap readiness,
+/// while a node cut off from its leader drops out within seconds.
+fn contact_limit_ms(state: &NodeState) -> u64 {
+    state.config.raft.election_timeout_max_ms.saturating_mul(2)
+}
+
 /// `GET /status`: node status.
 #[utoipa::path(
     get, path = "/status", tag = "ops",
@@ -100,16 +144,7 @@ pub async fn status(
     let m = crate::network::raft_metrics(&state.raft);
     let initialized = m.membership_config.membership().nodes().next().is_some();
     let now = now_ms();
-    // Leader: time since a quorum last acknowledged it. Others: since the last append from a leader.
-    let since_heartbeat_ms = if m.state == ServerState::Leader {
-        m.last_quorum_acked.as_ref().map(|i| {
-            use openraft::Instant;
-            i.elapsed().as_millis() as u64
-        })
-    } else {
-        let last = state.peer_state.last_append_ms.load(Ordering::Relaxed);
-        (last > 0).then(|| now.saturating_sub(last))
-    };
+    let since_heartbeat_ms = leader_contact_ms(&state, &m);
     let keys = state.store.key_count().await?;
     Ok(Json(StatusResponse {
         version: env!("CARGO_PKG_VERSION").into(),
