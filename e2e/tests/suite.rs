@@ -238,10 +238,60 @@ async fn three_members_sqlite(ctx: &mut Ctx) -> anyhow::Result<()> {
     ctx.fresh_namespace(NS).await?;
     create_kvc(
         ctx,
-        &kvcluster(NS, "orders", 3, json!({"reclaimPolicy": "Delete"}))?,
+        &kvcluster(
+            NS,
+            "orders",
+            3,
+            json!({"reclaimPolicy": "Delete", "cacheSize": "32Mi"}),
+        )?,
+    )
+    .await?;
+    // A spec the operator cannot render: nothing is created, a Warning event says why.
+    create_kvc(
+        ctx,
+        &kvcluster(NS, "typo", 1, json!({"cacheSize": "lots"}))?,
     )
     .await?;
     let took = ctx.wait_converged(NS, "orders", 3, 4 * MIN).await?;
+    let cms: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), NS);
+    let cfg = cms
+        .get("orders-config")
+        .await?
+        .data
+        .and_then(|d| d.get("config.yaml").cloned())
+        .unwrap_or_default();
+    anyhow::ensure!(
+        cfg.contains("cache_bytes: 33554432"),
+        "cacheSize not rendered: {cfg}"
+    );
+    let events: Api<Event> = Api::namespaced(ctx.client.clone(), NS);
+    let (invalid, _) = ctx
+        .wait_for("InvalidSpec event for KVCluster typo", MIN, || async {
+            let found = events
+                .list(&ListParams::default())
+                .await?
+                .items
+                .into_iter()
+                .find_map(|e| {
+                    (e.reason.as_deref() == Some("InvalidSpec")
+                        && e.involved_object.name.as_deref() == Some("typo")
+                        && e.type_.as_deref() == Some("Warning"))
+                    .then(|| e.message.unwrap_or_default())
+                });
+            Ok(found.ok_or_else(|| "no such event yet".to_string()))
+        })
+        .await?;
+    anyhow::ensure!(
+        invalid.contains("spec.storage.cacheSize"),
+        "event names the field: {invalid}"
+    );
+    let sts: Api<StatefulSet> = Api::namespaced(ctx.client.clone(), NS);
+    anyhow::ensure!(
+        sts.get_opt("typo").await?.is_none(),
+        "nothing built from an invalid spec"
+    );
+    ctx.kubectl(&["-n", NS, "delete", "kvc", "typo", "--wait=true"])
+        .await?;
     // A quorum-safe PodDisruptionBudget (policy/v1, or v1beta1 on old servers).
     let max_unavailable = ctx
         .kubectl(&[
@@ -262,7 +312,8 @@ async fn three_members_sqlite(ctx: &mut Ctx) -> anyhow::Result<()> {
     let verify = read_keys(ctx, "verify-a", "orders", "a/", 1000).await?;
     ctx.report.add(
         "scenario 2: 3-member SQLite cluster",
-        json!({"available_after_s": took.as_secs(), "writes_per_s": load["writes_per_s"], "verify": verify}),
+        json!({"available_after_s": took.as_secs(), "writes_per_s": load["writes_per_s"], "verify": verify,
+               "invalid_spec_event": invalid}),
     );
     Ok(())
 }

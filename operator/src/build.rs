@@ -70,6 +70,33 @@ pub enum BuildError {
     BadRaftTiming,
     #[error("cannot render the kvserver configuration: {0}")]
     Config(String),
+    #[error(
+        "spec.storage.cacheSize: {0:?} is not a byte quantity of at most 1Ti (e.g. 64Mi, 256M, 0)"
+    )]
+    BadCacheSize(String),
+}
+
+/// Bytes in a Kubernetes quantity without fractions (`512`, `64Mi`, `1G`, `0`),
+/// the form memory sizes take in practice; `None` for anything else.
+pub fn parse_bytes(q: &str) -> Option<u64> {
+    const SUFFIXES: [(&str, u64); 8] = [
+        ("Ki", 1 << 10),
+        ("Mi", 1 << 20),
+        ("Gi", 1 << 30),
+        ("Ti", 1 << 40),
+        ("k", 1_000),
+        ("M", 1_000_000),
+        ("G", 1_000_000_000),
+        ("T", 1_000_000_000_000),
+    ];
+    let (digits, unit) = SUFFIXES
+        .iter()
+        .find_map(|(suffix, unit)| q.strip_suffix(suffix).map(|d| (d, *unit)))
+        .unwrap_or((q, 1));
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse::<u64>().ok()?.checked_mul(unit)
 }
 
 /// Names of the owned objects.
@@ -223,6 +250,15 @@ pub fn config_yaml(kvc: &KVCluster) -> Result<String, BuildError> {
             "postgres"
         }
     };
+    let mut storage = serde_json::json!({"backend": backend});
+    if let Some(q) = &kvc.spec.storage.cache_size {
+        // Same bound kvserver enforces at start-up, checked here so a bad value is a
+        // status condition on the KVCluster instead of pods that crash-loop.
+        let bytes = parse_bytes(q)
+            .filter(|b| *b <= 1 << 40)
+            .ok_or_else(|| BuildError::BadCacheSize(q.clone()))?;
+        storage["cache_bytes"] = bytes.into();
+    }
     let cfg = serde_json::json!({
         "cluster_id": cluster_id(kvc)?,
         "data_dir": DATA_DIR,
@@ -230,7 +266,7 @@ pub fn config_yaml(kvc: &KVCluster) -> Result<String, BuildError> {
         "raft_addr": format!("0.0.0.0:{RAFT_PORT}"),
         "log": {"format": "json", "level": "info,openraft=warn,sqlx=warn"},
         "raft": raft_cfg,
-        "storage": {"backend": backend},
+        "storage": storage,
     });
     serde_yaml::to_string(&cfg).map_err(|e| BuildError::Config(e.to_string()))
 }
@@ -737,6 +773,42 @@ mod tests {
             ..Default::default()
         });
         assert_eq!(config_yaml(&k).err(), Some(BuildError::BadRaftTiming));
+    }
+
+    #[test]
+    fn cache_size_quantities() {
+        for (q, bytes) in [
+            ("0", Some(0)),
+            ("512", Some(512)),
+            ("64Mi", Some(64 << 20)),
+            ("1Gi", Some(1 << 30)),
+            ("256M", Some(256_000_000)),
+            ("2k", Some(2_000)),
+            ("", None),
+            ("Mi", None),
+            ("1.5Gi", None),
+            ("-1", None),
+            ("64MiB", None),
+            ("99999999999999999999Ti", None),
+        ] {
+            assert_eq!(parse_bytes(q), bytes, "{q:?}");
+        }
+        let mut k = kvc("storage: {cacheSize: 256Mi}");
+        let cfg = config_yaml(&k).expect("config");
+        assert!(cfg.contains("cache_bytes: 268435456"), "{cfg}");
+        assert!(
+            !config_yaml(&kvc("{}"))
+                .expect("config")
+                .contains("cache_bytes"),
+            "unset: kvserver's default"
+        );
+        for bad in ["lots", "2Ti"] {
+            k.spec.storage.cache_size = Some(bad.into());
+            assert_eq!(
+                config_map(&k).err(),
+                Some(BuildError::BadCacheSize(bad.into()))
+            );
+        }
     }
 
     #[test]

@@ -610,6 +610,20 @@ pub async fn reconcile(kvc: Arc<KVCluster>, ctx: Arc<Context>) -> Result<Action,
         .observe(started.elapsed().as_secs_f64());
     let label = if result.is_ok() { "ok" } else { "error" };
     ctx.metrics.reconciles.with_label_values(&[label]).inc();
+    if let Err(ReconcileError::Build(e)) = &result {
+        // A spec the operator cannot render is the user's to fix, and nothing was
+        // applied: say so where `kubectl describe kvc` shows it, not only in our log.
+        let ev = Event {
+            type_: EventType::Warning,
+            reason: "InvalidSpec".into(),
+            note: Some(e.to_string()),
+            action: "Reconcile".into(),
+            secondary: None,
+        };
+        if let Err(err) = ctx.recorder.publish(&ev, &kvc.object_ref(&())).await {
+            tracing::warn!(error = %err, "could not publish an event");
+        }
+    }
     result
 }
 

@@ -158,6 +158,11 @@ pub struct StorageSpec {
     /// PostgreSQL connection, required when `backend: postgres`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub postgres: Option<PostgresSpec>,
+    /// Memory each pod spends on caching recently read and written keys, as a
+    /// quantity (`64Mi` when unset, `0` turns the cache off). Point reads of cached
+    /// keys skip the database; the cache counts against the pod's memory limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_size: Option<String>,
 }
 
 impl Default for StorageSpec {
@@ -168,6 +173,7 @@ impl Default for StorageSpec {
             storage_class_name: None,
             reclaim_policy: ReclaimPolicy::Delete,
             postgres: None,
+            cache_size: None,
         }
     }
 }

@@ -285,7 +285,7 @@ pub fn examples() -> Vec<(&'static str, String)> {
         (
             "manifests/examples/sqlite-3-nodes.yaml",
             format!(
-                "{header}# Three members on SQLite volumes: survives one member down.\napiVersion: kvcluster.io/v1alpha1\nkind: KVCluster\nmetadata:\n  name: orders\n  namespace: shop\nspec:\n  replicas: 3\n  storage:\n    backend: sqlite\n    size: 1Gi\n    reclaimPolicy: Delete\n  resources:\n    requests: {{cpu: 100m, memory: 64Mi}}\n    limits: {{memory: 256Mi}}\n"
+                "{header}# Three members on SQLite volumes: survives one member down.\napiVersion: kvcluster.io/v1alpha1\nkind: KVCluster\nmetadata:\n  name: orders\n  namespace: shop\nspec:\n  replicas: 3\n  storage:\n    backend: sqlite\n    size: 1Gi\n    reclaimPolicy: Delete\n    # Row cache per pod (the default); it counts against the memory limit below.\n    cacheSize: 64Mi\n  resources:\n    requests: {{cpu: 100m, memory: 64Mi}}\n    limits: {{memory: 256Mi}}\n"
             ),
         ),
         (
