@@ -171,6 +171,15 @@ pub async fn start_node(config: Config) -> Result<NodeHandle, NodeError> {
         max_in_snapshot_log_to_keep: rc.keep_entries_after_snapshot,
         max_payload_entries: rc.max_payload_entries,
         install_snapshot_timeout: 30_000,
+        // A restarted leader must win a new election (and commit a blank entry of its
+        // new term) before it leads again. openraft's default resumes the old term at
+        // once, which is only safe when the committed index is persisted on every
+        // commit; ours is advisory (written with the next apply, see
+        // `LogStore::save_committed`). A leader killed after committing an entry, but
+        // before applying it, came back leading with a stale commit index and served
+        // linearizable reads (and read indexes to followers) that missed that entry:
+        // the fault campaign caught it (seeds 9005 and 9009).
+        enable_leader_restore: Some(false),
         ..Default::default()
     }
     .validate()

@@ -36,7 +36,9 @@ struct Common {
     /// Concurrent clients.
     #[arg(long, default_value_t = 6)]
     clients: usize,
-    /// Keep logs, data and the history of failed runs here.
+    /// Keep logs, data and the history of failed runs here (default: a new
+    /// `kvchaos-failed-*` directory under the system temp dir, created only when a
+    /// run fails: the evidence of a rare failure must not depend on a flag).
     #[arg(long)]
     keep_failed: Option<PathBuf>,
     /// Clients read with consistency=stale: not linearizable, so the checker must
@@ -97,7 +99,16 @@ fn config(seed: u64, c: &Common) -> anyhow::Result<RunConfig> {
     cfg.nodes = c.nodes;
     cfg.fault_time = Duration::from_secs_f64(c.fault_secs);
     cfg.workload.clients = c.clients.max(1);
-    cfg.keep_failed = c.keep_failed.clone();
+    cfg.keep_failed = Some(c.keep_failed.clone().unwrap_or_else(|| {
+        std::env::temp_dir().join(format!(
+            "kvchaos-failed-{}-{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0)
+        ))
+    }));
     cfg.workload.stale_reads = c.stale_reads;
     Ok(cfg)
 }
@@ -162,6 +173,9 @@ async fn main() -> anyhow::Result<()> {
                 println!("{}", r.line());
                 for (key, why) in &r.violations {
                     println!("VIOLATION on {key}:\n{why}");
+                }
+                if let Some(k) = &r.kept {
+                    println!("kept: {k}");
                 }
                 summary.add(&r);
                 reports.push(r);
