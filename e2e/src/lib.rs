@@ -16,12 +16,14 @@ use std::time::Instant;
 use anyhow::Context as _;
 use anyhow::bail;
 use k8s_openapi::api::core::v1::Container;
+use k8s_openapi::api::core::v1::Event;
 use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::core::v1::PodSpec;
 use kube::Api;
 use kube::Client;
 use kube::api::DeleteParams;
+use kube::api::ListParams;
 use kube::api::LogParams;
 use kube::api::PostParams;
 use operator::crd::KVCluster;
@@ -302,6 +304,28 @@ impl Ctx {
     }
 
     /// Waits until a pod is running (a background writer has started).
+    /// The message of a Warning event with `reason` in `ns` (about the object named
+    /// `object`, when given), if there is one.
+    pub async fn warning_event(
+        &self,
+        ns: &str,
+        reason: &str,
+        object: Option<&str>,
+    ) -> anyhow::Result<Option<String>> {
+        let events: Api<Event> = Api::namespaced(self.client.clone(), ns);
+        Ok(events
+            .list(&ListParams::default())
+            .await?
+            .items
+            .into_iter()
+            .find(|e| {
+                e.reason.as_deref() == Some(reason)
+                    && e.type_.as_deref() == Some("Warning")
+                    && object.is_none_or(|o| e.involved_object.name.as_deref() == Some(o))
+            })
+            .map(|e| e.message.unwrap_or_default()))
+    }
+
     pub async fn wait_running(&self, ns: &str, pod: &str) -> anyhow::Result<()> {
         let api: Api<Pod> = Api::namespaced(self.client.clone(), ns);
         self.wait_for(

@@ -264,20 +264,9 @@ async fn three_members_sqlite(ctx: &mut Ctx) -> anyhow::Result<()> {
         cfg.contains("cache_bytes: 33554432"),
         "cacheSize not rendered: {cfg}"
     );
-    let events: Api<Event> = Api::namespaced(ctx.client.clone(), NS);
     let (invalid, _) = ctx
         .wait_for("InvalidSpec event for KVCluster typo", MIN, || async {
-            let found = events
-                .list(&ListParams::default())
-                .await?
-                .items
-                .into_iter()
-                .find_map(|e| {
-                    (e.reason.as_deref() == Some("InvalidSpec")
-                        && e.involved_object.name.as_deref() == Some("typo")
-                        && e.type_.as_deref() == Some("Warning"))
-                    .then(|| e.message.unwrap_or_default())
-                });
+            let found = ctx.warning_event(NS, "InvalidSpec", Some("typo")).await?;
             Ok(found.ok_or_else(|| "no such event yet".to_string()))
         })
         .await?;
@@ -540,16 +529,10 @@ async fn unsafe_scale_in_refused(ctx: &mut Ctx) -> anyhow::Result<()> {
             "membership changed: {:?}",
             st.members
         );
-        let events: Api<Event> = Api::namespaced(ctx.client.clone(), NS);
-        let warned = events
-            .list(&ListParams::default())
+        let warned = ctx
+            .warning_event(NS, "ScalingBlocked", None)
             .await?
-            .items
-            .iter()
-            .any(|e| {
-                e.reason.as_deref() == Some("ScalingBlocked")
-                    && e.type_.as_deref() == Some("Warning")
-            });
+            .is_some();
         anyhow::ensure!(warned, "no Warning event ScalingBlocked");
         Ok::<_, anyhow::Error>((reason, took))
     }
