@@ -601,6 +601,27 @@ fn status_of(
     }
 }
 
+/// Records an event on the KVCluster (`kubectl describe kvc`); a failure to record
+/// it is logged, never a reason to fail the reconcile.
+async fn publish_event(
+    ctx: &Context,
+    kvc: &KVCluster,
+    type_: EventType,
+    reason: String,
+    note: String,
+) {
+    let ev = Event {
+        type_,
+        reason,
+        note: Some(note),
+        action: "Reconcile".into(),
+        secondary: None,
+    };
+    if let Err(e) = ctx.recorder.publish(&ev, &kvc.object_ref(&())).await {
+        tracing::warn!(error = %e, "could not publish an event");
+    }
+}
+
 /// One reconcile pass.
 pub async fn reconcile(kvc: Arc<KVCluster>, ctx: Arc<Context>) -> Result<Action, ReconcileError> {
     let started = Instant::now();
@@ -613,16 +634,14 @@ pub async fn reconcile(kvc: Arc<KVCluster>, ctx: Arc<Context>) -> Result<Action,
     if let Err(ReconcileError::Build(e)) = &result {
         // A spec the operator cannot render is the user's to fix, and nothing was
         // applied: say so where `kubectl describe kvc` shows it, not only in our log.
-        let ev = Event {
-            type_: EventType::Warning,
-            reason: "InvalidSpec".into(),
-            note: Some(e.to_string()),
-            action: "Reconcile".into(),
-            secondary: None,
-        };
-        if let Err(err) = ctx.recorder.publish(&ev, &kvc.object_ref(&())).await {
-            tracing::warn!(error = %err, "could not publish an event");
-        }
+        publish_event(
+            &ctx,
+            &kvc,
+            EventType::Warning,
+            "InvalidSpec".into(),
+            e.to_string(),
+        )
+        .await;
     }
     result
 }
@@ -682,16 +701,7 @@ async fn reconcile_inner(kvc: &KVCluster, ctx: &Context) -> Result<Action, Recon
         } else {
             EventType::Normal
         };
-        let ev = Event {
-            type_,
-            reason,
-            note: Some(note),
-            action: "Reconcile".into(),
-            secondary: None,
-        };
-        if let Err(e) = ctx.recorder.publish(&ev, &kvc.object_ref(&())).await {
-            tracing::warn!(error = %e, "could not publish an event");
-        }
+        publish_event(ctx, kvc, type_, reason, note).await;
     }
     if let Some(p) = &pdb_problem {
         tracing::warn!(problem = %p, "degraded");
