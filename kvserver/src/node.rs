@@ -158,7 +158,14 @@ pub async fn start_node(config: Config) -> Result<NodeHandle, NodeError> {
         cache_bytes: config.storage.cache_bytes,
     };
     let store = Store::open(&store_opts, metrics.clone()).await?;
-    let log_store = LogStore::new(store.clone());
+    let mut log_store = LogStore::new(store.clone());
+    // A store with log entries (or a purge marker) holds a membership: its first
+    // entry is one, or a snapshot carrying one was installed before the purge.
+    let restored = openraft::storage::RaftLogStorage::get_log_state(&mut log_store)
+        .await
+        .map_err(|e| NodeError::Raft(e.to_string()))?
+        .last_log_id
+        .is_some();
     let sm = StateMachine::new(store.clone()).await?;
 
     let rc = &config.raft;
@@ -195,6 +202,22 @@ pub async fn start_node(config: Config) -> Result<NodeHandle, NodeError> {
         .await
         .map_err(|e| NodeError::Raft(e.to_string()))?;
     let _ = raft_cell.set(raft.clone());
+    if restored {
+        // openraft publishes the state it loaded only from its first core loop; until
+        // then its metrics show an empty membership. Peers and clients must not see
+        // that: the peer server would refuse the leader as "empty store, data lost"
+        // and the API would answer `not_initialized`. So serve nothing before then.
+        let loaded = raft
+            .wait(Some(Duration::from_secs(10)))
+            .metrics(
+                |m| m.membership_config.membership().nodes().next().is_some(),
+                "loaded membership",
+            )
+            .await;
+        if let Err(e) = loaded {
+            tracing::warn!(error = %e, "the restored membership did not show in Raft metrics");
+        }
+    }
 
     let (api_stop, api_stop_rx) = watch::channel(false);
     let (stop, stop_rx) = watch::channel(false);

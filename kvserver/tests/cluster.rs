@@ -14,6 +14,7 @@ use anyhow::bail;
 use anyhow::ensure;
 use common::Cluster;
 use common::wait_for;
+use serde_json::Value;
 use serde_json::json;
 
 /// Generates `<name>::sqlite` and `<name>::postgres`: the same scenario on each storage backend.
@@ -608,6 +609,70 @@ async fn restarted_leader_runs_for_a_new_term(c: &mut Cluster) -> anyhow::Result
 on_both_backends!(
     restarted_leader_holds_an_election,
     restarted_leader_runs_for_a_new_term,
+    &[]
+);
+
+/// A restarted member holds its log from the first answer on: its API never says
+/// `initialized: false` and its peer port never refuses the leader as an "empty
+/// store" (openraft shows the loaded membership only after its first core loop,
+/// and a node that served before that looked wiped for a moment).
+async fn restarted_member_never_looks_empty(c: &mut Cluster) -> anyhow::Result<()> {
+    let leader = c.form(3).await?;
+    let follower = (1..=3).find(|id| *id != leader).context("a follower")?;
+    for round in 0..10 {
+        let (st, body) = c.put_kv(leader, &format!("r/{round}"), "v").await?;
+        ensure!(st == 201, "put: {st} {body}");
+        c.kill(follower);
+        c.start(follower)?;
+        // Poll every few milliseconds from before its API is up: the first answer counts.
+        let url = c.url(follower, "/v1/cluster");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let first: Value = loop {
+            let answer = c
+                .http
+                .get(&url)
+                .timeout(Duration::from_millis(500))
+                .send()
+                .await;
+            if let Ok(r) = answer
+                && r.status().is_success()
+            {
+                break r.json().await?;
+            }
+            ensure!(
+                Instant::now() < deadline,
+                "node {follower} did not come back"
+            );
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        };
+        ensure!(
+            first["initialized"] == true,
+            "round {round}: node {follower}'s first answer after a restart: {first}"
+        );
+        c.wait_applied(
+            follower,
+            c.committed_index(leader).await?,
+            Duration::from_secs(10),
+        )
+        .await?;
+        let refused = c
+            .metrics_text(follower)
+            .await?
+            .lines()
+            .filter(|l| l.starts_with("kv_peer_refused_total") && !l.ends_with(" 0"))
+            .map(str::to_string)
+            .collect::<Vec<_>>();
+        ensure!(
+            refused.is_empty(),
+            "round {round}: node {follower} refused peers after a restart: {refused:?}"
+        );
+    }
+    Ok(())
+}
+
+on_both_backends!(
+    restarted_member_holds_its_log_from_the_first_answer,
+    restarted_member_never_looks_empty,
     &[]
 );
 
