@@ -126,14 +126,15 @@ pub struct PeerState {
     pub lost_data_ms: AtomicU64,
 }
 
+/// Whether `m` shows a membership (the node was initialized or joined a
+/// cluster): false on an empty store.
+pub fn has_membership(m: &openraft::RaftMetrics<TypeConfig>) -> bool {
+    m.membership_config.membership().nodes().next().is_some()
+}
+
 /// Whether this node's Raft state holds a membership: false on an empty store.
-fn initialized(raft: &KvRaft) -> bool {
-    raft_metrics(raft)
-        .membership_config
-        .membership()
-        .nodes()
-        .next()
-        .is_some()
+pub fn initialized(raft: &KvRaft) -> bool {
+    has_membership(&raft_metrics(raft))
 }
 
 #[derive(Debug, Serialize, Deserialize)]

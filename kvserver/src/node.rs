@@ -209,10 +209,7 @@ pub async fn start_node(config: Config) -> Result<NodeHandle, NodeError> {
         // and the API would answer `not_initialized`. So serve nothing before then.
         let loaded = raft
             .wait(Some(Duration::from_secs(10)))
-            .metrics(
-                |m| m.membership_config.membership().nodes().next().is_some(),
-                "loaded membership",
-            )
+            .metrics(network::has_membership, "loaded membership")
             .await;
         if let Err(e) = loaded {
             tracing::warn!(error = %e, "the restored membership did not show in Raft metrics");

@@ -58,7 +58,7 @@ pub fn cluster_info(state: &AppState) -> ClusterInfo {
     let m = crate::network::raft_metrics(&state.raft);
     let membership = m.membership_config.membership();
     let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
-    let initialized = membership.nodes().next().is_some();
+    let initialized = crate::network::has_membership(&m);
     let last = m.last_log_index;
     let members = membership
         .nodes()

@@ -316,12 +316,7 @@ pub enum Served<T> {
 impl NodeState {
     /// Whether this node has a membership (was initialized or joined a cluster).
     pub fn initialized(&self) -> bool {
-        crate::network::raft_metrics(&self.raft)
-            .membership_config
-            .membership()
-            .nodes()
-            .next()
-            .is_some()
+        crate::network::initialized(&self.raft)
     }
 
     /// Replays `raw` against the leader `leader_id` (or answers why it cannot).

@@ -142,7 +142,7 @@ pub async fn status(
     Q(_params): Q<NoParams>,
 ) -> Result<Json<StatusResponse>, super::ApiError> {
     let m = crate::network::raft_metrics(&state.raft);
-    let initialized = m.membership_config.membership().nodes().next().is_some();
+    let initialized = crate::network::has_membership(&m);
     let now = now_ms();
     let since_heartbeat_ms = leader_contact_ms(&state, &m);
     let keys = state.store.key_count().await?;
