@@ -73,9 +73,26 @@ pub async fn readyz(State(state): State<AppState>, Q(_params): Q<NoParams>) -> R
     }
     let committed = m.local_committed.as_ref().map(|l| l.index).unwrap_or(0);
     let applied = m.last_applied.as_ref().map(|l| l.index).unwrap_or(0);
-    if applied < committed {
+    // One metrics snapshot often shows the last entry or batch committed but not
+    // yet applied: openraft answers the writer from the state machine before it
+    // publishes `last_applied`, and a busy leader always has a batch in flight.
+    // Unready means "still catching up", so only a lag that outlasts a short
+    // wait counts; otherwise a leader under load would flap out of its Service.
+    if applied < committed
+        && state
+            .raft
+            .wait(Some(APPLY_GRACE))
+            .applied_index_at_least(Some(committed), "readiness")
+            .await
+            .is_err()
+    {
+        let now = crate::network::raft_metrics(&state.raft)
+            .last_applied
+            .map(|l| l.index)
+            .unwrap_or(0);
         reasons.push(format!(
-            "applying: applied index {applied} behind committed {committed}"
+            "applying: applied index {now} behind committed {committed} after {} ms",
+            APPLY_GRACE.as_millis()
         ));
     }
     if !state.store.ping(std::time::Duration::from_secs(1)).await {
@@ -100,6 +117,11 @@ pub async fn readyz(State(state): State<AppState>, Q(_params): Q<NoParams>) -> R
     )
         .into_response()
 }
+
+/// How long `/readyz` lets the state machine reach the commit index it saw before
+/// calling the node behind. Well under the probe's 2 s timeout (the storage ping
+/// may take 1 s more), far above the milliseconds a normal apply takes.
+const APPLY_GRACE: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// Milliseconds since this node last had evidence of a working leader: as leader,
 /// since a quorum acknowledged it (always fresh when it is the only voter);
