@@ -43,8 +43,13 @@ const SETUP_TIMEOUT: Duration = Duration::from_secs(2);
 pub enum Forwarded {
     /// The leader applied it; its state machine's result.
     Applied(ApplyResult),
-    /// The leader answered without applying it (see [`WriteRejected`]).
-    Rejected(WriteRejected),
+    /// The node asked is not the leader (any more, or it is handing leadership
+    /// over) and did not propose it; it names the leader it knows. The command
+    /// comes back for the next leader.
+    NotLeader(Command, Option<NodeId>),
+    /// The leader failed to propose it (shutting down, storage failed): the
+    /// outcome is unknown.
+    Failed(String),
     /// Nothing was sent (no address, no connection, an older leader): the command
     /// comes back for another way to the leader.
     NotSent(Command, String),
@@ -83,11 +88,39 @@ impl WriteForwarder {
         self.pool.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The leader this node knows of, if it is another node.
-    pub fn other_leader(&self) -> Option<NodeId> {
-        let metrics = self.raft.metrics();
-        let leader = metrics.borrow_watched().current_leader;
+    /// The leader, if it is another node; when no leader is known (an election
+    /// is running, e.g. right after a hand-off) it waits up to `timeout` for one.
+    pub async fn leader_elsewhere(&self, timeout: Duration) -> Option<NodeId> {
+        let now = self.raft.metrics().borrow_watched().current_leader;
+        let leader = match now {
+            Some(l) => Some(l),
+            None => {
+                self.raft
+                    .wait(Some(timeout))
+                    .metrics(|m| m.current_leader.is_some(), "a known leader")
+                    .await
+                    .ok()?
+                    .current_leader
+            }
+        };
         leader.filter(|l| *l != self.me)
+    }
+
+    /// Waits up to `timeout` until a leader other than `old` is known; returns it
+    /// if that is another node. A leader that refused a write as "not leader" is
+    /// stepping down or handing over, and its successor is usually known within
+    /// milliseconds (a hand-off) or an election timeout (a step-down).
+    pub async fn next_leader(&self, old: NodeId, timeout: Duration) -> Option<NodeId> {
+        let m = self
+            .raft
+            .wait(Some(timeout))
+            .metrics(
+                |m| m.current_leader.is_some_and(|l| l != old),
+                "a new leader",
+            )
+            .await
+            .ok()?;
+        m.current_leader.filter(|l| *l != self.me)
     }
 
     /// Sends `cmd` to `leader` and waits up to `ttl` for its result.
@@ -159,7 +192,8 @@ impl WriteForwarder {
                 }
                 match answer {
                     Ok(r) => Forwarded::Applied(r),
-                    Err(rejected) => Forwarded::Rejected(rejected),
+                    Err((WriteRejected::NotLeader(hint), cmd)) => Forwarded::NotLeader(cmd, hint),
+                    Err((WriteRejected::Failed(e), _)) => Forwarded::Failed(e),
                 }
             }
             Err(e) => Forwarded::Unknown(e.to_string()),

@@ -66,6 +66,10 @@ use crate::types::KvNode;
 use crate::types::NodeId;
 use crate::types::TypeConfig;
 
+/// How long a write waits for a just-elected leader to be confirmed by a quorum
+/// (one heartbeat round trip, normally).
+pub const CONFIRM_WAIT: Duration = Duration::from_secs(1);
+
 /// The Raft handle type of this crate.
 pub type KvRaft = Raft<TypeConfig, StateMachine>;
 
@@ -135,6 +139,42 @@ pub fn has_membership(m: &openraft::RaftMetrics<TypeConfig>) -> bool {
 /// Whether this node's Raft state holds a membership: false on an empty store.
 pub fn initialized(raft: &KvRaft) -> bool {
     has_membership(&raft_metrics(raft))
+}
+
+/// Whether `m` is a leader that no quorum has acknowledged yet. openraft refuses
+/// writes there (its lease check answers `ForwardToLeader` naming no leader); it
+/// is the first milliseconds of every term, exactly when followers hand over the
+/// writes they held during a leadership hand-off.
+fn unconfirmed_leader(m: &openraft::RaftMetrics<TypeConfig>) -> bool {
+    m.state == openraft::ServerState::Leader
+        && m.last_quorum_acked.is_none()
+        && m.membership_config
+            .membership()
+            .voter_ids()
+            .any(|v| v != m.id)
+}
+
+/// Proposes `cmd`. A leader elected a moment ago first waits (at most `wait`)
+/// for a quorum to acknowledge it, instead of refusing the write as "no leader".
+pub async fn propose(
+    raft: &KvRaft,
+    cmd: Command,
+    wait: Duration,
+) -> Result<
+    openraft::raft::ClientWriteResponse<TypeConfig>,
+    openraft::error::RaftError<TypeConfig, openraft::error::ClientWriteError<TypeConfig>>,
+> {
+    use openraft::async_runtime::WatchReceiver;
+    if unconfirmed_leader(&raft.metrics().borrow_watched()) {
+        let _ = raft
+            .wait(Some(wait))
+            .metrics(
+                |m| !unconfirmed_leader(m),
+                "a quorum acknowledged the leader",
+            )
+            .await;
+    }
+    raft.client_write(cmd).await
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -300,18 +340,25 @@ impl PeerClient {
         self.connect().await.map(|_| ())
     }
 
-    /// Hands `cmd` to the target (the leader) and waits for its result. Any error
-    /// here comes after the command may have been sent: its outcome is unknown.
+    /// Hands `cmd` to the target (the leader) and waits for its result. A
+    /// rejection comes with the command, for another try where the leader did not
+    /// propose it. Any error here comes after the command may have been sent: its
+    /// outcome is unknown.
     pub(crate) async fn client_write(
         &mut self,
         cmd: Command,
         ttl: Duration,
-    ) -> Result<Result<ApplyResult, WriteRejected>, PeerError> {
-        match self.call(&Request::ClientWrite(cmd), ttl).await? {
+    ) -> Result<Result<ApplyResult, (WriteRejected, Command)>, PeerError> {
+        let req = Request::ClientWrite(cmd);
+        let resp = self.call(&req, ttl).await?;
+        let Request::ClientWrite(cmd) = req else {
+            return Err(PeerError::Unexpected);
+        };
+        match resp {
             Response::ClientWrite(Ok(json)) => serde_json::from_slice(&json)
                 .map(Ok)
                 .map_err(|e| PeerError::Remote(format!("undecodable write result: {e}"))),
-            Response::ClientWrite(Err(rejected)) => Ok(Err(rejected)),
+            Response::ClientWrite(Err(rejected)) => Ok(Err((rejected, cmd))),
             Response::Error(e) => Err(PeerError::Remote(e)),
             _ => Err(PeerError::Unexpected),
         }
@@ -730,7 +777,7 @@ async fn serve_conn(stream: TcpStream, server: &PeerServer) -> Result<(), PeerEr
             Request::ClientWrite(mut cmd) => {
                 // Time is the leader's, as for writes it receives itself.
                 cmd.restamp(crate::types::now_ms());
-                Response::ClientWrite(match raft.client_write(cmd).await {
+                Response::ClientWrite(match propose(raft, cmd, CONFIRM_WAIT).await {
                     Ok(r) => serde_json::to_vec(&r.data)
                         .map_err(|e| WriteRejected::Failed(format!("encoding the result: {e}"))),
                     Err(openraft::error::RaftError::APIError(

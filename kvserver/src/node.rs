@@ -342,9 +342,76 @@ async fn reap_expired(
     }
 }
 
+/// How long a stopping leader waits for a successor (and for the answers to the
+/// writes it had in flight) before it stops anyway.
+const HANDOFF_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A stopping leader hands leadership to its most caught-up voter, as etcd does,
+/// instead of just going away. Otherwise every write it had taken (from its own
+/// clients, or from followers over the peer port) lost its answer, and clients
+/// waited out an election timeout for a new leader. openraft stops proposing once
+/// asked, the successor takes over as soon as its log has the leader's last entry,
+/// and it commits what the old leader proposed. The old leader keeps the callers of
+/// those writes waiting and answers them when it applies the entries as a
+/// follower, so it waits for that too. On timeout (no voter reachable) it stops
+/// anyway, as before.
+async fn hand_off_leadership(raft: &KvRaft, me: NodeId, timeout: Duration) {
+    let m = network::raft_metrics(raft);
+    if m.state != ServerState::Leader {
+        return;
+    }
+    let matched = m.replication.unwrap_or_default();
+    let Some(to) = m
+        .membership_config
+        .membership()
+        .voter_ids()
+        .filter(|id| *id != me)
+        .max_by_key(|id| matched.get(id).cloned().flatten().map(|l| l.index))
+    else {
+        return;
+    };
+    let started = Instant::now();
+    if let Err(e) = raft.trigger().transfer_leader(to).await {
+        tracing::warn!(error = %e, "could not hand off leadership before stopping");
+        return;
+    }
+    let moved = raft
+        .wait(Some(timeout))
+        .metrics(
+            |m| m.current_leader.is_some_and(|l| l != me),
+            "another leader",
+        )
+        .await;
+    let Ok(m) = moved else {
+        tracing::warn!(
+            to,
+            timeout_ms = timeout.as_millis() as u64,
+            "no voter took over leadership in time; stopping as leader"
+        );
+        return;
+    };
+    // Everything this node proposed is at or below its last log index; the
+    // successor's first entry commits it.
+    let last = m.last_log_index;
+    let answered = raft
+        .wait(Some(timeout.saturating_sub(started.elapsed())))
+        .applied_index_at_least(last, "writes proposed before the hand-off")
+        .await
+        .is_ok();
+    tracing::info!(
+        to,
+        leader = m.current_leader,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        in_flight_answered = answered,
+        "leadership handed off before stopping"
+    );
+}
+
 impl NodeHandle {
-    /// Graceful stop: drain the client API, then stop Raft and close storage.
+    /// Graceful stop: a leader first hands leadership to another voter, then the
+    /// client API drains, then Raft stops and storage closes.
     pub async fn shutdown(self) -> Result<(), NodeError> {
+        hand_off_leadership(&self.raft, self.id, HANDOFF_TIMEOUT.min(self.drain_timeout)).await;
         let _ = self.api_stop.send(true);
         let mut api_task = self.api_task;
         if tokio::time::timeout(self.drain_timeout, &mut api_task)

@@ -41,7 +41,6 @@ use crate::model::PrefixDeleteQuery;
 use crate::model::PutRequest;
 use crate::model::PutResponse;
 use crate::model::ReadQuery;
-use crate::network::WriteRejected;
 use crate::types::ApplyResult;
 use crate::types::Command;
 use crate::types::Outcome;
@@ -52,6 +51,10 @@ pub const MAX_KEY_BYTES: usize = 4096;
 /// Most keys per list page and per batch get.
 pub const MAX_PAGE: usize = 10_000;
 const DEFAULT_PAGE: usize = 1_000;
+/// How long a follower holds a write its leader refused as "not leader" while it
+/// waits for the next leader: a hand-off takes milliseconds, an election after a
+/// step-down about one election timeout.
+const LEADER_CHANGE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 /// Longest TTL accepted (10 years): keeps `now + ttl` far from overflow.
 pub const MAX_TTL_SECONDS: u64 = 10 * 365 * 24 * 3600;
 
@@ -91,7 +94,12 @@ pub async fn propose(
     // A follower that knows the leader hands the command over the peer port
     // (`crate::forward`); a request another node forwarded here is not sent on.
     let mut cmd = cmd;
-    if let Some(leader) = state.writes.other_leader().filter(|_| !raw.forwarded()) {
+    let mut to = match raw.forwarded() {
+        true => None,
+        false => state.writes.leader_elsewhere(LEADER_CHANGE_WAIT).await,
+    };
+    let mut redirected = false;
+    while let Some(leader) = to {
         let unknown = |message: String| ApiError::Unavailable {
             code: "write_outcome_unknown",
             message,
@@ -106,10 +114,22 @@ pub async fn propose(
                     .inc();
                 return Ok(Served::Local(r));
             }
-            Forwarded::Rejected(WriteRejected::NotLeader(hint)) => {
-                return Err(ApiError::NoLeader { leader_hint: hint });
+            // Not proposed: the leader is stepping down or handing leadership over
+            // (a rolling restart stops every leader once). Its successor gets the
+            // command, once, instead of the client getting a 503.
+            Forwarded::NotLeader(back, hint) => {
+                if redirected {
+                    return Err(ApiError::NoLeader { leader_hint: hint });
+                }
+                redirected = true;
+                cmd = back;
+                to = state.writes.next_leader(leader, LEADER_CHANGE_WAIT).await;
+                let me_now = crate::network::raft_metrics(&state.raft).current_leader;
+                if to.is_none() && me_now != Some(state.id) {
+                    return Err(ApiError::NoLeader { leader_hint: hint });
+                }
             }
-            Forwarded::Rejected(WriteRejected::Failed(e)) => {
+            Forwarded::Failed(e) => {
                 return Err(unknown(format!(
                     "leader {leader} failed the write ({e}); its outcome is unknown"
                 )));
@@ -122,18 +142,22 @@ pub async fn propose(
             Forwarded::NotSent(back, why) => {
                 tracing::debug!(leader, reason = %why, "peer forwarding unavailable; replaying over HTTP");
                 cmd = back;
+                break;
             }
         }
     }
-    let res = tokio::time::timeout(super::WRITE_TIMEOUT, state.raft.client_write(cmd))
-        .await
-        .map_err(|_| ApiError::Unavailable {
-            code: "commit_timeout",
-            message: format!(
-                "write not committed within {WRITE_TIMEOUT:?} (no quorum?); its outcome is unknown"
-            ),
-            retry: false,
-        })?;
+    let res = tokio::time::timeout(
+        super::WRITE_TIMEOUT,
+        crate::network::propose(&state.raft, cmd, crate::network::CONFIRM_WAIT),
+    )
+    .await
+    .map_err(|_| ApiError::Unavailable {
+        code: "commit_timeout",
+        message: format!(
+            "write not committed within {WRITE_TIMEOUT:?} (no quorum?); its outcome is unknown"
+        ),
+        retry: false,
+    })?;
     match res {
         Ok(r) => Ok(Served::Local(r.data)),
         Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
