@@ -152,6 +152,7 @@ impl RunReport {
 #[derive(Debug, Clone, Copy)]
 enum Fault {
     Kill,
+    Terminate,
     Pause,
     Isolate,
     Split,
@@ -162,8 +163,9 @@ enum Fault {
 impl Fault {
     fn draw(rng: &mut Rng) -> Fault {
         match rng.below(100) {
-            0..22 => Fault::Kill,
-            22..40 => Fault::Pause,
+            0..14 => Fault::Kill,
+            14..26 => Fault::Terminate,
+            26..40 => Fault::Pause,
             40..60 => Fault::Isolate,
             60..72 => Fault::Split,
             72..86 => Fault::MembershipLeaderKill,
@@ -173,6 +175,7 @@ impl Fault {
     fn name(self) -> &'static str {
         match self {
             Fault::Kill => "kill -9 + restart",
+            Fault::Terminate => "SIGTERM (graceful stop) + restart",
             Fault::Pause => "SIGSTOP/SIGCONT",
             Fault::Isolate => "isolate node",
             Fault::Split => "partition minority|majority",
@@ -450,6 +453,24 @@ async fn inject(
                     "kill -9 node {victim} ({role}), restart after {} ms",
                     hold.as_millis()
                 )
+            }
+            Fault::Terminate => {
+                // A rolling restart: a stopping leader hands leadership over and
+                // answers its in-flight writes before it exits.
+                let stopped = cluster.terminate(victim, Duration::from_secs(20)).await?;
+                tokio::time::sleep(hold).await;
+                cluster.start(victim)?;
+                match stopped {
+                    Some(took) => format!(
+                        "SIGTERM node {victim} ({role}), exited after {} ms, restart after {} ms",
+                        took.as_millis(),
+                        hold.as_millis()
+                    ),
+                    None => format!(
+                        "SIGTERM node {victim} ({role}): no exit within 20 s, killed; restart after {} ms",
+                        hold.as_millis()
+                    ),
+                }
             }
             Fault::Pause => {
                 cluster.pause(victim)?;

@@ -269,6 +269,32 @@ impl Cluster {
         Ok(())
     }
 
+    /// `SIGTERM`, as Kubernetes stops a pod, and waits up to `timeout` for the
+    /// process to exit (then `kill -9`). Returns how long the graceful stop took,
+    /// or `None` if it had to be killed.
+    pub async fn terminate(
+        &mut self,
+        id: u64,
+        timeout: Duration,
+    ) -> Result<Option<Duration>, ChaosError> {
+        let n = self.node_mut(id)?;
+        let Some(mut c) = n.child.take() else {
+            return Ok(Some(Duration::ZERO));
+        };
+        n.paused = false;
+        let started = Instant::now();
+        signal(c.id(), "-TERM")?;
+        while started.elapsed() < timeout {
+            if c.try_wait()?.is_some() {
+                return Ok(Some(started.elapsed()));
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let _ = c.kill();
+        let _ = c.wait();
+        Ok(None)
+    }
+
     /// `SIGSTOP`: the process keeps its sockets but does nothing.
     pub fn pause(&mut self, id: u64) -> Result<(), ChaosError> {
         let n = self.node_mut(id)?;

@@ -19,6 +19,8 @@
 
 use std::sync::Arc;
 use std::sync::Mutex;
+use std::sync::atomic::AtomicBool;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 use std::time::Instant;
 
@@ -35,6 +37,9 @@ use crate::types::NodeId;
 const MAX_IDLE: usize = 64;
 /// How long a leader that does not take forwarded writes is left alone.
 const RECHECK_AFTER: Duration = Duration::from_secs(60);
+/// How long a write refused by a leader that names no successor waits for one
+/// before it is offered to the same leader again: a few heartbeats.
+const LEASE_RETRY: Duration = Duration::from_millis(300);
 /// Connect + capability exchange.
 const SETUP_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -72,6 +77,9 @@ pub struct WriteForwarder {
     cluster_id: Arc<str>,
     raft: KvRaft,
     pool: Mutex<Pool>,
+    /// This node (the leader) is handing leadership over: openraft refuses new
+    /// writes until the successor leads, so they wait for it here.
+    handing_off: AtomicBool,
 }
 
 impl WriteForwarder {
@@ -81,6 +89,7 @@ impl WriteForwarder {
             cluster_id,
             raft,
             pool: Mutex::default(),
+            handing_off: AtomicBool::new(false),
         })
     }
 
@@ -88,13 +97,43 @@ impl WriteForwarder {
         self.pool.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The leader, if it is another node; when no leader is known (an election
-    /// is running, e.g. right after a hand-off) it waits up to `timeout` for one.
+    /// Marks this node as handing leadership over (or done with it).
+    pub fn set_handing_off(&self, on: bool) {
+        self.handing_off.store(on, Ordering::Relaxed);
+    }
+
+    /// The leader, if it is another node. When no leader is known (an election is
+    /// running, e.g. right after a hand-off) a member waits up to `timeout` for
+    /// one; a node outside the membership (removed) would wait in vain. A leader
+    /// handing over waits for its successor.
     pub async fn leader_elsewhere(&self, timeout: Duration) -> Option<NodeId> {
         let now = self.raft.metrics().borrow_watched().current_leader;
         let leader = match now {
+            Some(l) if l == self.me && self.handing_off.load(Ordering::Relaxed) => {
+                let me = self.me;
+                self.raft
+                    .wait(Some(timeout))
+                    .metrics(
+                        |m| m.current_leader.is_some_and(|l| l != me),
+                        "the successor",
+                    )
+                    .await
+                    .ok()?
+                    .current_leader
+            }
             Some(l) => Some(l),
             None => {
+                let member = {
+                    let m = self.raft.metrics();
+                    let m = m.borrow_watched();
+                    m.membership_config
+                        .membership()
+                        .get_node(&self.me)
+                        .is_some()
+                };
+                if !member {
+                    return None;
+                }
                 self.raft
                     .wait(Some(timeout))
                     .metrics(|m| m.current_leader.is_some(), "a known leader")
@@ -106,21 +145,38 @@ impl WriteForwarder {
         leader.filter(|l| *l != self.me)
     }
 
-    /// Waits up to `timeout` until a leader other than `old` is known; returns it
-    /// if that is another node. A leader that refused a write as "not leader" is
-    /// stepping down or handing over, and its successor is usually known within
-    /// milliseconds (a hand-off) or an election timeout (a step-down).
-    pub async fn next_leader(&self, old: NodeId, timeout: Duration) -> Option<NodeId> {
-        let m = self
+    /// Where a write goes after `old` refused it as "not leader" (not proposed),
+    /// naming `hint`: the next leader (this node, possibly), or `None` to give up.
+    /// A leader that hands over or steps down names its successor or none, and
+    /// the change shows here within milliseconds (a hand-off) or an election
+    /// timeout. A leader that names no one may also just have gone a lease
+    /// without a quorum ack and keep leading: after a short wait it gets the
+    /// write once more.
+    pub async fn next_leader(
+        &self,
+        old: NodeId,
+        hint: Option<NodeId>,
+        timeout: Duration,
+    ) -> Option<NodeId> {
+        let wait = match hint {
+            Some(_) => timeout,
+            None => timeout.min(LEASE_RETRY),
+        };
+        let changed = self
             .raft
-            .wait(Some(timeout))
+            .wait(Some(wait))
             .metrics(
                 |m| m.current_leader.is_some_and(|l| l != old),
                 "a new leader",
             )
-            .await
-            .ok()?;
-        m.current_leader.filter(|l| *l != self.me)
+            .await;
+        match changed {
+            Ok(m) => m.current_leader,
+            Err(_) => {
+                let still = self.raft.metrics().borrow_watched().current_leader;
+                (hint.is_none() && still == Some(old)).then_some(old)
+            }
+        }
     }
 
     /// Sends `cmd` to `leader` and waits up to `ttl` for its result.

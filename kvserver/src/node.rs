@@ -355,7 +355,12 @@ const HANDOFF_TIMEOUT: Duration = Duration::from_secs(5);
 /// those writes waiting and answers them when it applies the entries as a
 /// follower, so it waits for that too. On timeout (no voter reachable) it stops
 /// anyway, as before.
-async fn hand_off_leadership(raft: &KvRaft, me: NodeId, timeout: Duration) {
+async fn hand_off_leadership(
+    raft: &KvRaft,
+    writes: &crate::forward::WriteForwarder,
+    me: NodeId,
+    timeout: Duration,
+) {
     let m = network::raft_metrics(raft);
     if m.state != ServerState::Leader {
         return;
@@ -371,6 +376,8 @@ async fn hand_off_leadership(raft: &KvRaft, me: NodeId, timeout: Duration) {
         return;
     };
     let started = Instant::now();
+    // Writes that arrive from now on wait for the successor and go there.
+    writes.set_handing_off(true);
     if let Err(e) = raft.trigger().transfer_leader(to).await {
         tracing::warn!(error = %e, "could not hand off leadership before stopping");
         return;
@@ -411,7 +418,8 @@ impl NodeHandle {
     /// Graceful stop: a leader first hands leadership to another voter, then the
     /// client API drains, then Raft stops and storage closes.
     pub async fn shutdown(self) -> Result<(), NodeError> {
-        hand_off_leadership(&self.raft, self.id, HANDOFF_TIMEOUT.min(self.drain_timeout)).await;
+        let timeout = HANDOFF_TIMEOUT.min(self.drain_timeout);
+        hand_off_leadership(&self.raft, &self.state.writes, self.id, timeout).await;
         let _ = self.api_stop.send(true);
         let mut api_task = self.api_task;
         if tokio::time::timeout(self.drain_timeout, &mut api_task)

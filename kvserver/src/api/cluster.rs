@@ -536,15 +536,23 @@ pub async fn transfer_leader(
     if let Some(fwd) = leader_only(&state, &raw).await? {
         return Ok(fwd);
     }
-    state.raft.trigger().transfer_leader(body.to).await?;
-    let waited = state
-        .raft
-        .wait(Some(Duration::from_secs(10)))
-        .metrics(
-            |m| m.current_leader == Some(body.to),
-            "leadership transferred",
-        )
-        .await;
+    // Writes arriving meanwhile wait for the new leader instead of being refused.
+    state.writes.set_handing_off(true);
+    let waited = async {
+        state.raft.trigger().transfer_leader(body.to).await?;
+        let moved = state
+            .raft
+            .wait(Some(Duration::from_secs(10)))
+            .metrics(
+                |m| m.current_leader == Some(body.to),
+                "leadership transferred",
+            )
+            .await;
+        Ok::<_, ApiError>(moved)
+    }
+    .await;
+    state.writes.set_handing_off(false);
+    let waited = waited?;
     match waited {
         Ok(_) => {
             tracing::info!(to = body.to, "leadership transferred");

@@ -51,10 +51,6 @@ pub const MAX_KEY_BYTES: usize = 4096;
 /// Most keys per list page and per batch get.
 pub const MAX_PAGE: usize = 10_000;
 const DEFAULT_PAGE: usize = 1_000;
-/// How long a follower holds a write its leader refused as "not leader" while it
-/// waits for the next leader: a hand-off takes milliseconds, an election after a
-/// step-down about one election timeout.
-const LEADER_CHANGE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 /// Longest TTL accepted (10 years): keeps `now + ttl` far from overflow.
 pub const MAX_TTL_SECONDS: u64 = 10 * 365 * 24 * 3600;
 
@@ -94,9 +90,13 @@ pub async fn propose(
     // A follower that knows the leader hands the command over the peer port
     // (`crate::forward`); a request another node forwarded here is not sent on.
     let mut cmd = cmd;
+    // A leader change (a hand-off takes milliseconds, an election about one
+    // election timeout) holds a write this long rather than failing it; longer,
+    // and a 503 tells the client more than waiting does.
+    let hold = std::time::Duration::from_millis(state.config.raft.election_timeout_max_ms);
     let mut to = match raw.forwarded() {
         true => None,
-        false => state.writes.leader_elsewhere(LEADER_CHANGE_WAIT).await,
+        false => state.writes.leader_elsewhere(hold).await,
     };
     let mut redirected = false;
     while let Some(leader) = to {
@@ -123,10 +123,11 @@ pub async fn propose(
                 }
                 redirected = true;
                 cmd = back;
-                to = state.writes.next_leader(leader, LEADER_CHANGE_WAIT).await;
-                let me_now = crate::network::raft_metrics(&state.raft).current_leader;
-                if to.is_none() && me_now != Some(state.id) {
-                    return Err(ApiError::NoLeader { leader_hint: hint });
+                match state.writes.next_leader(leader, hint, hold).await {
+                    // This node was elected: it proposes the write itself.
+                    Some(next) if next == state.id => to = None,
+                    Some(next) => to = Some(next),
+                    None => return Err(ApiError::NoLeader { leader_hint: hint }),
                 }
             }
             Forwarded::Failed(e) => {
