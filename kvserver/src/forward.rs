@@ -10,9 +10,10 @@
 //! HTTP answer the leader would have given.
 //!
 //! Outcomes are kept apart the way clients rely on: a leader that is no longer
-//! leader did not propose (`no_leader`, safe to retry); a connection that fails
-//! before the command was sent changes nothing and the caller falls back to HTTP
-//! forwarding; anything that fails after sending is an unknown outcome. A leader
+//! leader did not propose, so the command goes to the next leader once (after
+//! that: `no_leader`, safe to retry); a connection that fails before the command
+//! was sent changes nothing and the caller falls back to HTTP forwarding;
+//! anything that fails after sending is an unknown outcome. A leader
 //! running an older version (mid rolling upgrade) does not understand the
 //! request: a new connection first asks what the server supports, and such a
 //! leader gets HTTP forwarding for a minute before the next try.
@@ -149,9 +150,9 @@ impl WriteForwarder {
     /// naming `hint`: the next leader (this node, possibly), or `None` to give up.
     /// A leader that hands over or steps down names its successor or none, and
     /// the change shows here within milliseconds (a hand-off) or an election
-    /// timeout. A leader that names no one may also just have gone a lease
-    /// without a quorum ack and keep leading: after a short wait it gets the
-    /// write once more.
+    /// timeout. A leader that names no one may also still lead, having only gone
+    /// a lease period without a quorum acknowledgement: after a short wait it
+    /// gets the write once more.
     pub async fn next_leader(
         &self,
         old: NodeId,
