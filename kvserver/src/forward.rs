@@ -33,6 +33,7 @@ use crate::network::WriteRejected;
 use crate::types::ApplyResult;
 use crate::types::Command;
 use crate::types::NodeId;
+use crate::types::TypeConfig;
 
 /// Idle connections kept to the leader.
 const MAX_IDLE: usize = 64;
@@ -98,9 +99,42 @@ impl WriteForwarder {
         self.pool.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Marks this node as handing leadership over (or done with it).
-    pub fn set_handing_off(&self, on: bool) {
-        self.handing_off.store(on, Ordering::Relaxed);
+    /// Hands leadership from this node (the leader) to voter `to` and waits up to
+    /// `timeout` until another node leads; returns that node (`None`: no one took
+    /// over in time). Writes arriving meanwhile wait for the successor (see
+    /// [`Self::leader_elsewhere`]) instead of being refused by openraft, which
+    /// stops proposing once asked to transfer.
+    pub async fn hand_off(
+        &self,
+        to: NodeId,
+        timeout: Duration,
+    ) -> Result<Option<NodeId>, openraft::error::Fatal<TypeConfig>> {
+        self.handing_off.store(true, Ordering::Relaxed);
+        let moved = async {
+            self.raft.trigger().transfer_leader(to).await?;
+            let m = self.leader_other_than(self.me, timeout).await;
+            Ok(m.and_then(|m| m.current_leader))
+        }
+        .await;
+        self.handing_off.store(false, Ordering::Relaxed);
+        moved
+    }
+
+    /// Waits up to `timeout` until a node other than `old` leads; the metrics
+    /// that show it.
+    async fn leader_other_than(
+        &self,
+        old: NodeId,
+        timeout: Duration,
+    ) -> Option<openraft::RaftMetrics<TypeConfig>> {
+        self.raft
+            .wait(Some(timeout))
+            .metrics(
+                |m| m.current_leader.is_some_and(|l| l != old),
+                "a new leader",
+            )
+            .await
+            .ok()
     }
 
     /// The leader, if it is another node. When no leader is known (an election is
@@ -111,15 +145,8 @@ impl WriteForwarder {
         let now = self.raft.metrics().borrow_watched().current_leader;
         let leader = match now {
             Some(l) if l == self.me && self.handing_off.load(Ordering::Relaxed) => {
-                let me = self.me;
-                self.raft
-                    .wait(Some(timeout))
-                    .metrics(
-                        |m| m.current_leader.is_some_and(|l| l != me),
-                        "the successor",
-                    )
-                    .await
-                    .ok()?
+                self.leader_other_than(self.me, timeout)
+                    .await?
                     .current_leader
             }
             Some(l) => Some(l),
@@ -163,17 +190,9 @@ impl WriteForwarder {
             Some(_) => timeout,
             None => timeout.min(LEASE_RETRY),
         };
-        let changed = self
-            .raft
-            .wait(Some(wait))
-            .metrics(
-                |m| m.current_leader.is_some_and(|l| l != old),
-                "a new leader",
-            )
-            .await;
-        match changed {
-            Ok(m) => m.current_leader,
-            Err(_) => {
+        match self.leader_other_than(old, wait).await {
+            Some(m) => m.current_leader,
+            None => {
                 let still = self.raft.metrics().borrow_watched().current_leader;
                 (hint.is_none() && still == Some(old)).then_some(old)
             }

@@ -376,30 +376,24 @@ async fn hand_off_leadership(
         return;
     };
     let started = Instant::now();
-    // Writes that arrive from now on wait for the successor and go there.
-    writes.set_handing_off(true);
-    if let Err(e) = raft.trigger().transfer_leader(to).await {
-        tracing::warn!(error = %e, "could not hand off leadership before stopping");
-        return;
-    }
-    let moved = raft
-        .wait(Some(timeout))
-        .metrics(
-            |m| m.current_leader.is_some_and(|l| l != me),
-            "another leader",
-        )
-        .await;
-    let Ok(m) = moved else {
-        tracing::warn!(
-            to,
-            timeout_ms = timeout.as_millis() as u64,
-            "no voter took over leadership in time; stopping as leader"
-        );
-        return;
+    let successor = match writes.hand_off(to, timeout).await {
+        Ok(Some(successor)) => successor,
+        Ok(None) => {
+            tracing::warn!(
+                to,
+                timeout_ms = timeout.as_millis() as u64,
+                "no voter took over leadership in time; stopping as leader"
+            );
+            return;
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "could not hand off leadership before stopping");
+            return;
+        }
     };
     // Everything this node proposed is at or below its last log index; the
     // successor's first entry commits it.
-    let last = m.last_log_index;
+    let last = network::raft_metrics(raft).last_log_index;
     let answered = raft
         .wait(Some(timeout.saturating_sub(started.elapsed())))
         .applied_index_at_least(last, "writes proposed before the hand-off")
@@ -407,7 +401,7 @@ async fn hand_off_leadership(
         .is_ok();
     tracing::info!(
         to,
-        leader = m.current_leader,
+        leader = successor,
         elapsed_ms = started.elapsed().as_millis() as u64,
         in_flight_answered = answered,
         "leadership handed off before stopping"

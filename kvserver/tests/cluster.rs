@@ -704,60 +704,6 @@ on_both_backends!(
     &[]
 );
 
-/// What the writers of [`handoffs_under_load`] saw.
-#[derive(Default)]
-struct HandoffLoad {
-    acked: Vec<String>,
-    /// Error code (or transport error) → count.
-    errors: std::collections::BTreeMap<String, u64>,
-}
-
-/// Writers to `targets` until `stop`, recording each answer's error code.
-fn write_through(
-    c: &Cluster,
-    targets: &[u64],
-    writers: usize,
-    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-) -> Vec<tokio::task::JoinHandle<HandoffLoad>> {
-    let urls: Vec<(u64, String)> = targets.iter().map(|id| (*id, c.url(*id, ""))).collect();
-    (0..writers)
-        .map(|w| {
-            let (http, urls, stop) = (c.http.clone(), urls.clone(), stop.clone());
-            tokio::spawn(async move {
-                let mut seen = HandoffLoad::default();
-                let mut i = 0usize;
-                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                    let key = format!("h/{w}/{i}");
-                    let (node, base) = &urls[(w + i) % urls.len()];
-                    let url = format!("{base}/v1/kv/{key}");
-                    i += 1;
-                    let answer = http
-                        .put(&url)
-                        .timeout(Duration::from_secs(20))
-                        .json(&json!({"value": "v"}))
-                        .send()
-                        .await;
-                    let code = match answer {
-                        Ok(r) if r.status().is_success() => {
-                            seen.acked.push(key);
-                            continue;
-                        }
-                        Ok(r) => {
-                            let st = r.status().as_u16();
-                            let body: Value = r.json().await.unwrap_or_default();
-                            format!("{st} {}", body["error"]["code"].as_str().unwrap_or("?"))
-                        }
-                        Err(_) => format!("transport error to node {node}"),
-                    };
-                    *seen.errors.entry(code).or_default() += 1;
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                }
-                seen
-            })
-        })
-        .collect()
-}
-
 /// Leadership moves under write load, on request and when the leader is stopped
 /// (SIGTERM, as Kubernetes stops a pod), and no write is left with an unknown
 /// outcome. A stopping leader used to just stop: writes it had taken from
@@ -770,7 +716,7 @@ async fn handoffs_under_load(c: &mut Cluster) -> anyhow::Result<()> {
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     // The Service stops routing to a terminating pod: load goes to the followers,
     // which hand writes to the leader over the peer port.
-    let writers = write_through(c, &others, 8, stop.clone());
+    let writers = common::spawn_writers_to(c, &others, 8, stop.clone());
     c.wait_applied(first, 60, Duration::from_secs(20)).await?;
 
     let (st, body) = c
@@ -823,7 +769,7 @@ async fn handoffs_under_load(c: &mut Cluster) -> anyhow::Result<()> {
         "writes failed while leadership moved ({} acked): {errors:?}",
         acked.len()
     );
-    c.ensure_all_present(now, "h/", &acked).await?;
+    c.ensure_all_present(now, "burst/", &acked).await?;
     eprintln!(
         "handoffs: {} writes acked, refused: {errors:?}",
         acked.len()

@@ -536,25 +536,12 @@ pub async fn transfer_leader(
     if let Some(fwd) = leader_only(&state, &raw).await? {
         return Ok(fwd);
     }
-    // Writes arriving meanwhile wait for the new leader instead of being refused.
-    state.writes.set_handing_off(true);
-    let waited = async {
-        state.raft.trigger().transfer_leader(body.to).await?;
-        let moved = state
-            .raft
-            .wait(Some(Duration::from_secs(10)))
-            .metrics(
-                |m| m.current_leader == Some(body.to),
-                "leadership transferred",
-            )
-            .await;
-        Ok::<_, ApiError>(moved)
-    }
-    .await;
-    state.writes.set_handing_off(false);
-    let waited = waited?;
-    match waited {
-        Ok(_) => {
+    match state
+        .writes
+        .hand_off(body.to, Duration::from_secs(10))
+        .await?
+    {
+        Some(leader) if leader == body.to => {
             tracing::info!(to = body.to, "leadership transferred");
             Ok(Json(ChangeResponse {
                 changed: true,
@@ -563,12 +550,18 @@ pub async fn transfer_leader(
             })
             .into_response())
         }
-        Err(e) => Err(ApiError::Unavailable {
+        other => Err(ApiError::Unavailable {
             code: "transfer_timeout",
-            message: format!(
-                "leadership did not move to {} in time ({e}); the target may be lagging or down",
-                body.to
-            ),
+            message: match other {
+                Some(leader) => format!(
+                    "leadership went to {leader} instead of {}; the target may be lagging or down",
+                    body.to
+                ),
+                None => format!(
+                    "leadership did not move to {} in time; the target may be lagging or down",
+                    body.to
+                ),
+            },
             retry: true,
         }),
     }

@@ -91,6 +91,9 @@ pub struct WriterReport {
     pub statuses: BTreeMap<u16, u64>,
     /// Requests that got no HTTP response at all (connection refused/reset, client timeout).
     pub transport_errors: u64,
+    /// Every failure by what it was: `"<status> <error code>"`, or
+    /// `"transport error to node <id>"` when no HTTP answer came.
+    pub errors: BTreeMap<String, u64>,
 }
 
 /// Writers spread unique keys over all nodes until `stop` (at most 5000 each).
@@ -99,7 +102,19 @@ pub fn spawn_writers(
     writers: usize,
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
 ) -> Vec<tokio::task::JoinHandle<WriterReport>> {
-    let urls: Vec<String> = c.nodes.keys().map(|id| c.url(*id, "")).collect();
+    let all: Vec<u64> = c.nodes.keys().copied().collect();
+    spawn_writers_to(c, &all, writers, stop)
+}
+
+/// Writers spread unique keys (`burst/<writer>/<n>`) over the nodes `targets`
+/// until `stop` (at most 5000 each).
+pub fn spawn_writers_to(
+    c: &Cluster,
+    targets: &[u64],
+    writers: usize,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> Vec<tokio::task::JoinHandle<WriterReport>> {
+    let urls: Vec<(u64, String)> = targets.iter().map(|id| (*id, c.url(*id, ""))).collect();
     (0..writers)
         .map(|w| {
             let http = c.http.clone();
@@ -110,7 +125,8 @@ pub fn spawn_writers(
                 let mut i = 0usize;
                 while !stop.load(std::sync::atomic::Ordering::Relaxed) && i < 5000 {
                     let key = format!("burst/{w}/{i}");
-                    let url = format!("{}/v1/kv/{key}", urls[(w + i) % urls.len()]);
+                    let (node, base) = &urls[(w + i) % urls.len()];
+                    let url = format!("{base}/v1/kv/{key}");
                     i += 1;
                     match http
                         .put(&url)
@@ -120,19 +136,26 @@ pub fn spawn_writers(
                         .await
                     {
                         Ok(r) => {
-                            *report.statuses.entry(r.status().as_u16()).or_default() += 1;
+                            let st = r.status().as_u16();
+                            *report.statuses.entry(st).or_default() += 1;
                             if r.status().is_success() {
                                 report.acked.push(key);
-                            } else {
-                                tokio::time::sleep(Duration::from_millis(20)).await;
+                                continue;
                             }
+                            let body: Value = r.json().await.unwrap_or_default();
+                            let code = body["error"]["code"].as_str().unwrap_or("?");
+                            *report.errors.entry(format!("{st} {code}")).or_default() += 1;
                         }
                         // Failures during a crash window are expected; only acks count.
                         Err(_) => {
                             report.transport_errors += 1;
-                            tokio::time::sleep(Duration::from_millis(20)).await;
+                            *report
+                                .errors
+                                .entry(format!("transport error to node {node}"))
+                                .or_default() += 1;
                         }
                     }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
                 }
                 report
             })
