@@ -9,13 +9,16 @@
 //!
 //! Everything but `model` and `client` sits behind the default `server` feature; with
 //! `default-features = false` the crate builds without openraft and sqlx (for the operator).
-//! - [`types`]: the openraft type configuration and the replicated command language.
+//! - [`command`]: the openraft type configuration and the replicated command language.
 //! - [`store`]: SQLite (sqlx) persistence: Raft log and vote ([`store::log`]), the state
 //!   machine ([`store::sm`]) and snapshot files ([`store::snapshot`]).
-//! - [`network`]: the binary Raft peer transport (client and server) on its own port.
-//! - [`read`]: linearizable reads served by followers (read index from the leader).
-//! - [`forward`]: writes that land on a follower, handed to the leader over the peer port.
-//! - [`api`]: the client HTTP API (axum): KV, cluster management, ops endpoints, forwarding.
+//! - [`raft`]: the Raft handle, its openraft configuration, membership look-ups, proposing.
+//! - [`peer`]: the binary Raft peer transport on its own port: [`peer::wire`],
+//!   [`peer::client`] (outbound), [`peer::server`] (inbound).
+//! - [`route`]: where each write, linearizable read and cluster call is served —
+//!   here or by the leader (peer port, or the HTTP relay) — in one place for every route.
+//! - [`api`]: the client HTTP API (axum): handlers that validate, build the command,
+//!   route it ([`route`]) and map the outcome to HTTP; ops endpoints; OpenAPI.
 //! - [`metrics`]: the node's Prometheus registry.
 //!
 //! # Why openraft 0.10 (alpha, pinned exactly)
@@ -31,21 +34,21 @@ pub mod model;
 #[cfg(feature = "server")]
 pub mod api;
 #[cfg(feature = "server")]
-pub mod config;
+pub mod command;
 #[cfg(feature = "server")]
-pub mod forward;
+pub mod config;
 #[cfg(feature = "server")]
 pub mod metrics;
 #[cfg(feature = "server")]
-pub mod network;
-#[cfg(feature = "server")]
 pub mod node;
 #[cfg(feature = "server")]
-pub mod read;
+pub mod peer;
+#[cfg(feature = "server")]
+pub mod raft;
+#[cfg(feature = "server")]
+pub mod route;
 #[cfg(feature = "server")]
 pub mod store;
-#[cfg(feature = "server")]
-pub mod types;
 
 #[cfg(feature = "server")]
 pub use config::Config;

@@ -14,31 +14,32 @@ use std::time::Duration;
 use std::time::Instant;
 
 use openraft::ServerState;
-use openraft::SnapshotPolicy;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::api;
 use crate::api::NodeState;
+use crate::command::Command;
+use crate::command::KvNode;
+use crate::command::NodeId;
+use crate::command::now_ms;
 use crate::config::Config;
 use crate::config::ConfigError;
+use crate::config::StorageBackend;
 use crate::config::hostname;
 use crate::metrics::Metrics;
-use crate::network;
-use crate::network::KvRaft;
-use crate::network::NetworkFactory;
-use crate::network::PeerState;
+use crate::peer;
+use crate::peer::NetworkFactory;
+use crate::peer::PeerState;
+use crate::raft;
+use crate::raft::KvRaft;
 use crate::store::Backend;
 use crate::store::LogStore;
 use crate::store::StateMachine;
 use crate::store::Store;
 use crate::store::StoreError;
 use crate::store::StoreOptions;
-use crate::types::Command;
-use crate::types::KvNode;
-use crate::types::NodeId;
-use crate::types::now_ms;
 
 /// Errors while starting or stopping a node.
 #[derive(Debug, thiserror::Error)]
@@ -135,8 +136,8 @@ pub async fn start_node(config: Config) -> Result<NodeHandle, NodeError> {
     };
 
     let metrics = Arc::new(Metrics::new()?);
-    let backend = match config.storage.backend.as_str() {
-        "postgres" => {
+    let backend = match config.storage.backend {
+        StorageBackend::Postgres => {
             let pg = &config.storage.postgres;
             Backend::Postgres {
                 url: pg.url.clone().unwrap_or_default(),
@@ -145,7 +146,7 @@ pub async fn start_node(config: Config) -> Result<NodeHandle, NodeError> {
                 acquire_timeout: Duration::from_millis(pg.acquire_timeout_ms),
             }
         }
-        _ => Backend::Sqlite,
+        StorageBackend::Sqlite => Backend::Sqlite,
     };
     tracing::info!(node_id = id, backend = ?backend, "opening storage");
     let store_opts = StoreOptions {
@@ -168,29 +169,7 @@ pub async fn start_node(config: Config) -> Result<NodeHandle, NodeError> {
         .is_some();
     let sm = StateMachine::new(store.clone()).await?;
 
-    let rc = &config.raft;
-    let raft_config = openraft::Config {
-        cluster_name: config.cluster_id.clone(),
-        heartbeat_interval: rc.heartbeat_interval_ms,
-        election_timeout_min: rc.election_timeout_min_ms,
-        election_timeout_max: rc.election_timeout_max_ms,
-        snapshot_policy: SnapshotPolicy::LogsSinceLast(rc.snapshot_after_entries),
-        max_in_snapshot_log_to_keep: rc.keep_entries_after_snapshot,
-        max_payload_entries: rc.max_payload_entries,
-        install_snapshot_timeout: 30_000,
-        // A restarted leader must win a new election (and commit a blank entry of its
-        // new term) before it leads again. openraft's default resumes the old term at
-        // once, which is only safe when the committed index is persisted on every
-        // commit; ours is advisory (written with the next apply, see
-        // `LogStore::save_committed`). A leader killed after committing an entry, but
-        // before applying it, came back leading with a stale commit index and served
-        // linearizable reads (and read indexes to followers) that missed that entry:
-        // the fault campaign caught it (seeds 9005 and 9009).
-        enable_leader_restore: Some(false),
-        ..Default::default()
-    }
-    .validate()
-    .map_err(|e| NodeError::Raft(e.to_string()))?;
+    let raft_config = raft::openraft_config(&config).map_err(|e| NodeError::Raft(e.to_string()))?;
     let cluster_id: Arc<str> = Arc::from(config.cluster_id.as_str());
     let raft_cell = Arc::new(std::sync::OnceLock::new());
     let factory = NetworkFactory {
@@ -209,7 +188,7 @@ pub async fn start_node(config: Config) -> Result<NodeHandle, NodeError> {
         // and the API would answer `not_initialized`. So serve nothing before then.
         let loaded = raft
             .wait(Some(Duration::from_secs(10)))
-            .metrics(network::has_membership, "loaded membership")
+            .metrics(raft::has_membership, "loaded membership")
             .await;
         if let Err(e) = loaded {
             tracing::warn!(error = %e, "the restored membership did not show in Raft metrics");
@@ -221,7 +200,7 @@ pub async fn start_node(config: Config) -> Result<NodeHandle, NodeError> {
     let peer_state = Arc::new(PeerState::default());
     let mut tasks = Vec::new();
     let follower_cluster_id = cluster_id.clone();
-    let peer_server = Arc::new(network::PeerServer {
+    let peer_server = Arc::new(peer::PeerServer {
         raft: raft.clone(),
         node_id: id,
         cluster_id,
@@ -229,7 +208,7 @@ pub async fn start_node(config: Config) -> Result<NodeHandle, NodeError> {
         state: peer_state.clone(),
         metrics: metrics.clone(),
     });
-    tasks.push(tokio::spawn(network::serve(
+    tasks.push(tokio::spawn(peer::serve(
         raft_listener,
         peer_server,
         stopped(&stop_rx),
@@ -252,12 +231,12 @@ pub async fn start_node(config: Config) -> Result<NodeHandle, NodeError> {
         http,
         started: Instant::now(),
         peer_state,
-        follower_reads: crate::read::FollowerReads::new(
+        follower_reads: crate::route::read_index::FollowerReads::new(
             id,
             follower_cluster_id.clone(),
             raft.clone(),
         ),
-        writes: crate::forward::WriteForwarder::new(id, follower_cluster_id, raft.clone()),
+        writes: crate::route::forward::WriteForwarder::new(id, follower_cluster_id, raft.clone()),
         shutdown: api_stop_rx.clone(),
     });
     let app = api::router(state.clone());
@@ -323,7 +302,7 @@ async fn reap_expired(
             _ = &mut stop => return,
             _ = tick.tick() => {}
         }
-        if crate::network::raft_metrics(&raft).state != ServerState::Leader {
+        if crate::raft::raft_metrics(&raft).state != ServerState::Leader {
             continue;
         }
         let now = now_ms();
@@ -357,11 +336,11 @@ const HANDOFF_TIMEOUT: Duration = Duration::from_secs(5);
 /// anyway, as before.
 async fn hand_off_leadership(
     raft: &KvRaft,
-    writes: &crate::forward::WriteForwarder,
+    writes: &crate::route::forward::WriteForwarder,
     me: NodeId,
     timeout: Duration,
 ) {
-    let m = network::raft_metrics(raft);
+    let m = raft::raft_metrics(raft);
     if m.state != ServerState::Leader {
         return;
     }
@@ -393,7 +372,7 @@ async fn hand_off_leadership(
     };
     // Everything this node proposed is at or below its last log index; the
     // successor's first entry commits it.
-    let last = network::raft_metrics(raft).last_log_index;
+    let last = raft::raft_metrics(raft).last_log_index;
     let answered = raft
         .wait(Some(timeout.saturating_sub(started.elapsed())))
         .applied_index_at_least(last, "writes proposed before the hand-off")

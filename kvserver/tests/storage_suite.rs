@@ -7,13 +7,13 @@ mod common;
 
 use std::sync::Arc;
 
+use kvserver::command::TypeConfig;
 use kvserver::metrics::Metrics;
 use kvserver::store::Backend;
 use kvserver::store::LogStore;
 use kvserver::store::StateMachine;
 use kvserver::store::Store;
 use kvserver::store::StoreOptions;
-use kvserver::types::TypeConfig;
 use openraft::StorageError;
 use openraft::testing::log::StoreBuilder;
 use openraft::testing::log::Suite;

@@ -17,7 +17,6 @@ use axum::response::IntoResponse;
 use axum::response::Response;
 use openraft::ChangeMembers;
 use openraft::ServerState;
-use openraft::error::ClientWriteError;
 use openraft::error::InitializeError;
 use openraft::error::RaftError;
 
@@ -25,9 +24,9 @@ use super::ApiError;
 use super::AppState;
 use super::Q;
 use super::Raw;
-use super::WRITE_TIMEOUT;
-use super::error::write_error;
 use super::kv::NoParams;
+use crate::command::KvNode;
+use crate::command::NodeId;
 use crate::model::ChangeResponse;
 use crate::model::ClusterInfo;
 use crate::model::InitRequest;
@@ -36,9 +35,8 @@ use crate::model::MemberInfo;
 use crate::model::MemberSpec;
 use crate::model::MembershipRequest;
 use crate::model::TransferRequest;
-use crate::types::KvNode;
-use crate::types::NodeId;
-use crate::types::TypeConfig;
+use crate::route;
+use crate::route::Routed;
 
 pub fn role_name(state: ServerState, initialized: bool) -> &'static str {
     if !initialized {
@@ -55,10 +53,10 @@ pub fn role_name(state: ServerState, initialized: bool) -> &'static str {
 
 /// Builds the cluster view from this node's Raft metrics.
 pub fn cluster_info(state: &AppState) -> ClusterInfo {
-    let m = crate::network::raft_metrics(&state.raft);
+    let m = crate::raft::raft_metrics(&state.raft);
     let membership = m.membership_config.membership();
     let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
-    let initialized = crate::network::has_membership(&m);
+    let initialized = crate::raft::has_membership(&m);
     let last = m.last_log_index;
     let members = membership
         .nodes()
@@ -191,7 +189,7 @@ pub async fn init(
     }
     // Other initial voters would start with empty stores, which is exactly what a
     // member that lost its volume looks like; empty stores never vote (see
-    // `network`), so every other node joins as a learner and is then promoted.
+    // `peer::server`), so every other node joins as a learner and is then promoted.
     if let Some(other) = members.keys().find(|id| **id != state.id) {
         return Err(ApiError::bad(
             "invalid_parameter",
@@ -242,32 +240,6 @@ pub async fn init(
         .into_response())
 }
 
-/// Runs a membership write on the leader, forwarding when needed.
-async fn membership_write<F, Fut>(
-    state: &AppState,
-    raw: &Raw,
-    op: F,
-) -> Result<Option<Response>, ApiError>
-where
-    F: FnOnce() -> Fut,
-    Fut: std::future::Future<
-            Output = Result<(), RaftError<TypeConfig, ClientWriteError<TypeConfig>>>,
-        >,
-{
-    let res = tokio::time::timeout(WRITE_TIMEOUT * 3, op()).await.map_err(|_| ApiError::Unavailable {
-        code: "commit_timeout",
-        message: "membership change not committed in time; check GET /v1/cluster and repeat (it is idempotent)".into(),
-        retry: true,
-    })?;
-    match res {
-        Ok(_) => Ok(None),
-        Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
-            Ok(Some(state.forward(raw, f.leader_id).await?))
-        }
-        Err(e) => Err(write_error(e)),
-    }
-}
-
 /// How far behind the leader's log a learner may be when it is promoted.
 pub const PROMOTE_MAX_LAG: u64 = 100;
 
@@ -306,18 +278,6 @@ async fn learner_caught_up(state: &AppState, id: NodeId) -> Result<(), ApiError>
     }
 }
 
-/// Answers `NotInitialized` / forwards to the leader unless this node leads.
-async fn leader_only(state: &AppState, raw: &Raw) -> Result<Option<Response>, ApiError> {
-    if !state.initialized() {
-        return Err(ApiError::NotInitialized);
-    }
-    let m = crate::network::raft_metrics(&state.raft);
-    if m.state == ServerState::Leader {
-        return Ok(None);
-    }
-    Ok(Some(state.forward(raw, m.current_leader).await?))
-}
-
 /// `POST /v1/cluster/learners`: adds (or confirms) a non-voting member.
 #[utoipa::path(
     post, path = "/v1/cluster/learners", tag = "cluster",
@@ -336,8 +296,8 @@ pub async fn add_learner(
 ) -> Result<Response, ApiError> {
     let body: LearnerRequest = raw.json()?;
     let node = node_spec(body.api_addr, body.raft_addr, "learner")?;
-    if let Some(fwd) = leader_only(&state, &raw).await? {
-        return Ok(fwd);
+    if let Routed::Relayed(resp) = route::leader_only(&state, &raw).await? {
+        return Ok(resp);
     }
     let existing = cluster_info(&state)
         .members
@@ -371,8 +331,8 @@ pub async fn add_learner(
             raft.add_learner(id, node2, wait).await.map(|_| ())
         }
     };
-    if let Some(fwd) = membership_write(&state, &raw, op).await? {
-        return Ok(fwd);
+    if let Routed::Relayed(resp) = route::membership(&state, &raw, op).await? {
+        return Ok(resp);
     }
     tracing::info!(learner = id, %node, "learner added");
     Ok(change_response(&state, true))
@@ -406,8 +366,8 @@ pub async fn change_membership(
             "give exactly one of add_voters, remove_voters, remove_nodes (one membership change at a time)",
         ));
     }
-    if let Some(fwd) = leader_only(&state, &raw).await? {
-        return Ok(fwd);
+    if let Routed::Relayed(resp) = route::leader_only(&state, &raw).await? {
+        return Ok(resp);
     }
     let info = cluster_info(&state);
     let voters: BTreeSet<NodeId> = info
@@ -488,8 +448,8 @@ pub async fn change_membership(
         }
         raft.change_membership(change, retain).await.map(|_| ())
     };
-    if let Some(fwd) = membership_write(&state, &raw, op).await? {
-        return Ok(fwd);
+    if let Routed::Relayed(resp) = route::membership(&state, &raw, op).await? {
+        return Ok(resp);
     }
     tracing::info!(change = %change_desc, "membership changed");
     Ok(change_response(&state, true))
@@ -533,8 +493,8 @@ pub async fn transfer_leader(
             format!("node {} is not a voter; only voters can lead", body.to),
         ));
     }
-    if let Some(fwd) = leader_only(&state, &raw).await? {
-        return Ok(fwd);
+    if let Routed::Relayed(resp) = route::leader_only(&state, &raw).await? {
+        return Ok(resp);
     }
     match state
         .writes

@@ -15,10 +15,10 @@ use openraft::error::RaftError;
 use serde_json::Value;
 use serde_json::json;
 
+use crate::command::KeyValue;
+use crate::command::NodeId;
+use crate::command::TypeConfig;
 use crate::store::StoreError;
-use crate::types::KeyValue;
-use crate::types::NodeId;
-use crate::types::TypeConfig;
 
 /// Errors at the HTTP API boundary.
 #[derive(Debug, thiserror::Error)]

@@ -2,10 +2,12 @@
 //! prefix delete and batch get.
 //!
 //! Input is validated on the node that received the request (so bad input is
-//! refused without a round trip), then writes become [`Command`]s proposed
-//! through Raft and reads are served after a ReadIndex confirmation (or
-//! locally with `consistency=stale`). Time-dependent fields (TTL expiry,
-//! timestamps) are computed here, on the leader, just before proposing.
+//! refused without a round trip), then writes become [`Command`]s that
+//! `crate::route::write` proposes (here or on the leader), and reads run once
+//! `crate::route::read` has made them linearizable (or at once with
+//! `consistency=stale`). Time-dependent fields (TTL expiry, timestamps) are
+//! computed here; a leader that receives a command from a follower moves them
+//! to its own clock (`Command::restamp`).
 
 use axum::Json;
 use axum::extract::Path;
@@ -13,24 +15,18 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::response::Response;
-use openraft::ReadPolicy;
-use openraft::error::ClientWriteError;
-use openraft::error::LinearizableReadError;
-use openraft::error::RaftError;
 use serde::Deserialize;
 
 use super::ApiError;
 use super::AppState;
 use super::Q;
 use super::Raw;
-use super::Served;
-use super::WRITE_TIMEOUT;
-use super::error::read_error;
-use super::error::write_error;
-use crate::forward::Forwarded;
+use crate::command::ApplyResult;
+use crate::command::Command;
+use crate::command::Outcome;
+use crate::command::now_ms;
 use crate::model::BatchGetRequest;
 use crate::model::BatchGetResponse;
-use crate::model::Consistency;
 use crate::model::DeleteQuery;
 use crate::model::DeleteResponse;
 use crate::model::GetResponse;
@@ -41,10 +37,8 @@ use crate::model::PrefixDeleteQuery;
 use crate::model::PutRequest;
 use crate::model::PutResponse;
 use crate::model::ReadQuery;
-use crate::types::ApplyResult;
-use crate::types::Command;
-use crate::types::Outcome;
-use crate::types::now_ms;
+use crate::route;
+use crate::route::Routed;
 
 /// Longest key in bytes.
 pub const MAX_KEY_BYTES: usize = 4096;
@@ -76,141 +70,6 @@ pub fn validate_key(key: &str) -> Result<(), ApiError> {
         ));
     }
     Ok(())
-}
-
-/// Proposes `cmd` (built on the node that turns out to be leader) or forwards `raw` to the leader.
-pub async fn propose(
-    state: &AppState,
-    raw: &Raw,
-    cmd: Command,
-) -> Result<Served<ApplyResult>, ApiError> {
-    if !state.initialized() {
-        return Err(ApiError::NotInitialized);
-    }
-    // A follower that knows the leader hands the command over the peer port
-    // (`crate::forward`); a request another node forwarded here is not sent on.
-    let mut cmd = cmd;
-    // A leader change (a hand-off takes milliseconds, an election about one
-    // election timeout) holds a write this long rather than failing it; longer,
-    // and a 503 tells the client more than waiting does.
-    let hold = std::time::Duration::from_millis(state.config.raft.election_timeout_max_ms);
-    let mut to = match raw.forwarded() {
-        true => None,
-        false => state.writes.leader_elsewhere(hold).await,
-    };
-    let mut redirected = false;
-    while let Some(leader) = to {
-        let unknown = |message: String| ApiError::Unavailable {
-            code: "write_outcome_unknown",
-            message,
-            retry: false,
-        };
-        match state.writes.write(leader, cmd, WRITE_TIMEOUT).await {
-            Forwarded::Applied(r) => {
-                state
-                    .metrics
-                    .forwarded_writes
-                    .with_label_values(&["peer"])
-                    .inc();
-                return Ok(Served::Local(r));
-            }
-            // Not proposed: the leader is stepping down or handing leadership over
-            // (a rolling restart stops every leader once). Its successor gets the
-            // command, once, instead of the client getting a 503.
-            Forwarded::NotLeader(back, hint) => {
-                if redirected {
-                    return Err(ApiError::NoLeader { leader_hint: hint });
-                }
-                redirected = true;
-                cmd = back;
-                match state.writes.next_leader(leader, hint, hold).await {
-                    // This node was elected: it proposes the write itself.
-                    Some(next) if next == state.id => to = None,
-                    Some(next) => to = Some(next),
-                    None => return Err(ApiError::NoLeader { leader_hint: hint }),
-                }
-            }
-            Forwarded::Failed(e) => {
-                return Err(unknown(format!(
-                    "leader {leader} failed the write ({e}); its outcome is unknown"
-                )));
-            }
-            Forwarded::Unknown(e) => {
-                return Err(unknown(format!(
-                    "lost leader {leader} after handing it the write ({e}); its outcome is unknown"
-                )));
-            }
-            Forwarded::NotSent(back, why) => {
-                tracing::debug!(leader, reason = %why, "peer forwarding unavailable; replaying over HTTP");
-                cmd = back;
-                break;
-            }
-        }
-    }
-    let res = tokio::time::timeout(
-        super::WRITE_TIMEOUT,
-        crate::network::propose(&state.raft, cmd, crate::network::CONFIRM_WAIT),
-    )
-    .await
-    .map_err(|_| ApiError::Unavailable {
-        code: "commit_timeout",
-        message: format!(
-            "write not committed within {WRITE_TIMEOUT:?} (no quorum?); its outcome is unknown"
-        ),
-        retry: false,
-    })?;
-    match res {
-        Ok(r) => Ok(Served::Local(r.data)),
-        Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
-            let served = state.forward(raw, f.leader_id).await?;
-            state
-                .metrics
-                .forwarded_writes
-                .with_label_values(&["http"])
-                .inc();
-            Ok(Served::Forwarded(served))
-        }
-        Err(e) => Err(write_error(e)),
-    }
-}
-
-/// Makes a subsequent local read linearizable, or forwards `raw` to the leader.
-pub async fn linearize(
-    state: &AppState,
-    raw: &Raw,
-    consistency: Consistency,
-) -> Result<Option<Response>, ApiError> {
-    if !state.initialized() {
-        return Err(ApiError::NotInitialized);
-    }
-    if consistency == Consistency::Stale {
-        return Ok(None);
-    }
-    let res = tokio::time::timeout(
-        WRITE_TIMEOUT,
-        state.raft.ensure_linearizable(ReadPolicy::ReadIndex),
-    )
-    .await
-    .map_err(|_| ApiError::Unavailable {
-        code: "read_timeout",
-        message: "could not confirm leadership with a quorum in time".into(),
-        retry: true,
-    })?;
-    match res {
-        Ok(_) => Ok(None),
-        Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(f))) => {
-            // Served here once this node has applied the leader's read index; if that
-            // fails (leader moved, this node lags), the leader serves it instead.
-            if let Some(leader) = f.leader_id {
-                match state.follower_reads.barrier(leader).await {
-                    Ok(()) => return Ok(None),
-                    Err(e) => tracing::debug!(error = %e, "follower read: forwarding instead"),
-                }
-            }
-            Ok(Some(state.forward(raw, f.leader_id).await?))
-        }
-        Err(e) => Err(read_error(e)),
-    }
 }
 
 pub fn require_outcome(r: ApplyResult) -> Result<(u64, Outcome), ApiError> {
@@ -259,8 +118,8 @@ pub async fn get_key(
     raw: Raw,
 ) -> Result<Response, ApiError> {
     validate_key(&key)?;
-    if let Some(fwd) = linearize(&state, &raw, q.consistency).await? {
-        return Ok(fwd);
+    if let Routed::Relayed(resp) = route::read(&state, &raw, q.consistency).await? {
+        return Ok(resp);
     }
     let kv = state.store.get(&key, now_ms()).await?;
     let revision = state.store.revision();
@@ -332,9 +191,9 @@ pub async fn put_key(
         if_revision: body.if_revision,
         now_ms: now,
     };
-    let (revision, outcome) = match propose(&state, &raw, cmd).await? {
-        Served::Forwarded(resp) => return Ok(resp),
-        Served::Local(r) => require_outcome(r)?,
+    let (revision, outcome) = match route::write(&state, &raw, cmd).await? {
+        Routed::Relayed(resp) => return Ok(resp),
+        Routed::Local(r) => require_outcome(r)?,
     };
     match outcome {
         Outcome::Put { created, kv, prev } => {
@@ -385,9 +244,9 @@ pub async fn delete_key(
         if_revision: q.if_revision,
         now_ms: now_ms(),
     };
-    let (revision, outcome) = match propose(&state, &raw, cmd).await? {
-        Served::Forwarded(resp) => return Ok(resp),
-        Served::Local(r) => require_outcome(r)?,
+    let (revision, outcome) = match route::write(&state, &raw, cmd).await? {
+        Routed::Relayed(resp) => return Ok(resp),
+        Routed::Local(r) => require_outcome(r)?,
     };
     match outcome {
         Outcome::Deleted { count, prev } => Ok(Json(DeleteResponse {
@@ -439,8 +298,8 @@ pub async fn list(
             format!("prefix is longer than {MAX_KEY_BYTES} bytes"),
         ));
     }
-    if let Some(fwd) = linearize(&state, &raw, q.consistency).await? {
-        return Ok(fwd);
+    if let Routed::Relayed(resp) = route::read(&state, &raw, q.consistency).await? {
+        return Ok(resp);
     }
     let (kvs, more) = state
         .store
@@ -503,9 +362,9 @@ pub async fn delete_prefix(
         prefix,
         now_ms: now_ms(),
     };
-    let (revision, outcome) = match propose(&state, &raw, cmd).await? {
-        Served::Forwarded(resp) => return Ok(resp),
-        Served::Local(r) => require_outcome(r)?,
+    let (revision, outcome) = match route::write(&state, &raw, cmd).await? {
+        Routed::Relayed(resp) => return Ok(resp),
+        Routed::Local(r) => require_outcome(r)?,
     };
     match outcome {
         Outcome::Deleted { count, .. } => Ok(Json(DeleteResponse {
@@ -546,8 +405,8 @@ pub async fn batch_get(
     for k in &body.keys {
         validate_key(k)?;
     }
-    if let Some(fwd) = linearize(&state, &raw, body.consistency).await? {
-        return Ok(fwd);
+    if let Routed::Relayed(resp) = route::read(&state, &raw, body.consistency).await? {
+        return Ok(resp);
     }
     let (kvs, missing) = state.store.get_many(&body.keys, now_ms()).await?;
     let revision = state.store.revision();

@@ -1,15 +1,9 @@
-//! The client HTTP API (axum): routing, per-request observability, request
-//! extraction with JSON errors, and forwarding to the leader.
+//! The client HTTP API (axum): the router, per-request observability, and
+//! request extraction with JSON errors. Handlers only validate, build the
+//! command, route it and map the outcome to HTTP.
 //!
-//! Any node accepts any request. A follower that knows the leader hands KV
-//! writes to it over the peer port (`crate::forward`) and serves linearizable
-//! reads after a read index (`crate::read`). Everything else that needs the
-//! leader (cluster changes, and writes or reads when those paths are not
-//! available) is replayed as the original HTTP request (method, path, query,
-//! body) once against the leader's API address taken from the membership. A
-//! replayed request carries
-//! `x-kv-forwarded-by`, and a node receiving one that is not the leader either
-//! answers 503 `no_leader` instead of forwarding again, so there are no loops.
+//! Any node accepts any request: where it is served (here, or by the leader
+//! over the peer port or as a relayed HTTP request) is `crate::route`'s job.
 
 pub mod cluster;
 pub mod error;
@@ -20,11 +14,9 @@ pub mod txn;
 pub mod watch;
 
 use std::sync::Arc;
-use std::time::Duration;
 use std::time::Instant;
 
 use axum::Router;
-use axum::body::Body;
 use axum::extract::DefaultBodyLimit;
 use axum::extract::FromRequest;
 use axum::extract::FromRequestParts;
@@ -46,18 +38,19 @@ use serde::de::DeserializeOwned;
 use tower_http::catch_panic::CatchPanicLayer;
 
 pub use self::error::ApiError;
+use crate::command::KvNode;
+use crate::command::NodeId;
 use crate::config::Config;
 use crate::metrics::Metrics;
-use crate::network::KvRaft;
+use crate::raft::KvRaft;
+pub use crate::route::WRITE_TIMEOUT;
 use crate::store::Store;
-use crate::types::KvNode;
-use crate::types::NodeId;
 
 /// Header marking a request forwarded by another node (value: that node's id).
 pub const FORWARDED_BY: &str = "x-kv-forwarded-by";
 /// Header naming the node that served a response.
 pub const SERVED_BY: &str = "x-kv-served-by";
-const REQUEST_ID: &str = "x-request-id";
+pub const REQUEST_ID: &str = "x-request-id";
 
 /// Everything a handler needs; shared by all requests of one node.
 pub struct NodeState {
@@ -71,11 +64,11 @@ pub struct NodeState {
     pub http: reqwest::Client,
     pub started: Instant,
     /// Unix ms of the last AppendEntries accepted from a leader (followers' heartbeat clock).
-    pub peer_state: Arc<crate::network::PeerState>,
+    pub peer_state: Arc<crate::peer::PeerState>,
     /// Linearizable reads on this node while it follows.
-    pub follower_reads: Arc<crate::read::FollowerReads>,
+    pub follower_reads: Arc<crate::route::read_index::FollowerReads>,
     /// Hands writes to the leader over the peer port.
-    pub writes: Arc<crate::forward::WriteForwarder>,
+    pub writes: Arc<crate::route::forward::WriteForwarder>,
     /// Becomes true when the API starts draining (long-lived streams end then).
     pub shutdown: tokio::sync::watch::Receiver<bool>,
 }
@@ -307,100 +300,16 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for Q<T> {
     }
 }
 
-/// Outcome of a step that may have to run on the leader.
-pub enum Served<T> {
-    Local(T),
-    Forwarded(Response),
-}
-
 impl NodeState {
     /// Whether this node has a membership (was initialized or joined a cluster).
     pub fn initialized(&self) -> bool {
-        crate::network::initialized(&self.raft)
-    }
-
-    /// Replays `raw` against the leader `leader_id` (or answers why it cannot).
-    pub async fn forward(
-        &self,
-        raw: &Raw,
-        leader_id: Option<NodeId>,
-    ) -> Result<Response, ApiError> {
-        if !self.initialized() {
-            return Err(ApiError::NotInitialized);
-        }
-        let Some(leader_id) = leader_id.filter(|l| *l != self.id) else {
-            return Err(ApiError::NoLeader { leader_hint: None });
-        };
-        if raw.forwarded() {
-            // Already forwarded once: the cluster's view of the leader is moving; let the client retry.
-            return Err(ApiError::NoLeader {
-                leader_hint: Some(leader_id),
-            });
-        }
-        let leader = {
-            let m = crate::network::raft_metrics(&self.raft);
-            m.membership_config
-                .membership()
-                .get_node(&leader_id)
-                .cloned()
-        };
-        let Some(leader) = leader else {
-            return Err(ApiError::NoLeader {
-                leader_hint: Some(leader_id),
-            });
-        };
-        let url = format!("http://{}{}", leader.api_addr, raw.path_and_query);
-        let mut req = self
-            .http
-            .request(raw.method.clone(), &url)
-            .header(FORWARDED_BY, self.id.to_string())
-            .body(raw.body.clone());
-        for name in [axum::http::header::CONTENT_TYPE, axum::http::header::ACCEPT] {
-            if let Some(v) = raw.headers.get(&name) {
-                req = req.header(name, v.clone());
-            }
-        }
-        if let Some(v) = raw.headers.get(REQUEST_ID) {
-            req = req.header(REQUEST_ID, v.clone());
-        }
-        let resp = req.send().await.map_err(|e| ApiError::Unavailable {
-            code: "leader_unreachable",
-            message: format!(
-                "could not forward to leader {leader_id} at {}: {e}",
-                leader.api_addr
-            ),
-            retry: true,
-        })?;
-        let status = resp.status();
-        let mut headers = HeaderMap::new();
-        for name in [
-            axum::http::header::CONTENT_TYPE,
-            axum::http::header::RETRY_AFTER,
-        ] {
-            if let Some(v) = resp.headers().get(&name) {
-                headers.insert(name, v.clone());
-            }
-        }
-        if let Some(v) = resp.headers().get(SERVED_BY) {
-            headers.insert(SERVED_BY, v.clone());
-        }
-        let body = resp.bytes().await.map_err(|e| ApiError::Unavailable {
-            code: "leader_unreachable",
-            message: format!("leader {leader_id} response was cut: {e}"),
-            retry: true,
-        })?;
-        let mut out = Response::new(Body::from(body));
-        *out.status_mut() = status;
-        *out.headers_mut() = headers;
-        Ok(out)
+        crate::raft::initialized(&self.raft)
     }
 }
 
-/// Time a client write may wait for commit before the API gives up on it.
-pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
-
 #[cfg(test)]
 mod tests {
+    use axum::body::Body;
     use axum::body::to_bytes;
     use tower::ServiceExt;
 

@@ -24,8 +24,8 @@ use super::NodeState;
 use super::Q;
 use super::cluster::role_name;
 use super::kv::NoParams;
-use crate::types::TypeConfig;
-use crate::types::now_ms;
+use crate::command::TypeConfig;
+use crate::command::now_ms;
 
 /// `GET /healthz`: liveness.
 #[utoipa::path(get, path = "/healthz", tag = "ops", responses((status = 200, description = "The process serves HTTP", body = HealthResponse)))]
@@ -46,7 +46,7 @@ pub async fn healthz(State(state): State<AppState>) -> Json<HealthResponse> {
     )
 )]
 pub async fn readyz(State(state): State<AppState>, Q(_params): Q<NoParams>) -> Response {
-    let m = crate::network::raft_metrics(&state.raft);
+    let m = crate::raft::raft_metrics(&state.raft);
     let membership = m.membership_config.membership();
     let mut reasons = Vec::new();
     if membership.nodes().next().is_none() {
@@ -86,7 +86,7 @@ pub async fn readyz(State(state): State<AppState>, Q(_params): Q<NoParams>) -> R
             .await
             .is_err()
     {
-        let now = crate::network::raft_metrics(&state.raft)
+        let now = crate::raft::raft_metrics(&state.raft)
             .last_applied
             .map(|l| l.index)
             .unwrap_or(0);
@@ -163,8 +163,8 @@ pub async fn status(
     State(state): State<AppState>,
     Q(_params): Q<NoParams>,
 ) -> Result<Json<StatusResponse>, super::ApiError> {
-    let m = crate::network::raft_metrics(&state.raft);
-    let initialized = crate::network::has_membership(&m);
+    let m = crate::raft::raft_metrics(&state.raft);
+    let initialized = crate::raft::has_membership(&m);
     let now = now_ms();
     let since_heartbeat_ms = leader_contact_ms(&state, &m);
     let keys = state.store.key_count().await?;
@@ -190,7 +190,7 @@ pub async fn status(
 /// `GET /metrics`: Prometheus text format.
 #[utoipa::path(get, path = "/metrics", tag = "ops", responses((status = 200, description = "Prometheus text exposition format", content_type = "text/plain", body = String)))]
 pub async fn metrics(State(state): State<AppState>) -> Response {
-    let m = crate::network::raft_metrics(&state.raft);
+    let m = crate::raft::raft_metrics(&state.raft);
     let g = &state.metrics;
     g.raft_term.set(m.current_term as i64);
     g.raft_leader

@@ -3,7 +3,7 @@
 //!
 //! The JSON form is flexible (a comparison's operand is a string, a number or
 //! a bool depending on its target); it is validated here and turned into the
-//! strict [`Cmp`] / [`TxnOp`] of the replicated command, with TTLs resolved
+//! strict [`Condition`] / [`TxnStep`] of the replicated command, with TTLs resolved
 //! to absolute expiries on the leader.
 
 use axum::Json;
@@ -15,26 +15,26 @@ use super::ApiError;
 use super::AppState;
 use super::Q;
 use super::Raw;
-use super::Served;
 use super::kv::MAX_TTL_SECONDS;
 use super::kv::NoParams;
-use super::kv::propose;
 use super::kv::require_outcome;
 use super::kv::validate_key;
+use crate::command::Command;
+use crate::command::Condition;
+use crate::command::ConditionOp;
+use crate::command::ConditionTarget;
+use crate::command::Outcome;
+use crate::command::StepResult;
+use crate::command::TxnStep;
+use crate::command::now_ms;
 use crate::model::Compare;
 use crate::model::CompareTarget;
 use crate::model::Operation;
 use crate::model::OperationResult;
 use crate::model::TxnRequest;
 use crate::model::TxnResponse;
-use crate::types::Cmp;
-use crate::types::CmpOp;
-use crate::types::CmpTarget;
-use crate::types::Command;
-use crate::types::Outcome;
-use crate::types::TxnOp;
-use crate::types::TxnOpResult;
-use crate::types::now_ms;
+use crate::route;
+use crate::route::Routed;
 
 /// Most comparisons, and most operations per branch, in one transaction.
 pub const MAX_TXN_ITEMS: usize = 128;
@@ -43,13 +43,13 @@ fn bad(msg: String) -> ApiError {
     ApiError::bad("invalid_txn", msg)
 }
 
-fn to_cmp(i: usize, c: Compare) -> Result<Cmp, ApiError> {
+fn to_cmp(i: usize, c: Compare) -> Result<Condition, ApiError> {
     validate_key(&c.key)?;
     let op = match c.op.as_str() {
-        "==" => CmpOp::Eq,
-        "!=" => CmpOp::Ne,
-        "<" => CmpOp::Lt,
-        ">" => CmpOp::Gt,
+        "==" => ConditionOp::Eq,
+        "!=" => ConditionOp::Ne,
+        "<" => ConditionOp::Lt,
+        ">" => ConditionOp::Gt,
         other => {
             return Err(bad(format!(
                 "compare[{i}].op: {other:?} is not one of ==, !=, <, >"
@@ -61,27 +61,27 @@ fn to_cmp(i: usize, c: Compare) -> Result<Cmp, ApiError> {
             .ok_or_else(|| bad(format!("compare[{i}].value must be a non-negative integer")))
     };
     let target = match c.target {
-        CompareTarget::Value => CmpTarget::Value(
+        CompareTarget::Value => ConditionTarget::Value(
             c.value
                 .as_str()
                 .map(str::to_string)
                 .ok_or_else(|| bad(format!("compare[{i}].value must be a string")))?,
         ),
-        CompareTarget::Version => CmpTarget::Version(num(&c.value)?),
-        CompareTarget::CreateRevision => CmpTarget::CreateRevision(num(&c.value)?),
-        CompareTarget::ModRevision => CmpTarget::ModRevision(num(&c.value)?),
+        CompareTarget::Version => ConditionTarget::Version(num(&c.value)?),
+        CompareTarget::CreateRevision => ConditionTarget::CreateRevision(num(&c.value)?),
+        CompareTarget::ModRevision => ConditionTarget::ModRevision(num(&c.value)?),
         CompareTarget::Exists => {
-            if !matches!(op, CmpOp::Eq | CmpOp::Ne) {
+            if !matches!(op, ConditionOp::Eq | ConditionOp::Ne) {
                 return Err(bad(format!("compare[{i}]: exists takes only == or !=")));
             }
-            CmpTarget::Exists(
+            ConditionTarget::Exists(
                 c.value
                     .as_bool()
                     .ok_or_else(|| bad(format!("compare[{i}].value must be true or false")))?,
             )
         }
     };
-    Ok(Cmp {
+    Ok(Condition {
         key: c.key,
         op,
         target,
@@ -94,7 +94,7 @@ fn to_op(
     o: Operation,
     now: u64,
     max_value: usize,
-) -> Result<TxnOp, ApiError> {
+) -> Result<TxnStep, ApiError> {
     Ok(match o {
         Operation::Put {
             key,
@@ -117,7 +117,7 @@ fn to_op(
                 }
                 Some(t) => Some(now + t * 1000),
             };
-            TxnOp::Put {
+            TxnStep::Put {
                 key,
                 value,
                 expires_at_ms,
@@ -125,11 +125,11 @@ fn to_op(
         }
         Operation::Delete { key } => {
             validate_key(&key)?;
-            TxnOp::Delete { key }
+            TxnStep::Delete { key }
         }
         Operation::Get { key } => {
             validate_key(&key)?;
-            TxnOp::Get { key }
+            TxnStep::Get { key }
         }
     })
 }
@@ -191,9 +191,9 @@ pub async fn txn(
 ) -> Result<Response, ApiError> {
     let req: TxnRequest = raw.json()?;
     let cmd = to_command(req, now_ms(), state.config.max_value_bytes)?;
-    let (revision, outcome) = match propose(&state, &raw, cmd).await? {
-        Served::Forwarded(resp) => return Ok(resp),
-        Served::Local(r) => require_outcome(r)?,
+    let (revision, outcome) = match route::write(&state, &raw, cmd).await? {
+        Routed::Relayed(resp) => return Ok(resp),
+        Routed::Local(r) => require_outcome(r)?,
     };
     let Outcome::Txn { succeeded, results } = outcome else {
         return Err(ApiError::Internal(format!(
@@ -203,16 +203,16 @@ pub async fn txn(
     let results = results
         .into_iter()
         .map(|r| match r {
-            TxnOpResult::Put { created, kv, prev } => OperationResult::Put {
+            StepResult::Put { created, kv, prev } => OperationResult::Put {
                 created,
                 kv,
                 prev_kv: prev,
             },
-            TxnOpResult::Delete { deleted, prev } => OperationResult::Delete {
+            StepResult::Delete { deleted, prev } => OperationResult::Delete {
                 deleted,
                 prev_kv: prev,
             },
-            TxnOpResult::Get { kv } => OperationResult::Get { kv },
+            StepResult::Get { kv } => OperationResult::Get { kv },
         })
         .collect();
     Ok(Json(TxnResponse {

@@ -27,12 +27,12 @@ use tokio::sync::mpsc;
 use super::ApiError;
 use super::AppState;
 use super::Q;
+use crate::command::Change;
+use crate::command::EventKind;
 use crate::model::DroppedBody;
 use crate::model::WatchEventBody;
 use crate::model::WatchQuery;
 use crate::store::watch::Feed;
-use crate::types::EventKind;
-use crate::types::WatchEvent;
 
 /// History is read in pages of this many revisions.
 const HISTORY_PAGE: u64 = 1000;
@@ -44,7 +44,7 @@ struct Filter {
 }
 
 impl Filter {
-    fn matches(&self, e: &WatchEvent) -> bool {
+    fn matches(&self, e: &Change) -> bool {
         self.key.as_ref().is_none_or(|k| *k == e.key)
             && self
                 .prefix
@@ -54,7 +54,7 @@ impl Filter {
 }
 
 /// Renders the events of one revision group; the last one carries the SSE id.
-fn render(events: &[&WatchEvent], filter: &Filter) -> Vec<Event> {
+fn render(events: &[&Change], filter: &Filter) -> Vec<Event> {
     let n = events.len();
     events
         .iter()
@@ -94,7 +94,7 @@ async fn produce(
     let mut sent = from;
     let mut stop = state.shutdown.clone();
     // Sends one revision's events; false when the watcher is gone or too slow.
-    let send = |events: Vec<&WatchEvent>, out: &mpsc::Sender<Event>| -> Result<(), &'static str> {
+    let send = |events: Vec<&Change>, out: &mpsc::Sender<Event>| -> Result<(), &'static str> {
         for ev in render(&events, &filter) {
             // One slot stays reserved for the final `dropped` event.
             if out.capacity() <= 1 {
@@ -110,7 +110,7 @@ async fn produce(
         }
         Ok(())
     };
-    let emit = |batch: &[WatchEvent], sent: &mut u64| -> Result<(), &'static str> {
+    let emit = |batch: &[Change], sent: &mut u64| -> Result<(), &'static str> {
         let mut i = 0;
         while i < batch.len() {
             let rev = batch[i].revision;

@@ -22,16 +22,16 @@ use super::cache::RowCache;
 use super::is_expired;
 use super::row_to_kv;
 use super::script::Arg;
-use crate::types::Cmp;
-use crate::types::CmpOp;
-use crate::types::CmpTarget;
-use crate::types::Command;
-use crate::types::EventKind;
-use crate::types::KeyValue;
-use crate::types::Outcome;
-use crate::types::TxnOp;
-use crate::types::TxnOpResult;
-use crate::types::WatchEvent;
+use crate::command::Change;
+use crate::command::Command;
+use crate::command::Condition;
+use crate::command::ConditionOp;
+use crate::command::ConditionTarget;
+use crate::command::EventKind;
+use crate::command::KeyValue;
+use crate::command::Outcome;
+use crate::command::StepResult;
+use crate::command::TxnStep;
 
 static SELECT_KEYS: Shapes = Shapes::new(|n| {
     format!(
@@ -117,7 +117,7 @@ pub(crate) struct ApplyCtx<'t> {
     /// Revision after the last applied command.
     pub rev: u64,
     /// Changes made so far in this batch, in order.
-    pub events: Vec<WatchEvent>,
+    pub events: Vec<Change>,
     /// Stored row of every key read or written so far (`None`: absent), as the batch
     /// has left it; expired rows included (readers filter by their own time).
     cache: HashMap<String, Option<KeyValue>>,
@@ -222,7 +222,7 @@ impl<'t> ApplyCtx<'t> {
 
     /// The batch's revision and events, and the final stored row of every key it
     /// read or wrote (for the row cache, once the batch has committed).
-    pub fn finish(self) -> (u64, Vec<WatchEvent>, HashMap<String, Row>) {
+    pub fn finish(self) -> (u64, Vec<Change>, HashMap<String, Row>) {
         (self.rev, self.events, self.cache)
     }
 
@@ -247,7 +247,7 @@ impl<'t> ApplyCtx<'t> {
             updated_at_ms: now_ms,
         };
         self.stage(kv.key.clone(), Some(kv.clone()));
-        self.events.push(WatchEvent {
+        self.events.push(Change {
             revision: at,
             kind: EventKind::Put,
             key: kv.key.clone(),
@@ -260,7 +260,7 @@ impl<'t> ApplyCtx<'t> {
     /// Deletes the live key `prev` at revision `at`.
     fn delete(&mut self, at: u64, prev: KeyValue) {
         self.stage(prev.key.clone(), None);
-        self.events.push(WatchEvent {
+        self.events.push(Change {
             revision: at,
             kind: EventKind::Delete,
             key: prev.key.clone(),
@@ -390,7 +390,7 @@ impl<'t> ApplyCtx<'t> {
                 let mut wrote = false;
                 for op in ops {
                     results.push(match op {
-                        TxnOp::Put {
+                        TxnStep::Put {
                             key,
                             value,
                             expires_at_ms,
@@ -400,23 +400,23 @@ impl<'t> ApplyCtx<'t> {
                                 .put(at, key, value, expires_at_ms, live, now_ms)
                                 .await?;
                             wrote = true;
-                            TxnOpResult::Put { created, kv, prev }
+                            StepResult::Put { created, kv, prev }
                         }
-                        TxnOp::Delete { key } => match self.load(&key, now_ms).await? {
+                        TxnStep::Delete { key } => match self.load(&key, now_ms).await? {
                             Some(prev) => {
                                 self.delete(at, prev.clone());
                                 wrote = true;
-                                TxnOpResult::Delete {
+                                StepResult::Delete {
                                     deleted: 1,
                                     prev: Some(prev),
                                 }
                             }
-                            None => TxnOpResult::Delete {
+                            None => StepResult::Delete {
                                 deleted: 0,
                                 prev: None,
                             },
                         },
-                        TxnOp::Get { key } => TxnOpResult::Get {
+                        TxnStep::Get { key } => StepResult::Get {
                             kv: self.load(&key, now_ms).await?,
                         },
                     });
@@ -444,7 +444,9 @@ fn for_each_key<'a>(cmd: &'a Command, mut f: impl FnMut(&'a str)) {
             compare.iter().for_each(|c| f(&c.key));
             for op in success.iter().chain(failure) {
                 match op {
-                    TxnOp::Put { key, .. } | TxnOp::Delete { key } | TxnOp::Get { key } => f(key),
+                    TxnStep::Put { key, .. } | TxnStep::Delete { key } | TxnStep::Get { key } => {
+                        f(key)
+                    }
                 }
             }
         }
@@ -457,30 +459,32 @@ fn guard_holds(live: &Option<KeyValue>, want: Option<u64>) -> bool {
     want.is_none_or(|w| live.as_ref().map(|k| k.mod_revision).unwrap_or(0) == w)
 }
 
-fn ordered<T: Ord>(op: CmpOp, have: T, want: T) -> bool {
+fn ordered<T: Ord>(op: ConditionOp, have: T, want: T) -> bool {
     match op {
-        CmpOp::Eq => have == want,
-        CmpOp::Ne => have != want,
-        CmpOp::Lt => have < want,
-        CmpOp::Gt => have > want,
+        ConditionOp::Eq => have == want,
+        ConditionOp::Ne => have != want,
+        ConditionOp::Lt => have < want,
+        ConditionOp::Gt => have > want,
     }
 }
 
 /// Evaluates one transaction comparison against the live state of its key.
-pub(crate) fn compare_holds(c: &Cmp, live: Option<&KeyValue>) -> bool {
+pub(crate) fn compare_holds(c: &Condition, live: Option<&KeyValue>) -> bool {
     match &c.target {
-        CmpTarget::Value(want) => match live.and_then(|k| k.value.as_deref()) {
+        ConditionTarget::Value(want) => match live.and_then(|k| k.value.as_deref()) {
             Some(have) => ordered(c.op, have, want.as_str()),
             None => false,
         },
-        CmpTarget::Version(want) => ordered(c.op, live.map(|k| k.version).unwrap_or(0), *want),
-        CmpTarget::CreateRevision(want) => {
+        ConditionTarget::Version(want) => {
+            ordered(c.op, live.map(|k| k.version).unwrap_or(0), *want)
+        }
+        ConditionTarget::CreateRevision(want) => {
             ordered(c.op, live.map(|k| k.create_revision).unwrap_or(0), *want)
         }
-        CmpTarget::ModRevision(want) => {
+        ConditionTarget::ModRevision(want) => {
             ordered(c.op, live.map(|k| k.mod_revision).unwrap_or(0), *want)
         }
-        CmpTarget::Exists(want) => ordered(c.op, live.is_some(), *want),
+        ConditionTarget::Exists(want) => ordered(c.op, live.is_some(), *want),
     }
 }
 
@@ -501,8 +505,8 @@ mod tests {
         }
     }
 
-    fn cmp(op: CmpOp, target: CmpTarget) -> Cmp {
-        Cmp {
+    fn cmp(op: ConditionOp, target: ConditionTarget) -> Condition {
+        Condition {
             key: "k".into(),
             op,
             target,
@@ -513,44 +517,44 @@ mod tests {
     fn comparisons() {
         let live = kv("b", 3, 7);
         assert!(compare_holds(
-            &cmp(CmpOp::Eq, CmpTarget::Value("b".into())),
+            &cmp(ConditionOp::Eq, ConditionTarget::Value("b".into())),
             Some(&live)
         ));
         assert!(compare_holds(
-            &cmp(CmpOp::Gt, CmpTarget::Value("a".into())),
+            &cmp(ConditionOp::Gt, ConditionTarget::Value("a".into())),
             Some(&live)
         ));
         assert!(!compare_holds(
-            &cmp(CmpOp::Lt, CmpTarget::Value("a".into())),
+            &cmp(ConditionOp::Lt, ConditionTarget::Value("a".into())),
             Some(&live)
         ));
         assert!(compare_holds(
-            &cmp(CmpOp::Ne, CmpTarget::Version(2)),
+            &cmp(ConditionOp::Ne, ConditionTarget::Version(2)),
             Some(&live)
         ));
         assert!(compare_holds(
-            &cmp(CmpOp::Eq, CmpTarget::ModRevision(7)),
+            &cmp(ConditionOp::Eq, ConditionTarget::ModRevision(7)),
             Some(&live)
         ));
         assert!(compare_holds(
-            &cmp(CmpOp::Lt, CmpTarget::CreateRevision(2)),
+            &cmp(ConditionOp::Lt, ConditionTarget::CreateRevision(2)),
             Some(&live)
         ));
         assert!(compare_holds(
-            &cmp(CmpOp::Eq, CmpTarget::Exists(true)),
+            &cmp(ConditionOp::Eq, ConditionTarget::Exists(true)),
             Some(&live)
         ));
         // A missing key: value comparisons are false, counters are 0.
         assert!(!compare_holds(
-            &cmp(CmpOp::Ne, CmpTarget::Value("x".into())),
+            &cmp(ConditionOp::Ne, ConditionTarget::Value("x".into())),
             None
         ));
         assert!(compare_holds(
-            &cmp(CmpOp::Eq, CmpTarget::ModRevision(0)),
+            &cmp(ConditionOp::Eq, ConditionTarget::ModRevision(0)),
             None
         ));
         assert!(compare_holds(
-            &cmp(CmpOp::Eq, CmpTarget::Exists(false)),
+            &cmp(ConditionOp::Eq, ConditionTarget::Exists(false)),
             None
         ));
         assert!(guard_holds(&None, Some(0)));

@@ -33,7 +33,7 @@ use super::decode;
 use super::encode;
 use super::put_metas;
 use super::script::Arg;
-use crate::types::TypeConfig;
+use crate::command::TypeConfig;
 
 const VOTE: &str = "vote";
 pub(crate) const COMMITTED: &str = "committed";

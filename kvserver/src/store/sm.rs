@@ -39,8 +39,8 @@ use super::put_metas;
 use super::row_to_kv;
 use super::snapshot::SnapshotFile;
 use super::snapshot::SnapshotWriter;
-use crate::types::ApplyResult;
-use crate::types::TypeConfig;
+use crate::command::ApplyResult;
+use crate::command::TypeConfig;
 
 const SM_APPLIED: &str = "sm_applied";
 const SM_MEMBERSHIP: &str = "sm_membership";
@@ -66,7 +66,7 @@ struct Applied {
     revision: u64,
     membership: StoredMembershipOf<TypeConfig>,
     /// Watch events of the batch, in revision order.
-    events: Vec<crate::types::WatchEvent>,
+    events: Vec<crate::command::Change>,
     /// New watch-history compaction horizon, if the batch moved it.
     compacted: Option<u64>,
     /// Final rows of the keys the batch read or wrote, for the row cache; `None` when
@@ -137,7 +137,7 @@ impl StateMachine {
         let mut membership = self.membership.clone();
         let mut results = Vec::with_capacity(batch.len());
         let mut ctx = ApplyCtx::new(&mut w, &self.store.rows, self.store.revision());
-        let commands: Vec<&crate::types::Command> = batch
+        let commands: Vec<&crate::command::Command> = batch
             .iter()
             .filter_map(|e| match &e.payload {
                 EntryPayload::Normal(cmd) => Some(cmd),

@@ -18,7 +18,7 @@ use tokio::io::BufReader;
 use tokio::io::BufWriter;
 
 use super::StoreError;
-use crate::types::KeyValue;
+use crate::command::KeyValue;
 
 const MAGIC: &[u8; 8] = b"KVSNAP01";
 /// Upper bound of one record: a key (4 KiB) plus the largest value we could ever accept.

@@ -27,8 +27,8 @@ use super::get_meta;
 use super::put_metas;
 use super::script::Arg;
 use super::snapshot::SnapKv;
-use crate::types::EventKind;
-use crate::types::WatchEvent;
+use crate::command::Change;
+use crate::command::EventKind;
 
 pub(crate) const WATCH_COMPACTED: &str = "watch_compacted";
 
@@ -36,7 +36,7 @@ pub(crate) const WATCH_COMPACTED: &str = "watch_compacted";
 #[derive(Debug, Clone)]
 pub enum Feed {
     /// Events of one applied batch, in revision order.
-    Events(Arc<Vec<WatchEvent>>),
+    Events(Arc<Vec<Change>>),
     /// History was replaced by a snapshot at this revision; live watchers cannot continue.
     Reset { revision: u64 },
 }
@@ -67,7 +67,7 @@ static INSERT_EVENTS: Shapes = Shapes::new(|n| {
 /// than `keep` revisions of history are kept.
 pub(crate) fn record_events(
     w: &mut WriteBatch,
-    events: &[WatchEvent],
+    events: &[Change],
     rev: u64,
     keep: u64,
     compacted: u64,
@@ -118,12 +118,12 @@ pub(crate) fn reset_history(w: &mut WriteBatch, revision: u64) -> Result<(), Sto
     Ok(())
 }
 
-fn decode_row(row: &sqlx::any::AnyRow) -> Result<Vec<WatchEvent>, StoreError> {
+fn decode_row(row: &sqlx::any::AnyRow) -> Result<Vec<Change>, StoreError> {
     let revision = row.try_get::<i64, _>(0)? as u64;
     let group: Vec<StoredEvent> = decode("kv_events", &row.try_get::<Vec<u8>, _>(1)?)?;
     Ok(group
         .into_iter()
-        .map(|e| WatchEvent {
+        .map(|e| Change {
             revision,
             kind: e.kind,
             key: e.key,
@@ -138,7 +138,7 @@ pub(crate) async fn read_events(
     conn: &mut AnyConnection,
     after: u64,
     upto: u64,
-) -> Result<Vec<WatchEvent>, StoreError> {
+) -> Result<Vec<Change>, StoreError> {
     let rows = sqlx::query("SELECT revision, events FROM kv_events WHERE revision > $1 AND revision <= $2 ORDER BY revision")
         .bind(after as i64)
         .bind(upto as i64)
@@ -155,7 +155,7 @@ pub(crate) async fn read_events(
 pub struct History {
     /// Revisions at or below this are gone (0 = nothing compacted).
     pub compacted: u64,
-    pub events: Vec<WatchEvent>,
+    pub events: Vec<Change>,
 }
 
 impl Store {
@@ -164,7 +164,7 @@ impl Store {
         self.feed.subscribe()
     }
 
-    pub(crate) fn publish(&self, events: Vec<WatchEvent>) {
+    pub(crate) fn publish(&self, events: Vec<Change>) {
         if !events.is_empty() {
             // No receivers is fine: nobody watches.
             let _ = self.feed.send(Feed::Events(Arc::new(events)));

@@ -65,9 +65,9 @@ pub enum Command {
     Expire { keys: Vec<String>, now_ms: u64 },
     /// Compare, then apply `success` or `failure` atomically, as one revision.
     Txn {
-        compare: Vec<Cmp>,
-        success: Vec<TxnOp>,
-        failure: Vec<TxnOp>,
+        compare: Vec<Condition>,
+        success: Vec<TxnStep>,
+        failure: Vec<TxnStep>,
         now_ms: u64,
     },
 }
@@ -99,7 +99,7 @@ impl Command {
                 ..
             } => {
                 for op in success.iter_mut().chain(failure.iter_mut()) {
-                    if let TxnOp::Put {
+                    if let TxnStep::Put {
                         expires_at_ms: Some(e),
                         ..
                     } = op
@@ -113,18 +113,19 @@ impl Command {
     }
 }
 
-/// A comparison of a transaction, against the live (unexpired) state of a key.
-/// A missing key has value none, version/create_revision/mod_revision 0.
+/// One condition of a transaction (the API's `model::Compare`, validated),
+/// checked against the live (unexpired) state of a key. A missing key has value
+/// none, version/create_revision/mod_revision 0.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Cmp {
+pub struct Condition {
     pub key: String,
-    pub op: CmpOp,
-    pub target: CmpTarget,
+    pub op: ConditionOp,
+    pub target: ConditionTarget,
 }
 
 /// Comparison operator.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum CmpOp {
+pub enum ConditionOp {
     Eq,
     Ne,
     Lt,
@@ -133,7 +134,7 @@ pub enum CmpOp {
 
 /// What a comparison looks at, with the operand.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum CmpTarget {
+pub enum ConditionTarget {
     /// The value (a missing key compares false with every operator).
     Value(String),
     Version(u64),
@@ -143,9 +144,10 @@ pub enum CmpTarget {
     Exists(bool),
 }
 
-/// One operation of a transaction branch.
+/// One step of a transaction branch (the API's `model::Operation`, validated,
+/// its TTL resolved to an absolute expiry).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum TxnOp {
+pub enum TxnStep {
     Put {
         key: String,
         value: String,
@@ -159,9 +161,9 @@ pub enum TxnOp {
     },
 }
 
-/// The result of one transaction operation.
+/// What one [`TxnStep`] did (the API answers it as `model::OperationResult`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum TxnOpResult {
+pub enum StepResult {
     Put {
         created: bool,
         kv: KeyValue,
@@ -183,9 +185,10 @@ pub enum EventKind {
     Delete,
 }
 
-/// One change of one key, as applied at `revision`.
+/// One change of one key, as applied at `revision`: what the watch feed and
+/// history carry (the API streams it as `model::WatchEventBody`).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct WatchEvent {
+pub struct Change {
     pub revision: u64,
     pub kind: EventKind,
     pub key: String,
@@ -238,7 +241,7 @@ pub enum Outcome {
     /// A transaction ran; `succeeded` says which branch.
     Txn {
         succeeded: bool,
-        results: Vec<TxnOpResult>,
+        results: Vec<StepResult>,
     },
 }
 
@@ -292,14 +295,14 @@ mod tests {
         let mut txn = Command::Txn {
             compare: vec![],
             success: vec![
-                TxnOp::Put {
+                TxnStep::Put {
                     key: "a".into(),
                     value: "1".into(),
                     expires_at_ms: Some(10_000 + 7_000),
                 },
-                TxnOp::Delete { key: "b".into() },
+                TxnStep::Delete { key: "b".into() },
             ],
-            failure: vec![TxnOp::Put {
+            failure: vec![TxnStep::Put {
                 key: "c".into(),
                 value: "2".into(),
                 expires_at_ms: None,
@@ -320,14 +323,14 @@ mod tests {
         assert_eq!(now_ms, 9_000);
         assert!(matches!(
             &success[0],
-            TxnOp::Put {
+            TxnStep::Put {
                 expires_at_ms: Some(16_000),
                 ..
             }
         ));
         assert!(matches!(
             &failure[0],
-            TxnOp::Put {
+            TxnStep::Put {
                 expires_at_ms: None,
                 ..
             }

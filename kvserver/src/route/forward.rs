@@ -27,13 +27,13 @@ use std::time::Instant;
 
 use openraft::async_runtime::WatchReceiver;
 
-use crate::network::KvRaft;
-use crate::network::PeerClient;
-use crate::network::WriteRejected;
-use crate::types::ApplyResult;
-use crate::types::Command;
-use crate::types::NodeId;
-use crate::types::TypeConfig;
+use crate::command::ApplyResult;
+use crate::command::Command;
+use crate::command::NodeId;
+use crate::command::TypeConfig;
+use crate::peer::PeerClient;
+use crate::peer::WriteRejected;
+use crate::raft::KvRaft;
 
 /// Idle connections kept to the leader.
 const MAX_IDLE: usize = 64;
@@ -201,7 +201,7 @@ impl WriteForwarder {
 
     /// Sends `cmd` to `leader` and waits up to `ttl` for its result.
     pub async fn write(&self, leader: NodeId, cmd: Command, ttl: Duration) -> Forwarded {
-        let Some(addr) = crate::network::member_raft_addr(&self.raft, leader) else {
+        let Some(addr) = crate::raft::member_raft_addr(&self.raft, leader) else {
             return Forwarded::NotSent(cmd, format!("leader {leader} is not in the membership"));
         };
         let pooled = {

@@ -21,9 +21,9 @@ use std::time::Duration;
 use openraft::async_runtime::WatchReceiver;
 use tokio::sync::oneshot;
 
-use crate::network::KvRaft;
-use crate::network::PeerClient;
-use crate::types::NodeId;
+use crate::command::NodeId;
+use crate::peer::PeerClient;
+use crate::raft::KvRaft;
 
 /// How long a read-index round trip to the leader may take.
 const RPC_TIMEOUT: Duration = Duration::from_secs(2);
@@ -121,7 +121,7 @@ impl FollowerReads {
 
     /// One read-index round trip to `leader`.
     async fn fetch(&self, leader: NodeId) -> Result<u64, String> {
-        let addr = crate::network::member_raft_addr(&self.raft, leader)
+        let addr = crate::raft::member_raft_addr(&self.raft, leader)
             .ok_or_else(|| FollowerReadError::UnknownLeader(leader).to_string())?;
         let mut slot = self.client.lock().await;
         let reuse = matches!(&*slot, Some((id, a, _)) if *id == leader && *a == addr);

@@ -1,0 +1,430 @@
+//! Outbound peer connections: openraft's network (one [`PeerClient`] per
+//! replication stream, holding one reusable connection) and the calls the
+//! router makes of the leader (read index, forwarded writes).
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::RPCTypes;
+use openraft::RaftNetworkFactory;
+use openraft::RaftNetworkV2;
+use openraft::error::NetworkError;
+use openraft::error::RPCError;
+use openraft::error::ReplicationClosed;
+use openraft::error::StreamingError;
+use openraft::error::Timeout;
+use openraft::error::Unreachable;
+use openraft::network::RPCOption;
+use openraft::raft::AppendEntriesRequest;
+use openraft::raft::AppendEntriesResponse;
+use openraft::raft::SnapshotResponse;
+use openraft::raft::TransferLeaderRequest;
+use openraft::raft::TransferLeaderResponse;
+use openraft::raft::VoteRequest;
+use openraft::raft::VoteResponse;
+use openraft::type_config::alias::SnapshotOf;
+use openraft::type_config::alias::VoteOf;
+use tokio::io::AsyncReadExt;
+use tokio::io::BufReader;
+use tokio::io::BufWriter;
+use tokio::net::TcpStream;
+use tokio::net::tcp::OwnedReadHalf;
+use tokio::net::tcp::OwnedWriteHalf;
+
+use super::PeerError;
+use super::wire::Hello;
+use super::wire::Request;
+use super::wire::Response;
+use super::wire::WriteRejected;
+use super::wire::read_frame;
+use super::wire::write_frame;
+use crate::command::ApplyResult;
+use crate::command::Command;
+use crate::command::KvNode;
+use crate::command::NodeId;
+use crate::command::TypeConfig;
+use crate::raft::KvRaft;
+use crate::raft::raft_metrics;
+use crate::store::snapshot::SnapshotFile;
+
+const SNAPSHOT_CHUNK: usize = 1024 * 1024;
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Creates network clients for openraft.
+#[derive(Clone)]
+pub struct NetworkFactory {
+    pub node_id: NodeId,
+    pub cluster_id: Arc<str>,
+    /// This node's Raft handle, set once it exists (the factory is created first):
+    /// the hello reads the current membership from it.
+    pub raft: Arc<std::sync::OnceLock<KvRaft>>,
+}
+
+impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
+    type Network = PeerClient;
+
+    async fn new_client(&mut self, target: NodeId, node: &KvNode) -> PeerClient {
+        PeerClient {
+            me: self.node_id,
+            target,
+            addr: node.raft_addr.clone(),
+            cluster_id: self.cluster_id.clone(),
+            raft: self.raft.clone(),
+            conn: None,
+        }
+    }
+}
+
+struct Conn {
+    reader: BufReader<OwnedReadHalf>,
+    writer: BufWriter<OwnedWriteHalf>,
+}
+
+/// A client for one target peer holding one reusable connection.
+pub struct PeerClient {
+    me: NodeId,
+    target: NodeId,
+    addr: String,
+    cluster_id: Arc<str>,
+    raft: Arc<std::sync::OnceLock<KvRaft>>,
+    conn: Option<Conn>,
+}
+
+impl PeerClient {
+    /// A client of `target` at `addr` outside openraft (follower reads, forwarded writes).
+    pub(crate) fn new(
+        me: NodeId,
+        target: NodeId,
+        addr: String,
+        cluster_id: Arc<str>,
+        raft: &KvRaft,
+    ) -> Self {
+        let handle = Arc::new(std::sync::OnceLock::new());
+        let _ = handle.set(raft.clone());
+        Self {
+            me,
+            target,
+            addr,
+            cluster_id,
+            raft: handle,
+            conn: None,
+        }
+    }
+
+    /// Whether the target understands forwarded writes (one exchange, on connecting).
+    pub(crate) async fn supports_client_write(&mut self, ttl: Duration) -> Result<bool, PeerError> {
+        match self.call(&Request::Capabilities, ttl).await {
+            Ok(Response::Capabilities { client_write }) => Ok(client_write),
+            Ok(_) => Ok(false),
+            // An older server closes the connection on a request it cannot decode.
+            Err(PeerError::Io(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Whether the held connection is still usable: open, with nothing unread (a peer
+    /// that closed it shows as end of file). Without a connection: false.
+    pub(crate) fn is_open(&self) -> bool {
+        let Some(conn) = &self.conn else {
+            return false;
+        };
+        if !conn.reader.buffer().is_empty() {
+            return false;
+        }
+        let mut probe = [0u8; 1];
+        matches!(conn.reader.get_ref().try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+    }
+
+    /// Whether a connection to the target is open (or can be opened now).
+    pub(crate) async fn ensure_connected(&mut self) -> Result<(), PeerError> {
+        self.connect().await.map(|_| ())
+    }
+
+    /// Hands `cmd` to the target (the leader) and waits for its result. A
+    /// rejection comes with the command, for another try where the leader did not
+    /// propose it. Any error here comes after the command may have been sent: its
+    /// outcome is unknown.
+    pub(crate) async fn client_write(
+        &mut self,
+        cmd: Command,
+        ttl: Duration,
+    ) -> Result<Result<ApplyResult, (WriteRejected, Command)>, PeerError> {
+        let req = Request::ClientWrite(cmd);
+        let resp = self.call(&req, ttl).await?;
+        let Request::ClientWrite(cmd) = req else {
+            return Err(PeerError::Unexpected);
+        };
+        match resp {
+            Response::ClientWrite(Ok(json)) => serde_json::from_slice(&json)
+                .map(Ok)
+                .map_err(|e| PeerError::Remote(format!("undecodable write result: {e}"))),
+            Response::ClientWrite(Err(rejected)) => Ok(Err((rejected, cmd))),
+            Response::Error(e) => Err(PeerError::Remote(e)),
+            _ => Err(PeerError::Unexpected),
+        }
+    }
+
+    /// Asks the target (the leader) for a read index.
+    pub(crate) async fn read_index(&mut self, ttl: Duration) -> Result<u64, PeerError> {
+        match self.call(&Request::ReadIndex, ttl).await? {
+            Response::ReadIndex(Ok(index)) => Ok(index),
+            Response::ReadIndex(Err(e)) | Response::Error(e) => Err(PeerError::Remote(e)),
+            _ => Err(PeerError::Unexpected),
+        }
+    }
+
+    async fn connect(&mut self) -> Result<&mut Conn, PeerError> {
+        if self.conn.is_none() {
+            let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&self.addr))
+                .await
+                .map_err(|_| {
+                    std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out")
+                })??;
+            stream.set_nodelay(true)?;
+            let (r, w) = stream.into_split();
+            let mut conn = Conn {
+                reader: BufReader::new(r),
+                writer: BufWriter::new(w),
+            };
+            // Unknown (no Raft handle yet) counts as voter: the strict side of the check.
+            let to_is_voter = self.raft.get().is_none_or(|raft| {
+                raft_metrics(raft)
+                    .membership_config
+                    .membership()
+                    .voter_ids()
+                    .any(|v| v == self.target)
+            });
+            let hello = Hello {
+                cluster_id: self.cluster_id.to_string(),
+                from: self.me,
+                to: self.target,
+                to_is_voter,
+            };
+            write_frame(&mut conn.writer, &hello).await?;
+            match read_frame::<_, Response>(&mut conn.reader).await? {
+                Response::HelloOk => {}
+                Response::Error(e) => return Err(PeerError::Refused(e)),
+                _ => return Err(PeerError::Unexpected),
+            }
+            self.conn = Some(conn);
+        }
+        self.conn.as_mut().ok_or(PeerError::Unexpected)
+    }
+
+    /// Sends one request and waits for its response; any failure drops the connection.
+    async fn call(&mut self, req: &Request, ttl: Duration) -> Result<Response, PeerError> {
+        let fut = async {
+            let conn = self.connect().await?;
+            write_frame(&mut conn.writer, req).await?;
+            read_frame::<_, Response>(&mut conn.reader).await
+        };
+        let res = match tokio::time::timeout(ttl, fut).await {
+            Ok(r) => r,
+            Err(_) => Err(PeerError::Io(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "rpc timed out",
+            ))),
+        };
+        if res.is_err() {
+            self.conn = None;
+        }
+        res
+    }
+
+    /// One request/response exchange; `pick` extracts the expected response variant.
+    async fn rpc<T>(
+        &mut self,
+        req: Request,
+        action: RPCTypes,
+        ttl: Duration,
+        pick: fn(Response) -> Option<Result<T, String>>,
+    ) -> Result<T, RPCError<TypeConfig>> {
+        let err = match self.call(&req, ttl).await {
+            Ok(Response::Error(e)) => PeerError::Remote(e),
+            Ok(resp) => match pick(resp) {
+                Some(Ok(r)) => return Ok(r),
+                Some(Err(e)) => PeerError::Remote(e),
+                None => PeerError::Unexpected,
+            },
+            Err(e) => e,
+        };
+        Err(self.rpc_error(err, action, ttl))
+    }
+
+    fn rpc_error(
+        &self,
+        e: PeerError,
+        action: openraft::RPCTypes,
+        ttl: Duration,
+    ) -> RPCError<TypeConfig> {
+        match &e {
+            PeerError::Io(io) if io.kind() == std::io::ErrorKind::TimedOut => {
+                RPCError::Timeout(Timeout {
+                    action,
+                    id: self.me,
+                    target: self.target,
+                    timeout: ttl,
+                })
+            }
+            PeerError::Io(io)
+                if matches!(
+                    io.kind(),
+                    std::io::ErrorKind::ConnectionRefused
+                        | std::io::ErrorKind::ConnectionReset
+                        | std::io::ErrorKind::NotConnected
+                        | std::io::ErrorKind::HostUnreachable
+                        | std::io::ErrorKind::NetworkUnreachable
+                ) =>
+            {
+                RPCError::Unreachable(Unreachable::new(&e))
+            }
+            PeerError::Refused(_) => RPCError::Unreachable(Unreachable::new(&e)),
+            _ => RPCError::Network(NetworkError::new(&e)),
+        }
+    }
+
+    async fn send_snapshot(
+        &mut self,
+        vote: VoteOf<TypeConfig>,
+        snapshot: SnapshotOf<TypeConfig, SnapshotFile>,
+    ) -> Result<SnapshotResponse<TypeConfig>, PeerError> {
+        let mut file = snapshot.snapshot.file;
+        use tokio::io::AsyncSeekExt;
+        file.seek(std::io::SeekFrom::Start(0)).await?;
+        let conn = self.connect().await?;
+        write_frame(
+            &mut conn.writer,
+            &Request::SnapshotBegin {
+                vote,
+                meta: snapshot.meta,
+            },
+        )
+        .await?;
+        let mut buf = vec![0u8; SNAPSHOT_CHUNK];
+        loop {
+            let n = file.read(&mut buf).await?;
+            if n == 0 {
+                break;
+            }
+            write_frame(&mut conn.writer, &Request::Chunk(buf[..n].to_vec())).await?;
+        }
+        write_frame(&mut conn.writer, &Request::SnapshotEnd).await?;
+        match read_frame::<_, Response>(&mut conn.reader).await? {
+            Response::Snapshot(Ok(r)) => Ok(r),
+            Response::Snapshot(Err(e)) | Response::Error(e) => Err(PeerError::Remote(e)),
+            _ => Err(PeerError::Unexpected),
+        }
+    }
+}
+
+impl RaftNetworkV2<TypeConfig> for PeerClient {
+    type SnapshotData = SnapshotFile;
+
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
+        self.rpc(
+            Request::Append(rpc),
+            RPCTypes::AppendEntries,
+            option.hard_ttl(),
+            |r| match r {
+                Response::Append(r) => Some(r),
+                _ => None,
+            },
+        )
+        .await
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
+        self.rpc(
+            Request::Vote(rpc),
+            RPCTypes::Vote,
+            option.hard_ttl(),
+            vote_response,
+        )
+        .await
+    }
+
+    async fn pre_vote(
+        &mut self,
+        rpc: VoteRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
+        self.rpc(
+            Request::PreVote(rpc),
+            RPCTypes::Vote,
+            option.hard_ttl(),
+            vote_response,
+        )
+        .await
+    }
+
+    async fn full_snapshot(
+        &mut self,
+        vote: VoteOf<TypeConfig>,
+        snapshot: SnapshotOf<TypeConfig, SnapshotFile>,
+        cancel: impl Future<Output = ReplicationClosed> + openraft::OptionalSend + 'static,
+        option: RPCOption,
+    ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
+        let ttl = option.hard_ttl().max(Duration::from_secs(60));
+        let res = tokio::select! {
+            closed = cancel => {
+                self.conn = None;
+                return Err(StreamingError::Closed(closed));
+            }
+            r = tokio::time::timeout(ttl, self.send_snapshot(vote, snapshot)) => r,
+        };
+        match res {
+            Ok(Ok(r)) => Ok(r),
+            Ok(Err(e)) => {
+                self.conn = None;
+                Err(match self.rpc_error(e, RPCTypes::InstallSnapshot, ttl) {
+                    RPCError::Timeout(t) => StreamingError::Timeout(t),
+                    RPCError::Unreachable(u) => StreamingError::Unreachable(u),
+                    RPCError::Network(n) => StreamingError::Network(n),
+                    RPCError::RemoteError(r) => StreamingError::Network(NetworkError::new(&r)),
+                })
+            }
+            Err(_) => {
+                self.conn = None;
+                Err(StreamingError::Timeout(Timeout {
+                    action: RPCTypes::InstallSnapshot,
+                    id: self.me,
+                    target: self.target,
+                    timeout: ttl,
+                }))
+            }
+        }
+    }
+
+    async fn transfer_leader(
+        &mut self,
+        req: TransferLeaderRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<TransferLeaderResponse<TypeConfig>, RPCError<TypeConfig>> {
+        self.rpc(
+            Request::TransferLeader(req),
+            RPCTypes::TransferLeader,
+            option.hard_ttl(),
+            |r| match r {
+                Response::TransferLeader(r) => Some(r),
+                _ => None,
+            },
+        )
+        .await
+    }
+}
+
+fn vote_response(r: Response) -> Option<Result<VoteResponse<TypeConfig>, String>> {
+    match r {
+        Response::Vote(r) => Some(r),
+        _ => None,
+    }
+}

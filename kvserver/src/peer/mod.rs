@@ -1,0 +1,59 @@
+//! Raft peer transport: a small binary protocol over TCP on the peer port.
+//!
+//! Each openraft network client owns one TCP connection to its target, opened
+//! lazily and reused for every RPC until an error drops it; openraft keeps one
+//! client per replication stream, so steady-state replication never reconnects.
+//! Frames are `u32` big-endian length + bincode, bounded in size so a bad peer
+//! cannot make us allocate without limit. A connection starts with a hello
+//! naming cluster id and both node ids: a node of another cluster, or a stale
+//! address now used by another node, is refused before any Raft message.
+//! Snapshots are streamed from the snapshot file in chunks and written to a
+//! temporary file on the receiver, so their size is not bounded by memory.
+//!
+//! **Lost data.** The hello also says whether the dialer counts the target as a
+//! voter. A node whose store is empty (never initialized, or its volume was
+//! wiped) refuses to take part as a voter: it answers no vote or pre-vote, and
+//! accepts replication only from a leader that lists it as a learner. A voter
+//! that forgot its log and vote could otherwise elect a leader lacking entries
+//! it had acknowledged, and a committed write would be lost. The refusal is
+//! visible as `lost_data` in `GET /v1/cluster`; the fix is to remove the member
+//! from the voters and add it back as a learner (the operator does this).
+//!
+//! # Layout
+//! - [`wire`]: the hello, the request and response messages, and framing (with
+//!   the decoder tests: everything here is bytes from the network).
+//! - [`client`]: outbound connections: openraft's network (replication, votes,
+//!   snapshots, leader transfer) and the calls of the router (read index,
+//!   forwarded writes).
+//! - [`server`]: inbound connections: the hello check, dispatch to Raft, and
+//!   snapshot receive.
+
+pub mod client;
+pub mod server;
+pub mod wire;
+
+pub use client::NetworkFactory;
+pub use client::PeerClient;
+pub use server::PeerServer;
+pub use server::PeerState;
+pub use server::serve;
+pub use wire::WriteRejected;
+
+use wire::MAX_FRAME;
+
+/// Errors of the peer transport.
+#[derive(Debug, thiserror::Error)]
+pub enum PeerError {
+    #[error("peer I/O: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("peer frame of {0} bytes exceeds the {MAX_FRAME} byte limit")]
+    FrameTooLarge(u32),
+    #[error("peer message encoding: {0}")]
+    Codec(#[from] bincode::Error),
+    #[error("peer refused connection: {0}")]
+    Refused(String),
+    #[error("peer answered with an unexpected message")]
+    Unexpected,
+    #[error("remote error: {0}")]
+    Remote(String),
+}

@@ -1,0 +1,44 @@
+//! Request routing: where a write, a linearizable read or a cluster call is
+//! served — on this node, or by the leader — decided in one place for every
+//! route. Handlers (`crate::api`) validate input and build the command; they
+//! hand it here and map the [`Routed`] outcome to HTTP. Authorization, when it
+//! lands, hooks in here: every request passes through one of these functions,
+//! whether it was received from a client or forwarded by another node.
+//!
+//! # Layout
+//! - [`write`]: proposing a command here, or handing it to the leader
+//!   ([`forward`], over the peer port), with the rules for leader changes.
+//! - [`read`]: linearizable reads: ReadIndex on the leader, a read index fetched
+//!   from the leader on followers ([`read_index`]).
+//! - [`leader`]: calls only the leader serves (cluster changes) and the HTTP
+//!   relay to the leader, the fallback of every other path.
+
+pub mod forward;
+pub mod leader;
+pub mod read;
+pub mod read_index;
+pub mod write;
+
+use std::time::Duration;
+
+use axum::response::Response;
+
+pub use self::leader::leader_only;
+pub use self::leader::membership;
+pub use self::leader::relay;
+pub use self::read::read;
+pub use self::write::write;
+
+/// Time a client write may wait for commit before the API gives up on it.
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Where a request was served. Every routing function returns this.
+#[derive(Debug)]
+pub enum Routed<T> {
+    /// This node finishes the request with `T`: the result of a write (applied
+    /// here, or by the leader and sent back over the peer port), or `()` once a
+    /// read may be served from the local state / a leader-only call may run here.
+    Local(T),
+    /// The leader answered the relayed HTTP request; its response goes back as is.
+    Relayed(Response),
+}

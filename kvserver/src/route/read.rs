@@ -1,0 +1,56 @@
+//! Linearizable reads: confirmed here by ReadIndex when this node leads, by a
+//! read index fetched from the leader when it follows ([`super::read_index`]),
+//! or, when neither works in time, served by the leader itself.
+
+use openraft::ReadPolicy;
+use openraft::error::LinearizableReadError;
+use openraft::error::RaftError;
+
+use super::Routed;
+use super::WRITE_TIMEOUT;
+use super::leader::relay;
+use crate::api::ApiError;
+use crate::api::AppState;
+use crate::api::Raw;
+use crate::api::error::read_error;
+use crate::model::Consistency;
+
+/// Makes a local read that follows linearizable (`Routed::Local`), or has the
+/// leader serve it (`Routed::Relayed`). Stale reads are always local.
+pub async fn read(
+    state: &AppState,
+    raw: &Raw,
+    consistency: Consistency,
+) -> Result<Routed<()>, ApiError> {
+    if !state.initialized() {
+        return Err(ApiError::NotInitialized);
+    }
+    if consistency == Consistency::Stale {
+        return Ok(Routed::Local(()));
+    }
+    let res = tokio::time::timeout(
+        WRITE_TIMEOUT,
+        state.raft.ensure_linearizable(ReadPolicy::ReadIndex),
+    )
+    .await
+    .map_err(|_| ApiError::Unavailable {
+        code: "read_timeout",
+        message: "could not confirm leadership with a quorum in time".into(),
+        retry: true,
+    })?;
+    match res {
+        Ok(_) => Ok(Routed::Local(())),
+        Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(f))) => {
+            // Served here once this node has applied the leader's read index; if that
+            // fails (leader moved, this node lags), the leader serves it instead.
+            if let Some(leader) = f.leader_id {
+                match state.follower_reads.barrier(leader).await {
+                    Ok(()) => return Ok(Routed::Local(())),
+                    Err(e) => tracing::debug!(error = %e, "follower read: forwarding instead"),
+                }
+            }
+            Ok(Routed::Relayed(relay(state, raw, f.leader_id).await?))
+        }
+        Err(e) => Err(read_error(e)),
+    }
+}

@@ -1,0 +1,298 @@
+//! Tests of the pure builders: every object, label, port, probe and limit.
+
+use super::*;
+use crate::crd::KVClusterSpec;
+use crate::crd::PostgresSpec;
+use crate::crd::RaftSpec;
+
+fn kvc(spec_yaml: &str) -> KVCluster {
+    let spec: KVClusterSpec = serde_yaml::from_str(spec_yaml).expect("spec");
+    let mut k = KVCluster::new("orders", spec);
+    k.metadata.namespace = Some("shop".into());
+    k.metadata.uid = Some("0123456789abcdef".into());
+    k
+}
+
+#[test]
+fn defaults_from_an_empty_spec() {
+    let k = kvc("{}");
+    assert_eq!(k.spec.replicas, 3);
+    assert_eq!(k.spec.storage.size, "1Gi");
+    assert_eq!(k.spec.service.type_, "ClusterIP");
+    assert!(k.spec.metrics.enabled);
+}
+
+#[test]
+fn labels_selectors_and_owner() {
+    let k = kvc("replicas: 3");
+    let sts = statefulset(&k, 3).expect("sts");
+    let sel = sts
+        .spec
+        .as_ref()
+        .and_then(|s| s.selector.match_labels.clone())
+        .expect("selector");
+    assert_eq!(sel, selector_labels(&k));
+    let tpl_labels = sts
+        .spec
+        .as_ref()
+        .and_then(|s| s.template.metadata.as_ref())
+        .and_then(|m| m.labels.clone())
+        .expect("labels");
+    assert!(
+        sel.iter().all(|(key, v)| tpl_labels.get(key) == Some(v)),
+        "template labels include the selector"
+    );
+    let owner = &sts.metadata.owner_references.as_ref().expect("owner")[0];
+    assert_eq!(
+        (owner.kind.as_str(), owner.name.as_str(), owner.controller),
+        ("KVCluster", "orders", Some(true))
+    );
+    assert_eq!(
+        selector_string(&k),
+        "app.kubernetes.io/instance=orders,app.kubernetes.io/name=kvserver"
+    );
+    for m in [
+        config_map(&k).expect("cm").metadata,
+        peer_service(&k).expect("svc").metadata,
+        pdb(&k, 3).expect("pdb").metadata,
+    ] {
+        assert_eq!(m.namespace.as_deref(), Some("shop"));
+        assert!(m.owner_references.is_some_and(|o| o.len() == 1));
+    }
+    let mut no_uid = k.clone();
+    no_uid.metadata.uid = None;
+    assert_eq!(
+        config_map(&no_uid).err(),
+        Some(BuildError::MissingMeta("uid"))
+    );
+}
+
+#[test]
+fn pdb_keeps_a_quorum() {
+    assert_eq!([1, 3, 5, 7].map(tolerated_failures), [0, 1, 2, 3]);
+    assert_eq!([2, 4, 6].map(tolerated_failures), [0, 1, 2]);
+    let p = pdb(&kvc("{}"), 5).expect("pdb");
+    assert_eq!(
+        p.spec.and_then(|s| s.max_unavailable),
+        Some(IntOrString::Int(2))
+    );
+}
+
+#[test]
+fn services_ports_and_dns() {
+    let k = kvc("{}");
+    let peers = peer_service(&k).expect("peers").spec.expect("spec");
+    assert_eq!(peers.cluster_ip.as_deref(), Some("None"));
+    assert_eq!(peers.publish_not_ready_addresses, Some(true));
+    assert_eq!(peers.ports.map(|p| p.len()), Some(2));
+    let client = client_service(&k).expect("client").spec.expect("spec");
+    assert_eq!(
+        client
+            .ports
+            .map(|p| p.iter().map(|p| p.port).collect::<Vec<_>>()),
+        Some(vec![API_PORT])
+    );
+    assert_eq!(
+        member_api(&k, 2),
+        "orders-2.orders-peers.shop.svc.cluster.local:8080"
+    );
+    assert_eq!(
+        member_raft(&k, 0),
+        "orders-0.orders-peers.shop.svc.cluster.local:8081"
+    );
+    assert_eq!(pvc_name(&k, 4), "data-orders-4");
+}
+
+#[test]
+fn statefulset_pod_template() {
+    let k = kvc(
+        "replicas: 5\nstorage: {size: 5Gi, storageClassName: fast}\npod: {nodeSelector: {disk: ssd}}",
+    );
+    let sts = statefulset(&k, 2).expect("sts");
+    let spec = sts.spec.expect("spec");
+    assert_eq!(
+        spec.replicas,
+        Some(2),
+        "size comes from the membership stage, not spec.replicas"
+    );
+    assert_eq!(spec.service_name.as_deref(), Some("orders-peers"));
+    assert_eq!(spec.pod_management_policy.as_deref(), Some("Parallel"));
+    let pvc = &spec.volume_claim_templates.expect("pvc")[0];
+    let pvc_spec = pvc.spec.as_ref().expect("pvc spec");
+    assert_eq!(pvc_spec.storage_class_name.as_deref(), Some("fast"));
+    assert_eq!(
+        pvc_spec
+            .resources
+            .as_ref()
+            .and_then(|r| r.requests.as_ref())
+            .and_then(|r| r.get("storage")),
+        Some(&Quantity("5Gi".into()))
+    );
+    let pod = spec.template.spec.expect("pod");
+    assert_eq!(pod.enable_service_links, Some(false));
+    assert_eq!(
+        pod.security_context.as_ref().and_then(|c| c.fs_group),
+        Some(10001)
+    );
+    assert_eq!(
+        pod.node_selector
+            .and_then(|n| n.get("disk").cloned())
+            .as_deref(),
+        Some("ssd")
+    );
+    let c = &pod.containers[0];
+    assert_eq!(
+        c.readiness_probe
+            .as_ref()
+            .and_then(|p| p.http_get.as_ref())
+            .and_then(|h| h.path.as_deref()),
+        Some("/readyz")
+    );
+    assert_eq!(
+        c.liveness_probe
+            .as_ref()
+            .and_then(|p| p.http_get.as_ref())
+            .and_then(|h| h.path.as_deref()),
+        Some("/healthz")
+    );
+    let env: BTreeMap<String, Option<String>> = c
+        .env
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|e| (e.name, e.value))
+        .collect();
+    assert_eq!(
+        env["KV_ADVERTISE_RAFT_ADDR"].as_deref(),
+        Some("$(POD_NAME).orders-peers.shop.svc.cluster.local:8081")
+    );
+    assert!(!env.contains_key("KV_STORAGE_POSTGRES_URL"));
+    assert!(
+        pod.affinity.is_some_and(|a| a.pod_anti_affinity.is_some()),
+        "spread over nodes by default"
+    );
+}
+
+#[test]
+fn postgres_and_config() {
+    let mut k = kvc("storage: {backend: postgres}");
+    assert_eq!(config_map(&k).err(), Some(BuildError::MissingPostgres));
+    k.spec.storage.postgres = Some(PostgresSpec {
+        secret_name: "pg".into(),
+        secret_key: "url".into(),
+    });
+    let cfg = config_yaml(&k).expect("config");
+    assert!(
+        cfg.contains("backend: postgres") && cfg.contains("cluster_id: orders-01234567"),
+        "{cfg}"
+    );
+    assert!(!cfg.contains("postgres://"), "the URL stays in the Secret");
+    let sts = statefulset(&k, 3).expect("sts");
+    let env = sts
+        .spec
+        .and_then(|s| s.template.spec)
+        .map(|p| p.containers[0].env.clone().unwrap_or_default())
+        .unwrap_or_default();
+    let url = env
+        .iter()
+        .find(|e| e.name == "KV_STORAGE_POSTGRES_URL")
+        .expect("url env");
+    assert_eq!(
+        url.value_from
+            .as_ref()
+            .and_then(|v| v.secret_key_ref.as_ref())
+            .map(|s| s.name.as_str()),
+        Some("pg")
+    );
+    k.spec.raft = Some(RaftSpec {
+        heartbeat_interval_ms: Some(200),
+        election_timeout_min_ms: Some(100),
+        ..Default::default()
+    });
+    assert_eq!(config_yaml(&k).err(), Some(BuildError::BadRaftTiming));
+}
+
+#[test]
+fn cache_size_quantities() {
+    for (q, bytes) in [
+        ("0", Some(0)),
+        ("512", Some(512)),
+        ("64Mi", Some(64 << 20)),
+        ("1Gi", Some(1 << 30)),
+        ("256M", Some(256_000_000)),
+        ("2k", Some(2_000)),
+        ("", None),
+        ("Mi", None),
+        ("1.5Gi", None),
+        ("-1", None),
+        ("64MiB", None),
+        ("99999999999999999999Ti", None),
+    ] {
+        assert_eq!(parse_bytes(q), bytes, "{q:?}");
+    }
+    let mut k = kvc("storage: {cacheSize: 256Mi}");
+    let cfg = config_yaml(&k).expect("config");
+    assert!(cfg.contains("cache_bytes: 268435456"), "{cfg}");
+    assert!(
+        !config_yaml(&kvc("{}"))
+            .expect("config")
+            .contains("cache_bytes"),
+        "unset: kvserver's default"
+    );
+    for bad in ["lots", "2Ti"] {
+        k.spec.storage.cache_size = Some(bad.into());
+        assert_eq!(
+            config_map(&k).err(),
+            Some(BuildError::BadCacheSize(bad.into()))
+        );
+    }
+}
+
+#[test]
+fn config_changes_roll_pods() {
+    let a = kvc("{}");
+    let mut b = a.clone();
+    b.spec.raft = Some(RaftSpec {
+        heartbeat_interval_ms: Some(50),
+        ..Default::default()
+    });
+    let hash = |k: &KVCluster| {
+        statefulset(k, 3)
+            .expect("sts")
+            .spec
+            .and_then(|s| s.template.metadata)
+            .and_then(|m| m.annotations)
+            .and_then(|a| a.get("kvcluster.io/config-hash").cloned())
+    };
+    assert_ne!(hash(&a), hash(&b));
+    assert_eq!(hash(&a), hash(&a.clone()));
+}
+
+#[test]
+fn volumes_are_owned_only_under_the_delete_policy() {
+    let mut k = kvc("{}");
+    k.spec.storage.reclaim_policy = ReclaimPolicy::Delete;
+    let other = OwnerReference {
+        api_version: "apps/v1".into(),
+        kind: "StatefulSet".into(),
+        name: "x".into(),
+        uid: "other".into(),
+        ..Default::default()
+    };
+    let refs = pvc_owner_references(&k, std::slice::from_ref(&other))
+        .expect("refs")
+        .expect("a change");
+    assert_eq!(refs.len(), 2);
+    assert_eq!(refs[0], other, "others' references are kept");
+    assert_eq!(refs[1].kind, "KVCluster");
+    assert_eq!(refs[1].controller, None);
+    // Already owned: nothing to do.
+    assert_eq!(pvc_owner_references(&k, &refs).expect("refs"), None);
+    // Retain: our reference is dropped, others stay.
+    k.spec.storage.reclaim_policy = ReclaimPolicy::Retain;
+    assert_eq!(
+        pvc_owner_references(&k, &refs).expect("refs"),
+        Some(vec![other.clone()])
+    );
+    assert_eq!(pvc_owner_references(&k, &[other]).expect("refs"), None);
+}

@@ -1,0 +1,301 @@
+//! The reconcile pipeline for one `KVCluster`:
+//! observe (objects, pods, volumes, the Raft view from the members) →
+//! plan (the pure [`crate::membership::plan`]) → build (pure
+//! [`crate::build`]) → apply (server-side apply, one field manager) →
+//! membership step (through the kvserver cluster API) → status.
+//!
+//! Each pass performs at most one membership step, records it in
+//! `status.operation`, emits an Event for it (and for every refusal), and
+//! requeues: quickly while work is in flight, slowly when converged or
+//! blocked, so a blocked cluster does not cause a retry storm.
+//!
+//! Layout: this file holds the pipeline itself ([`reconcile`]); each stage
+//! that talks to the world has its own file: `observe` (objects, pods, the
+//! members' Raft view), `apply` (server-side apply), `execute` (one membership
+//! step), `status` (conditions and the status subresource, pure).
+
+mod apply;
+mod execute;
+mod observe;
+mod status;
+
+use self::apply::apply;
+use self::apply::apply_pdb;
+use self::execute::execute;
+use self::observe::observe;
+use self::status::status_of;
+
+use std::sync::Arc;
+use std::time::Duration;
+use std::time::Instant;
+
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::ConfigMap;
+use k8s_openapi::api::core::v1::PersistentVolumeClaim;
+use k8s_openapi::api::core::v1::Service;
+use kube::Api;
+use kube::Client;
+use kube::Resource;
+use kube::ResourceExt;
+use kube::api::Patch;
+use kube::api::PatchParams;
+use kube::runtime::controller::Action;
+use kube::runtime::events::Event;
+use kube::runtime::events::EventType;
+use kube::runtime::events::Recorder;
+use kvserver::client::ClientError;
+
+use crate::build;
+use crate::build::BuildError;
+use crate::crd::KVCluster;
+use crate::membership;
+use crate::membership::Step;
+use crate::metrics::Metrics;
+
+/// The one field manager of every object the operator writes.
+pub const FIELD_MANAGER: &str = "kvcluster-operator";
+
+/// Errors at the reconcile boundary. Each says at which stage of the pipeline
+/// (observe, apply, membership, status) it happened and on which object, so a
+/// `reconcile failed` log line is enough to find the step; [`Self::kind`] stays
+/// the metric label.
+#[derive(Debug, thiserror::Error)]
+pub enum ReconcileError {
+    #[error("{stage} {object}: Kubernetes API: {source}")]
+    Kube {
+        stage: &'static str,
+        object: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("invalid KVCluster: {0}")]
+    Build(#[from] BuildError),
+    #[error("{stage} ({what}): kvserver cluster API: {source}")]
+    KvServer {
+        stage: &'static str,
+        what: String,
+        #[source]
+        source: ClientError,
+    },
+    #[error("{stage} {object}: serializing: {source}")]
+    Json {
+        stage: &'static str,
+        object: String,
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+impl ReconcileError {
+    /// Label for the errors metric.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ReconcileError::Kube { .. } => "kube",
+            ReconcileError::Build(_) => "spec",
+            ReconcileError::KvServer { .. } => "kvserver",
+            ReconcileError::Json { .. } => "serialize",
+        }
+    }
+}
+
+/// Names the stage and object of a failed call: `api.get(..).await.at("observe", "StatefulSet orders")?`.
+pub(crate) trait At<T> {
+    fn at(self, stage: &'static str, object: impl std::fmt::Display) -> Result<T, ReconcileError>;
+}
+
+impl<T> At<T> for Result<T, kube::Error> {
+    fn at(self, stage: &'static str, object: impl std::fmt::Display) -> Result<T, ReconcileError> {
+        self.map_err(|source| ReconcileError::Kube {
+            stage,
+            object: object.to_string(),
+            source,
+        })
+    }
+}
+
+impl<T> At<T> for Result<T, ClientError> {
+    fn at(self, stage: &'static str, what: impl std::fmt::Display) -> Result<T, ReconcileError> {
+        self.map_err(|source| ReconcileError::KvServer {
+            stage,
+            what: what.to_string(),
+            source,
+        })
+    }
+}
+
+impl<T> At<T> for Result<T, serde_json::Error> {
+    fn at(self, stage: &'static str, object: impl std::fmt::Display) -> Result<T, ReconcileError> {
+        self.map_err(|source| ReconcileError::Json {
+            stage,
+            object: object.to_string(),
+            source,
+        })
+    }
+}
+
+/// Shared by all reconciles.
+pub struct Context {
+    pub client: Client,
+    pub recorder: Recorder,
+    pub metrics: Arc<Metrics>,
+    /// Port of the kvserver client API on pod IPs: [`build::API_PORT`] in a
+    /// cluster; tests that stand in fake members on loopback use free ports.
+    pub member_port: u16,
+}
+
+impl Context {
+    /// The context of one operator instance: events are reported as
+    /// [`FIELD_MANAGER`] from `instance` (the pod name).
+    pub fn new(client: Client, instance: String, metrics: Arc<Metrics>, member_port: u16) -> Self {
+        let recorder = Recorder::new(
+            client.clone(),
+            kube::runtime::events::Reporter {
+                controller: FIELD_MANAGER.into(),
+                instance: Some(instance),
+            },
+        );
+        Context {
+            client,
+            recorder,
+            metrics,
+            member_port,
+        }
+    }
+}
+
+/// Records an event on the KVCluster (`kubectl describe kvc`); a failure to record
+/// it is logged, never a reason to fail the reconcile.
+async fn publish_event(
+    ctx: &Context,
+    kvc: &KVCluster,
+    type_: EventType,
+    reason: String,
+    note: String,
+) {
+    let ev = Event {
+        type_,
+        reason,
+        note: Some(note),
+        action: "Reconcile".into(),
+        secondary: None,
+    };
+    if let Err(e) = ctx.recorder.publish(&ev, &kvc.object_ref(&())).await {
+        tracing::warn!(error = %e, "could not publish an event");
+    }
+}
+
+/// One reconcile pass.
+pub async fn reconcile(kvc: Arc<KVCluster>, ctx: Arc<Context>) -> Result<Action, ReconcileError> {
+    let started = Instant::now();
+    let result = reconcile_inner(&kvc, &ctx).await;
+    ctx.metrics
+        .reconcile_seconds
+        .observe(started.elapsed().as_secs_f64());
+    let label = if result.is_ok() { "ok" } else { "error" };
+    ctx.metrics.reconciles.with_label_values(&[label]).inc();
+    if let Err(ReconcileError::Build(e)) = &result {
+        // A spec the operator cannot render is the user's to fix, and nothing was
+        // applied: say so where `kubectl describe kvc` shows it, not only in our log.
+        publish_event(
+            &ctx,
+            &kvc,
+            EventType::Warning,
+            "InvalidSpec".into(),
+            e.to_string(),
+        )
+        .await;
+    }
+    result
+}
+
+async fn reconcile_inner(kvc: &KVCluster, ctx: &Context) -> Result<Action, ReconcileError> {
+    let ns = kvc.namespace().unwrap_or_default();
+    // observe
+    let seen = observe(kvc, &ctx.client, ctx.member_port).await?;
+    let step = membership::plan(&seen.obs);
+    tracing::info!(kvcluster = %kvc.name_any(), namespace = %ns, step = ?step, "planned");
+    // build
+    let sts_size = match step {
+        Step::ScaleStatefulSet(n) => n,
+        _ => seen.obs.sts_replicas,
+    };
+    let voters = seen
+        .obs
+        .raft
+        .as_ref()
+        .map(|r| r.voters.len())
+        .unwrap_or(1)
+        .max(1) as i32;
+    let objects = (
+        build::config_map(kvc)?,
+        build::peer_service(kvc)?,
+        build::client_service(kvc)?,
+        build::statefulset(kvc, sts_size as i32)?,
+        build::pdb(kvc, voters)?,
+    );
+    // apply
+    apply::<ConfigMap>(&ctx.client, &ns, &objects.0).await?;
+    apply::<Service>(&ctx.client, &ns, &objects.1).await?;
+    apply::<Service>(&ctx.client, &ns, &objects.2).await?;
+    apply::<StatefulSet>(&ctx.client, &ns, &objects.3).await?;
+    let pdb_problem = apply_pdb(&ctx.client, &ns, &objects.4).await?;
+    let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &ns);
+    for (name, rv, refs) in &seen.volumes {
+        if let Some(refs) = build::pvc_owner_references(kvc, refs)? {
+            // resourceVersion makes it a compare-and-swap of the list.
+            let patch =
+                serde_json::json!({"metadata": {"resourceVersion": rv, "ownerReferences": refs}});
+            pvcs.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+                .at(
+                    "apply",
+                    format!("owner references of PersistentVolumeClaim {name}"),
+                )?;
+        }
+    }
+    // membership step
+    let event = execute(kvc, &ctx.client, &seen, &step).await?;
+    if let Some((reason, note)) = event {
+        if let Some(kind) = step.operation_kind(&seen.obs) {
+            ctx.metrics
+                .membership_operations
+                .with_label_values(&[kind, &reason])
+                .inc();
+        }
+        let type_ = if matches!(step, Step::Blocked(_)) {
+            EventType::Warning
+        } else {
+            EventType::Normal
+        };
+        publish_event(ctx, kvc, type_, reason, note).await;
+    }
+    if let Some(p) = &pdb_problem {
+        tracing::warn!(problem = %p, "degraded");
+    }
+    // status
+    let status = status_of(kvc, &seen, &step, pdb_problem.as_deref());
+    let api: Api<KVCluster> = Api::namespaced(ctx.client.clone(), &ns);
+    let patch = serde_json::json!({"apiVersion": "kvcluster.io/v1alpha1", "kind": "KVCluster", "status": status});
+    api.patch_status(
+        &kvc.name_any(),
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await
+    .at("status", format!("KVCluster {}", kvc.name_any()))?;
+    Ok(match step {
+        Step::Idle => Action::requeue(Duration::from_secs(30)),
+        // Refusals are re-checked every 10 s (and at once on any pod change): no
+        // retry storm, but a transient refusal does not stall a resize for long.
+        Step::Blocked(_) => Action::requeue(Duration::from_secs(10)),
+        Step::Wait(_) => Action::requeue(Duration::from_secs(2)),
+        _ => Action::requeue(Duration::from_millis(500)),
+    })
+}
+
+/// Requeue with backoff on errors (the controller's own backoff applies on top).
+pub fn error_policy(kvc: Arc<KVCluster>, err: &ReconcileError, ctx: Arc<Context>) -> Action {
+    ctx.metrics.errors.with_label_values(&[err.kind()]).inc();
+    tracing::warn!(kvcluster = %kvc.name_any(), error = %err, "reconcile failed");
+    Action::requeue(Duration::from_secs(5))
+}
