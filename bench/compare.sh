@@ -41,8 +41,9 @@ apt_install() {  # apt_install PACKAGE
     || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$1" >/dev/null; }
 }
 command -v etcd >/dev/null || apt_install etcd-server
-(cd "$ROOT" && cargo build --release --locked -q -p kvserver -p kvbench)
+(cd "$ROOT" && cargo build --release --locked -q -p kvserver -p kvbench -p kvchaos)
 KVSERVER="$ROOT/target/release/kvserver"
+KVCHAOS="$ROOT/target/release/kvchaos"
 KVBENCH="$ROOT/target/release/kvbench"
 
 # Distinct free ports on 127.0.0.1, handed out by take_port (sets PORT).
@@ -60,35 +61,29 @@ wait_http() {  # wait_http URL: polls until it answers 2xx (30 s).
   for _ in $(seq 1 150); do curl -sf -o /dev/null "$1" && return 0; sleep 0.2; done
   echo "error: $1 did not come up" >&2; return 1
 }
-post() {  # post URL JSON
-  curl -sf -XPOST "$1" -H 'content-type: application/json' -d "$2" >/dev/null \
-    || { echo "error: POST $1 $2 failed" >&2; return 1; }
-}
 
-# start_kv NAME N [kvserver flags...]: N nodes; node 1 forms the cluster, the others
-# join as learners and are promoted. Sets EPS_NAME and PIDS_NAME.
+# start_kv NAME N [kvserver flags...]: an N-node kvserver cluster formed by the
+# project's one process harness (`kvchaos cluster`: node 1 initializes, the others
+# join as learners and are promoted, every node ready). Sets EPS_NAME, PIDS_NAME
+# (the kvserver processes, for kvbench's RSS figures) and HARNESS_NAME.
 start_kv() {
   local name=$1 n=$2; shift 2
-  local eps="" pids="" api=() raft=()
-  for i in $(seq 1 "$n"); do
-    take_port; api[i]=$PORT; take_port; raft[i]=$PORT
-    "$KVSERVER" --node-id "$i" --cluster-id "bench-$name" --data-dir "$OUT/$name/$i" \
-      --api-addr "127.0.0.1:${api[i]}" --raft-addr "127.0.0.1:${raft[i]}" --log-level warn \
-      "$@" --set "storage.postgres.schema=bench_${name//-/_}_$i" > "$OUT/$name-$i.log" 2>&1 &
-    PIDS+=($!); pids+="${pids:+,}$!"; eps+="${eps:+,}127.0.0.1:${api[i]}"
+  local ready="$OUT/$name.ready"
+  "$KVCHAOS" cluster --kvserver "$KVSERVER" --nodes "$n" --cluster-id "bench-$name" \
+    --ready-file "$ready" -- --log-level warn "$@" > "$OUT/$name.log" 2>&1 &
+  local harness=$!
+  PIDS+=("$harness")
+  for _ in $(seq 1 300); do
+    [ -f "$ready" ] && break
+    if ! kill -0 "$harness" 2>/dev/null; then
+      echo "error: cluster $name did not form:" >&2; tail -n 20 "$OUT/$name.log" >&2; return 1
+    fi
+    sleep 0.2
   done
-  for i in $(seq 1 "$n"); do wait_http "http://127.0.0.1:${api[i]}/healthz"; done
-  post "http://127.0.0.1:${api[1]}/v1/cluster/init" '{}'
-  wait_http "http://127.0.0.1:${api[1]}/readyz"
-  local voters=""
-  for i in $(seq 2 "$n"); do
-    post "http://127.0.0.1:${api[1]}/v1/cluster/learners" \
-      "{\"id\":$i,\"api_addr\":\"127.0.0.1:${api[i]}\",\"raft_addr\":\"127.0.0.1:${raft[i]}\",\"wait\":true}"
-    voters+="${voters:+,}$i"
-  done
-  [ -n "$voters" ] && post "http://127.0.0.1:${api[1]}/v1/cluster/membership" "{\"add_voters\":[$voters]}"
-  for i in $(seq 1 "$n"); do wait_http "http://127.0.0.1:${api[i]}/readyz"; done
-  printf -v "EPS_${name//-/_}" '%s' "$eps"; printf -v "PIDS_${name//-/_}" '%s' "$pids"
+  [ -f "$ready" ] || { echo "error: cluster $name did not come up in 60 s" >&2; return 1; }
+  printf -v "EPS_${name//-/_}" '%s' "$(sed -n 's/^endpoints=//p' "$ready")"
+  printf -v "PIDS_${name//-/_}" '%s' "$(sed -n 's/^pids=//p' "$ready")"
+  printf -v "HARNESS_${name//-/_}" '%s' "$harness"
 }
 
 # start_etcd NAME N: an N-member etcd cluster. Sets EPS_NAME and PIDS_NAME.
@@ -164,7 +159,7 @@ for w in $WORKLOADS; do
     bench etcd3 etcd "$EPS_etcd3" "$PIDS_etcd3" "$w" "$c"
   done
 done
-stop_pids "$PIDS_kv3"; stop_pids "$PIDS_etcd3"
+stop_pids "$HARNESS_kv3"; stop_pids "$PIDS_etcd3"
 
 if [ "$EXTRA" = 1 ]; then
   echo "starting PostgreSQL and a 3-node kvserver on it" >&2
@@ -175,7 +170,7 @@ if [ "$EXTRA" = 1 ]; then
     set -- $cell; echo "  postgres $1 c=$2" >&2
     bench kv3-pg kv "$EPS_kv3_pg" "$PIDS_kv3_pg" "$1" "$2"
   done
-  stop_pids "$PIDS_kv3_pg"; $PG_CTL stop -m fast >/dev/null; PG_CTL=""
+  stop_pids "$HARNESS_kv3_pg"; $PG_CTL stop -m fast >/dev/null; PG_CTL=""
 
   echo "starting a 1-node kvserver and a 1-member etcd" >&2
   start_kv kv1 1
@@ -186,7 +181,7 @@ if [ "$EXTRA" = 1 ]; then
     bench kv1 kv "$EPS_kv1" "$PIDS_kv1" "$1" "$2"
     bench etcd1 etcd "$EPS_etcd1" "$PIDS_etcd1" "$1" "$2"
   done
-  stop_pids "$PIDS_kv1"; stop_pids "$PIDS_etcd1"
+  stop_pids "$HARNESS_kv1"; stop_pids "$PIDS_etcd1"
 
   echo "loopback HTTP floor (fixed-response server)" >&2
   take_port; FIXED="127.0.0.1:$PORT"

@@ -27,12 +27,12 @@ use serde_json::json;
 use crate::ChaosError;
 use crate::checker;
 use crate::cluster::Cluster;
-use crate::cluster::cluster_call;
-use crate::cluster::wait;
+use crate::faults;
 use crate::history::Call;
 use crate::history::Op;
 use crate::history::Ret;
 use crate::rng::Rng;
+use crate::wait::wait;
 use crate::workload;
 use crate::workload::Recorder;
 use crate::workload::Workload;
@@ -149,42 +149,6 @@ impl RunReport {
     }
 }
 
-#[derive(Debug, Clone, Copy)]
-enum Fault {
-    Kill,
-    Terminate,
-    Pause,
-    Isolate,
-    Split,
-    MembershipLeaderKill,
-    Wipe,
-}
-
-impl Fault {
-    fn draw(rng: &mut Rng) -> Fault {
-        match rng.below(100) {
-            0..14 => Fault::Kill,
-            14..26 => Fault::Terminate,
-            26..40 => Fault::Pause,
-            40..60 => Fault::Isolate,
-            60..72 => Fault::Split,
-            72..86 => Fault::MembershipLeaderKill,
-            _ => Fault::Wipe,
-        }
-    }
-    fn name(self) -> &'static str {
-        match self {
-            Fault::Kill => "kill -9 + restart",
-            Fault::Terminate => "SIGTERM (graceful stop) + restart",
-            Fault::Pause => "SIGSTOP/SIGCONT",
-            Fault::Isolate => "isolate node",
-            Fault::Split => "partition minority|majority",
-            Fault::MembershipLeaderKill => "leader kill during membership change",
-            Fault::Wipe => "wiped data dir + re-add as learner",
-        }
-    }
-}
-
 /// Runs one seeded run; harness failures become `error` in the report.
 pub async fn run_one(cfg: &RunConfig) -> RunReport {
     let started = Instant::now();
@@ -196,7 +160,17 @@ pub async fn run_one(cfg: &RunConfig) -> RunReport {
         ..RunReport::default()
     };
     let ids: Vec<u64> = (1..=n as u64 + 1).collect();
-    let mut cluster = match Cluster::new(&cfg.kvserver, &ids, &cfg.node_args).await {
+    let built = Cluster::builder(&cfg.kvserver)
+        .args(cfg.node_args.iter().cloned())
+        .proxies(true)
+        .build()
+        .and_then(|mut c| {
+            for id in &ids {
+                c.add_node(*id)?;
+            }
+            Ok(c)
+        });
+    let mut cluster = match built {
         Ok(c) => c,
         Err(e) => {
             report.error = Some(format!("setting up: {e}"));
@@ -272,8 +246,8 @@ async fn drive(
         })
         .collect();
 
-    let fault_result = inject(cfg, rng, cluster, spare, report).await;
-    heal(cluster).await?;
+    let fault_result = faults::inject(cfg, rng, cluster, spare, report).await;
+    faults::heal(cluster).await?;
     fault_result?;
 
     // Serving again: a write through any live node.
@@ -308,21 +282,10 @@ async fn drive(
     let stopped = Instant::now();
     let (voters, learners) = cluster.members().await?;
     let members: Vec<u64> = voters.iter().chain(learners.iter()).copied().collect();
-    let leader = cluster.wait_leader(Duration::from_secs(10)).await?;
-    let commit = cluster.info(leader).await?["committed_index"]
-        .as_u64()
-        .unwrap_or(0);
+    let leader = cluster.wait_any_leader(Duration::from_secs(10)).await?;
+    let commit = cluster.info(leader).await?.committed_index.unwrap_or(0);
     for m in &members {
-        let c = &*cluster;
-        wait(
-            CONVERGE_BOUND,
-            &format!("member {m} to apply index {commit}"),
-            || async move {
-                let info = c.info(*m).await.ok()?;
-                (info["applied_index"].as_u64()? >= commit).then_some(())
-            },
-        )
-        .await?;
+        cluster.wait_applied(*m, commit, CONVERGE_BOUND).await?;
     }
     report.converge_ms = Some(stopped.elapsed().as_millis() as u64);
 
@@ -354,290 +317,13 @@ async fn drive(
     // No acknowledged unique insert may be missing on any member.
     let acked = rec.acked_unique();
     for m in &members {
-        let present = list_keys(cluster, *m, "u/").await?;
-        let lost = acked
-            .iter()
-            .filter(|k| !present.contains(k.as_str()))
-            .count();
+        let lost = cluster.missing(*m, "u/", &acked).await?.len();
         if lost > 0 {
             report.unique_lost = report.unique_lost.max(lost);
             return Err(ChaosError::Cluster(format!(
                 "member {m} lacks {lost} acknowledged unique inserts"
             )));
         }
-    }
-    Ok(())
-}
-
-/// Percent-encodes a query value (everything but unreserved characters and `/`).
-fn encode(v: &str) -> String {
-    v.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b'/' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
-
-/// Every key under `prefix` on member `m`, read locally (stale) page by page.
-async fn list_keys(
-    cluster: &Cluster,
-    m: u64,
-    prefix: &str,
-) -> Result<std::collections::HashSet<String>, ChaosError> {
-    let mut keys = std::collections::HashSet::new();
-    let mut after: Option<String> = None;
-    loop {
-        let mut path = format!(
-            "/v1/kv?prefix={}&keys_only=true&limit=10000&consistency=stale",
-            encode(prefix)
-        );
-        if let Some(a) = &after {
-            path.push_str(&format!("&start_after={}", encode(a)));
-        }
-        let r = cluster.http.get(cluster.url(m, &path)?).send().await?;
-        let st = r.status().as_u16();
-        let body: serde_json::Value = r.json().await?;
-        if st != 200 {
-            return Err(ChaosError::Cluster(format!(
-                "listing {prefix} on member {m}: {st} {body}"
-            )));
-        }
-        for kv in body["kvs"].as_array().into_iter().flatten() {
-            if let Some(k) = kv["key"].as_str() {
-                keys.insert(k.to_string());
-            }
-        }
-        match body["next_start_after"].as_str() {
-            Some(next) if body["more"] == true => after = Some(next.to_string()),
-            _ => return Ok(keys),
-        }
-    }
-}
-
-/// The fault window: one fault after another, until `fault_time` has passed.
-async fn inject(
-    cfg: &RunConfig,
-    rng: &mut Rng,
-    cluster: &mut Cluster,
-    spare: u64,
-    report: &mut RunReport,
-) -> Result<(), ChaosError> {
-    let until = Instant::now() + cfg.fault_time;
-    while Instant::now() < until {
-        tokio::time::sleep(Duration::from_millis(rng.range(100, 500))).await;
-        let fault = Fault::draw(rng);
-        let hold = Duration::from_millis(rng.range(300, 2000));
-        let leader = cluster.leader().await;
-        let (voters, _) = cluster.members().await?;
-        let target_leader = rng.chance(50);
-        let victim = match (target_leader, leader) {
-            (true, Some(l)) => l,
-            _ => *rng
-                .pick(&voters)
-                .ok_or_else(|| ChaosError::Cluster("no voters".into()))?,
-        };
-        let role = if Some(victim) == leader {
-            "leader"
-        } else {
-            "follower"
-        };
-        let what = match fault {
-            Fault::Kill => {
-                cluster.kill(victim)?;
-                tokio::time::sleep(hold).await;
-                cluster.start(victim)?;
-                format!(
-                    "kill -9 node {victim} ({role}), restart after {} ms",
-                    hold.as_millis()
-                )
-            }
-            Fault::Terminate => {
-                // A rolling restart: a stopping leader hands leadership over and
-                // answers its in-flight writes before it exits.
-                let stopped = cluster.terminate(victim, Duration::from_secs(20)).await?;
-                tokio::time::sleep(hold).await;
-                cluster.start(victim)?;
-                match stopped {
-                    Some(took) => format!(
-                        "SIGTERM node {victim} ({role}), exited after {} ms, restart after {} ms",
-                        took.as_millis(),
-                        hold.as_millis()
-                    ),
-                    None => format!(
-                        "SIGTERM node {victim} ({role}): no exit within 20 s, killed; restart after {} ms",
-                        hold.as_millis()
-                    ),
-                }
-            }
-            Fault::Pause => {
-                cluster.pause(victim)?;
-                tokio::time::sleep(hold).await;
-                cluster.resume(victim)?;
-                format!("SIGSTOP node {victim} ({role}) for {} ms", hold.as_millis())
-            }
-            Fault::Isolate => {
-                let others: Vec<u64> = cluster
-                    .nodes
-                    .keys()
-                    .copied()
-                    .filter(|id| *id != victim)
-                    .collect();
-                cluster.links.partition(&[victim], &others);
-                tokio::time::sleep(hold).await;
-                cluster.links.heal_all();
-                format!("isolate node {victim} ({role}) for {} ms", hold.as_millis())
-            }
-            Fault::Split => {
-                let mut all: Vec<u64> = cluster.nodes.keys().copied().collect();
-                let minority_size = voters.len().saturating_sub(1) / 2;
-                let mut minority = vec![victim];
-                all.retain(|id| *id != victim);
-                while minority.len() < minority_size.max(1) && !all.is_empty() {
-                    let i = rng.below(all.len() as u64) as usize;
-                    minority.push(all.remove(i));
-                }
-                cluster.links.partition(&minority, &all);
-                tokio::time::sleep(hold).await;
-                cluster.links.heal_all();
-                format!(
-                    "partition {minority:?} | {all:?} for {} ms (node {victim} was {role})",
-                    hold.as_millis()
-                )
-            }
-            Fault::MembershipLeaderKill => {
-                let Some(l) = leader else {
-                    report
-                        .faults
-                        .push("membership change skipped: no leader".into());
-                    continue;
-                };
-                membership_with_leader_kill(cluster, rng, spare, &voters, l, hold).await?
-            }
-            Fault::Wipe => {
-                // One lost member at a time, and only while the others can form a quorum.
-                let live_voters = voters.iter().filter(|v| cluster.live().contains(v)).count();
-                if voters.len() < 3 || live_voters < voters.len() {
-                    report
-                        .faults
-                        .push("wipe skipped: not every voter is up".into());
-                    continue;
-                }
-                wipe_and_readd(cluster, victim, role).await?
-            }
-        };
-        *report
-            .fault_kinds
-            .entry(fault.name().to_string())
-            .or_default() += 1;
-        report.faults.push(what);
-    }
-    Ok(())
-}
-
-/// Adds (or removes) the spare as a voter and kills the leader while the change is in flight.
-async fn membership_with_leader_kill(
-    cluster: &mut Cluster,
-    rng: &mut Rng,
-    spare: u64,
-    voters: &[u64],
-    leader: u64,
-    hold: Duration,
-) -> Result<String, ChaosError> {
-    let http = cluster.http.clone();
-    let urls = cluster.live_urls();
-    let adding = !voters.contains(&spare);
-    let node = &cluster.nodes[&spare];
-    let learner = json!({"id": spare, "api_addr": node.proxy_api.to_string(), "raft_addr": node.proxy_raft.to_string(), "wait": true});
-    let change = tokio::spawn(async move {
-        let t = Duration::from_secs(15);
-        if adding {
-            cluster_call(&http, urls.clone(), "/v1/cluster/learners", learner, t).await?;
-            cluster_call(
-                &http,
-                urls,
-                "/v1/cluster/membership",
-                json!({"add_voters": [spare]}),
-                t,
-            )
-            .await
-        } else {
-            cluster_call(
-                &http,
-                urls,
-                "/v1/cluster/membership",
-                json!({"remove_nodes": [spare]}),
-                t,
-            )
-            .await
-        }
-    });
-    tokio::time::sleep(Duration::from_millis(rng.range(0, 300))).await;
-    cluster.kill(leader)?;
-    tokio::time::sleep(hold).await;
-    cluster.start(leader)?;
-    let outcome = match change.await {
-        Ok(Ok(_)) => "completed".to_string(),
-        Ok(Err(e)) => format!("not completed ({e})"),
-        Err(e) => format!("task failed ({e})"),
-    };
-    Ok(format!(
-        "{} node {spare} while leader {leader} is killed for {} ms: {outcome}",
-        if adding { "add" } else { "remove" },
-        hold.as_millis()
-    ))
-}
-
-/// Wipes `victim`'s data dir, restarts it, checks it stays out (`lost_data`), then
-/// removes it and adds it back as a learner that is promoted once caught up.
-async fn wipe_and_readd(
-    cluster: &mut Cluster,
-    victim: u64,
-    role: &str,
-) -> Result<String, ChaosError> {
-    let t0 = Instant::now();
-    cluster.wipe(victim)?;
-    cluster.start(victim)?;
-    let c = &*cluster;
-    wait(
-        Duration::from_secs(15),
-        &format!("wiped node {victim} to report lost_data"),
-        || async move {
-            let info = c.info(victim).await.ok()?;
-            if info["initialized"] == true {
-                // Refilled as a voter: exactly what must never happen.
-                return Some(Err(ChaosError::Cluster(format!(
-                    "wiped node {victim} was initialized again without being re-added: {info}"
-                ))));
-            }
-            (info["lost_data"] == true).then_some(Ok(()))
-        },
-    )
-    .await??;
-    let t = Duration::from_secs(20);
-    cluster
-        .cluster_call(
-            "/v1/cluster/membership",
-            json!({"remove_nodes": [victim]}),
-            t,
-        )
-        .await?;
-    cluster.join(victim, t).await?;
-    Ok(format!(
-        "wipe node {victim} ({role}): refused as voter, removed, re-added as learner and promoted in {} ms",
-        t0.elapsed().as_millis()
-    ))
-}
-
-/// Heals every fault: links, paused and stopped processes, members that lost their data.
-async fn heal(cluster: &mut Cluster) -> Result<(), ChaosError> {
-    cluster.links.heal_all();
-    let ids: Vec<u64> = cluster.nodes.keys().copied().collect();
-    for id in &ids {
-        cluster.resume(*id)?;
-        cluster.start(*id)?;
     }
     Ok(())
 }

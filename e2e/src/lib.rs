@@ -11,7 +11,6 @@
 
 use std::path::PathBuf;
 use std::time::Duration;
-use std::time::Instant;
 
 use anyhow::Context as _;
 use anyhow::bail;
@@ -125,18 +124,13 @@ impl Ctx {
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = anyhow::Result<Result<T, String>>>,
     {
-        let started = Instant::now();
-        loop {
-            let last = match check().await {
-                Ok(Ok(v)) => return Ok((v, started.elapsed())),
-                Ok(Err(state)) => state,
-                Err(e) => format!("error: {e:#}"),
-            };
-            if started.elapsed() > timeout {
-                bail!("timed out after {timeout:?} waiting for {what}; last state: {last}");
-            }
-            tokio::time::sleep(Duration::from_millis(500)).await;
-        }
+        // The project's one polling loop (kvchaos::wait), at the pace of a Kubernetes API.
+        let waited = kvchaos::wait::wait_state(what, timeout, Duration::from_millis(500), || {
+            let fut = check();
+            async move { fut.await.unwrap_or_else(|e| Err(format!("error: {e:#}"))) }
+        })
+        .await?;
+        Ok(waited)
     }
 
     /// Creates a namespace (deleting a leftover of an earlier run first).

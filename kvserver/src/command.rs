@@ -12,8 +12,53 @@ use std::fmt;
 use serde::Deserialize;
 use serde::Serialize;
 
-pub use crate::model::KeyValue;
+use crate::model::KeyValue;
 pub use crate::model::NodeId;
+
+/// A key as the state machine holds it: in apply outcomes, watch history,
+/// snapshots and on the peer wire. Every field is always present, so it
+/// encodes positionally (bincode); the HTTP API's `model::KeyValue` is made
+/// from it at the API boundary, which is also where keys-only listings drop the
+/// value. Its field order is the snapshot and watch-history record format:
+/// changing it changes those files.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredKv {
+    pub key: String,
+    /// Empty in keys-only listings (the value was not read).
+    pub value: String,
+    /// Revision at which the key was (last) created.
+    pub create_revision: u64,
+    /// Revision of the last modification.
+    pub mod_revision: u64,
+    /// Number of modifications since creation (1 after create).
+    pub version: u64,
+    /// Absolute expiry (unix ms), if the key has a TTL.
+    pub expires_at_ms: Option<u64>,
+    pub created_at_ms: u64,
+    pub updated_at_ms: u64,
+}
+
+impl StoredKv {
+    /// The key as the API shows it.
+    pub fn into_api(self) -> KeyValue {
+        self.into_api_with(true)
+    }
+
+    /// The key as the API shows it, without its value when `with_value` is false
+    /// (keys-only listings).
+    pub fn into_api_with(self, with_value: bool) -> KeyValue {
+        KeyValue {
+            key: self.key,
+            value: with_value.then_some(self.value),
+            create_revision: self.create_revision,
+            mod_revision: self.mod_revision,
+            version: self.version,
+            expires_at_ms: self.expires_at_ms,
+            created_at_ms: self.created_at_ms,
+            updated_at_ms: self.updated_at_ms,
+        }
+    }
+}
 
 /// What the membership records about a node: where to reach it.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -166,15 +211,15 @@ pub enum TxnStep {
 pub enum StepResult {
     Put {
         created: bool,
-        kv: KeyValue,
-        prev: Option<KeyValue>,
+        kv: StoredKv,
+        prev: Option<StoredKv>,
     },
     Delete {
         deleted: u64,
-        prev: Option<KeyValue>,
+        prev: Option<StoredKv>,
     },
     Get {
-        kv: Option<KeyValue>,
+        kv: Option<StoredKv>,
     },
 }
 
@@ -193,9 +238,9 @@ pub struct Change {
     pub kind: EventKind,
     pub key: String,
     /// The key after a put.
-    pub kv: Option<KeyValue>,
+    pub kv: Option<StoredKv>,
     /// The key before the change (absent on creation).
-    pub prev: Option<KeyValue>,
+    pub prev: Option<StoredKv>,
 }
 
 impl fmt::Display for Command {
@@ -229,13 +274,13 @@ pub enum Outcome {
     /// A put succeeded; `created` is true when the key did not exist.
     Put {
         created: bool,
-        kv: KeyValue,
-        prev: Option<KeyValue>,
+        kv: StoredKv,
+        prev: Option<StoredKv>,
     },
     /// Delete / prefix delete / expire: how many keys went away.
-    Deleted { count: u64, prev: Option<KeyValue> },
+    Deleted { count: u64, prev: Option<StoredKv> },
     /// The CAS guard did not hold; nothing changed.
-    PreconditionFailed { current: Option<KeyValue> },
+    PreconditionFailed { current: Option<StoredKv> },
     /// The key to delete did not exist; nothing changed.
     NotFound,
     /// A transaction ran; `succeeded` says which branch.

@@ -33,11 +33,11 @@ async fn client_calls(c: &mut Cluster) -> anyhow::Result<()> {
     let leader = c.form(3).await?;
     // The preferred (first) endpoint is a follower that will be killed later.
     let victim = (1..=3).find(|id| *id != leader).context("follower")?;
-    let mut endpoints = vec![c.nodes[&victim].api()];
+    let mut endpoints = vec![c.nodes[&victim].api.to_string()];
     endpoints.extend(
         (1..=3)
             .filter(|id| *id != victim)
-            .map(|id| c.nodes[&id].api()),
+            .map(|id| c.nodes[&id].api.to_string()),
     );
     let client = Client::builder(endpoints)
         .backoff(Duration::from_millis(50))

@@ -345,7 +345,7 @@ async fn membership_changes(c: &mut Cluster) -> anyhow::Result<()> {
         st == 503 && body["error"]["code"] == "not_initialized",
         "fresh node is uninitialized: {st} {body}"
     );
-    let n4 = json!({"id": 4, "api_addr": c.nodes[&4].api(), "raft_addr": c.nodes[&4].raft(), "wait": true});
+    let n4 = json!({"id": 4, "api_addr": c.nodes[&4].api.to_string(), "raft_addr": c.nodes[&4].raft.to_string(), "wait": true});
     let (st, body) = c.post(2, "/v1/cluster/learners", n4.clone()).await?;
     ensure!(
         st == 200 && body["changed"] == true,
@@ -732,7 +732,7 @@ async fn handoffs_under_load(c: &mut Cluster) -> anyhow::Result<()> {
 
     let status = c.terminate(second, Duration::from_secs(20)).await?;
     ensure!(status.success(), "leader {second} exited with {status}");
-    let log = std::fs::read_to_string(&c.nodes[&second].log_path)?;
+    let log = std::fs::read_to_string(&c.nodes[&second].log)?;
     ensure!(
         log.contains("leadership handed off before stopping"),
         "stopping leader {second} did not hand off: {}",

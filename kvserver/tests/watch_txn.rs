@@ -18,7 +18,7 @@ use anyhow::Context;
 use anyhow::bail;
 use anyhow::ensure;
 use common::Cluster;
-use common::SseReader;
+use common::sse::SseReader;
 use common::wait_for;
 use serde_json::Value;
 use serde_json::json;
@@ -192,7 +192,7 @@ async fn compaction_and_stalled_reader(c: &mut Cluster) -> anyhow::Result<()> {
     );
 
     // A reader that never reads: tiny receive buffer, raw socket.
-    let addr: std::net::SocketAddr = c.nodes[&leader].api().parse()?;
+    let addr: std::net::SocketAddr = c.nodes[&leader].api;
     let sock = tokio::net::TcpSocket::new_v4()?;
     sock.set_recv_buffer_size(4096)?;
     let mut stalled = sock.connect(addr).await?;

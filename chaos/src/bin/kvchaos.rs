@@ -1,5 +1,7 @@
 //! `kvchaos`: run one seeded fault-injection run, or a campaign of them, against
-//! real kvserver processes on this machine, and report what the checks found.
+//! real kvserver processes on this machine, and report what the checks found;
+//! or (`kvchaos cluster`) start a cluster through the same harness and keep it
+//! up for another program, as `bench/compare.sh` does.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -11,6 +13,7 @@ use clap::Subcommand;
 use kvchaos::campaign::RunConfig;
 use kvchaos::campaign::Summary;
 use kvchaos::campaign::run_one;
+use kvchaos::cluster::Cluster;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -75,10 +78,31 @@ enum Cmd {
         #[command(flatten)]
         common: Common,
     },
+    /// Forms a cluster of kvserver processes (free loopback ports, a temporary data
+    /// directory), writes `endpoints=` and `pids=` lines to `--ready-file` once
+    /// every node is ready, and keeps it up until SIGTERM or SIGINT, then stops
+    /// the nodes and removes their data.
+    Cluster {
+        /// The kvserver binary (default: `kvserver` next to this binary).
+        #[arg(long)]
+        kvserver: Option<PathBuf>,
+        /// Voters (node ids 1..=N).
+        #[arg(long, default_value_t = 3)]
+        nodes: u64,
+        /// Cluster id (default: unique).
+        #[arg(long)]
+        cluster_id: Option<String>,
+        /// Where to write the endpoints and process ids (written whole, once ready).
+        #[arg(long)]
+        ready_file: PathBuf,
+        /// Arguments for every node, after `--` (e.g. `-- --log-level warn`).
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
 }
 
-fn config(seed: u64, c: &Common) -> anyhow::Result<RunConfig> {
-    let kvserver = match &c.kvserver {
+fn kvserver_bin(given: &Option<PathBuf>) -> anyhow::Result<PathBuf> {
+    let kvserver = match given {
         Some(p) => p.clone(),
         None => std::env::current_exe()?.with_file_name("kvserver"),
     };
@@ -87,6 +111,78 @@ fn config(seed: u64, c: &Common) -> anyhow::Result<RunConfig> {
         "kvserver binary not found at {} (build it with `cargo build --release -p kvserver`, or pass --kvserver)",
         kvserver.display()
     );
+    Ok(kvserver)
+}
+
+/// `kvchaos cluster`: up until SIGTERM/SIGINT.
+async fn serve_cluster(
+    kvserver: PathBuf,
+    nodes: u64,
+    cluster_id: Option<String>,
+    ready_file: PathBuf,
+    args: Vec<String>,
+) -> anyhow::Result<()> {
+    use tokio::signal::unix::SignalKind;
+    use tokio::signal::unix::signal;
+    anyhow::ensure!((1..=9).contains(&nodes), "--nodes must be between 1 and 9");
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut builder = Cluster::builder(kvserver)
+        .args(args)
+        .dump_logs_on_panic(true);
+    if let Some(id) = cluster_id {
+        builder = builder.cluster_id(id);
+    }
+    let mut cluster = builder.build()?;
+    let ids: Vec<u64> = (1..=nodes).collect();
+    let formed = async {
+        cluster.form(&ids).await?;
+        for id in &ids {
+            let client = cluster.client(*id, Duration::from_secs(2))?;
+            let url = cluster.url(*id, "")?;
+            kvchaos::wait::wait(
+                Duration::from_secs(30),
+                &format!("node {id} ready"),
+                || async { client.ready_at(&url).await.ok()?.ready.then_some(()) },
+            )
+            .await?;
+        }
+        anyhow::Ok(())
+    };
+    if let Err(e) = formed.await {
+        cluster.dump_logs();
+        return Err(e);
+    }
+    let endpoints: Vec<String> = cluster.nodes.values().map(|n| n.api.to_string()).collect();
+    let pids: Vec<String> = cluster
+        .nodes
+        .values()
+        .filter_map(|n| n.pid())
+        .map(|p| p.to_string())
+        .collect();
+    let tmp = ready_file.with_extension("partial");
+    std::fs::write(
+        &tmp,
+        format!(
+            "endpoints={}\npids={}\n",
+            endpoints.join(","),
+            pids.join(",")
+        ),
+    )
+    .with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, &ready_file)
+        .with_context(|| format!("writing {}", ready_file.display()))?;
+    eprintln!("cluster {} up: {}", cluster.cluster_id, endpoints.join(","));
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    drop(cluster);
+    Ok(())
+}
+
+fn config(seed: u64, c: &Common) -> anyhow::Result<RunConfig> {
+    let kvserver = kvserver_bin(&c.kvserver)?;
     anyhow::ensure!(
         c.nodes.is_none_or(|n| n == 3 || n == 5),
         "--nodes must be 3 or 5"
@@ -190,6 +286,22 @@ async fn main() -> anyhow::Result<()> {
             if summary.passed != summary.runs {
                 std::process::exit(1);
             }
+        }
+        Cmd::Cluster {
+            kvserver,
+            nodes,
+            cluster_id,
+            ready_file,
+            args,
+        } => {
+            serve_cluster(
+                kvserver_bin(&kvserver)?,
+                nodes,
+                cluster_id,
+                ready_file,
+                args,
+            )
+            .await?
         }
     }
     Ok(())

@@ -15,9 +15,9 @@ use openraft::error::RaftError;
 use serde_json::Value;
 use serde_json::json;
 
-use crate::command::KeyValue;
 use crate::command::NodeId;
 use crate::command::TypeConfig;
+use crate::model::KeyValue;
 use crate::store::StoreError;
 
 /// Errors at the HTTP API boundary.

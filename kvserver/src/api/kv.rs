@@ -24,13 +24,13 @@ use super::Raw;
 use crate::command::ApplyResult;
 use crate::command::Command;
 use crate::command::Outcome;
+use crate::command::StoredKv;
 use crate::command::now_ms;
 use crate::model::BatchGetRequest;
 use crate::model::BatchGetResponse;
 use crate::model::DeleteQuery;
 use crate::model::DeleteResponse;
 use crate::model::GetResponse;
-use crate::model::KeyValue;
 use crate::model::ListQuery;
 use crate::model::ListResponse;
 use crate::model::PrefixDeleteQuery;
@@ -84,14 +84,14 @@ pub fn require_outcome(r: ApplyResult) -> Result<(u64, Outcome), ApiError> {
 fn mismatch(
     key: String,
     expected: Option<u64>,
-    current: Option<KeyValue>,
+    current: Option<StoredKv>,
     revision: u64,
 ) -> ApiError {
     ApiError::RevisionMismatch {
         key,
         expected: expected.unwrap_or(0),
         actual: current.as_ref().map(|k| k.mod_revision).unwrap_or(0),
-        current: current.map(Box::new),
+        current: current.map(|kv| Box::new(kv.into_api())),
         revision,
     }
 }
@@ -127,7 +127,7 @@ pub async fn get_key(
         Some(kv) => Ok(Json(GetResponse {
             revision,
             node_id: state.id,
-            kv,
+            kv: kv.into_api(),
         })
         .into_response()),
         None => Err(ApiError::KeyNotFound {
@@ -206,8 +206,8 @@ pub async fn put_key(
                 revision,
                 node_id: state.id,
                 created,
-                kv,
-                prev_kv: prev,
+                kv: kv.into_api(),
+                prev_kv: prev.map(StoredKv::into_api),
             };
             Ok((status, Json(body)).into_response())
         }
@@ -253,7 +253,7 @@ pub async fn delete_key(
             revision,
             node_id: state.id,
             deleted: count,
-            prev_kv: prev,
+            prev_kv: prev.map(StoredKv::into_api),
         })
         .into_response()),
         Outcome::NotFound => Err(ApiError::KeyNotFound {
@@ -321,7 +321,10 @@ pub async fn list(
         revision,
         node_id: state.id,
         count: kvs.len(),
-        kvs,
+        kvs: kvs
+            .into_iter()
+            .map(|kv| kv.into_api_with(!q.keys_only))
+            .collect(),
         more,
         next_start_after: next,
     })
@@ -413,7 +416,7 @@ pub async fn batch_get(
     Ok(Json(BatchGetResponse {
         revision,
         node_id: state.id,
-        kvs,
+        kvs: kvs.into_iter().map(StoredKv::into_api).collect(),
         missing,
     })
     .into_response())

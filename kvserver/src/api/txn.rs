@@ -25,6 +25,7 @@ use crate::command::ConditionOp;
 use crate::command::ConditionTarget;
 use crate::command::Outcome;
 use crate::command::StepResult;
+use crate::command::StoredKv;
 use crate::command::TxnStep;
 use crate::command::now_ms;
 use crate::model::Compare;
@@ -205,14 +206,16 @@ pub async fn txn(
         .map(|r| match r {
             StepResult::Put { created, kv, prev } => OperationResult::Put {
                 created,
-                kv,
-                prev_kv: prev,
+                kv: kv.into_api(),
+                prev_kv: prev.map(StoredKv::into_api),
             },
             StepResult::Delete { deleted, prev } => OperationResult::Delete {
                 deleted,
-                prev_kv: prev,
+                prev_kv: prev.map(StoredKv::into_api),
             },
-            StepResult::Get { kv } => OperationResult::Get { kv },
+            StepResult::Get { kv } => OperationResult::Get {
+                kv: kv.map(StoredKv::into_api),
+            },
         })
         .collect();
     Ok(Json(TxnResponse {

@@ -29,6 +29,7 @@ use super::AppState;
 use super::Q;
 use crate::command::Change;
 use crate::command::EventKind;
+use crate::command::StoredKv;
 use crate::model::DroppedBody;
 use crate::model::WatchEventBody;
 use crate::model::WatchQuery;
@@ -67,8 +68,12 @@ fn render(events: &[&Change], filter: &Filter) -> Vec<Event> {
                     EventKind::Delete => "delete".into(),
                 },
                 key: e.key.clone(),
-                kv: e.kv.clone(),
-                prev_kv: if filter.prev_kv { e.prev.clone() } else { None },
+                kv: e.kv.clone().map(StoredKv::into_api),
+                prev_kv: if filter.prev_kv {
+                    e.prev.clone().map(StoredKv::into_api)
+                } else {
+                    None
+                },
             };
             let data = serde_json::to_string(&body).unwrap_or_else(|_| "{}".into());
             let ev = Event::default().event(body.kind).data(data);

@@ -112,10 +112,10 @@ impl PeerClient {
         }
     }
 
-    /// Whether the target understands forwarded writes (one exchange, on connecting).
-    pub(crate) async fn supports_client_write(&mut self, ttl: Duration) -> Result<bool, PeerError> {
-        match self.call(&Request::Capabilities, ttl).await {
-            Ok(Response::Capabilities { client_write }) => Ok(client_write),
+    /// Whether the target takes forwarded writes (one exchange, on connecting).
+    pub(crate) async fn supports_write(&mut self, ttl: Duration) -> Result<bool, PeerError> {
+        match self.call(&Request::Features, ttl).await {
+            Ok(Response::Features { write }) => Ok(write),
             Ok(_) => Ok(false),
             // An older server closes the connection on a request it cannot decode.
             Err(PeerError::Io(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => Ok(false),
@@ -150,16 +150,14 @@ impl PeerClient {
         cmd: Command,
         ttl: Duration,
     ) -> Result<Result<ApplyResult, (WriteRejected, Command)>, PeerError> {
-        let req = Request::ClientWrite(cmd);
+        let req = Request::Write(cmd);
         let resp = self.call(&req, ttl).await?;
-        let Request::ClientWrite(cmd) = req else {
+        let Request::Write(cmd) = req else {
             return Err(PeerError::Unexpected);
         };
         match resp {
-            Response::ClientWrite(Ok(json)) => serde_json::from_slice(&json)
-                .map(Ok)
-                .map_err(|e| PeerError::Remote(format!("undecodable write result: {e}"))),
-            Response::ClientWrite(Err(rejected)) => Ok(Err((rejected, cmd))),
+            Response::Write(Ok(result)) => Ok(Ok(result)),
+            Response::Write(Err(rejected)) => Ok(Err((rejected, cmd))),
             Response::Error(e) => Err(PeerError::Remote(e)),
             _ => Err(PeerError::Unexpected),
         }

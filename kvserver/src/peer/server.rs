@@ -189,13 +189,18 @@ async fn serve_conn(stream: TcpStream, server: &PeerServer) -> Result<(), PeerEr
                     .map(|l| l.read_log_id().index())
                     .map_err(|e| e.to_string()),
             ),
-            Request::Capabilities => Response::Capabilities { client_write: true },
-            Request::ClientWrite(mut cmd) => {
+            Request::CapabilitiesV1 => Response::CapabilitiesV1 {
+                client_write: false,
+            },
+            Request::ClientWriteV1(_) => Response::Error(
+                "forwarded writes of the previous release are not served; relay over HTTP".into(),
+            ),
+            Request::Features => Response::Features { write: true },
+            Request::Write(mut cmd) => {
                 // Time is the leader's, as for writes it receives itself.
                 cmd.restamp(crate::command::now_ms());
-                Response::ClientWrite(match propose(raft, cmd, CONFIRM_WAIT).await {
-                    Ok(r) => serde_json::to_vec(&r.data)
-                        .map_err(|e| WriteRejected::Failed(format!("encoding the result: {e}"))),
+                Response::Write(match propose(raft, cmd, CONFIRM_WAIT).await {
+                    Ok(r) => Ok(r.data),
                     Err(openraft::error::RaftError::APIError(
                         openraft::error::ClientWriteError::ForwardToLeader(f),
                     )) => Err(WriteRejected::NotLeader(f.leader_id)),

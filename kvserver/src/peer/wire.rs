@@ -19,6 +19,7 @@ use tokio::io::AsyncReadExt;
 use tokio::io::AsyncWriteExt;
 
 use super::PeerError;
+use crate::command::ApplyResult;
 use crate::command::Command;
 use crate::command::NodeId;
 use crate::command::TypeConfig;
@@ -50,11 +51,19 @@ pub enum Request {
     SnapshotEnd,
     /// A follower asks the leader for a read index (follower reads, see `crate::route::read_index`).
     ReadIndex,
-    /// Which of the requests after `ReadIndex` the server knows (a server that
-    /// predates this message closes the connection instead of answering).
-    Capabilities,
+    /// The previous release's capability probe. Variants are encoded by their
+    /// position, so retired ones keep their place: this one is answered
+    /// `CapabilitiesV1 { client_write: false }`, which makes a follower of the
+    /// previous release relay its writes over HTTP during a rolling upgrade.
+    CapabilitiesV1,
+    /// The previous release's forwarded write, whose result came back as JSON;
+    /// refused (see `CapabilitiesV1`).
+    ClientWriteV1(Command),
+    /// Which requests after `ReadIndex` the server knows (a server that predates
+    /// this message closes the connection instead of answering).
+    Features,
     /// A follower hands a client's write to the leader (see `crate::route::forward`).
-    ClientWrite(Command),
+    Write(Command),
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -67,13 +76,19 @@ pub enum Response {
     Error(String),
     /// The log index a read must see applied, confirmed by a quorum after the request arrived.
     ReadIndex(Result<u64, String>),
-    Capabilities {
+    /// The answer to `Request::CapabilitiesV1` (always `false` now).
+    CapabilitiesV1 {
         client_write: bool,
     },
-    /// The state machine's result of a forwarded write as JSON (its key-value type
-    /// omits absent fields, which bincode cannot express), or why it was not
+    /// Retired with `Request::ClientWriteV1`; kept for its position.
+    ClientWriteV1(Result<Vec<u8>, WriteRejected>),
+    /// What the server takes: `write` is `Request::Write`.
+    Features {
+        write: bool,
+    },
+    /// The state machine's result of a forwarded write, or why it was not
     /// proposed (`NotLeader`) or failed.
-    ClientWrite(Result<Vec<u8>, WriteRejected>),
+    Write(Result<ApplyResult, WriteRejected>),
 }
 
 /// Why the leader did not apply a forwarded write.
@@ -170,6 +185,39 @@ mod tests {
                 assert!(read_frame::<_, Hello>(&mut &w[..cut]).await.is_err());
             });
         }
+    }
+
+    #[test]
+    fn a_write_result_travels_as_bincode() {
+        let rt = rt();
+        rt.block_on(async {
+            let kv = crate::command::StoredKv {
+                key: "k".into(),
+                value: String::new(),
+                create_revision: 3,
+                mod_revision: 4,
+                version: 2,
+                expires_at_ms: None,
+                created_at_ms: 1,
+                updated_at_ms: 2,
+            };
+            let result = ApplyResult {
+                revision: 4,
+                outcome: Some(crate::command::Outcome::Put {
+                    created: false,
+                    kv: kv.clone(),
+                    prev: Some(kv),
+                }),
+            };
+            let mut w = Vec::new();
+            write_frame(&mut w, &Response::Write(Ok(result.clone())))
+                .await
+                .expect("encode");
+            match read_frame::<_, Response>(&mut w.as_slice()).await {
+                Ok(Response::Write(Ok(back))) => assert_eq!(back, result),
+                other => panic!("decoded {other:?}"),
+            }
+        });
     }
 
     #[test]

@@ -236,7 +236,7 @@ impl WriteForwarder {
                     PeerClient::new(self.me, leader, addr, self.cluster_id.clone(), &self.raft);
                 let setup = async {
                     c.ensure_connected().await?;
-                    c.supports_client_write(SETUP_TIMEOUT).await
+                    c.supports_write(SETUP_TIMEOUT).await
                 };
                 match tokio::time::timeout(SETUP_TIMEOUT, setup).await {
                     Ok(Ok(true)) => c,

@@ -28,9 +28,9 @@ use crate::command::Condition;
 use crate::command::ConditionOp;
 use crate::command::ConditionTarget;
 use crate::command::EventKind;
-use crate::command::KeyValue;
 use crate::command::Outcome;
 use crate::command::StepResult;
+use crate::command::StoredKv;
 use crate::command::TxnStep;
 
 static SELECT_KEYS: Shapes = Shapes::new(|n| {
@@ -51,7 +51,7 @@ static UPSERT_KV: Shapes = Shapes::new(|n| {
 });
 
 /// Queues writes of `rows` (distinct keys) in as few statements as their count allows.
-pub(crate) fn upsert_many(w: &mut WriteBatch, rows: &[&KeyValue]) {
+pub(crate) fn upsert_many(w: &mut WriteBatch, rows: &[&StoredKv]) {
     let mut rest = rows;
     for n in batch::insert_chunks(rows.len()) {
         let (chunk, tail) = rest.split_at(n);
@@ -60,7 +60,7 @@ pub(crate) fn upsert_many(w: &mut WriteBatch, rows: &[&KeyValue]) {
         for kv in chunk {
             args.extend([
                 Arg::Text(kv.key.clone()),
-                Arg::Text(kv.value.clone().unwrap_or_default()),
+                Arg::Text(kv.value.clone()),
                 Arg::Int(kv.create_revision as i64),
                 Arg::Int(kv.mod_revision as i64),
                 Arg::Int(kv.version as i64),
@@ -120,7 +120,7 @@ pub(crate) struct ApplyCtx<'t> {
     pub events: Vec<Change>,
     /// Stored row of every key read or written so far (`None`: absent), as the batch
     /// has left it; expired rows included (readers filter by their own time).
-    cache: HashMap<String, Option<KeyValue>>,
+    cache: HashMap<String, Option<StoredKv>>,
     /// Keys changed in the cache and not yet written to the table.
     dirty: BTreeSet<String>,
 }
@@ -171,7 +171,7 @@ impl<'t> ApplyCtx<'t> {
     }
 
     /// The stored row of `key` (expired or not).
-    async fn row(&mut self, key: &str) -> Result<Option<KeyValue>, StoreError> {
+    async fn row(&mut self, key: &str) -> Result<Option<StoredKv>, StoreError> {
         if let Some(row) = self.cache.get(key) {
             return Ok(row.clone());
         }
@@ -190,11 +190,11 @@ impl<'t> ApplyCtx<'t> {
     }
 
     /// The live (stored and not expired at `now_ms`) value of `key`.
-    async fn load(&mut self, key: &str, now_ms: u64) -> Result<Option<KeyValue>, StoreError> {
+    async fn load(&mut self, key: &str, now_ms: u64) -> Result<Option<StoredKv>, StoreError> {
         Ok(self.row(key).await?.filter(|kv| !is_expired(kv, now_ms)))
     }
 
-    fn stage(&mut self, key: String, row: Option<KeyValue>) {
+    fn stage(&mut self, key: String, row: Option<StoredKv>) {
         self.dirty.insert(key.clone());
         self.cache.insert(key, row);
     }
@@ -233,12 +233,12 @@ impl<'t> ApplyCtx<'t> {
         key: String,
         value: String,
         expires_at_ms: Option<u64>,
-        live: Option<KeyValue>,
+        live: Option<StoredKv>,
         now_ms: u64,
-    ) -> Result<(bool, KeyValue, Option<KeyValue>), StoreError> {
-        let kv = KeyValue {
+    ) -> Result<(bool, StoredKv, Option<StoredKv>), StoreError> {
+        let kv = StoredKv {
             key,
-            value: Some(value),
+            value,
             create_revision: live.as_ref().map(|k| k.create_revision).unwrap_or(at),
             mod_revision: at,
             version: live.as_ref().map(|k| k.version + 1).unwrap_or(1),
@@ -258,7 +258,7 @@ impl<'t> ApplyCtx<'t> {
     }
 
     /// Deletes the live key `prev` at revision `at`.
-    fn delete(&mut self, at: u64, prev: KeyValue) {
+    fn delete(&mut self, at: u64, prev: StoredKv) {
         self.stage(prev.key.clone(), None);
         self.events.push(Change {
             revision: at,
@@ -275,7 +275,7 @@ impl<'t> ApplyCtx<'t> {
         key: &str,
         if_revision: Option<u64>,
         now_ms: u64,
-    ) -> Result<Result<Option<KeyValue>, Outcome>, StoreError> {
+    ) -> Result<Result<Option<StoredKv>, Outcome>, StoreError> {
         let live = self.load(key, now_ms).await?;
         Ok(if guard_holds(&live, if_revision) {
             Ok(live)
@@ -455,7 +455,7 @@ fn for_each_key<'a>(cmd: &'a Command, mut f: impl FnMut(&'a str)) {
 }
 
 /// The guard of a CAS: the live key's `mod_revision` (0 when absent) must equal `want`.
-fn guard_holds(live: &Option<KeyValue>, want: Option<u64>) -> bool {
+fn guard_holds(live: &Option<StoredKv>, want: Option<u64>) -> bool {
     want.is_none_or(|w| live.as_ref().map(|k| k.mod_revision).unwrap_or(0) == w)
 }
 
@@ -469,9 +469,9 @@ fn ordered<T: Ord>(op: ConditionOp, have: T, want: T) -> bool {
 }
 
 /// Evaluates one transaction comparison against the live state of its key.
-pub(crate) fn compare_holds(c: &Condition, live: Option<&KeyValue>) -> bool {
+pub(crate) fn compare_holds(c: &Condition, live: Option<&StoredKv>) -> bool {
     match &c.target {
-        ConditionTarget::Value(want) => match live.and_then(|k| k.value.as_deref()) {
+        ConditionTarget::Value(want) => match live.map(|k| k.value.as_str()) {
             Some(have) => ordered(c.op, have, want.as_str()),
             None => false,
         },
@@ -492,10 +492,10 @@ pub(crate) fn compare_holds(c: &Condition, live: Option<&KeyValue>) -> bool {
 mod tests {
     use super::*;
 
-    fn kv(value: &str, version: u64, rev: u64) -> KeyValue {
-        KeyValue {
+    fn kv(value: &str, version: u64, rev: u64) -> StoredKv {
+        StoredKv {
             key: "k".into(),
-            value: Some(value.into()),
+            value: value.into(),
             create_revision: 1,
             mod_revision: rev,
             version,

@@ -24,13 +24,13 @@ use std::sync::Mutex;
 use prometheus::IntCounter;
 use prometheus::IntCounterVec;
 
-use crate::model::KeyValue;
+use crate::command::StoredKv;
 
 /// Bytes charged per entry on top of its strings (map slot, row fields, heap headers).
 const ENTRY_OVERHEAD: usize = 160;
 
 /// A stored row, or `None` for a key known to be absent.
-pub(crate) type Row = Option<KeyValue>;
+pub(crate) type Row = Option<StoredKv>;
 
 #[derive(Default)]
 struct Inner {
@@ -53,7 +53,7 @@ fn charge(key: &str, row: &Row) -> usize {
         + key.len()
         + row
             .as_ref()
-            .map(|kv| kv.key.len() + kv.value.as_ref().map_or(0, String::len))
+            .map(|kv| kv.key.len() + kv.value.len())
             .unwrap_or(0)
 }
 
@@ -168,10 +168,10 @@ mod tests {
         RowCache::new(max_bytes, &lookups)
     }
 
-    fn kv(key: &str, value: &str, rev: u64) -> KeyValue {
-        KeyValue {
+    fn kv(key: &str, value: &str, rev: u64) -> StoredKv {
+        StoredKv {
             key: key.into(),
-            value: Some(value.into()),
+            value: value.into(),
             create_revision: rev,
             mod_revision: rev,
             version: 1,

@@ -8,11 +8,11 @@ use sqlx::any::AnyRow;
 
 use super::Store;
 use super::StoreError;
-use crate::command::KeyValue;
+use crate::command::StoredKv;
 
 impl Store {
     /// Reads a key, hiding it when its expiry is at or before `now_ms`.
-    pub async fn get(&self, key: &str, now_ms: u64) -> Result<Option<KeyValue>, StoreError> {
+    pub async fn get(&self, key: &str, now_ms: u64) -> Result<Option<StoredKv>, StoreError> {
         // While the database is known to be down, reads answer 503 like uncached ones
         // (one behaviour for every key; the outage is visible to clients and probes).
         let cached = if self.healthy() {
@@ -42,7 +42,7 @@ impl Store {
         &self,
         keys: &[String],
         now_ms: u64,
-    ) -> Result<(Vec<KeyValue>, Vec<String>), StoreError> {
+    ) -> Result<(Vec<StoredKv>, Vec<String>), StoreError> {
         let mut tx = self.reader.begin().await?;
         let mut found = Vec::with_capacity(keys.len());
         let mut missing = Vec::new();
@@ -73,7 +73,7 @@ impl Store {
         limit: usize,
         keys_only: bool,
         now_ms: u64,
-    ) -> Result<(Vec<KeyValue>, bool), StoreError> {
+    ) -> Result<(Vec<StoredKv>, bool), StoreError> {
         // Keys with a common prefix are contiguous in key order, so the scan starts at the
         // prefix (or just after the cursor) and stops at the first key without it.
         let (op, from) = match start_after {
@@ -139,9 +139,13 @@ const KV_META_COLUMNS: &str = "key, NULL AS value, create_revision, mod_revision
 pub(crate) const KV_BY_KEY: &str = "SELECT key, value, create_revision, mod_revision, version, expires_at_ms, created_at_ms, updated_at_ms \
      FROM kv WHERE key = $1";
 
-pub(crate) fn row_to_kv(row: &AnyRow, with_value: bool) -> Result<KeyValue, StoreError> {
-    let value: Option<String> = if with_value { row.try_get(1)? } else { None };
-    Ok(KeyValue {
+pub(crate) fn row_to_kv(row: &AnyRow, with_value: bool) -> Result<StoredKv, StoreError> {
+    let value: String = if with_value {
+        row.try_get(1)?
+    } else {
+        String::new()
+    };
+    Ok(StoredKv {
         key: row.try_get(0)?,
         value,
         create_revision: row.try_get::<i64, _>(2)? as u64,
@@ -153,6 +157,6 @@ pub(crate) fn row_to_kv(row: &AnyRow, with_value: bool) -> Result<KeyValue, Stor
     })
 }
 
-pub(crate) fn is_expired(kv: &KeyValue, now_ms: u64) -> bool {
+pub(crate) fn is_expired(kv: &StoredKv, now_ms: u64) -> bool {
     matches!(kv.expires_at_ms, Some(t) if t <= now_ms)
 }

@@ -18,7 +18,7 @@ use tokio::io::BufReader;
 use tokio::io::BufWriter;
 
 use super::StoreError;
-use crate::command::KeyValue;
+use crate::command::StoredKv;
 
 const MAGIC: &[u8; 8] = b"KVSNAP01";
 /// Upper bound of one record: a key (4 KiB) plus the largest value we could ever accept.
@@ -28,52 +28,8 @@ const MAX_RECORD: u32 = 64 * 1024 * 1024;
 #[derive(Debug, Serialize, Deserialize)]
 pub enum Record {
     Header { revision: u64 },
-    Kv(SnapKv),
+    Kv(StoredKv),
     End { count: u64 },
-}
-
-/// A key as stored in a snapshot. Separate from the API's [`KeyValue`], whose JSON
-/// shape omits absent fields: bincode is positional and must see every field.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct SnapKv {
-    key: String,
-    value: String,
-    create_revision: u64,
-    mod_revision: u64,
-    version: u64,
-    expires_at_ms: Option<u64>,
-    created_at_ms: u64,
-    updated_at_ms: u64,
-}
-
-impl From<KeyValue> for SnapKv {
-    fn from(kv: KeyValue) -> Self {
-        Self {
-            key: kv.key,
-            value: kv.value.unwrap_or_default(),
-            create_revision: kv.create_revision,
-            mod_revision: kv.mod_revision,
-            version: kv.version,
-            expires_at_ms: kv.expires_at_ms,
-            created_at_ms: kv.created_at_ms,
-            updated_at_ms: kv.updated_at_ms,
-        }
-    }
-}
-
-impl From<SnapKv> for KeyValue {
-    fn from(s: SnapKv) -> Self {
-        Self {
-            key: s.key,
-            value: Some(s.value),
-            create_revision: s.create_revision,
-            mod_revision: s.mod_revision,
-            version: s.version,
-            expires_at_ms: s.expires_at_ms,
-            created_at_ms: s.created_at_ms,
-            updated_at_ms: s.updated_at_ms,
-        }
-    }
 }
 
 /// An open snapshot file: what openraft carries around as `SnapshotData`.
@@ -145,9 +101,9 @@ impl SnapshotWriter {
         Ok(())
     }
 
-    pub async fn kv(&mut self, kv: KeyValue) -> Result<(), StoreError> {
+    pub async fn kv(&mut self, kv: StoredKv) -> Result<(), StoreError> {
         self.count += 1;
-        self.record(&Record::Kv(kv.into())).await
+        self.record(&Record::Kv(kv)).await
     }
 
     /// Writes the trailer, fsyncs, and renames the file to `final_path`.
@@ -193,7 +149,7 @@ impl SnapshotReader {
         }
     }
 
-    pub async fn next_kv(&mut self) -> Result<Option<KeyValue>, StoreError> {
+    pub async fn next_kv(&mut self) -> Result<Option<StoredKv>, StoreError> {
         if !self.started {
             return Err(corrupt("header not read".into()));
         }
@@ -203,7 +159,7 @@ impl SnapshotReader {
         match self.read_record().await? {
             Record::Kv(kv) => {
                 self.seen += 1;
-                Ok(Some(kv.into()))
+                Ok(Some(kv))
             }
             Record::End { count } if count == self.seen => {
                 self.done = true;
@@ -269,10 +225,10 @@ pub fn temp_path(dir: &Path) -> PathBuf {
 mod tests {
     use super::*;
 
-    fn kv(key: &str, expires: Option<u64>) -> KeyValue {
-        KeyValue {
+    fn kv(key: &str, expires: Option<u64>) -> StoredKv {
+        StoredKv {
             key: key.into(),
-            value: Some(format!("value of {key}")),
+            value: format!("value of {key}"),
             create_revision: 1,
             mod_revision: 2,
             version: 2,
@@ -283,7 +239,7 @@ mod tests {
     }
 
     /// Reads a whole snapshot file: the keys, or the first error.
-    async fn read_all(path: &Path) -> Result<(u64, Vec<KeyValue>), StoreError> {
+    async fn read_all(path: &Path) -> Result<(u64, Vec<StoredKv>), StoreError> {
         let mut r = SnapshotFile::open(path).await?.reader();
         let revision = r.header().await?;
         let mut keys = Vec::new();
@@ -291,6 +247,28 @@ mod tests {
             keys.push(k);
         }
         Ok((revision, keys))
+    }
+
+    /// Snapshot files written by earlier releases (and sent by older peers) must
+    /// still read: a key record is bincode of its variant index and the fields in
+    /// this order, whatever the type is called.
+    #[test]
+    fn key_records_keep_their_format() {
+        let k = kv("a/b", Some(99));
+        let ours = crate::store::encode(&Record::Kv(k.clone())).expect("encode");
+        let expected = bincode::serialize(&(
+            1u32,
+            k.key,
+            k.value,
+            k.create_revision,
+            k.mod_revision,
+            k.version,
+            k.expires_at_ms,
+            k.created_at_ms,
+            k.updated_at_ms,
+        ))
+        .expect("encode");
+        assert_eq!(ours, expected);
     }
 
     proptest::proptest! {

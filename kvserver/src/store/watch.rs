@@ -26,9 +26,9 @@ use super::encode;
 use super::get_meta;
 use super::put_metas;
 use super::script::Arg;
-use super::snapshot::SnapKv;
 use crate::command::Change;
 use crate::command::EventKind;
+use crate::command::StoredKv;
 
 pub(crate) const WATCH_COMPACTED: &str = "watch_compacted";
 
@@ -46,8 +46,8 @@ pub enum Feed {
 struct StoredEvent {
     kind: EventKind,
     key: String,
-    kv: Option<SnapKv>,
-    prev: Option<SnapKv>,
+    kv: Option<StoredKv>,
+    prev: Option<StoredKv>,
 }
 
 static INSERT_EVENTS: Shapes = Shapes::new(|n| {
@@ -82,8 +82,8 @@ pub(crate) fn record_events(
             group.push(StoredEvent {
                 kind: e.kind,
                 key: e.key.clone(),
-                kv: e.kv.clone().map(Into::into),
-                prev: e.prev.clone().map(Into::into),
+                kv: e.kv.clone(),
+                prev: e.prev.clone(),
             });
             i += 1;
         }
@@ -127,8 +127,8 @@ fn decode_row(row: &sqlx::any::AnyRow) -> Result<Vec<Change>, StoreError> {
             revision,
             kind: e.kind,
             key: e.key,
-            kv: e.kv.map(Into::into),
-            prev: e.prev.map(Into::into),
+            kv: e.kv,
+            prev: e.prev,
         })
         .collect())
 }

@@ -1,22 +1,18 @@
-//! Test harness: real `kvserver` processes on 127.0.0.1 with free ports and
-//! temporary data directories, plus polling helpers that wait on conditions
-//! with deadlines. Everything started is killed and removed on drop; when a
-//! test fails, the tail of every node's log is printed.
+//! Test helpers: clusters of real `kvserver` processes through kvchaos's process
+//! harness (free loopback ports, temporary data directories, everything killed
+//! and removed on drop, log tails printed when a test fails), the raw HTTP
+//! helpers the tests assert with, background writers, and polling helpers that
+//! wait on conditions with deadlines.
 
 #![allow(dead_code)]
 
 pub mod pg;
+pub mod sse;
 
 use std::collections::BTreeMap;
 use std::future::Future;
-use std::path::PathBuf;
-use std::process::Child;
-use std::process::Command;
-use std::process::Stdio;
 use std::time::Duration;
-use std::time::Instant;
 
-use anyhow::Context;
 use anyhow::bail;
 use serde_json::Value;
 use serde_json::json;
@@ -44,7 +40,7 @@ where
     F: FnMut() -> Fut,
     Fut: Future<Output = Option<T>>,
 {
-    Ok(kvchaos::cluster::wait(timeout, what, f).await?)
+    Ok(kvchaos::wait::wait(timeout, what, f).await?)
 }
 
 /// Repeats a request until it answers `status` (within 20 s); returns the JSON body.
@@ -163,125 +159,83 @@ pub fn spawn_writers_to(
         .collect()
 }
 
-/// One node process (may be stopped and restarted on the same ports and data dir).
-pub struct TestNode {
-    pub id: u64,
-    pub api_port: u16,
-    pub raft_port: u16,
-    pub data_dir: PathBuf,
-    pub log_path: PathBuf,
-    pub child: Option<Child>,
-}
-
-impl TestNode {
-    pub fn api(&self) -> String {
-        format!("127.0.0.1:{}", self.api_port)
-    }
-    pub fn raft(&self) -> String {
-        format!("127.0.0.1:{}", self.raft_port)
-    }
-}
-
-/// A set of kvserver processes sharing a cluster id.
+/// A cluster of real kvserver processes: kvchaos's process harness (the one the
+/// fault campaign and the benchmark use, here without proxies), plus the raw
+/// HTTP helpers tests assert with. Harness methods (`form`, `join`, `start`,
+/// `wait_applied`, `wait_leader`, …) come through `Deref`.
 pub struct Cluster {
-    pub dir: tempfile::TempDir,
-    pub nodes: BTreeMap<u64, TestNode>,
-    pub http: reqwest::Client,
-    extra_args: Vec<String>,
-    env: Vec<(String, String)>,
-    /// Unique per cluster, so clusters sharing a PostgreSQL server get their own schemas.
-    pub cluster_id: String,
+    inner: kvchaos::cluster::Cluster,
+}
+
+impl std::ops::Deref for Cluster {
+    type Target = kvchaos::cluster::Cluster;
+    fn deref(&self) -> &Self::Target {
+        &self.inner
+    }
+}
+
+impl std::ops::DerefMut for Cluster {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.inner
+    }
 }
 
 impl Cluster {
+    fn builder(extra_args: &[&str]) -> kvchaos::cluster::ClusterBuilder {
+        kvchaos::cluster::Cluster::builder(env!("CARGO_BIN_EXE_kvserver"))
+            .args(extra_args.iter().copied())
+            .http_timeout(Duration::from_secs(30))
+            .dump_logs_on_panic(true)
+    }
+
     /// `extra_args` are passed to every node (e.g. `--set raft.snapshot_after_entries=20`).
     pub fn new(extra_args: &[&str]) -> Self {
         Self {
-            dir: tempfile::tempdir().expect("tempdir"),
-            nodes: BTreeMap::new(),
-            http: client(),
-            extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
-            env: Vec::new(),
-            cluster_id: format!("t{}", &uuid::Uuid::new_v4().simple().to_string()[..12]),
+            inner: Self::builder(extra_args).build().expect("cluster harness"),
         }
     }
 
     /// A cluster whose nodes store their state in `pg` (one schema per node).
     /// The URL with its password goes through the environment, as in production.
     pub fn with_postgres(pg: &pg::Postgres, extra_args: &[&str]) -> Self {
-        let mut c = Self::new(extra_args);
-        c.extra_args
-            .extend(["--set".to_string(), "storage.backend=postgres".to_string()]);
-        c.env.push(("KV_STORAGE_POSTGRES_URL".into(), pg.url()));
-        c
+        let inner = Self::builder(extra_args)
+            .args(["--set", "storage.backend=postgres"])
+            .env("KV_STORAGE_POSTGRES_URL", pg.url())
+            .build()
+            .expect("cluster harness");
+        Self { inner }
     }
 
     /// Creates node `id` (fresh ports and data dir) and starts it.
     pub fn add_node(&mut self, id: u64) -> anyhow::Result<()> {
-        let data_dir = self.dir.path().join(format!("node-{id}"));
-        let log_path = self.dir.path().join(format!("node-{id}.log"));
-        let node = TestNode {
-            id,
-            api_port: free_port(),
-            raft_port: free_port(),
-            data_dir,
-            log_path,
-            child: None,
-        };
-        self.nodes.insert(id, node);
-        self.start(id)
+        self.inner.add_node(id)?;
+        Ok(self.inner.start(id)?)
     }
 
-    /// (Re)starts the process of node `id`.
-    pub fn start(&mut self, id: u64) -> anyhow::Result<()> {
-        let extra = self.extra_args.clone();
-        let env = self.env.clone();
-        let cluster_id = self.cluster_id.clone();
-        let node = self.nodes.get_mut(&id).context("unknown node")?;
-        if node.child.is_some() {
-            bail!("node {id} is already running");
-        }
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&node.log_path)?;
-        let child = Command::new(env!("CARGO_BIN_EXE_kvserver"))
-            .arg("--node-id")
-            .arg(id.to_string())
-            .arg("--cluster-id")
-            .arg(&cluster_id)
-            .arg("--data-dir")
-            .arg(&node.data_dir)
-            .arg("--api-addr")
-            .arg(node.api())
-            .arg("--raft-addr")
-            .arg(node.raft())
-            .arg("--log-format")
-            .arg("json")
-            .args(&extra)
-            .env_remove("HOSTNAME")
-            .envs(env)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .context("spawning kvserver")?;
-        node.child = Some(child);
-        Ok(())
+    /// Starts nodes `1..=n`, initializes the cluster on node 1, adds the others as
+    /// learners and promotes them. Returns the leader id.
+    pub async fn form(&mut self, n: u64) -> anyhow::Result<u64> {
+        let ids: Vec<u64> = (1..=n).collect();
+        Ok(self.inner.form(&ids).await?)
+    }
+
+    /// Adds node `id` as a learner (waiting for catch-up) and promotes it.
+    pub async fn join(&self, id: u64) -> anyhow::Result<()> {
+        Ok(self.inner.join(id, Duration::from_secs(20)).await?)
     }
 
     /// `kill -9`.
     pub fn kill(&mut self, id: u64) {
-        if let Some(mut c) = self.nodes.get_mut(&id).and_then(|n| n.child.take()) {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        let _ = self.inner.kill(id);
     }
 
     /// `SIGSTOP` (`stop: true`) or `SIGCONT`: the process keeps its sockets and memory.
-    pub fn freeze(&self, id: u64, stop: bool) -> anyhow::Result<()> {
-        let child = self.nodes[&id].child.as_ref().context("node not running")?;
-        kvchaos::cluster::signal(child.id(), if stop { "-STOP" } else { "-CONT" })?;
+    pub fn freeze(&mut self, id: u64, stop: bool) -> anyhow::Result<()> {
+        if stop {
+            self.inner.pause(id)?;
+        } else {
+            self.inner.resume(id)?;
+        }
         Ok(())
     }
 
@@ -291,39 +245,20 @@ impl Cluster {
         id: u64,
         timeout: Duration,
     ) -> anyhow::Result<std::process::ExitStatus> {
-        let node = self.nodes.get_mut(&id).context("unknown node")?;
-        let mut child = node.child.take().context("node not running")?;
-        let st = Command::new("kill")
-            .arg("-TERM")
-            .arg(child.id().to_string())
-            .status()?;
-        if !st.success() {
-            bail!("kill -TERM failed");
-        }
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(status) = child.try_wait()? {
-                return Ok(status);
-            }
-            if Instant::now() >= deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                bail!("node {id} did not exit within {timeout:?} after SIGTERM");
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+        match self.inner.terminate(id, timeout).await? {
+            Some((Some(status), _)) => Ok(status),
+            Some((None, _)) => bail!("node {id} was not running"),
+            None => bail!("node {id} did not exit within {timeout:?} after SIGTERM"),
         }
     }
 
-    pub fn running(&self) -> Vec<u64> {
-        self.nodes
-            .values()
-            .filter(|n| n.child.is_some())
-            .map(|n| n.id)
-            .collect()
+    /// Waits until node `id` answers HTTP.
+    pub async fn wait_up(&self, id: u64) -> anyhow::Result<()> {
+        Ok(self.inner.wait_up(id, Duration::from_secs(20)).await?)
     }
 
     pub fn url(&self, id: u64, path: &str) -> String {
-        format!("http://{}{}", self.nodes[&id].api(), path)
+        self.inner.url(id, path).unwrap_or_else(|e| panic!("{e}"))
     }
 
     /// GET returning (status, json body).
@@ -357,22 +292,12 @@ impl Cluster {
 
     /// Node `id`'s committed index, as it reports it.
     pub async fn committed_index(&self, id: u64) -> anyhow::Result<u64> {
-        self.cluster_info(id).await?["committed_index"]
-            .as_u64()
-            .context("committed")
+        Ok(self.inner.committed_index(id).await?)
     }
 
     /// Waits until `leader` has purged its log past `index` (behind a snapshot).
     pub async fn wait_purged_past(&self, leader: u64, index: u64) -> anyhow::Result<()> {
-        wait_for(
-            "leader purged the log behind a snapshot",
-            Duration::from_secs(10),
-            || async move {
-                let info = self.cluster_info(leader).await.ok()?;
-                (info["purged_index"].as_u64()? > index + 1).then_some(())
-            },
-        )
-        .await
+        Ok(self.inner.wait_purged_past(leader, index).await?)
     }
 
     /// Node `id`'s Prometheus metrics text.
@@ -397,6 +322,7 @@ impl Cluster {
         }
     }
 
+    /// `GET /v1/cluster` as JSON, for assertions on the API's own shape.
     pub async fn cluster_info(&self, id: u64) -> anyhow::Result<Value> {
         let (st, body) = self.get(id, "/v1/cluster").await?;
         if st != 200 {
@@ -405,115 +331,19 @@ impl Cluster {
         Ok(body)
     }
 
-    /// Waits until node `id` answers HTTP.
-    pub async fn wait_up(&self, id: u64) -> anyhow::Result<()> {
-        let url = self.url(id, "/healthz");
-        let http = self.http.clone();
-        wait_for(
-            &format!("node {id} /healthz"),
-            Duration::from_secs(20),
-            || {
-                let (http, url) = (http.clone(), url.clone());
-                async move {
-                    http.get(&url)
-                        .send()
-                        .await
-                        .ok()
-                        .filter(|r| r.status().is_success())
-                        .map(|_| ())
-                }
-            },
-        )
-        .await
-    }
-
     /// Waits until every running node reports the same leader, and returns it.
     pub async fn wait_leader(&self, timeout: Duration) -> anyhow::Result<u64> {
-        self.wait_leader_among(&self.running(), timeout).await
+        Ok(self.inner.wait_leader(timeout).await?)
     }
 
     /// Waits until the nodes `ids` report the same leader, and returns it.
     pub async fn wait_leader_among(&self, ids: &[u64], timeout: Duration) -> anyhow::Result<u64> {
-        let running = ids.to_vec();
-        wait_for("an agreed leader", timeout, || {
-            let running = running.clone();
-            async move {
-                let mut leader = None;
-                for id in &running {
-                    let info = self.cluster_info(*id).await.ok()?;
-                    let l = info["leader_id"].as_u64()?;
-                    if leader.is_some_and(|x| x != l) {
-                        return None;
-                    }
-                    leader = Some(l);
-                }
-                let l = leader?;
-                let info = self.cluster_info(l).await.ok()?;
-                (info["role"] == "leader").then_some(l)
-            }
-        })
-        .await
-    }
-
-    /// Starts nodes `1..=n`, initializes the cluster on node 1, adds the others as
-    /// learners and promotes them. Returns the leader id.
-    pub async fn form(&mut self, n: u64) -> anyhow::Result<u64> {
-        for id in 1..=n {
-            self.add_node(id)?;
-        }
-        for id in 1..=n {
-            self.wait_up(id).await?;
-        }
-        let (st, body) = self.post(1, "/v1/cluster/init", json!({})).await?;
-        if st != 201 {
-            bail!("init: {st} {body}");
-        }
-        self.wait_leader_among(&[1], Duration::from_secs(10))
-            .await?;
-        for id in 2..=n {
-            self.join(id).await?;
-        }
-        self.wait_leader(Duration::from_secs(10)).await
-    }
-
-    /// Adds node `id` as a learner (waiting for catch-up) and promotes it, through node 1's API.
-    pub async fn join(&self, id: u64) -> anyhow::Result<()> {
-        let via = *self
-            .running()
-            .iter()
-            .find(|x| **x != id)
-            .context("no other node")?;
-        let node = &self.nodes[&id];
-        let (st, body) = self
-            .post(
-                via,
-                "/v1/cluster/learners",
-                json!({"id": id, "api_addr": node.api(), "raft_addr": node.raft(), "wait": true}),
-            )
-            .await?;
-        if st != 200 {
-            bail!("add learner {id}: {st} {body}");
-        }
-        let (st, body) = self
-            .post(via, "/v1/cluster/membership", json!({"add_voters": [id]}))
-            .await?;
-        if st != 200 {
-            bail!("promote {id}: {st} {body}");
-        }
-        Ok(())
+        Ok(self.inner.wait_leader_among(ids, timeout).await?)
     }
 
     /// Waits until node `id` has applied at least `index`.
     pub async fn wait_applied(&self, id: u64, index: u64, timeout: Duration) -> anyhow::Result<()> {
-        wait_for(
-            &format!("node {id} applied >= {index}"),
-            timeout,
-            || async move {
-                let info = self.cluster_info(id).await.ok()?;
-                (info["applied_index"].as_u64()? >= index).then_some(())
-            },
-        )
-        .await
+        Ok(self.inner.wait_applied(id, index, timeout).await?)
     }
 
     /// Fails unless node `id` (read locally) holds every key in `acked` under `prefix`.
@@ -523,25 +353,7 @@ impl Cluster {
         prefix: &str,
         acked: &[String],
     ) -> anyhow::Result<()> {
-        let (s, body) = self
-            .get(
-                id,
-                &format!("/v1/kv?prefix={prefix}&keys_only=true&limit=10000&consistency=stale"),
-            )
-            .await?;
-        if s != 200 {
-            bail!("list on {id}: {s}");
-        }
-        let present: std::collections::HashSet<&str> = body["kvs"]
-            .as_array()
-            .context("kvs")?
-            .iter()
-            .filter_map(|k| k["key"].as_str())
-            .collect();
-        let lost: Vec<&String> = acked
-            .iter()
-            .filter(|k| !present.contains(k.as_str()))
-            .collect();
+        let lost = self.inner.missing(id, prefix, acked).await?;
         if !lost.is_empty() {
             bail!(
                 "node {id} lost {} acknowledged writes, e.g. {:?}",
@@ -552,122 +364,9 @@ impl Cluster {
         Ok(())
     }
 
-    pub fn log_tail(&self, id: u64, lines: usize) -> String {
-        let text = std::fs::read_to_string(&self.nodes[&id].log_path).unwrap_or_default();
-        let all: Vec<&str> = text.lines().collect();
-        all[all.len().saturating_sub(lines)..].join("\n")
-    }
-
-    /// Prints the tail of every node's log (for failed tests).
-    pub fn dump_logs(&self) {
-        for id in self.nodes.keys() {
-            eprintln!("----- node {id} log tail -----\n{}", self.log_tail(*id, 60));
-        }
-    }
-
     /// Fails the test with `e`, after printing the node logs.
     pub fn fail(&self, e: anyhow::Error) -> ! {
         self.dump_logs();
         panic!("{e:#}");
-    }
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        let ids: Vec<u64> = self.nodes.keys().copied().collect();
-        if std::thread::panicking() {
-            self.dump_logs();
-        }
-        for id in ids {
-            self.kill(id);
-        }
-    }
-}
-
-/// One Server-Sent Event.
-#[derive(Debug, Clone)]
-pub struct SseEvent {
-    pub event: String,
-    pub data: String,
-    pub id: Option<String>,
-}
-
-impl SseEvent {
-    pub fn json(&self) -> Value {
-        serde_json::from_str(&self.data).unwrap_or(Value::Null)
-    }
-}
-
-/// Minimal SSE reader over a streaming HTTP response.
-pub struct SseReader {
-    resp: reqwest::Response,
-    buf: String,
-}
-
-impl SseReader {
-    /// Opens a stream; on a non-200 answer returns the status and JSON body instead.
-    pub async fn open(
-        http: &reqwest::Client,
-        url: &str,
-    ) -> anyhow::Result<Result<SseReader, (u16, Value)>> {
-        let resp = reqwest::Client::builder()
-            .no_proxy()
-            .connect_timeout(Duration::from_secs(2))
-            .build()
-            .unwrap_or_else(|_| http.clone())
-            .get(url)
-            .send()
-            .await?;
-        if resp.status().as_u16() != 200 {
-            let status = resp.status().as_u16();
-            return Ok(Err((status, resp.json().await.unwrap_or(Value::Null))));
-        }
-        Ok(Ok(SseReader {
-            resp,
-            buf: String::new(),
-        }))
-    }
-
-    /// The next event (comments skipped); `None` when the server closed the stream.
-    pub async fn next(&mut self, timeout: Duration) -> anyhow::Result<Option<SseEvent>> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            while let Some(end) = self.buf.find("\n\n") {
-                let block: String = self.buf.drain(..end + 2).collect();
-                let mut ev = SseEvent {
-                    event: "message".into(),
-                    data: String::new(),
-                    id: None,
-                };
-                let mut any = false;
-                for line in block.lines() {
-                    if let Some(v) = line.strip_prefix("event:") {
-                        ev.event = v.trim().to_string();
-                        any = true;
-                    } else if let Some(v) = line.strip_prefix("data:") {
-                        if !ev.data.is_empty() {
-                            ev.data.push('\n');
-                        }
-                        ev.data.push_str(v.trim_start());
-                        any = true;
-                    } else if let Some(v) = line.strip_prefix("id:") {
-                        ev.id = Some(v.trim().to_string());
-                    }
-                }
-                if any {
-                    return Ok(Some(ev));
-                }
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                bail!("no SSE event within {timeout:?}");
-            }
-            match tokio::time::timeout(left, self.resp.chunk()).await {
-                Err(_) => bail!("no SSE event within {timeout:?}"),
-                Ok(Err(e)) => return Err(e.into()),
-                Ok(Ok(None)) => return Ok(None),
-                Ok(Ok(Some(bytes))) => self.buf.push_str(&String::from_utf8_lossy(&bytes)),
-            }
-        }
     }
 }
