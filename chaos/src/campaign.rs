@@ -21,8 +21,8 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 use std::time::Instant;
 
+use kvserver::model::PutRequest;
 use serde::Serialize;
-use serde_json::json;
 
 use crate::ChaosError;
 use crate::checker;
@@ -252,22 +252,22 @@ async fn drive(
 
     // Serving again: a write through any live node.
     let healed = Instant::now();
-    let urls = cluster.live_urls();
-    let http = cluster.http.clone();
+    let probes = cluster
+        .live()
+        .into_iter()
+        .map(|id| cluster.client(id, Duration::from_secs(2)))
+        .collect::<Result<Vec<_>, _>>()?;
     let mut probe = 0u64;
     wait(RECOVERY_BOUND, "a write to succeed after healing", || {
         probe += 1;
-        let url = urls[probe as usize % urls.len().max(1)].clone();
-        let http = http.clone();
+        let client = probes.get(probe as usize % probes.len().max(1)).cloned();
+        let value = probe.to_string();
         async move {
-            let r = http
-                .put(format!("{url}/v1/kv/probe"))
-                .json(&json!({"value": probe.to_string()}))
-                .timeout(Duration::from_secs(2))
-                .send()
-                .await
-                .ok()?;
-            r.status().is_success().then_some(())
+            let put = PutRequest {
+                value,
+                ..Default::default()
+            };
+            client?.put("probe", &put).await.ok().map(|_| ())
         }
     })
     .await?;

@@ -5,7 +5,8 @@
 //! - [`crd`]: the `KVCluster` custom resource (spec, status), documented for `kubectl explain`.
 //! - [`build`]: pure builders of the owned objects (ConfigMap, Services, StatefulSet, PDB).
 //! - [`membership`]: the pure membership state machine (next safe step from observed state).
-//! - [`controller`]: the reconcile pipeline observe → plan → build → apply → membership step → status.
+//! - [`controller`]: the reconcile pipeline observe → plan → build → apply → membership step → status,
+//!   one file per stage that talks to the world (`observe`, `apply`, `execute`, `status`).
 //! - [`metrics`]: the operator's Prometheus metrics.
 //! - [`manifests`]: RBAC rules, install bundle and examples (one source for manifests/ and the chart).
 //! - [`crdgen`]: renders the CRD YAML (used by the `crdgen` binary and the drift test).

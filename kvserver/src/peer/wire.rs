@@ -3,6 +3,13 @@
 //! bincode. Frames are bounded ([`MAX_FRAME`]) so a bad peer cannot make us
 //! allocate without limit; every decoder here is fed untrusted bytes and is
 //! property-tested for that below.
+//!
+//! Who may send these: every request is served only after the hello passed
+//! (`super::server`), and is meant for members of the cluster — replication,
+//! votes, snapshots and leader transfer from the leader or candidates, read
+//! indexes and forwarded writes from followers. Today the hello checks a cluster
+//! id that is not secret; the TLS issue makes it an authenticated member identity
+//! checked in `super::server`, the one place every request passes.
 
 use openraft::raft::AppendEntriesRequest;
 use openraft::raft::AppendEntriesResponse;

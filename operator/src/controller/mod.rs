@@ -299,3 +299,29 @@ pub fn error_policy(kvc: Arc<KVCluster>, err: &ReconcileError, ctx: Arc<Context>
     tracing::warn!(kvcluster = %kvc.name_any(), error = %err, "reconcile failed");
     Action::requeue(Duration::from_secs(5))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A failed reconcile says where: the stage and the object or call, with the
+    /// metric label unchanged.
+    #[test]
+    fn errors_name_their_stage_and_object() {
+        let e = Err::<(), _>(ClientError::Config("no endpoint".into()))
+            .at("membership", "promote member 3")
+            .expect_err("an error");
+        let text = e.to_string();
+        assert!(text.starts_with("membership (promote member 3)"), "{text}");
+        assert!(text.contains("no endpoint"), "{text}");
+        assert_eq!(e.kind(), "kvserver");
+        let e = serde_json::from_str::<u8>("x")
+            .at("apply", "PodDisruptionBudget orders")
+            .expect_err("an error");
+        assert!(
+            e.to_string()
+                .starts_with("apply PodDisruptionBudget orders")
+        );
+        assert_eq!(e.kind(), "serialize");
+    }
+}
