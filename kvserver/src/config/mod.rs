@@ -197,49 +197,6 @@ impl Default for PostgresConfig {
     }
 }
 
-impl PostgresConfig {
-    /// Checks the settings a `postgres` backend needs.
-    fn validate(&self) -> Result<(), ConfigError> {
-        let pg = self;
-        let url = pg.url.as_deref().unwrap_or("");
-        if url.is_empty() {
-            return Err(field_err(
-                "storage.postgres.url",
-                "required when storage.backend is postgres",
-            ));
-        }
-        if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
-            return Err(field_err(
-                "storage.postgres.url",
-                "must start with postgres:// or postgresql://",
-            ));
-        }
-        if let Some(schema) = &pg.schema {
-            let ok = !schema.is_empty()
-                && schema.len() <= 63
-                && schema
-                    .bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
-            if !ok {
-                return Err(field_err(
-                    "storage.postgres.schema",
-                    "must be 1-63 characters of [a-z0-9_]",
-                ));
-            }
-        }
-        if pg.max_connections == 0 {
-            return Err(field_err("storage.postgres.max_connections", "must be > 0"));
-        }
-        if pg.acquire_timeout_ms == 0 {
-            return Err(field_err(
-                "storage.postgres.acquire_timeout_ms",
-                "must be > 0",
-            ));
-        }
-        Ok(())
-    }
-}
-
 impl std::fmt::Debug for PostgresConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PostgresConfig")
@@ -252,6 +209,46 @@ impl std::fmt::Debug for PostgresConfig {
 }
 
 impl PostgresConfig {
+    /// Checks the settings a `postgres` backend needs.
+    fn validate(&self) -> Result<(), ConfigError> {
+        let url = self.url.as_deref().unwrap_or("");
+        if url.is_empty() {
+            return Err(field_err(
+                "storage.postgres.url",
+                "required when storage.backend is postgres",
+            ));
+        }
+        if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+            return Err(field_err(
+                "storage.postgres.url",
+                "must start with postgres:// or postgresql://",
+            ));
+        }
+        if let Some(schema) = &self.schema {
+            let ok = !schema.is_empty()
+                && schema.len() <= 63
+                && schema
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+            if !ok {
+                return Err(field_err(
+                    "storage.postgres.schema",
+                    "must be 1-63 characters of [a-z0-9_]",
+                ));
+            }
+        }
+        if self.max_connections == 0 {
+            return Err(field_err("storage.postgres.max_connections", "must be > 0"));
+        }
+        if self.acquire_timeout_ms == 0 {
+            return Err(field_err(
+                "storage.postgres.acquire_timeout_ms",
+                "must be > 0",
+            ));
+        }
+        Ok(())
+    }
+
     /// The schema for `node_id` of `cluster_id`: configured, or derived from both.
     pub fn schema_for(&self, cluster_id: &str, node_id: u64) -> String {
         self.schema.clone().unwrap_or_else(|| {
