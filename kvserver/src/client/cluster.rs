@@ -92,11 +92,7 @@ impl Client {
             .get(format!("{endpoint}/readyz"))
             .send()
             .await
-            .map_err(|e| ClientError::Transport {
-                endpoint: endpoint.clone(),
-                message: e.to_string(),
-                connect: e.is_connect(),
-            })?;
+            .map_err(|e| ClientError::transport(&endpoint, &e))?;
         if resp.status() == StatusCode::SERVICE_UNAVAILABLE {
             return resp.json().await.map_err(|e| ClientError::Decode {
                 endpoint,

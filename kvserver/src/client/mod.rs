@@ -57,6 +57,15 @@ pub enum ClientError {
 }
 
 impl ClientError {
+    /// No HTTP answer came from `endpoint` (refused, reset, timed out).
+    fn transport(endpoint: &str, e: &reqwest::Error) -> Self {
+        ClientError::Transport {
+            endpoint: endpoint.to_string(),
+            message: e.to_string(),
+            connect: e.is_connect(),
+        }
+    }
+
     /// The API error code, if the server gave one.
     pub fn code(&self) -> Option<&str> {
         match self {
@@ -338,11 +347,10 @@ impl Client {
         if let Some(b) = body {
             req = req.json(b);
         }
-        let resp = req.send().await.map_err(|e| ClientError::Transport {
-            endpoint: endpoint.into(),
-            message: e.to_string(),
-            connect: e.is_connect(),
-        })?;
+        let resp = req
+            .send()
+            .await
+            .map_err(|e| ClientError::transport(endpoint, &e))?;
         decode(endpoint, resp).await
     }
 

@@ -86,11 +86,7 @@ impl WatchState {
             .header("accept", "text/event-stream")
             .send()
             .await
-            .map_err(|e| ClientError::Transport {
-                endpoint: endpoint.clone(),
-                message: e.to_string(),
-                connect: e.is_connect(),
-            })?;
+            .map_err(|e| ClientError::transport(&endpoint, &e))?;
         if !resp.status().is_success() {
             return Err(decode::<serde_json::Value>(&endpoint, resp)
                 .await
