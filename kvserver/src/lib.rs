@@ -20,6 +20,9 @@
 //! - [`api`]: the client HTTP API (axum): handlers that validate, build the command,
 //!   route it ([`route`]) and map the outcome to HTTP; ops endpoints; OpenAPI.
 //! - [`metrics`]: the node's Prometheus registry.
+//! - [`tls`]: certificates from files (reloaded on change), mutual TLS of the peer
+//!   port and member identities, the HTTPS listener, client TLS settings, and (feature
+//!   `ca`) issuing certificates. Client TLS settings and issuing build without `server`.
 //!
 //! # Why openraft 0.10 (alpha, pinned exactly)
 //! 0.10 has leader transfer (`Trigger::transfer_leader` plus the `transfer_leader` RPC),
@@ -30,6 +33,7 @@
 
 pub mod client;
 pub mod model;
+pub mod tls;
 
 #[cfg(feature = "server")]
 pub mod api;

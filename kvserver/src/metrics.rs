@@ -37,6 +37,23 @@ pub struct Metrics {
     /// Writes this node handed to the leader, by `via` (`peer`, `http`).
     pub forwarded_writes: IntCounterVec,
     pub row_cache_bytes: IntGauge,
+    /// Unix seconds at which the certificate a port serves expires, by `port` (`peer`, `client`).
+    pub tls_cert_not_after: IntGaugeVec,
+    /// 1 while the newest certificate files of a port failed to load (the old ones serve on).
+    pub tls_reload_failing: IntGaugeVec,
+    /// Certificate reloads by `port` and `result` (`ok`, `error`).
+    pub tls_reloads: IntCounterVec,
+}
+
+fn gauge_vec(
+    registry: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+) -> Result<IntGaugeVec, prometheus::Error> {
+    let g = IntGaugeVec::new(Opts::new(name, help), labels)?;
+    registry.register(Box::new(g.clone()))?;
+    Ok(g)
 }
 
 fn gauge(registry: &Registry, name: &str, help: &str) -> Result<IntGauge, prometheus::Error> {
@@ -97,7 +114,7 @@ impl Metrics {
         let peer_refused = counter_vec(
             &registry,
             "kv_peer_refused_total",
-            "Peer connections or votes refused, by reason (cluster_id, node_id, lost_data, empty_vote)",
+            "Peer connections, requests or votes refused, by reason (tls, identity, not_member, hello, cluster_id, node_id, lost_data, empty_vote)",
             &["reason"],
         )?;
         let row_cache_lookups = counter_vec(
@@ -112,7 +129,28 @@ impl Metrics {
             "Client writes this node handed to the leader, by path (peer: Raft peer port, http: replayed request)",
             &["via"],
         )?;
+        let tls_cert_not_after = gauge_vec(
+            &registry,
+            "kv_tls_cert_not_after_seconds",
+            "Unix time at which the certificate served on a port expires",
+            &["port"],
+        )?;
+        let tls_reload_failing = gauge_vec(
+            &registry,
+            "kv_tls_reload_failing",
+            "1 while the newest certificate files of a port failed to load (the previous certificate is still served)",
+            &["port"],
+        )?;
+        let tls_reloads = counter_vec(
+            &registry,
+            "kv_tls_reloads_total",
+            "Certificate reloads by port and result (ok, error)",
+            &["port", "result"],
+        )?;
         Ok(Self {
+            tls_cert_not_after,
+            tls_reload_failing,
+            tls_reloads,
             row_cache_entries: gauge(
                 &registry,
                 "kv_row_cache_entries",

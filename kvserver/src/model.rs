@@ -313,6 +313,10 @@ pub struct ReadyResponse {
     pub node_id: NodeId,
     /// Why the node is not ready (empty when ready).
     pub reasons: Vec<String>,
+    /// What needs attention without making the node unready, such as certificate
+    /// files that failed to reload while the previous certificate still serves.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 /// Response of `GET /status`.

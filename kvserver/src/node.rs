@@ -30,6 +30,7 @@ use crate::config::StorageBackend;
 use crate::config::hostname;
 use crate::metrics::Metrics;
 use crate::peer;
+use crate::peer::Dialer;
 use crate::peer::NetworkFactory;
 use crate::peer::PeerState;
 use crate::raft;
@@ -40,6 +41,9 @@ use crate::store::StateMachine;
 use crate::store::Store;
 use crate::store::StoreError;
 use crate::store::StoreOptions;
+use crate::tls::PeerTls;
+use crate::tls::Reloading;
+use crate::tls::Role;
 
 /// Errors while starting or stopping a node.
 #[derive(Debug, thiserror::Error)]
@@ -60,6 +64,15 @@ pub enum NodeError {
     Metrics(#[from] prometheus::Error),
     #[error("http client: {0}")]
     Http(#[from] reqwest::Error),
+    #[error("config field `{field}`: {source}")]
+    Tls {
+        field: &'static str,
+        source: crate::tls::TlsError,
+    },
+}
+
+fn tls_err(field: &'static str) -> impl Fn(crate::tls::TlsError) -> NodeError {
+    move |source| NodeError::Tls { field, source }
 }
 
 /// A running node.
@@ -136,6 +149,53 @@ pub async fn start_node(config: Config) -> Result<NodeHandle, NodeError> {
     };
 
     let metrics = Arc::new(Metrics::new()?);
+    let peer_certs = config
+        .tls
+        .peer
+        .cert_files()
+        .map(|files| {
+            Reloading::load(
+                "peer",
+                files,
+                Role::Member {
+                    cluster_id: config.cluster_id.clone(),
+                    node_id: id,
+                    host: crate::tls::host_of(&advertise.raft_addr).to_string(),
+                },
+            )
+        })
+        .transpose()
+        .map_err(tls_err("tls.peer.cert_file"))?;
+    let peer_tls = peer_certs
+        .clone()
+        .map(|c| PeerTls::new(c, &config.cluster_id).map(Arc::new))
+        .transpose()
+        .map_err(tls_err("tls.peer"))?;
+    let api_certs = config
+        .tls
+        .client
+        .cert_files()
+        .map(|files| {
+            Reloading::load(
+                "client",
+                files,
+                Role::Api {
+                    client_auth: config.tls.client_auth,
+                },
+            )
+        })
+        .transpose()
+        .map_err(tls_err("tls.client.cert_file"))?;
+    if peer_tls.is_none() && !config.bootstrap {
+        tracing::warn!(
+            "the peer port is plaintext (no tls.peer): anyone who can reach it can rewrite this node's log; use peer TLS outside local tests"
+        );
+    }
+    let tls_certs: Vec<Arc<Reloading>> =
+        peer_certs.iter().chain(api_certs.iter()).cloned().collect();
+    for c in &tls_certs {
+        c.export(&metrics);
+    }
     let backend = match config.storage.backend {
         StorageBackend::Postgres => {
             let pg = &config.storage.postgres;
@@ -172,9 +232,13 @@ pub async fn start_node(config: Config) -> Result<NodeHandle, NodeError> {
     let raft_config = raft::openraft_config(&config).map_err(|e| NodeError::Raft(e.to_string()))?;
     let cluster_id: Arc<str> = Arc::from(config.cluster_id.as_str());
     let raft_cell = Arc::new(std::sync::OnceLock::new());
-    let factory = NetworkFactory {
-        node_id: id,
+    let dialer = Dialer {
+        me: id,
         cluster_id: cluster_id.clone(),
+        tls: peer_tls.clone(),
+    };
+    let factory = NetworkFactory {
+        dialer: dialer.clone(),
         raft: raft_cell.clone(),
     };
     let raft = KvRaft::new(id, Arc::new(raft_config), factory, log_store, sm)
@@ -199,7 +263,6 @@ pub async fn start_node(config: Config) -> Result<NodeHandle, NodeError> {
     let (stop, stop_rx) = watch::channel(false);
     let peer_state = Arc::new(PeerState::default());
     let mut tasks = Vec::new();
-    let follower_cluster_id = cluster_id.clone();
     let peer_server = Arc::new(peer::PeerServer {
         raft: raft.clone(),
         node_id: id,
@@ -207,6 +270,8 @@ pub async fn start_node(config: Config) -> Result<NodeHandle, NodeError> {
         snapshot_dir: store.snapshot_dir.clone(),
         state: peer_state.clone(),
         metrics: metrics.clone(),
+        tls: peer_tls,
+        max_value_bytes: config.max_value_bytes,
     });
     tasks.push(tokio::spawn(peer::serve(
         raft_listener,
@@ -214,12 +279,24 @@ pub async fn start_node(config: Config) -> Result<NodeHandle, NodeError> {
         stopped(&stop_rx),
     )));
 
-    let http = reqwest::Client::builder()
+    for c in &tls_certs {
+        tasks.push(tokio::spawn(c.clone().watch(
+            Duration::from_millis(config.tls.reload_interval_ms),
+            metrics.clone(),
+            stopped(&stop_rx),
+        )));
+    }
+    let mut http = crate::tls::http_builder()
         .no_proxy()
         .connect_timeout(Duration::from_secs(2))
         .timeout(api::WRITE_TIMEOUT * 4)
-        .pool_max_idle_per_host(64)
-        .build()?;
+        .pool_max_idle_per_host(64);
+    if let Some(certs) = &api_certs {
+        let relay =
+            crate::tls::relay_client_config(certs.clone()).map_err(tls_err("tls.client"))?;
+        http = http.tls_backend_preconfigured(relay);
+    }
+    let http = http.build()?;
     let state = Arc::new(NodeState {
         id,
         cluster_id: config.cluster_id.clone(),
@@ -231,24 +308,29 @@ pub async fn start_node(config: Config) -> Result<NodeHandle, NodeError> {
         http,
         started: Instant::now(),
         peer_state,
-        follower_reads: crate::route::read_index::FollowerReads::new(
-            id,
-            follower_cluster_id.clone(),
-            raft.clone(),
-        ),
-        writes: crate::route::forward::WriteForwarder::new(id, follower_cluster_id, raft.clone()),
+        follower_reads: crate::route::read_index::FollowerReads::new(dialer.clone(), raft.clone()),
+        writes: crate::route::forward::WriteForwarder::new(dialer, raft.clone()),
+        api_scheme: if api_certs.is_some() { "https" } else { "http" },
+        tls_certs,
         shutdown: api_stop_rx.clone(),
     });
     let app = api::router(state.clone());
     let api_shutdown = stopped(&api_stop_rx);
-    let api_task = tokio::spawn(async move {
-        if let Err(e) = axum::serve(api_listener, app)
-            .with_graceful_shutdown(api_shutdown)
-            .await
-        {
-            tracing::error!(error = %e, "client API server failed");
+    let api_task = match api_certs {
+        Some(certs) => {
+            let tls = crate::tls::api_server_config(certs, config.tls.client_auth)
+                .map_err(tls_err("tls.client"))?;
+            let listener = crate::tls::HttpsListener::new(api_listener, tls).map_err(|source| {
+                NodeError::Bind {
+                    field: "api_addr",
+                    addr: config.api_addr.clone(),
+                    source,
+                }
+            })?;
+            tokio::spawn(serve_api(listener, app, api_shutdown))
         }
-    });
+        None => tokio::spawn(serve_api(api_listener, app, api_shutdown)),
+    };
     tasks.push(tokio::spawn(reap_expired(
         raft.clone(),
         store.clone(),
@@ -284,6 +366,23 @@ pub async fn start_node(config: Config) -> Result<NodeHandle, NodeError> {
         store,
         drain_timeout: Duration::from_millis(config.shutdown_timeout_ms),
     })
+}
+
+/// Serves the client API on `listener` (plain TCP or HTTPS) until `shutdown`, then drains.
+async fn serve_api<L>(
+    listener: L,
+    app: axum::Router,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) where
+    L: axum::serve::Listener,
+    L::Addr: std::fmt::Debug,
+{
+    if let Err(e) = axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+    {
+        tracing::error!(error = %e, "client API server failed");
+    }
 }
 
 /// The leader periodically proposes deletion of expired keys, so expiry is a

@@ -275,7 +275,7 @@ async fn warm_cache_across_snapshot(c: &mut Cluster) -> anyhow::Result<()> {
         .unwrap_or(0);
 
     c.freeze(lagging, true)?;
-    let http = common::client();
+    let http = c.http.clone();
     for i in 0..5 {
         let (st, body) = c
             .put_kv(leader, &format!("warm/{i}"), &format!("new-{i}"))

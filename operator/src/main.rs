@@ -49,7 +49,7 @@ struct Cli {
 
 /// `--check`: exit status 0 when the operator at `base` is healthy and exports its metrics.
 async fn check(base: &str) -> anyhow::Result<()> {
-    let http = reqwest::Client::builder()
+    let http = kvserver::tls::http_builder()
         .timeout(std::time::Duration::from_secs(10))
         .build()?;
     let base = base.trim_end_matches('/');

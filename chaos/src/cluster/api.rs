@@ -19,6 +19,7 @@ use kvserver::model::MembershipRequest;
 use super::Cluster;
 use crate::ChaosError;
 use crate::wait::wait;
+use kvserver::tls::ClientTls;
 
 /// How long one cluster-changing call may take (a learner catching up, a joint change).
 const CALL_TIMEOUT: Duration = Duration::from_secs(35);
@@ -31,11 +32,12 @@ pub enum ClusterCall {
 }
 
 /// A client of one node: one attempt per call (the harness decides what to repeat).
-fn one_node(url: &str, timeout: Duration) -> Result<Client, ChaosError> {
-    Client::builder([url])
-        .timeout(timeout)
-        .attempts(1)
-        .build()
+fn one_node(url: &str, timeout: Duration, tls: Option<&ClientTls>) -> Result<Client, ChaosError> {
+    let mut b = Client::builder([url]).timeout(timeout).attempts(1);
+    if let Some(tls) = tls {
+        b = b.tls(tls.clone());
+    }
+    b.build()
         .map_err(|e| ChaosError::Cluster(format!("client of {url}: {e}")))
 }
 
@@ -44,12 +46,13 @@ fn one_node(url: &str, timeout: Duration) -> Result<Client, ChaosError> {
 /// Takes no `&Cluster`, so it can run in a task while the cluster is faulted.
 pub async fn cluster_call(
     urls: Vec<String>,
+    tls: Option<ClientTls>,
     call: &ClusterCall,
     timeout: Duration,
 ) -> Result<ChangeResponse, ChaosError> {
     let clients = urls
         .iter()
-        .map(|u| one_node(u, CALL_TIMEOUT))
+        .map(|u| one_node(u, CALL_TIMEOUT, tls.as_ref()))
         .collect::<Result<Vec<_>, _>>()?;
     let deadline = Instant::now() + timeout;
     let mut last = String::from("no node tried");
@@ -76,7 +79,7 @@ pub async fn cluster_call(
 impl Cluster {
     /// A client of node `id` alone that gives up after `timeout`.
     pub fn client(&self, id: u64, timeout: Duration) -> Result<Client, ChaosError> {
-        one_node(&self.url(id, "")?, timeout)
+        one_node(&self.url(id, "")?, timeout, self.client_tls().as_ref())
     }
 
     /// `GET /v1/cluster` on node `id`, answered within `timeout`.
@@ -201,7 +204,7 @@ impl Cluster {
         call: &ClusterCall,
         timeout: Duration,
     ) -> Result<ChangeResponse, ChaosError> {
-        cluster_call(self.live_urls(), call, timeout).await
+        cluster_call(self.live_urls(), self.client_tls(), call, timeout).await
     }
 
     /// The request that adds node `id` as a learner at its advertised addresses,
@@ -230,8 +233,8 @@ impl Cluster {
             .filter(|x| *x != id)
             .filter_map(|x| self.url(x, "").ok())
             .collect();
-        cluster_call(others.clone(), &learner, timeout).await?;
-        cluster_call(others, &promote, timeout).await?;
+        cluster_call(others.clone(), self.client_tls(), &learner, timeout).await?;
+        cluster_call(others, self.client_tls(), &promote, timeout).await?;
         Ok(())
     }
 

@@ -9,12 +9,18 @@
 //! before a restart. Everything is stopped and removed on drop (a failing run
 //! may [`Cluster::keep`] its directory).
 //!
+//! With TLS on (the tests' default), the cluster has its own CA and every node
+//! serves both ports with a member certificate ([`tls`]); the harness's clients
+//! speak HTTPS with the CA bundle and a client certificate.
+//!
 //! Layout: this file holds the nodes and their processes; [`ports`] free ports
 //! and signals; [`api`] what the harness asks of a running cluster through the
-//! typed client (views, leaders, forming, joining, convergence).
+//! typed client (views, leaders, forming, joining, convergence); [`tls`] the
+//! cluster's certificates.
 
 pub mod api;
 pub mod ports;
+pub mod tls;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -50,14 +56,16 @@ pub struct Node {
     pub advertised_raft: SocketAddr,
     pub data_dir: PathBuf,
     pub log: PathBuf,
+    /// `https` when the cluster has TLS.
+    pub scheme: &'static str,
     child: Option<Child>,
     paused: bool,
 }
 
 impl Node {
-    /// Base URL of the node's client API (`http://127.0.0.1:<port>`).
+    /// Base URL of the node's client API (`http(s)://127.0.0.1:<port>`).
     pub fn url(&self) -> String {
-        format!("http://{}", self.api)
+        format!("{}://{}", self.scheme, self.api)
     }
     /// Whether its process runs (paused or not).
     pub fn running(&self) -> bool {
@@ -81,9 +89,17 @@ pub struct ClusterBuilder {
     cluster_id: Option<String>,
     http_timeout: Duration,
     dump_logs_on_panic: bool,
+    tls: bool,
 }
 
 impl ClusterBuilder {
+    /// TLS on both ports of every node (a CA of the cluster's own, member
+    /// certificates) and HTTPS for the harness's clients.
+    pub fn tls(mut self, on: bool) -> Self {
+        self.tls = on;
+        self
+    }
+
     /// Arguments for every node (after the harness's own: ids, addresses, data dir).
     pub fn args<I, S>(mut self, args: I) -> Self
     where
@@ -129,12 +145,6 @@ impl ClusterBuilder {
     /// A cluster without nodes yet ([`Cluster::add_node`]).
     pub fn build(self) -> Result<Cluster, ChaosError> {
         let dir = tempfile::Builder::new().prefix("kvchaos-").tempdir()?;
-        let http = reqwest::Client::builder()
-            .no_proxy()
-            .connect_timeout(Duration::from_secs(2))
-            .timeout(self.http_timeout)
-            .pool_max_idle_per_host(32)
-            .build()?;
         let cluster_id = self.cluster_id.unwrap_or_else(|| {
             dir.path()
                 .file_name()
@@ -143,7 +153,15 @@ impl ClusterBuilder {
                 .replace(['-', '_', '.'], "")
                 .to_lowercase()
         });
+        let tls = if self.tls {
+            Some(tls::TestTls::new(&dir.path().join("tls"), &cluster_id)?)
+        } else {
+            None
+        };
+        let http = http_client(self.http_timeout, tls.as_ref())?;
         Ok(Cluster {
+            tls,
+            http_timeout: self.http_timeout,
             dir: Some(dir),
             bin: self.bin,
             cluster_id,
@@ -162,6 +180,9 @@ impl ClusterBuilder {
 /// A set of kvserver processes sharing a cluster id (and, optionally, the proxies between them).
 pub struct Cluster {
     dir: Option<tempfile::TempDir>,
+    /// The cluster's certificates, when it has TLS.
+    pub tls: Option<tls::TestTls>,
+    http_timeout: Duration,
     bin: PathBuf,
     pub cluster_id: String,
     pub nodes: BTreeMap<u64, Node>,
@@ -173,6 +194,26 @@ pub struct Cluster {
     args: Vec<String>,
     env: Vec<(String, String)>,
     dump_logs_on_panic: bool,
+}
+
+/// The harness's HTTP client (HTTPS with the cluster's bundle and client certificate).
+fn http_client(
+    timeout: Duration,
+    tls: Option<&tls::TestTls>,
+) -> Result<reqwest::Client, ChaosError> {
+    let mut b = kvserver::tls::http_builder()
+        .no_proxy()
+        .connect_timeout(Duration::from_secs(2))
+        .timeout(timeout)
+        .pool_max_idle_per_host(32);
+    if let Some(tls) = tls {
+        let config = tls
+            .client_tls()
+            .rustls_config()
+            .map_err(|e| ChaosError::Cluster(format!("client TLS: {e}")))?;
+        b = b.tls_backend_preconfigured(config);
+    }
+    Ok(b.build()?)
 }
 
 fn loopback(port: u16) -> SocketAddr {
@@ -197,7 +238,20 @@ impl Cluster {
             cluster_id: None,
             http_timeout: Duration::from_secs(5),
             dump_logs_on_panic: false,
+            tls: false,
         }
+    }
+
+    /// What the cluster's clients need for HTTPS (`None` without TLS).
+    pub fn client_tls(&self) -> Option<kvserver::tls::ClientTls> {
+        self.tls.as_ref().map(tls::TestTls::client_tls)
+    }
+
+    /// Rebuilds [`Cluster::http`] from the certificate files as they are now (after
+    /// a test changed the CA bundle clients trust).
+    pub fn refresh_http(&mut self) -> Result<(), ChaosError> {
+        self.http = http_client(self.http_timeout, self.tls.as_ref())?;
+        Ok(())
     }
 
     /// Prepares node `id` (fresh ports, its proxies, a data directory path); not started.
@@ -234,6 +288,9 @@ impl Cluster {
         } else {
             (api, raft)
         };
+        if let Some(tls) = &self.tls {
+            tls.issue_node(id, None)?;
+        }
         self.nodes.insert(
             id,
             Node {
@@ -244,6 +301,7 @@ impl Cluster {
                 advertised_raft,
                 data_dir: dir.join(format!("node-{id}")),
                 log: dir.join(format!("node-{id}.log")),
+                scheme: if self.tls.is_some() { "https" } else { "http" },
                 child: None,
                 paused: false,
             },
@@ -278,6 +336,11 @@ impl Cluster {
         let args = self.args.clone();
         let env = self.env.clone();
         let cluster_id = self.cluster_id.clone();
+        let tls_env = self
+            .tls
+            .as_ref()
+            .map(|t| t.node_env(id))
+            .unwrap_or_default();
         let n = self.node_mut(id)?;
         if n.child.is_some() {
             return Ok(());
@@ -301,6 +364,7 @@ impl Cluster {
             .args(&args)
             .env_remove("HOSTNAME")
             .envs(env)
+            .envs(tls_env)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
@@ -379,7 +443,7 @@ impl Cluster {
         Ok(())
     }
 
-    /// `http://<node id's API><path>`.
+    /// `http(s)://<node id's API><path>`.
     pub fn url(&self, id: u64, path: &str) -> Result<String, ChaosError> {
         Ok(format!("{}{path}", self.node(id)?.url()))
     }

@@ -69,6 +69,21 @@ pub enum ApiError {
     Internal(String),
 }
 
+impl From<crate::command::Invalid> for ApiError {
+    fn from(e: crate::command::Invalid) -> Self {
+        let code = match e.code.as_str() {
+            "invalid_key" => "invalid_key",
+            "key_too_long" => "key_too_long",
+            "value_too_large" => "value_too_large",
+            "invalid_ttl" => "invalid_ttl",
+            "invalid_txn" => "invalid_txn",
+            "invalid_parameter" => "invalid_parameter",
+            _ => "invalid_command",
+        };
+        ApiError::bad(code, e.message)
+    }
+}
+
 impl ApiError {
     pub fn bad(code: &'static str, message: impl Into<String>) -> Self {
         ApiError::BadRequest {

@@ -40,13 +40,11 @@ use crate::model::ReadQuery;
 use crate::route;
 use crate::route::Routed;
 
-/// Longest key in bytes.
-pub const MAX_KEY_BYTES: usize = 4096;
+pub use crate::command::MAX_KEY_BYTES;
+pub use crate::command::MAX_TTL_SECONDS;
 /// Most keys per list page and per batch get.
 pub const MAX_PAGE: usize = 10_000;
 const DEFAULT_PAGE: usize = 1_000;
-/// Longest TTL accepted (10 years): keeps `now + ttl` far from overflow.
-pub const MAX_TTL_SECONDS: u64 = 10 * 365 * 24 * 3600;
 
 /// Endpoints that take no query parameters reject any.
 #[derive(Debug, Default, Deserialize)]
@@ -54,22 +52,7 @@ pub const MAX_TTL_SECONDS: u64 = 10 * 365 * 24 * 3600;
 pub struct NoParams {}
 
 pub fn validate_key(key: &str) -> Result<(), ApiError> {
-    if key.is_empty() {
-        return Err(ApiError::bad("invalid_key", "key must not be empty"));
-    }
-    if key.len() > MAX_KEY_BYTES {
-        return Err(ApiError::bad(
-            "key_too_long",
-            format!("key is {} bytes; the limit is {MAX_KEY_BYTES}", key.len()),
-        ));
-    }
-    if key.chars().any(|c| c == '\0') {
-        return Err(ApiError::bad(
-            "invalid_key",
-            "key must not contain NUL characters",
-        ));
-    }
-    Ok(())
+    crate::command::check_key(key).map_err(ApiError::from)
 }
 
 pub fn require_outcome(r: ApplyResult) -> Result<(u64, Outcome), ApiError> {

@@ -71,6 +71,10 @@ pub struct NodeState {
     pub writes: Arc<crate::route::forward::WriteForwarder>,
     /// Becomes true when the API starts draining (long-lived streams end then).
     pub shutdown: tokio::sync::watch::Receiver<bool>,
+    /// `https` when the client port serves TLS (the scheme of every member's client port).
+    pub api_scheme: &'static str,
+    /// The certificates this node serves, for `/readyz`.
+    pub tls_certs: Vec<Arc<crate::tls::Reloading>>,
 }
 
 pub type AppState = Arc<NodeState>;

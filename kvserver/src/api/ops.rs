@@ -101,6 +101,21 @@ pub async fn readyz(State(state): State<AppState>, Q(_params): Q<NoParams>) -> R
     if m.state == ServerState::Shutdown {
         reasons.push("shutting down".into());
     }
+    // A failed reload leaves the previous certificate serving: worth a warning,
+    // not an outage (a bad Secret reaches every pod at once). A certificate
+    // outside its validity window fails every handshake: not ready.
+    let mut warnings = Vec::new();
+    for certs in &state.tls_certs {
+        let expired = certs
+            .current()
+            .info
+            .validity_problem(crate::command::now_ms() as i64 / 1000);
+        if let Some(p) = expired {
+            reasons.push(format!("{} TLS certificate {p}", certs.port));
+        } else if let Some(p) = certs.problem() {
+            warnings.push(p);
+        }
+    }
     let ready = reasons.is_empty();
     let status = if ready {
         StatusCode::OK
@@ -113,6 +128,7 @@ pub async fn readyz(State(state): State<AppState>, Q(_params): Q<NoParams>) -> R
             ready,
             node_id: state.id,
             reasons,
+            warnings,
         }),
     )
         .into_response()

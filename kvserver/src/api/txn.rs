@@ -37,8 +37,7 @@ use crate::model::TxnResponse;
 use crate::route;
 use crate::route::Routed;
 
-/// Most comparisons, and most operations per branch, in one transaction.
-pub const MAX_TXN_ITEMS: usize = 128;
+pub use crate::command::MAX_TXN_ITEMS;
 
 fn bad(msg: String) -> ApiError {
     ApiError::bad("invalid_txn", msg)

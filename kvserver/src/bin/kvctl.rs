@@ -37,6 +37,15 @@ struct Cli {
     /// Per-request timeout in milliseconds.
     #[arg(long, default_value_t = 5000)]
     timeout_ms: u64,
+    /// CA bundle (PEM) of the cluster's client port: turns on HTTPS.
+    #[arg(long, env = "KV_CACERT")]
+    cacert: Option<std::path::PathBuf>,
+    /// Client certificate (PEM), for clusters that ask for one.
+    #[arg(long, env = "KV_CERT", requires = "key")]
+    cert: Option<std::path::PathBuf>,
+    /// Private key (PEM) of `--cert`.
+    #[arg(long, env = "KV_KEY", requires = "cert")]
+    key: Option<std::path::PathBuf>,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -250,10 +259,17 @@ async fn verify(
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let client = Client::builder(cli.endpoints.clone())
-        .timeout(Duration::from_millis(cli.timeout_ms))
-        .build()
-        .context("building the client")?;
+    let mut builder =
+        Client::builder(cli.endpoints.clone()).timeout(Duration::from_millis(cli.timeout_ms));
+    let tls = kvserver::tls::ClientTls {
+        ca_file: cli.cacert.clone(),
+        cert_file: cli.cert.clone(),
+        key_file: cli.key.clone(),
+    };
+    if tls.is_set() {
+        builder = builder.tls(tls);
+    }
+    let client = builder.build().context("building the client")?;
     let ok = match cli.cmd {
         Cmd::Get { key, stale } => {
             let c = if stale {

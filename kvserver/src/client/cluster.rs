@@ -85,7 +85,7 @@ impl Client {
 
     /// `/readyz` of one particular node (`ready: false` rather than an error when not ready).
     pub async fn ready_at(&self, endpoint: &str) -> Result<ReadyResponse, ClientError> {
-        let endpoint = normalize(endpoint.to_string());
+        let endpoint = normalize(endpoint.to_string(), self.inner.scheme);
         let resp = self
             .inner
             .http

@@ -127,6 +127,7 @@ enum Retry {
 /// Builder for [`Client`].
 pub struct ClientBuilder {
     endpoints: Vec<String>,
+    tls: Option<crate::tls::ClientTls>,
     timeout: Duration,
     attempts: u32,
     backoff: Duration,
@@ -136,6 +137,13 @@ impl ClientBuilder {
     /// Per-request timeout (default 30 s; watch streams have none).
     pub fn timeout(mut self, t: Duration) -> Self {
         self.timeout = t;
+        self
+    }
+
+    /// HTTPS with these settings (the CA bundle, and a client certificate when the
+    /// cluster asks for one). Endpoints without a scheme then mean `https://`.
+    pub fn tls(mut self, tls: crate::tls::ClientTls) -> Self {
+        self.tls = Some(tls);
         self
     }
 
@@ -157,18 +165,35 @@ impl ClientBuilder {
                 "at least one endpoint is needed".into(),
             ));
         }
+        let tls = match &self.tls {
+            Some(t) => Some(
+                t.rustls_config()
+                    .map_err(|e| ClientError::Config(e.to_string()))?,
+            ),
+            None => None,
+        };
+        let scheme = if tls.is_some() { "https" } else { "http" };
         let endpoints = self
             .endpoints
             .into_iter()
-            .map(normalize)
+            .map(|e| normalize(e, scheme))
             .collect::<Vec<_>>();
+        if tls.is_none() && endpoints.iter().any(|e| e.starts_with("https://")) {
+            return Err(ClientError::Config(
+                "https:// endpoints need TLS settings: the CA bundle of the cluster (--cacert)"
+                    .into(),
+            ));
+        }
         let mk = |timeout: Option<Duration>| {
-            let mut b = reqwest::Client::builder()
+            let mut b = crate::tls::http_builder()
                 .no_proxy()
                 .connect_timeout(Duration::from_secs(3))
                 .pool_max_idle_per_host(32);
             if let Some(t) = timeout {
                 b = b.timeout(t);
+            }
+            if let Some(config) = &tls {
+                b = b.tls_backend_preconfigured(config.clone());
             }
             b.build().map_err(|e| ClientError::Config(e.to_string()))
         };
@@ -177,6 +202,7 @@ impl ClientBuilder {
                 http: mk(Some(self.timeout))?,
                 stream_http: mk(None)?,
                 endpoints: Mutex::new(endpoints.into()),
+                scheme,
                 attempts: self.attempts,
                 backoff: self.backoff,
             }),
@@ -184,12 +210,13 @@ impl ClientBuilder {
     }
 }
 
-fn normalize(e: String) -> String {
+/// `e` as a base URL: `scheme` (the client's) unless `e` names one.
+fn normalize(e: String, scheme: &str) -> String {
     let e = e.trim_end_matches('/').to_string();
     if e.starts_with("http://") || e.starts_with("https://") {
         e
     } else {
-        format!("http://{e}")
+        format!("{scheme}://{e}")
     }
 }
 
@@ -198,6 +225,8 @@ struct Inner {
     stream_http: reqwest::Client,
     /// Front = preferred endpoint.
     endpoints: Mutex<VecDeque<String>>,
+    /// `https` with TLS settings: the scheme of endpoints given as `host:port`.
+    scheme: &'static str,
     attempts: u32,
     backoff: Duration,
 }
@@ -293,6 +322,7 @@ impl Client {
     {
         ClientBuilder {
             endpoints: endpoints.into_iter().map(Into::into).collect(),
+            tls: None,
             timeout: Duration::from_secs(30),
             attempts: 6,
             backoff: Duration::from_millis(100),
@@ -362,8 +392,13 @@ impl Client {
         path: &str,
         body: Option<&B>,
     ) -> Result<T, ClientError> {
-        self.once(&normalize(endpoint.to_string()), method, path, body)
-            .await
+        self.once(
+            &normalize(endpoint.to_string(), self.inner.scheme),
+            method,
+            path,
+            body,
+        )
+        .await
     }
 
     async fn call<B: Serialize, T: DeserializeOwned>(
@@ -408,7 +443,7 @@ impl Client {
             .await
         {
             Ok(info) => match info.members.iter().find(|m| m.id == leader) {
-                Some(m) => self.prefer(normalize(m.api_addr.clone())),
+                Some(m) => self.prefer(normalize(m.api_addr.clone(), self.inner.scheme)),
                 None => self.rotate(asked),
             },
             Err(_) => self.rotate(asked),
@@ -440,7 +475,15 @@ mod tests {
             "{s}"
         );
         assert!(!s.contains("start_after"), "{s}");
-        assert_eq!(normalize("10.0.0.1:8080/".into()), "http://10.0.0.1:8080");
+        assert_eq!(
+            normalize("10.0.0.1:8080/".into(), "http"),
+            "http://10.0.0.1:8080"
+        );
+        assert_eq!(
+            normalize("10.0.0.1:8080".into(), "https"),
+            "https://10.0.0.1:8080"
+        );
+        assert_eq!(normalize("http://a:1".into(), "https"), "http://a:1");
     }
 
     #[test]

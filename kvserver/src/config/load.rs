@@ -110,6 +110,18 @@ const ENV: &[(&str, &str, Kind)] = &[
         "storage.postgres.acquire_timeout_ms",
         Kind::Scalar,
     ),
+    ("KV_TLS_PEER_CERT_FILE", "tls.peer.cert_file", Kind::Str),
+    ("KV_TLS_PEER_KEY_FILE", "tls.peer.key_file", Kind::Str),
+    ("KV_TLS_PEER_CA_FILE", "tls.peer.ca_file", Kind::Str),
+    ("KV_TLS_CLIENT_CERT_FILE", "tls.client.cert_file", Kind::Str),
+    ("KV_TLS_CLIENT_KEY_FILE", "tls.client.key_file", Kind::Str),
+    ("KV_TLS_CLIENT_CA_FILE", "tls.client.ca_file", Kind::Str),
+    ("KV_TLS_CLIENT_AUTH", "tls.client_auth", Kind::Str),
+    (
+        "KV_TLS_RELOAD_INTERVAL_MS",
+        "tls.reload_interval_ms",
+        Kind::Scalar,
+    ),
 ];
 
 /// Fields whose overrides are strings even when they look like numbers.

@@ -6,6 +6,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::FutureExt;
 use openraft::RPCTypes;
 use openraft::RaftNetworkFactory;
 use openraft::RaftNetworkV2;
@@ -25,14 +26,13 @@ use openraft::raft::VoteRequest;
 use openraft::raft::VoteResponse;
 use openraft::type_config::alias::SnapshotOf;
 use openraft::type_config::alias::VoteOf;
+use tokio::io::AsyncBufReadExt;
 use tokio::io::AsyncReadExt;
-use tokio::io::BufReader;
-use tokio::io::BufWriter;
-use tokio::net::TcpStream;
-use tokio::net::tcp::OwnedReadHalf;
-use tokio::net::tcp::OwnedWriteHalf;
 
 use super::PeerError;
+use super::io::Dialer;
+use super::io::PeerReader;
+use super::io::PeerWriter;
 use super::wire::Hello;
 use super::wire::Request;
 use super::wire::Response;
@@ -49,13 +49,11 @@ use crate::raft::raft_metrics;
 use crate::store::snapshot::SnapshotFile;
 
 const SNAPSHOT_CHUNK: usize = 1024 * 1024;
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Creates network clients for openraft.
 #[derive(Clone)]
 pub struct NetworkFactory {
-    pub node_id: NodeId,
-    pub cluster_id: Arc<str>,
+    pub dialer: Dialer,
     /// This node's Raft handle, set once it exists (the factory is created first):
     /// the hello reads the current membership from it.
     pub raft: Arc<std::sync::OnceLock<KvRaft>>,
@@ -66,10 +64,9 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
 
     async fn new_client(&mut self, target: NodeId, node: &KvNode) -> PeerClient {
         PeerClient {
-            me: self.node_id,
+            dialer: self.dialer.clone(),
             target,
             addr: node.raft_addr.clone(),
-            cluster_id: self.cluster_id.clone(),
             raft: self.raft.clone(),
             conn: None,
         }
@@ -77,36 +74,28 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
 }
 
 struct Conn {
-    reader: BufReader<OwnedReadHalf>,
-    writer: BufWriter<OwnedWriteHalf>,
+    reader: PeerReader,
+    writer: PeerWriter,
 }
 
 /// A client for one target peer holding one reusable connection.
 pub struct PeerClient {
-    me: NodeId,
+    dialer: Dialer,
     target: NodeId,
     addr: String,
-    cluster_id: Arc<str>,
     raft: Arc<std::sync::OnceLock<KvRaft>>,
     conn: Option<Conn>,
 }
 
 impl PeerClient {
     /// A client of `target` at `addr` outside openraft (follower reads, forwarded writes).
-    pub(crate) fn new(
-        me: NodeId,
-        target: NodeId,
-        addr: String,
-        cluster_id: Arc<str>,
-        raft: &KvRaft,
-    ) -> Self {
+    pub(crate) fn new(dialer: Dialer, target: NodeId, addr: String, raft: &KvRaft) -> Self {
         let handle = Arc::new(std::sync::OnceLock::new());
         let _ = handle.set(raft.clone());
         Self {
-            me,
+            dialer,
             target,
             addr,
-            cluster_id,
             raft: handle,
             conn: None,
         }
@@ -125,15 +114,14 @@ impl PeerClient {
 
     /// Whether the held connection is still usable: open, with nothing unread (a peer
     /// that closed it shows as end of file). Without a connection: false.
-    pub(crate) fn is_open(&self) -> bool {
-        let Some(conn) = &self.conn else {
+    pub(crate) fn is_open(&mut self) -> bool {
+        let Some(conn) = &mut self.conn else {
             return false;
         };
-        if !conn.reader.buffer().is_empty() {
-            return false;
-        }
-        let mut probe = [0u8; 1];
-        matches!(conn.reader.get_ref().try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+        // Polled once without waiting: pending means open and quiet. End of file, or
+        // bytes nobody asked for, mean the connection is of no further use. (TLS
+        // records that carry no data, such as session tickets, are consumed here.)
+        conn.reader.fill_buf().now_or_never().is_none()
     }
 
     /// Whether a connection to the target is open (or can be opened now).
@@ -174,17 +162,8 @@ impl PeerClient {
 
     async fn connect(&mut self) -> Result<&mut Conn, PeerError> {
         if self.conn.is_none() {
-            let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&self.addr))
-                .await
-                .map_err(|_| {
-                    std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out")
-                })??;
-            stream.set_nodelay(true)?;
-            let (r, w) = stream.into_split();
-            let mut conn = Conn {
-                reader: BufReader::new(r),
-                writer: BufWriter::new(w),
-            };
+            let (reader, writer) = self.dialer.dial(self.target, &self.addr).await?.split();
+            let mut conn = Conn { reader, writer };
             // Unknown (no Raft handle yet) counts as voter: the strict side of the check.
             let to_is_voter = self.raft.get().is_none_or(|raft| {
                 raft_metrics(raft)
@@ -194,8 +173,8 @@ impl PeerClient {
                     .any(|v| v == self.target)
             });
             let hello = Hello {
-                cluster_id: self.cluster_id.to_string(),
-                from: self.me,
+                cluster_id: self.dialer.cluster_id.to_string(),
+                from: self.dialer.me,
                 to: self.target,
                 to_is_voter,
             };
@@ -260,7 +239,7 @@ impl PeerClient {
             PeerError::Io(io) if io.kind() == std::io::ErrorKind::TimedOut => {
                 RPCError::Timeout(Timeout {
                     action,
-                    id: self.me,
+                    id: self.dialer.me,
                     target: self.target,
                     timeout: ttl,
                 })
@@ -394,7 +373,7 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
                 self.conn = None;
                 Err(StreamingError::Timeout(Timeout {
                     action: RPCTypes::InstallSnapshot,
-                    id: self.me,
+                    id: self.dialer.me,
                     target: self.target,
                     timeout: ttl,
                 }))

@@ -1,4 +1,6 @@
-//! Raft peer transport: a small binary protocol over TCP on the peer port.
+//! Raft peer transport: a small binary protocol over mutual TLS (plain TCP
+//! only for local use) on the peer port. Who may connect, and how that is
+//! checked before any Raft message is read: [`server`].
 //!
 //! Each openraft network client owns one TCP connection to its target, opened
 //! lazily and reused for every RPC until an error drops it; openraft keeps one
@@ -20,6 +22,8 @@
 //! from the voters and add it back as a learner (the operator does this).
 //!
 //! # Layout
+//! - [`io`]: the connection's stream (TLS or plain) and the dialer, which checks
+//!   that the far end is the member it meant to reach.
 //! - [`wire`]: the hello, the request and response messages, and framing (with
 //!   the decoder tests: everything here is bytes from the network).
 //! - [`client`]: outbound connections: openraft's network (replication, votes,
@@ -29,11 +33,13 @@
 //!   snapshot receive.
 
 pub mod client;
+pub mod io;
 pub mod server;
 pub mod wire;
 
 pub use client::NetworkFactory;
 pub use client::PeerClient;
+pub use io::Dialer;
 pub use server::PeerServer;
 pub use server::PeerState;
 pub use server::serve;
@@ -46,7 +52,7 @@ use wire::MAX_FRAME;
 pub enum PeerError {
     #[error("peer I/O: {0}")]
     Io(#[from] std::io::Error),
-    #[error("peer frame of {0} bytes exceeds the {MAX_FRAME} byte limit")]
+    #[error("peer frame of {0} bytes exceeds the limit (at most {MAX_FRAME} bytes)")]
     FrameTooLarge(u32),
     #[error("peer message encoding: {0}")]
     Codec(#[from] bincode::Error),

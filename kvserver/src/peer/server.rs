@@ -1,6 +1,13 @@
-//! Inbound peer connections: the hello is checked (cluster id, node id, and
-//! the lost-data rule) before any Raft message is read, then requests are
-//! dispatched to this node's Raft; snapshots are received into a temporary file.
+//! Inbound peer connections. Before a single Raft message is read, a
+//! connection must pass, in order: the TLS handshake (with peer TLS: a client
+//! certificate the cluster CA bundle trusts), the hello (size-capped, under a
+//! deadline), and the admission check — the certificate names node `from` of
+//! this cluster, and once this node has a membership, `from` is in it (a voter,
+//! or a learner being added) and the certificate is valid for the host of the
+//! address the membership holds for it. A member removed later is refused at its
+//! next request. Refusals tell the peer a reason code only; the details go to
+//! this node's log and `kv_peer_refused_total`. Then requests are dispatched to
+//! this node's Raft; snapshots are received into a temporary file.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -13,18 +20,21 @@ use openraft::raft::SnapshotResponse;
 use openraft::type_config::alias::SnapshotOf;
 use openraft::type_config::alias::VoteOf;
 use tokio::io::AsyncWriteExt;
-use tokio::io::BufReader;
 use tokio::io::BufWriter;
 use tokio::net::TcpListener;
 use tokio::net::TcpStream;
-use tokio::net::tcp::OwnedReadHalf;
 
 use super::PeerError;
+use super::io::HELLO_TIMEOUT;
+use super::io::PeerIo;
+use super::io::PeerReader;
+use super::wire::HELLO_MAX;
 use super::wire::Hello;
 use super::wire::Request;
 use super::wire::Response;
 use super::wire::WriteRejected;
 use super::wire::read_frame;
+use super::wire::read_frame_capped;
 use super::wire::write_frame;
 use crate::command::NodeId;
 use crate::command::TypeConfig;
@@ -52,6 +62,67 @@ pub struct PeerServer {
     pub snapshot_dir: std::path::PathBuf,
     pub state: Arc<PeerState>,
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// Mutual TLS and member identities; `None`: plaintext (local use only).
+    pub tls: Option<Arc<crate::tls::PeerTls>>,
+    /// The value limit of forwarded writes (the API's `max_value_bytes`).
+    pub max_value_bytes: usize,
+}
+
+/// Why a connection or request is refused: a reason code (the metric label,
+/// and all the peer is told) and the details for this node's log.
+struct Refusal {
+    reason: &'static str,
+    detail: String,
+}
+
+fn refuse(reason: &'static str, detail: impl Into<String>) -> Refusal {
+    Refusal {
+        reason,
+        detail: detail.into(),
+    }
+}
+
+/// Whether `from` is in this node's current membership (voters and learners,
+/// joint configurations included), and its advertised peer address. `None`: this
+/// node has no membership yet.
+fn member_addr(raft: &KvRaft, from: NodeId) -> Option<Option<String>> {
+    use openraft::async_runtime::WatchReceiver;
+    let metrics = raft.metrics();
+    let m = metrics.borrow_watched();
+    let membership = m.membership_config.membership();
+    // No membership yet: `None`.
+    membership.nodes().next()?;
+    Some(membership.get_node(&from).map(|n| n.raft_addr.clone()))
+}
+
+/// The admission check of an authenticated peer (see the module doc).
+fn admit(
+    raft: &KvRaft,
+    from: NodeId,
+    cert: &rustls_pki_types::CertificateDer<'_>,
+) -> Result<(), Refusal> {
+    match member_addr(raft, from) {
+        // No membership yet: this node waits to be added, holds nothing to protect,
+        // and has nothing to check the dialer against but the CA.
+        None => Ok(()),
+        Some(None) => Err(refuse(
+            "not_member",
+            format!("node {from} is not a member of this cluster"),
+        )),
+        Some(Some(addr)) => {
+            let host = crate::tls::host_of(&addr);
+            if crate::tls::valid_for_host(cert, host) {
+                Ok(())
+            } else {
+                Err(refuse(
+                    "identity",
+                    format!(
+                        "node {from}'s certificate is not valid for {host}, the host of its member address {addr}"
+                    ),
+                ))
+            }
+        }
+    }
 }
 
 /// Serves the peer port until `shutdown` resolves.
@@ -68,7 +139,15 @@ pub async fn serve(
                 Ok((stream, peer)) => {
                     let server = server.clone();
                     tokio::spawn(async move {
-                        if let Err(e) = serve_conn(stream, &server).await {
+                        let opened = tokio::time::timeout(HELLO_TIMEOUT, open(stream, &server)).await;
+                        let opened = match opened {
+                            Ok(Ok(opened)) => opened,
+                            Ok(Err(refusal)) => return server.refused(&peer.to_string(), refusal, false),
+                            Err(_) => {
+                                return server.refused(&peer.to_string(), refuse("hello", "no TLS handshake and hello within the deadline"), false);
+                            }
+                        };
+                        if let Err(e) = serve_conn(opened, &server).await {
                             tracing::debug!(%peer, error = %e, "peer connection closed");
                         }
                     });
@@ -82,7 +161,66 @@ pub async fn serve(
     }
 }
 
-async fn serve_conn(stream: TcpStream, server: &PeerServer) -> Result<(), PeerError> {
+impl PeerServer {
+    fn refused(&self, peer: &str, r: Refusal, quiet: bool) {
+        self.metrics
+            .peer_refused
+            .with_label_values(&[r.reason])
+            .inc();
+        if quiet {
+            tracing::debug!(peer, reason = r.reason, "peer refused: {}", r.detail);
+        } else {
+            tracing::warn!(peer, reason = r.reason, "peer refused: {}", r.detail);
+        }
+    }
+}
+
+/// A connection that passed the handshake and read its hello.
+struct Opened {
+    reader: PeerReader,
+    writer: super::io::PeerWriter,
+    hello: Hello,
+    /// The node the peer's certificate names (with TLS).
+    cert_node: Option<(NodeId, rustls_pki_types::CertificateDer<'static>)>,
+}
+
+/// The TLS handshake and the hello, under [`HELLO_TIMEOUT`] (set by the caller).
+async fn open(stream: TcpStream, server: &PeerServer) -> Result<Opened, Refusal> {
+    let _ = stream.set_nodelay(true);
+    let (io, cert_node) = match &server.tls {
+        None => (PeerIo::Plain(stream), None),
+        Some(tls) => {
+            let s = tls
+                .accept(stream)
+                .await
+                .map_err(|e| refuse("tls", format!("TLS handshake failed: {e}")))?;
+            let certs = s.get_ref().1.peer_certificates();
+            let id = tls
+                .member_id(certs)
+                .map_err(|why| refuse("identity", format!("the peer is not a member: {why}")))?;
+            let cert = certs
+                .and_then(|c| c.first())
+                .map(|c| c.clone().into_owned())
+                .ok_or_else(|| refuse("identity", "the peer presented no certificate"))?;
+            (
+                PeerIo::Tls(Box::new(tokio_rustls::TlsStream::Server(s))),
+                Some((id, cert)),
+            )
+        }
+    };
+    let (mut reader, writer) = io.split();
+    let hello: Hello = read_frame_capped(&mut reader, HELLO_MAX)
+        .await
+        .map_err(|e| refuse("hello", format!("no valid hello: {e}")))?;
+    Ok(Opened {
+        reader,
+        writer,
+        hello,
+        cert_node,
+    })
+}
+
+async fn serve_conn(opened: Opened, server: &PeerServer) -> Result<(), PeerError> {
     let PeerServer {
         raft,
         node_id,
@@ -90,16 +228,28 @@ async fn serve_conn(stream: TcpStream, server: &PeerServer) -> Result<(), PeerEr
         snapshot_dir,
         state: peer_state,
         metrics,
+        tls: _,
+        max_value_bytes,
     } = server;
     let node_id = *node_id;
-    stream.set_nodelay(true)?;
-    let (r, w) = stream.into_split();
-    let mut reader = BufReader::new(r);
-    let mut writer = BufWriter::new(w);
-    let hello: Hello = read_frame(&mut reader).await?;
+    let Opened {
+        mut reader,
+        mut writer,
+        hello,
+        cert_node,
+    } = opened;
     let mut quiet = false;
-    let refusal = if *hello.cluster_id != **cluster_id {
-        Some((
+    let refusal = if let Some((cert_id, _)) = cert_node.as_ref().filter(|(id, _)| *id != hello.from)
+    {
+        Some(refuse(
+            "identity",
+            format!(
+                "the hello says node {} but the certificate names node {cert_id}",
+                hello.from
+            ),
+        ))
+    } else if *hello.cluster_id != **cluster_id {
+        Some(refuse(
             "cluster_id",
             format!(
                 "cluster id mismatch: peer {} is in {:?}, this node in {:?}",
@@ -107,19 +257,24 @@ async fn serve_conn(stream: TcpStream, server: &PeerServer) -> Result<(), PeerEr
             ),
         ))
     } else if hello.to != node_id {
-        Some((
+        Some(refuse(
             "node_id",
             format!(
                 "node id mismatch: peer {} dialed node {} but this is node {}",
                 hello.from, hello.to, node_id
             ),
         ))
+    } else if let Some(Err(r)) = cert_node
+        .as_ref()
+        .map(|(_, cert)| admit(raft, hello.from, cert))
+    {
+        Some(r)
     } else if hello.to_is_voter && !initialized(raft) {
         let now = crate::command::now_ms();
         let before = peer_state.lost_data_ms.swap(now, Ordering::Relaxed);
         // The leader redials every heartbeat: warn on the first refusal and then once a minute.
         quiet = now.saturating_sub(before) < 60_000;
-        Some((
+        Some(refuse(
             "lost_data",
             format!(
                 "node {node_id} has an empty store but peer {} counts it as a voter: its data was lost. \
@@ -130,15 +285,18 @@ async fn serve_conn(stream: TcpStream, server: &PeerServer) -> Result<(), PeerEr
     } else {
         None
     };
-    if let Some((reason, msg)) = refusal {
-        metrics.peer_refused.with_label_values(&[reason]).inc();
-        if quiet {
-            tracing::debug!(peer = hello.from, reason, "{msg}");
+    if let Some(r) = refusal {
+        // The peer learns the reason code; lost_data also its explanation, which
+        // the operator shows (it names only node ids).
+        let told = if r.reason == "lost_data" {
+            format!("refused ({}): {}", r.reason, r.detail)
         } else {
-            tracing::warn!(peer = hello.from, reason, "{msg}");
-        }
-        write_frame(&mut writer, &Response::Error(msg.clone())).await?;
-        return Err(PeerError::Refused(msg));
+            format!("refused ({})", r.reason)
+        };
+        let reason = r.reason;
+        server.refused(&format!("node {}", hello.from), r, quiet);
+        write_frame(&mut writer, &Response::Error(told)).await?;
+        return Err(PeerError::Refused(reason.to_string()));
     }
     write_frame(&mut writer, &Response::HelloOk).await?;
     loop {
@@ -147,6 +305,19 @@ async fn serve_conn(stream: TcpStream, server: &PeerServer) -> Result<(), PeerEr
             Err(PeerError::Io(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
             Err(e) => return Err(e),
         };
+        // A member removed while connected is refused from its next request on.
+        if cert_node.is_some() && matches!(member_addr(raft, hello.from), Some(None)) {
+            server.refused(
+                &format!("node {}", hello.from),
+                refuse(
+                    "not_member",
+                    format!("node {} is no longer a member", hello.from),
+                ),
+                false,
+            );
+            write_frame(&mut writer, &Response::Error("refused (not_member)".into())).await?;
+            return Err(PeerError::Refused("not_member".into()));
+        }
         let resp = match req {
             Request::Append(rpc) => {
                 let r = raft.append_entries(rpc).await.map_err(|e| e.to_string());
@@ -199,12 +370,22 @@ async fn serve_conn(stream: TcpStream, server: &PeerServer) -> Result<(), PeerEr
             Request::Write(mut cmd) => {
                 // Time is the leader's, as for writes it receives itself.
                 cmd.restamp(crate::command::now_ms());
-                Response::Write(match propose(raft, cmd, CONFIRM_WAIT).await {
-                    Ok(r) => Ok(r.data),
-                    Err(openraft::error::RaftError::APIError(
-                        openraft::error::ClientWriteError::ForwardToLeader(f),
-                    )) => Err(WriteRejected::NotLeader(f.leader_id)),
-                    Err(e) => Err(WriteRejected::Failed(e.to_string())),
+                Response::Write(match cmd.check(*max_value_bytes) {
+                    Err(invalid) => {
+                        metrics
+                            .peer_refused
+                            .with_label_values(&["invalid_write"])
+                            .inc();
+                        tracing::warn!(peer = hello.from, error = %invalid, "refused a forwarded write that breaks the command rules");
+                        Err(WriteRejected::Invalid(invalid))
+                    }
+                    Ok(()) => match propose(raft, cmd, CONFIRM_WAIT).await {
+                        Ok(r) => Ok(r.data),
+                        Err(openraft::error::RaftError::APIError(
+                            openraft::error::ClientWriteError::ForwardToLeader(f),
+                        )) => Err(WriteRejected::NotLeader(f.leader_id)),
+                        Err(e) => Err(WriteRejected::Failed(e.to_string())),
+                    },
                 })
             }
             Request::Chunk(_) | Request::SnapshotEnd => {
@@ -221,7 +402,7 @@ async fn serve_conn(stream: TcpStream, server: &PeerServer) -> Result<(), PeerEr
 }
 
 async fn receive_snapshot(
-    reader: &mut BufReader<OwnedReadHalf>,
+    reader: &mut PeerReader,
     raft: &KvRaft,
     dir: &std::path::Path,
     vote: VoteOf<TypeConfig>,

@@ -33,6 +33,9 @@ use crate::command::TypeConfig;
 
 /// Largest frame accepted from a peer (entries batches are bounded by config far below this).
 pub const MAX_FRAME: u32 = 256 * 1024 * 1024;
+/// Largest hello accepted: it is read before the peer is admitted, so it may
+/// not make this node allocate more than a few KiB.
+pub const HELLO_MAX: u32 = 4096;
 
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Hello {
@@ -105,6 +108,8 @@ pub enum WriteRejected {
     NotLeader(Option<NodeId>),
     /// Proposing failed (the node is shutting down, storage failed, …): outcome unknown.
     Failed(String),
+    /// The command breaks a rule of `crate::command::check`: not proposed.
+    Invalid(crate::command::Invalid),
 }
 
 pub async fn write_frame<W: AsyncWriteExt + Unpin, T: Serialize>(
@@ -121,8 +126,16 @@ pub async fn write_frame<W: AsyncWriteExt + Unpin, T: Serialize>(
 pub async fn read_frame<R: AsyncReadExt + Unpin, T: DeserializeOwned>(
     r: &mut R,
 ) -> Result<T, PeerError> {
+    read_frame_capped(r, MAX_FRAME).await
+}
+
+/// [`read_frame`] with a smaller cap.
+pub async fn read_frame_capped<R: AsyncReadExt + Unpin, T: DeserializeOwned>(
+    r: &mut R,
+    max: u32,
+) -> Result<T, PeerError> {
     let len = r.read_u32().await?;
-    if len > MAX_FRAME {
+    if len > max {
         return Err(PeerError::FrameTooLarge(len));
     }
     let mut buf = vec![0u8; len as usize];

@@ -62,6 +62,8 @@ pub enum Forwarded {
     NotSent(Command, String),
     /// Sent, then the connection failed or timed out: the outcome is unknown.
     Unknown(String),
+    /// The leader refused the command as invalid: not proposed.
+    Invalid(crate::command::Invalid),
 }
 
 #[derive(Default)]
@@ -76,7 +78,7 @@ struct Pool {
 /// Forwarded-write connections of one node.
 pub struct WriteForwarder {
     me: NodeId,
-    cluster_id: Arc<str>,
+    dialer: crate::peer::Dialer,
     raft: KvRaft,
     pool: Mutex<Pool>,
     /// This node (the leader) is handing leadership over: openraft refuses new
@@ -85,10 +87,10 @@ pub struct WriteForwarder {
 }
 
 impl WriteForwarder {
-    pub fn new(me: NodeId, cluster_id: Arc<str>, raft: KvRaft) -> Arc<Self> {
+    pub fn new(dialer: crate::peer::Dialer, raft: KvRaft) -> Arc<Self> {
         Arc::new(Self {
-            me,
-            cluster_id,
+            me: dialer.me,
+            dialer,
             raft,
             pool: Mutex::default(),
             handing_off: AtomicBool::new(false),
@@ -221,7 +223,7 @@ impl WriteForwarder {
             // A connection the leader closed while idle (e.g. it restarted) would turn
             // the write into an unknown outcome: skip those.
             let mut found = None;
-            while let Some(c) = pool.idle.pop() {
+            while let Some(mut c) = pool.idle.pop() {
                 if c.is_open() {
                     found = Some(c);
                     break;
@@ -232,8 +234,7 @@ impl WriteForwarder {
         let mut client = match pooled {
             Some(c) => c,
             None => {
-                let mut c =
-                    PeerClient::new(self.me, leader, addr, self.cluster_id.clone(), &self.raft);
+                let mut c = PeerClient::new(self.dialer.clone(), leader, addr, &self.raft);
                 let setup = async {
                     c.ensure_connected().await?;
                     c.supports_write(SETUP_TIMEOUT).await
@@ -270,6 +271,7 @@ impl WriteForwarder {
                     Ok(r) => Forwarded::Applied(r),
                     Err((WriteRejected::NotLeader(hint), cmd)) => Forwarded::NotLeader(cmd, hint),
                     Err((WriteRejected::Failed(e), _)) => Forwarded::Failed(e),
+                    Err((WriteRejected::Invalid(e), _)) => Forwarded::Invalid(e),
                 }
             }
             Err(e) => Forwarded::Unknown(e.to_string()),

@@ -94,7 +94,10 @@ pub async fn relay(
             leader_hint: Some(leader_id),
         });
     };
-    let url = format!("http://{}{}", leader.api_addr, raw.path_and_query);
+    let url = format!(
+        "{}://{}{}",
+        state.api_scheme, leader.api_addr, raw.path_and_query
+    );
     let mut req = state
         .http
         .request(raw.method.clone(), &url)

@@ -54,8 +54,7 @@ struct Queue {
 
 /// Follower-read coordinator of one node.
 pub struct FollowerReads {
-    me: NodeId,
-    cluster_id: Arc<str>,
+    dialer: crate::peer::Dialer,
     raft: KvRaft,
     queue: Mutex<Queue>,
     /// The connection to the current leader, kept between rounds.
@@ -63,10 +62,9 @@ pub struct FollowerReads {
 }
 
 impl FollowerReads {
-    pub fn new(me: NodeId, cluster_id: Arc<str>, raft: KvRaft) -> Arc<Self> {
+    pub fn new(dialer: crate::peer::Dialer, raft: KvRaft) -> Arc<Self> {
         Arc::new(Self {
-            me,
-            cluster_id,
+            dialer,
             raft,
             queue: Mutex::default(),
             client: tokio::sync::Mutex::new(None),
@@ -129,7 +127,7 @@ impl FollowerReads {
             *slot = Some((
                 leader,
                 addr.clone(),
-                PeerClient::new(self.me, leader, addr, self.cluster_id.clone(), &self.raft),
+                PeerClient::new(self.dialer.clone(), leader, addr, &self.raft),
             ));
         }
         let Some((_, _, client)) = slot.as_mut() else {

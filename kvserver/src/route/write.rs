@@ -33,6 +33,9 @@ pub async fn write(
     if !state.initialized() {
         return Err(ApiError::NotInitialized);
     }
+    // The handler checked already, with its precise errors; this is the check the
+    // leader also runs on forwarded writes (`crate::command::check`).
+    cmd.check(state.config.max_value_bytes)?;
     // A follower that knows the leader hands the command over the peer port
     // (`super::forward`); a request another node forwarded here is not sent on.
     let mut cmd = cmd;
@@ -86,6 +89,7 @@ pub async fn write(
                     "lost leader {leader} after handing it the write ({e}); its outcome is unknown"
                 )));
             }
+            Forwarded::Invalid(e) => return Err(e.into()),
             Forwarded::NotSent(back, why) => {
                 tracing::debug!(leader, reason = %why, "peer forwarding unavailable; replaying over HTTP");
                 cmd = back;

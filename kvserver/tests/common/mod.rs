@@ -70,7 +70,7 @@ pub async fn wait_status(
 }
 
 pub fn client() -> reqwest::Client {
-    reqwest::Client::builder()
+    kvserver::tls::http_builder()
         .no_proxy()
         .timeout(Duration::from_secs(30))
         .connect_timeout(Duration::from_secs(2))
@@ -181,8 +181,11 @@ impl std::ops::DerefMut for Cluster {
 }
 
 impl Cluster {
+    /// Every multi-process test runs with TLS on both ports (peer mTLS with member
+    /// identities, HTTPS for clients), as every cluster in Kubernetes does.
     fn builder(extra_args: &[&str]) -> kvchaos::cluster::ClusterBuilder {
         kvchaos::cluster::Cluster::builder(env!("CARGO_BIN_EXE_kvserver"))
+            .tls(true)
             .args(extra_args.iter().copied())
             .http_timeout(Duration::from_secs(30))
             .dump_logs_on_panic(true)

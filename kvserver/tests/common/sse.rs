@@ -32,7 +32,7 @@ impl SseReader {
         http: &reqwest::Client,
         url: &str,
     ) -> anyhow::Result<Result<SseReader, (u16, Value)>> {
-        let resp = reqwest::Client::builder()
+        let resp = kvserver::tls::http_builder()
             .no_proxy()
             .connect_timeout(Duration::from_secs(2))
             .build()

@@ -7,6 +7,14 @@
 //! is decided by the leader *before* proposing and carried in the entry, so
 //! every replica applies the same bytes to the same state and agrees.
 
+mod check;
+
+pub use check::Invalid;
+pub use check::MAX_KEY_BYTES;
+pub use check::MAX_TTL_SECONDS;
+pub use check::MAX_TXN_ITEMS;
+pub use check::check_key;
+
 use std::fmt;
 
 use serde::Deserialize;
