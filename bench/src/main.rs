@@ -77,7 +77,19 @@ struct Cli {
     /// Print one JSON object instead of a summary.
     #[arg(long)]
     json: bool,
+    /// CA bundle (PEM) of the servers: connect with TLS (so its cost is measured).
+    #[arg(long)]
+    cacert: Option<std::path::PathBuf>,
+    /// Client certificate (PEM), for servers that require one.
+    #[arg(long, requires = "key")]
+    cert: Option<std::path::PathBuf>,
+    /// Private key (PEM) of `--cert`.
+    #[arg(long, requires = "cert")]
+    key: Option<std::path::PathBuf>,
 }
+
+/// How connections reach the servers: plain TCP, or TLS with this connector.
+type Tls = Option<tokio_rustls::TlsConnector>;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Op {
@@ -112,7 +124,21 @@ fn parse_workload(w: &str, target: Target) -> anyhow::Result<(u8, Op)> {
 /// One connection's state.
 struct Conn {
     addr: String,
+    tls: Tls,
     sender: Option<SendRequest<Full<Bytes>>>,
+}
+
+/// An HTTP/1.1 connection over `io`, driven by its own task.
+async fn handshake<I>(io: I) -> anyhow::Result<SendRequest<Full<Bytes>>>
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(io)).await?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    Ok(sender)
 }
 
 impl Conn {
@@ -120,11 +146,17 @@ impl Conn {
         if self.sender.as_ref().is_none_or(|s| s.is_closed()) {
             let stream = TcpStream::connect(&self.addr).await?;
             stream.set_nodelay(true)?;
-            let io = hyper_util::rt::TokioIo::new(stream);
-            let (sender, conn) = hyper::client::conn::http1::handshake(io).await?;
-            tokio::spawn(async move {
-                let _ = conn.await;
-            });
+            let sender = match &self.tls {
+                None => handshake(stream).await?,
+                Some(connector) => {
+                    let host = self
+                        .addr
+                        .rsplit_once(':')
+                        .map_or(self.addr.as_str(), |(h, _)| h);
+                    let name = rustls_pki_types::ServerName::try_from(host.to_string())?;
+                    handshake(connector.connect(name, stream).await?).await?
+                }
+            };
             self.sender = Some(sender);
         }
         self.sender.as_mut().context("connection")
@@ -340,13 +372,29 @@ async fn run_phase(
     let measure_from = start + warmup;
     let end = measure_from + duration;
     let next_key = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let tls: Tls = match &cli.cacert {
+        None => None,
+        Some(ca) => {
+            let settings = kvserver::tls::ClientTls {
+                ca_file: Some(ca.clone()),
+                cert_file: cli.cert.clone(),
+                key_file: cli.key.clone(),
+            };
+            Some(tokio_rustls::TlsConnector::from(settings.shared_config()?))
+        }
+    };
     let mut tasks = Vec::new();
     for w in 0..cli.connections.max(1) {
         let addr = cli.endpoints[w % cli.endpoints.len()].clone();
+        let tls = tls.clone();
         let (value, next_key, target, keys) =
             (value.clone(), next_key.clone(), cli.target, cli.keys);
         tasks.push(tokio::spawn(async move {
-            let mut conn = Conn { addr, sender: None };
+            let mut conn = Conn {
+                addr,
+                tls,
+                sender: None,
+            };
             let mut stats = WorkerStats::default();
             let mut rng = 0x9E37_79B9_7F4A_7C15u64 ^ ((w as u64 + 1) * 0x2545_F491_4F6C_DD1D);
             loop {

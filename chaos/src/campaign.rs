@@ -59,6 +59,9 @@ pub struct RunConfig {
     pub keep_failed: Option<PathBuf>,
     /// Extra kvserver flags for every node.
     pub node_args: Vec<String>,
+    /// TLS on both ports (peer mTLS with member identities, HTTPS for the
+    /// clients), as every cluster in Kubernetes runs. On by default.
+    pub tls: bool,
 }
 
 impl RunConfig {
@@ -81,6 +84,7 @@ impl RunConfig {
             ]
             .map(String::from)
             .to_vec(),
+            tls: true,
         }
     }
 }
@@ -112,6 +116,10 @@ pub struct RunReport {
     /// Where the failed run's files were kept.
     pub kept: Option<String>,
     pub duration_ms: u64,
+    /// Node-to-node connections the proxies named the caller of (and so could
+    /// cut), and those they could not.
+    pub links_named: u64,
+    pub links_unnamed: u64,
 }
 
 impl RunReport {
@@ -163,6 +171,7 @@ pub async fn run_one(cfg: &RunConfig) -> RunReport {
     let built = Cluster::builder(&cfg.kvserver)
         .args(cfg.node_args.iter().cloned())
         .proxies(true)
+        .tls(cfg.tls)
         .build()
         .and_then(|mut c| {
             for id in &ids {
@@ -199,6 +208,14 @@ pub async fn run_one(cfg: &RunConfig) -> RunReport {
         report.kept = keep(&mut cluster, dir, cfg.seed, &recorded.ops);
     }
     report.duration_ms = started.elapsed().as_millis() as u64;
+    report.links_named = cluster
+        .links
+        .named
+        .load(std::sync::atomic::Ordering::Relaxed);
+    report.links_unnamed = cluster
+        .links
+        .unnamed
+        .load(std::sync::atomic::Ordering::Relaxed);
     report
 }
 

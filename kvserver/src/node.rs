@@ -200,7 +200,7 @@ pub async fn start_node(config: Config) -> Result<NodeHandle, NodeError> {
         StorageBackend::Postgres => {
             let pg = &config.storage.postgres;
             Backend::Postgres {
-                url: pg.url.clone().unwrap_or_default(),
+                url: pg.connect_url().unwrap_or_default(),
                 schema: pg.schema_for(&config.cluster_id, id),
                 max_connections: pg.max_connections,
                 acquire_timeout: Duration::from_millis(pg.acquire_timeout_ms),

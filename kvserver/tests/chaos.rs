@@ -29,12 +29,15 @@ async fn short_fault_campaign_is_linearizable_and_loses_nothing() {
     let keep = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/chaos-failed");
     let mut summary = Summary::default();
     let mut failures = Vec::new();
+    let (mut named, mut unnamed) = (0, 0);
     for seed in first..first + runs {
         let mut cfg = RunConfig::new(seed, PathBuf::from(env!("CARGO_BIN_EXE_kvserver")));
         cfg.fault_time = Duration::from_secs(4);
         cfg.keep_failed = Some(keep.clone());
         let r = run_one(&cfg).await;
         eprintln!("{}", r.line());
+        named += r.links_named;
+        unnamed += r.links_unnamed;
         for f in &r.faults {
             eprintln!("    {f}");
         }
@@ -54,6 +57,14 @@ async fn short_fault_campaign_is_linearizable_and_loses_nothing() {
     assert!(
         summary.faults >= runs,
         "every run injects at least one fault"
+    );
+    // The runs use TLS, whose bytes do not name the caller: the proxies must
+    // still tell who calls (else no partition would cut anything).
+    eprintln!("proxied connections: {named} named, {unnamed} not");
+    assert!(
+        named > 0 && unnamed * 50 <= named,
+        "the proxies could not name the callers of {unnamed} of {} connections",
+        named + unnamed
     );
     assert!(
         failures.is_empty(),

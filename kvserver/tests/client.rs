@@ -39,7 +39,9 @@ async fn client_calls(c: &mut Cluster) -> anyhow::Result<()> {
             .filter(|id| *id != victim)
             .map(|id| c.nodes[&id].api.to_string()),
     );
+    // `host:port` endpoints with TLS settings mean https://.
     let client = Client::builder(endpoints)
+        .tls(c.client_tls().context("the cluster has TLS")?)
         .backoff(Duration::from_millis(50))
         .build()?;
 

@@ -261,7 +261,8 @@ async fn compaction_and_stalled_reader(c: &mut Cluster) -> anyhow::Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn compacted_revision_is_410_and_stalled_reader_is_dropped() {
-    let mut c = Cluster::new(&[
+    // Plaintext: the stalled reader is a raw socket with a tiny receive buffer.
+    let mut c = Cluster::plaintext(&[
         "--set",
         "watch.history_revisions=10",
         "--set",

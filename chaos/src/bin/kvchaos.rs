@@ -48,6 +48,9 @@ struct Common {
     /// report violations (a check of the checker, not of kvserver).
     #[arg(long)]
     stale_reads: bool,
+    /// Plaintext ports (TLS, as in Kubernetes, is the default).
+    #[arg(long)]
+    no_tls: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -93,8 +96,13 @@ enum Cmd {
         #[arg(long)]
         cluster_id: Option<String>,
         /// Where to write the endpoints and process ids (written whole, once ready).
+        /// With `--tls` also `ca=`, `cert=` and `key=`: the CA bundle and a client
+        /// certificate for the cluster's clients.
         #[arg(long)]
         ready_file: PathBuf,
+        /// TLS on both ports: a CA of the cluster's own, peer mTLS, HTTPS endpoints.
+        #[arg(long)]
+        tls: bool,
         /// Arguments for every node, after `--` (e.g. `-- --log-level warn`).
         #[arg(last = true)]
         args: Vec<String>,
@@ -120,6 +128,7 @@ async fn serve_cluster(
     nodes: u64,
     cluster_id: Option<String>,
     ready_file: PathBuf,
+    tls: bool,
     args: Vec<String>,
 ) -> anyhow::Result<()> {
     use tokio::signal::unix::SignalKind;
@@ -129,6 +138,7 @@ async fn serve_cluster(
     let mut int = signal(SignalKind::interrupt())?;
     let mut builder = Cluster::builder(kvserver)
         .args(args)
+        .tls(tls)
         .dump_logs_on_panic(true);
     if let Some(id) = cluster_id {
         builder = builder.cluster_id(id);
@@ -160,16 +170,21 @@ async fn serve_cluster(
         .filter_map(|n| n.pid())
         .map(|p| p.to_string())
         .collect();
+    let mut ready = format!(
+        "endpoints={}\npids={}\n",
+        endpoints.join(","),
+        pids.join(",")
+    );
+    if let Some(t) = &cluster.tls {
+        ready.push_str(&format!(
+            "ca={}\ncert={}\nkey={}\n",
+            t.ca_file().display(),
+            t.client_cert().display(),
+            t.client_key().display()
+        ));
+    }
     let tmp = ready_file.with_extension("partial");
-    std::fs::write(
-        &tmp,
-        format!(
-            "endpoints={}\npids={}\n",
-            endpoints.join(","),
-            pids.join(",")
-        ),
-    )
-    .with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::write(&tmp, ready).with_context(|| format!("writing {}", tmp.display()))?;
     std::fs::rename(&tmp, &ready_file)
         .with_context(|| format!("writing {}", ready_file.display()))?;
     eprintln!("cluster {} up: {}", cluster.cluster_id, endpoints.join(","));
@@ -206,6 +221,7 @@ fn config(seed: u64, c: &Common) -> anyhow::Result<RunConfig> {
         ))
     }));
     cfg.workload.stale_reads = c.stale_reads;
+    cfg.tls = !c.no_tls;
     Ok(cfg)
 }
 
@@ -292,6 +308,7 @@ async fn main() -> anyhow::Result<()> {
             nodes,
             cluster_id,
             ready_file,
+            tls,
             args,
         } => {
             serve_cluster(
@@ -299,6 +316,7 @@ async fn main() -> anyhow::Result<()> {
                 nodes,
                 cluster_id,
                 ready_file,
+                tls,
                 args,
             )
             .await?

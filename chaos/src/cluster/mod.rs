@@ -370,19 +370,26 @@ impl Cluster {
             .stderr(log)
             .spawn()
             .map_err(|e| ChaosError::Cluster(format!("spawning kvserver: {e}")))?;
+        let pid = child.id();
         n.child = Some(child);
         n.paused = false;
+        self.links.callers.register(pid, id);
         Ok(())
     }
 
     /// `kill -9` (a paused process dies too).
     pub fn kill(&mut self, id: u64) -> Result<(), ChaosError> {
         let n = self.node_mut(id)?;
+        let mut pid = None;
         if let Some(mut c) = n.child.take() {
+            pid = Some(c.id());
             let _ = c.kill();
             let _ = c.wait();
         }
         n.paused = false;
+        if let Some(pid) = pid {
+            self.links.callers.forget(pid);
+        }
         Ok(())
     }
 
@@ -401,16 +408,24 @@ impl Cluster {
         };
         n.paused = false;
         let started = Instant::now();
-        signal(c.id(), "-TERM")?;
+        let pid = c.id();
+        signal(pid, "-TERM")?;
+        // A stopping node still dials its peers (a leader hands off): it stays
+        // known to the proxies until it has exited.
+        let mut exited = None;
         while started.elapsed() < timeout {
             if let Some(status) = c.try_wait()? {
-                return Ok(Some((Some(status), started.elapsed())));
+                exited = Some(status);
+                break;
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        let _ = c.kill();
-        let _ = c.wait();
-        Ok(None)
+        if exited.is_none() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        self.links.callers.forget(pid);
+        Ok(exited.map(|status| (Some(status), started.elapsed())))
     }
 
     /// `SIGSTOP`: the process keeps its sockets and memory but does nothing.

@@ -110,6 +110,26 @@ const ENV: &[(&str, &str, Kind)] = &[
         "storage.postgres.acquire_timeout_ms",
         Kind::Scalar,
     ),
+    (
+        "KV_STORAGE_POSTGRES_SSLMODE",
+        "storage.postgres.sslmode",
+        Kind::Str,
+    ),
+    (
+        "KV_STORAGE_POSTGRES_CA_FILE",
+        "storage.postgres.ca_file",
+        Kind::Str,
+    ),
+    (
+        "KV_STORAGE_POSTGRES_CERT_FILE",
+        "storage.postgres.cert_file",
+        Kind::Str,
+    ),
+    (
+        "KV_STORAGE_POSTGRES_KEY_FILE",
+        "storage.postgres.key_file",
+        Kind::Str,
+    ),
     ("KV_TLS_PEER_CERT_FILE", "tls.peer.cert_file", Kind::Str),
     ("KV_TLS_PEER_KEY_FILE", "tls.peer.key_file", Kind::Str),
     ("KV_TLS_PEER_CA_FILE", "tls.peer.ca_file", Kind::Str),

@@ -9,13 +9,19 @@
 //! named `kv` would otherwise feed `KV_PORT` into the config.
 //!
 //! This file holds the settings and their validation; `load` the layering
-//! ([`ConfigLoader`]).
+//! ([`ConfigLoader`]); `postgres` and `tls` the settings of those two concerns.
 
 mod load;
+mod postgres;
 #[cfg(test)]
 mod tests;
+mod tls;
 
 pub use self::load::ConfigLoader;
+pub use self::postgres::PgSslMode;
+pub use self::postgres::PostgresConfig;
+pub use self::tls::TlsConfig;
+pub use self::tls::TlsFiles;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -167,219 +173,6 @@ impl Default for StorageConfig {
             cache_bytes: 64 << 20,
             postgres: PostgresConfig::default(),
         }
-    }
-}
-
-/// PostgreSQL connection settings. The URL may carry the password and
-/// `sslmode` (`disable`, `prefer`, `require`, `verify-ca`, `verify-full`); it is
-/// never logged or printed.
-#[derive(Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct PostgresConfig {
-    /// `postgres://user:password@host:5432/db?sslmode=require`.
-    pub url: Option<String>,
-    /// Schema owned by this node (created if missing). Default: `kv_<cluster_id>_<node_id>`.
-    pub schema: Option<String>,
-    /// Size of the read pool (writes use one dedicated connection).
-    pub max_connections: u32,
-    /// How long to wait for a pooled connection before failing a read with 503.
-    pub acquire_timeout_ms: u64,
-}
-
-impl Default for PostgresConfig {
-    fn default() -> Self {
-        Self {
-            url: None,
-            schema: None,
-            max_connections: 4,
-            acquire_timeout_ms: 5_000,
-        }
-    }
-}
-
-impl std::fmt::Debug for PostgresConfig {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PostgresConfig")
-            .field("url", &self.url.as_deref().map(crate::store::redact_url))
-            .field("schema", &self.schema)
-            .field("max_connections", &self.max_connections)
-            .field("acquire_timeout_ms", &self.acquire_timeout_ms)
-            .finish()
-    }
-}
-
-impl PostgresConfig {
-    /// Checks the settings a `postgres` backend needs.
-    fn validate(&self) -> Result<(), ConfigError> {
-        let url = self.url.as_deref().unwrap_or("");
-        if url.is_empty() {
-            return Err(field_err(
-                "storage.postgres.url",
-                "required when storage.backend is postgres",
-            ));
-        }
-        if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
-            return Err(field_err(
-                "storage.postgres.url",
-                "must start with postgres:// or postgresql://",
-            ));
-        }
-        if let Some(schema) = &self.schema {
-            let ok = !schema.is_empty()
-                && schema.len() <= 63
-                && schema
-                    .bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
-            if !ok {
-                return Err(field_err(
-                    "storage.postgres.schema",
-                    "must be 1-63 characters of [a-z0-9_]",
-                ));
-            }
-        }
-        if self.max_connections == 0 {
-            return Err(field_err("storage.postgres.max_connections", "must be > 0"));
-        }
-        if self.acquire_timeout_ms == 0 {
-            return Err(field_err(
-                "storage.postgres.acquire_timeout_ms",
-                "must be > 0",
-            ));
-        }
-        Ok(())
-    }
-
-    /// The schema for `node_id` of `cluster_id`: configured, or derived from both.
-    pub fn schema_for(&self, cluster_id: &str, node_id: u64) -> String {
-        self.schema.clone().unwrap_or_else(|| {
-            let c: String = cluster_id
-                .chars()
-                .map(|c| {
-                    if c.is_ascii_alphanumeric() {
-                        c.to_ascii_lowercase()
-                    } else {
-                        '_'
-                    }
-                })
-                .collect();
-            let mut s = format!("kv_{c}_{node_id}");
-            s.truncate(63);
-            s
-        })
-    }
-}
-
-/// A certificate, its key and a CA bundle, as PEM files.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct TlsFiles {
-    /// Certificate chain (PEM), leaf first.
-    pub cert_file: Option<PathBuf>,
-    /// Private key (PEM) of `cert_file`.
-    pub key_file: Option<PathBuf>,
-    /// CA bundle (PEM).
-    pub ca_file: Option<PathBuf>,
-}
-
-impl TlsFiles {
-    fn is_empty(&self) -> bool {
-        self.cert_file.is_none() && self.key_file.is_none() && self.ca_file.is_none()
-    }
-
-    /// The files, when a certificate and key are set.
-    pub fn cert_files(&self) -> Option<crate::tls::CertFiles> {
-        Some(crate::tls::CertFiles {
-            cert: self.cert_file.clone()?,
-            key: self.key_file.clone()?,
-            ca: self.ca_file.clone(),
-        })
-    }
-}
-
-/// TLS on both ports (docs/security.md). Files are re-read every
-/// `reload_interval_ms`; a rotated certificate is used without a restart.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct TlsConfig {
-    /// Mutual TLS on the Raft peer port: this member's certificate (with the URI SAN
-    /// `kvcluster://<cluster_id>/node/<node_id>` and a DNS or IP SAN covering the host
-    /// of `advertise_raft_addr`), its key, and the cluster's CA bundle, which every
-    /// other member's certificate must chain to. All three, or none: without them the
-    /// peer port is plaintext and anyone who can reach it can rewrite the log (local use only).
-    pub peer: TlsFiles,
-    /// HTTPS on the client port: certificate and key. `ca_file` verifies client
-    /// certificates (see `client_auth`) and the other members' client ports when
-    /// this node relays a request to the leader.
-    pub client: TlsFiles,
-    /// Client certificates on the client port: `none`, `optional` (verified when
-    /// sent) or `require`. Anything but `none` needs `client.ca_file`.
-    pub client_auth: crate::tls::ClientAuth,
-    /// How often the certificate files are re-read, in ms.
-    pub reload_interval_ms: u64,
-}
-
-impl Default for TlsConfig {
-    fn default() -> Self {
-        Self {
-            peer: TlsFiles::default(),
-            client: TlsFiles::default(),
-            client_auth: crate::tls::ClientAuth::None,
-            reload_interval_ms: 5_000,
-        }
-    }
-}
-
-impl TlsConfig {
-    fn validate(&self) -> Result<(), ConfigError> {
-        let p = &self.peer;
-        if !p.is_empty() {
-            for (field, v) in [
-                ("tls.peer.cert_file", &p.cert_file),
-                ("tls.peer.key_file", &p.key_file),
-                ("tls.peer.ca_file", &p.ca_file),
-            ] {
-                if v.is_none() {
-                    return Err(field_err(
-                        field,
-                        "required with the other tls.peer files: peer TLS is mutual and needs a certificate, its key and the cluster CA",
-                    ));
-                }
-            }
-        }
-        let c = &self.client;
-        match (&c.cert_file, &c.key_file) {
-            (Some(_), None) => {
-                return Err(field_err(
-                    "tls.client.key_file",
-                    "required with tls.client.cert_file",
-                ));
-            }
-            (None, Some(_)) => {
-                return Err(field_err(
-                    "tls.client.cert_file",
-                    "required with tls.client.key_file",
-                ));
-            }
-            (None, None) if c.ca_file.is_some() => {
-                return Err(field_err(
-                    "tls.client.cert_file",
-                    "required with tls.client.ca_file: the client port serves HTTPS only with a certificate",
-                ));
-            }
-            _ => {}
-        }
-        if self.client_auth != crate::tls::ClientAuth::None
-            && (c.ca_file.is_none() || c.cert_file.is_none())
-        {
-            return Err(field_err(
-                "tls.client_auth",
-                "needs HTTPS on the client port (tls.client.cert_file, key_file) and the CA bundle of client certificates (tls.client.ca_file)",
-            ));
-        }
-        if self.reload_interval_ms < 100 {
-            return Err(field_err("tls.reload_interval_ms", "must be at least 100"));
-        }
-        Ok(())
     }
 }
 

@@ -231,3 +231,102 @@ fn node_id_from_ordinal() {
     };
     assert_eq!(c.resolve_node_id("laptop").expect("configured"), 3);
 }
+
+#[test]
+fn tls_settings_come_whole_or_are_refused_by_name() {
+    let err = |sets: &[(&str, &str)]| {
+        let mut l = loader();
+        for (k, v) in sets {
+            l = l.set(k, *v, "flag");
+        }
+        l.load().err().map(|e| e.to_string()).unwrap_or_default()
+    };
+    let e = err(&[("tls.peer.cert_file", "/c.pem")]);
+    assert!(e.contains("tls.peer.key_file"), "{e}");
+    let e = err(&[
+        ("tls.peer.cert_file", "/c.pem"),
+        ("tls.peer.key_file", "/k.pem"),
+    ]);
+    assert!(e.contains("tls.peer.ca_file"), "{e}");
+    let e = err(&[("tls.client.cert_file", "/c.pem")]);
+    assert!(e.contains("tls.client.key_file"), "{e}");
+    let e = err(&[("tls.client_auth", "require")]);
+    assert!(e.contains("tls.client_auth"), "{e}");
+    let e = err(&[("tls.client_auth", "sometimes")]);
+    assert!(e.contains("tls.client_auth"), "{e}");
+    let e = err(&[("tls.reload_interval_ms", "5")]);
+    assert!(e.contains("tls.reload_interval_ms"), "{e}");
+    let c = loader()
+        .env(vec![
+            ("KV_TLS_PEER_CERT_FILE".to_string(), "/p.pem".to_string()),
+            ("KV_TLS_PEER_KEY_FILE".into(), "/pk.pem".into()),
+            ("KV_TLS_PEER_CA_FILE".into(), "/ca.pem".into()),
+            ("KV_TLS_CLIENT_CERT_FILE".into(), "/c.pem".into()),
+            ("KV_TLS_CLIENT_KEY_FILE".into(), "/ck.pem".into()),
+            ("KV_TLS_CLIENT_CA_FILE".into(), "/ca.pem".into()),
+            ("KV_TLS_CLIENT_AUTH".into(), "optional".into()),
+        ])
+        .load()
+        .expect("complete TLS settings load");
+    assert_eq!(c.tls.client_auth, crate::tls::ClientAuth::Optional);
+    assert!(c.tls.peer.cert_files().is_some());
+}
+
+#[test]
+fn postgres_tls_becomes_url_parameters() {
+    let mut pg = PostgresConfig {
+        url: Some("postgres://kv:pw@db:5432/kv?sslmode=prefer&application_name=kv".into()),
+        ..PostgresConfig::default()
+    };
+    // Without TLS settings the URL is used as given.
+    assert_eq!(pg.connect_url().as_deref(), pg.url.as_deref());
+    // A CA means verify-full, and the URL's own sslmode gives way.
+    pg.ca_file = Some("/etc/kv/pg ca.pem".into());
+    assert_eq!(
+        pg.connect_url().as_deref(),
+        Some(
+            "postgres://kv:pw@db:5432/kv?application_name=kv&sslmode=verify-full&sslrootcert=/etc/kv/pg%20ca.pem"
+        )
+    );
+    pg.sslmode = Some(PgSslMode::VerifyCa);
+    pg.cert_file = Some("/c.pem".into());
+    pg.key_file = Some("/k.pem".into());
+    let url = pg.connect_url().unwrap_or_default();
+    assert!(
+        url.contains(
+            "sslmode=verify-ca&sslrootcert=/etc/kv/pg%20ca.pem&sslcert=/c.pem&sslkey=/k.pem"
+        ),
+        "{url}"
+    );
+    // Verifying needs the CA; a certificate needs its key.
+    let c = |pg: PostgresConfig| Config {
+        storage: StorageConfig {
+            backend: StorageBackend::Postgres,
+            postgres: pg,
+            ..StorageConfig::default()
+        },
+        ..Config::default()
+    };
+    let no_ca = PostgresConfig {
+        url: Some("postgres://db/kv".into()),
+        sslmode: Some(PgSslMode::VerifyFull),
+        ..PostgresConfig::default()
+    };
+    let e = c(no_ca)
+        .validate()
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(e.contains("storage.postgres.ca_file"), "{e}");
+    let no_key = PostgresConfig {
+        url: Some("postgres://db/kv".into()),
+        cert_file: Some("/c.pem".into()),
+        ..PostgresConfig::default()
+    };
+    let e = c(no_key)
+        .validate()
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(e.contains("storage.postgres.key_file"), "{e}");
+}

@@ -142,7 +142,12 @@ pub async fn serve(
                         let opened = tokio::time::timeout(HELLO_TIMEOUT, open(stream, &server)).await;
                         let opened = match opened {
                             Ok(Ok(opened)) => opened,
-                            Ok(Err(refusal)) => return server.refused(&peer.to_string(), refusal, false),
+                            Ok(Err(Closed::Refused(refusal))) => {
+                                return server.refused(&peer.to_string(), refusal, false);
+                            }
+                            Ok(Err(Closed::Dropped(why))) => {
+                                return tracing::debug!(%peer, "peer connection closed before its hello: {why}");
+                            }
                             Err(_) => {
                                 return server.refused(&peer.to_string(), refuse("hello", "no TLS handshake and hello within the deadline"), false);
                             }
@@ -185,15 +190,42 @@ struct Opened {
 }
 
 /// The TLS handshake and the hello, under [`HELLO_TIMEOUT`] (set by the caller).
-async fn open(stream: TcpStream, server: &PeerServer) -> Result<Opened, Refusal> {
+/// Why a connection ended before it was admitted.
+enum Closed {
+    /// It broke a rule (counted and logged).
+    Refused(Refusal),
+    /// The dialer went away first — a dial its owner gave up on (an RPC that
+    /// timed out while this node was starting, say): nothing to report.
+    Dropped(String),
+}
+
+impl From<Refusal> for Closed {
+    fn from(r: Refusal) -> Self {
+        Closed::Refused(r)
+    }
+}
+
+/// Whether an I/O error means the other side closed the connection (rather than
+/// sent something wrong).
+fn hung_up(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::UnexpectedEof
+            | std::io::ErrorKind::ConnectionReset
+            | std::io::ErrorKind::ConnectionAborted
+            | std::io::ErrorKind::BrokenPipe
+    )
+}
+
+async fn open(stream: TcpStream, server: &PeerServer) -> Result<Opened, Closed> {
     let _ = stream.set_nodelay(true);
     let (io, cert_node) = match &server.tls {
         None => (PeerIo::Plain(stream), None),
         Some(tls) => {
-            let s = tls
-                .accept(stream)
-                .await
-                .map_err(|e| refuse("tls", format!("TLS handshake failed: {e}")))?;
+            let s = tls.accept(stream).await.map_err(|e| match hung_up(&e) {
+                true => Closed::Dropped(format!("during the TLS handshake: {e}")),
+                false => Closed::Refused(refuse("tls", format!("TLS handshake failed: {e}"))),
+            })?;
             let certs = s.get_ref().1.peer_certificates();
             let id = tls
                 .member_id(certs)
@@ -211,7 +243,10 @@ async fn open(stream: TcpStream, server: &PeerServer) -> Result<Opened, Refusal>
     let (mut reader, writer) = io.split();
     let hello: Hello = read_frame_capped(&mut reader, HELLO_MAX)
         .await
-        .map_err(|e| refuse("hello", format!("no valid hello: {e}")))?;
+        .map_err(|e| match e {
+            PeerError::Io(io) if hung_up(&io) => Closed::Dropped(format!("before its hello: {io}")),
+            e => Closed::Refused(refuse("hello", format!("no valid hello: {e}"))),
+        })?;
     Ok(Opened {
         reader,
         writer,

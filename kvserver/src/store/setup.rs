@@ -53,17 +53,37 @@ impl std::fmt::Debug for Backend {
     }
 }
 
-/// Hides the password of a connection URL (`postgres://user:***@host/db`).
+/// Hides the passwords of a connection URL: in the user info
+/// (`postgres://user:***@host/db`) and in `password=` query parameters.
 pub fn redact_url(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_string();
+    let (main, query) = match url.split_once('?') {
+        Some((m, q)) => (m, Some(q)),
+        None => (url, None),
     };
-    let Some((userinfo, host)) = rest.rsplit_once('@') else {
-        return url.to_string();
+    let main = match main.split_once("://") {
+        Some((scheme, rest)) => match rest.rsplit_once('@') {
+            Some((userinfo, host)) => match userinfo.split_once(':') {
+                Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
+                None => main.to_string(),
+            },
+            None => main.to_string(),
+        },
+        None => main.to_string(),
     };
-    match userinfo.split_once(':') {
-        Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
-        None => url.to_string(),
+    match query {
+        None => main,
+        Some(q) => {
+            let q: Vec<String> = q
+                .split('&')
+                .map(|kv| match kv.split_once('=') {
+                    Some((name, _)) if name.eq_ignore_ascii_case("password") => {
+                        format!("{name}=***")
+                    }
+                    _ => kv.to_string(),
+                })
+                .collect();
+            format!("{main}?{}", q.join("&"))
+        }
     }
 }
 
@@ -347,6 +367,14 @@ mod tests {
         );
         assert_eq!(redact_url("postgres://kv@db/kv"), "postgres://kv@db/kv");
         assert_eq!(redact_url("not a url"), "not a url");
+        assert_eq!(
+            redact_url("postgres://db/kv?user=kv&password=s3cret&sslmode=verify-full"),
+            "postgres://db/kv?user=kv&password=***&sslmode=verify-full"
+        );
+        assert_eq!(
+            redact_url("postgres://kv:a@b@db/kv?PASSWORD=x"),
+            "postgres://kv:***@db/kv?PASSWORD=***"
+        );
         let b = Backend::Postgres {
             url: "postgres://u:p@h/d".into(),
             schema: "s".into(),

@@ -198,6 +198,17 @@ impl Cluster {
         }
     }
 
+    /// A cluster with plaintext ports, for tests that speak raw HTTP over their own
+    /// sockets (what they test is not the transport).
+    pub fn plaintext(extra_args: &[&str]) -> Self {
+        Self {
+            inner: Self::builder(extra_args)
+                .tls(false)
+                .build()
+                .expect("cluster harness"),
+        }
+    }
+
     /// A cluster whose nodes store their state in `pg` (one schema per node).
     /// The URL with its password goes through the environment, as in production.
     pub fn with_postgres(pg: &pg::Postgres, extra_args: &[&str]) -> Self {
@@ -372,4 +383,18 @@ impl Cluster {
         self.dump_logs();
         panic!("{e:#}");
     }
+}
+
+/// The value of the Prometheus series `series` (name with its labels, exactly as
+/// rendered, e.g. `kv_peer_refused_total{reason="tls"}`) in `text`; 0 when absent.
+pub fn metric(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix(series)?
+                .strip_prefix(' ')?
+                .trim()
+                .parse()
+                .ok()
+        })
+        .unwrap_or(0.0)
 }

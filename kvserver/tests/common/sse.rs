@@ -32,12 +32,11 @@ impl SseReader {
         http: &reqwest::Client,
         url: &str,
     ) -> anyhow::Result<Result<SseReader, (u16, Value)>> {
-        let resp = kvserver::tls::http_builder()
-            .no_proxy()
-            .connect_timeout(Duration::from_secs(2))
-            .build()
-            .unwrap_or_else(|_| http.clone())
+        // A stream outlives the client's request timeout: this one request gets an
+        // hour (reqwest lets a request's timeout replace the client's).
+        let resp = http
             .get(url)
+            .timeout(Duration::from_secs(3600))
             .send()
             .await?;
         if resp.status().as_u16() != 200 {

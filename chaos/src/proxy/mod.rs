@@ -11,8 +11,10 @@
 //! node-to-node channels: the Raft peer port, and the client API port that
 //! followers use to forward requests to the leader. The proxy learns who is
 //! calling from the first bytes of each connection — the Raft hello frame names
-//! the dialing node, a forwarded HTTP request carries `x-kv-forwarded-by` — and
-//! then copies bytes both ways while the link between the two nodes is up.
+//! the dialing node, a forwarded HTTP request carries `x-kv-forwarded-by` — or,
+//! when those bytes are a TLS handshake, from the process that owns the calling
+//! socket ([`callers`]), and then copies bytes both ways while the link between
+//! the two nodes is up.
 //! While a link is cut nothing crosses it: bytes are held (and, once a buffer
 //! is held, no more are read, so the sender's socket fills up), and new
 //! connections are accepted but not carried on. Senders time out instead of
@@ -31,6 +33,10 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
 use tokio::net::TcpStream;
 
+pub mod callers;
+
+pub use callers::Callers;
+
 /// Which of a node's ports a proxy fronts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Channel {
@@ -44,6 +50,12 @@ pub enum Channel {
 #[derive(Debug, Default)]
 pub struct Links {
     cut: Mutex<HashSet<(u64, u64)>>,
+    /// Node processes, to name the callers of TLS connections.
+    pub callers: Callers,
+    /// Connections whose caller was named (and so can be cut) and those whose
+    /// caller was not: a check that faults reach every link.
+    pub named: std::sync::atomic::AtomicU64,
+    pub unnamed: std::sync::atomic::AtomicU64,
 }
 
 fn pair(a: u64, b: u64) -> (u64, u64) {
@@ -183,7 +195,21 @@ async fn relay(
     links: Arc<Links>,
 ) -> std::io::Result<()> {
     down.set_nodelay(true)?;
-    let (pre, from) = preamble(&mut down, channel).await?;
+    let mut first = [0u8; 1];
+    down.peek(&mut first).await?;
+    // 0x16: a TLS handshake record, which names nobody; the socket's owner does.
+    let (pre, from) = if first[0] == 0x16 {
+        let source = down.peer_addr()?;
+        (Vec::new(), links.callers.lookup(source))
+    } else {
+        preamble(&mut down, channel).await?
+    };
+    let counter = if from.is_some() {
+        &links.named
+    } else {
+        &links.unnamed
+    };
+    counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     // Unknown callers (harness clients, or unparsable preambles) are never cut.
     let from = from.unwrap_or(to);
     // Across a cut link a connection is not carried on until the link heals.
