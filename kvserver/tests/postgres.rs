@@ -152,3 +152,59 @@ async fn postgres_restart_under_load_loses_nothing_and_recovers() {
         c.fail(e);
     }
 }
+
+/// A node started in-process on `pg` with these TLS settings.
+async fn node_on(
+    pg: &Postgres,
+    dir: &std::path::Path,
+    host: &str,
+    sslmode: Option<kvserver::config::PgSslMode>,
+    ca: Option<std::path::PathBuf>,
+) -> Result<kvserver::NodeHandle, kvserver::NodeError> {
+    let mut cfg = common::local_config(dir, true);
+    cfg.cluster_id = format!("pgtls{}", uuid::Uuid::new_v4().simple());
+    cfg.storage.backend = kvserver::config::StorageBackend::Postgres;
+    cfg.storage.postgres.url = Some(pg.url_on(host));
+    cfg.storage.postgres.sslmode = sslmode;
+    cfg.storage.postgres.ca_file = ca;
+    cfg.storage.postgres.acquire_timeout_ms = 3_000;
+    kvserver::start_node(cfg).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_verify_the_postgres_server_certificate() -> anyhow::Result<()> {
+    use kvserver::config::PgSslMode;
+    use kvserver::tls::issue::Ca;
+    use kvserver::tls::issue::Leaf;
+    let ca = Ca::new("pg test CA", Duration::from_secs(3600))?;
+    let mut leaf = Leaf::member("pg", 0, &["127.0.0.1".into()], Duration::from_secs(3600));
+    leaf.uris.clear();
+    let server = ca.issue(&leaf)?;
+    let pg = Postgres::start_tls(&server.cert_pem, &server.key_pem)?;
+    let dir = tempfile::tempdir()?;
+    let ca_file = dir.path().join("pg-ca.pem");
+    std::fs::write(&ca_file, ca.cert_pem())?;
+    let other = Ca::new("another CA", Duration::from_secs(3600))?;
+    let other_file = dir.path().join("other-ca.pem");
+    std::fs::write(&other_file, other.cert_pem())?;
+
+    // A CA given means verify-full: the server's certificate checks out.
+    let node = node_on(&pg, &dir.path().join("a"), "127.0.0.1", None, Some(ca_file.clone())).await?;
+    node.shutdown().await?;
+    // A server whose certificate another CA signed is refused.
+    let e = node_on(&pg, &dir.path().join("b"), "127.0.0.1", None, Some(other_file))
+        .await
+        .err()
+        .context("a node trusted a certificate of another CA")?;
+    ensure!(e.to_string().to_lowercase().contains("certificate"), "{e}");
+    // verify-full also checks the name: the certificate names 127.0.0.1, not localhost ...
+    let e = node_on(&pg, &dir.path().join("c"), "localhost", None, Some(ca_file.clone()))
+        .await
+        .err()
+        .context("verify-full accepted a certificate for another host")?;
+    ensure!(e.to_string().to_lowercase().contains("certificate") || e.to_string().contains("name"), "{e}");
+    // ... which verify-ca does not.
+    let node = node_on(&pg, &dir.path().join("d"), "localhost", Some(PgSslMode::VerifyCa), Some(ca_file)).await?;
+    node.shutdown().await?;
+    Ok(())
+}

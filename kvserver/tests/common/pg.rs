@@ -22,6 +22,8 @@ pub struct Postgres {
     bin: PathBuf,
     /// Run server commands as this user (PostgreSQL refuses to run as root).
     as_user: Option<String>,
+    /// TLS: the server's certificate and key files (`ssl=on`).
+    tls: Option<(PathBuf, PathBuf)>,
 }
 
 fn find_bin() -> anyhow::Result<PathBuf> {
@@ -56,6 +58,16 @@ fn is_root() -> bool {
 impl Postgres {
     /// initdb + start. Blocking (a second or two); call before starting nodes.
     pub fn start() -> anyhow::Result<Postgres> {
+        Self::start_with(None)
+    }
+
+    /// The same with TLS on, serving `cert_pem` / `key_pem` (plaintext clients are
+    /// still let in: what a client accepts is its `sslmode`).
+    pub fn start_tls(cert_pem: &str, key_pem: &str) -> anyhow::Result<Postgres> {
+        Self::start_with(Some((cert_pem, key_pem)))
+    }
+
+    fn start_with(tls: Option<(&str, &str)>) -> anyhow::Result<Postgres> {
         let bin = find_bin()?;
         let dir = tempfile::Builder::new().prefix("kv-pg-").tempdir()?;
         let as_user = is_root().then(|| "postgres".to_string());
@@ -71,12 +83,25 @@ impl Postgres {
                 );
             }
         }
-        let pg = Postgres {
+        let mut pg = Postgres {
             dir,
             port: super::free_port(),
             bin,
             as_user,
+            tls: None,
         };
+        if let Some((cert, key)) = tls {
+            let (c, k) = (pg.dir.path().join("server.crt"), pg.dir.path().join("server.key"));
+            std::fs::write(&c, cert)?;
+            std::fs::write(&k, key)?;
+            // PostgreSQL refuses a key others can read.
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&k, std::fs::Permissions::from_mode(0o600))?;
+            if let Some(u) = &pg.as_user {
+                Command::new("chown").arg(format!("{u}:")).arg(&c).arg(&k).status()?;
+            }
+            pg.tls = Some((c, k));
+        }
         let pwfile = pg.dir.path().join("pw");
         std::fs::write(&pwfile, PASSWORD)?;
         if let Some(u) = &pg.as_user {
@@ -137,11 +162,18 @@ impl Postgres {
 
     /// Starts the server and waits until it accepts connections.
     pub fn start_server(&self) -> anyhow::Result<()> {
-        let opts = format!(
+        let mut opts = format!(
             "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=on -c synchronous_commit=on -c max_connections=200",
             self.port,
             self.dir.path().display()
         );
+        if let Some((cert, key)) = &self.tls {
+            opts.push_str(&format!(
+                " -c ssl=on -c ssl_cert_file={} -c ssl_key_file={}",
+                cert.display(),
+                key.display()
+            ));
+        }
         let log = self.dir.path().join("server.log");
         self.run(
             "pg_ctl",
@@ -167,6 +199,11 @@ impl Postgres {
             "pg_ctl",
             &["-D", &data, "-m", "immediate", "-w", "-t", "10", "stop"],
         )
+    }
+
+    /// Connection URL with password and no TLS parameters (the node's settings add them).
+    pub fn url_on(&self, host: &str) -> String {
+        format!("postgres://kv:{PASSWORD}@{host}:{}/postgres", self.port)
     }
 
     /// Connection URL with password, for `KV_STORAGE_POSTGRES_URL`.
