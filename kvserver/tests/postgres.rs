@@ -189,22 +189,51 @@ async fn nodes_verify_the_postgres_server_certificate() -> anyhow::Result<()> {
     std::fs::write(&other_file, other.cert_pem())?;
 
     // A CA given means verify-full: the server's certificate checks out.
-    let node = node_on(&pg, &dir.path().join("a"), "127.0.0.1", None, Some(ca_file.clone())).await?;
+    let node = node_on(
+        &pg,
+        &dir.path().join("a"),
+        "127.0.0.1",
+        None,
+        Some(ca_file.clone()),
+    )
+    .await?;
     node.shutdown().await?;
     // A server whose certificate another CA signed is refused.
-    let e = node_on(&pg, &dir.path().join("b"), "127.0.0.1", None, Some(other_file))
-        .await
-        .err()
-        .context("a node trusted a certificate of another CA")?;
+    let e = node_on(
+        &pg,
+        &dir.path().join("b"),
+        "127.0.0.1",
+        None,
+        Some(other_file),
+    )
+    .await
+    .err()
+    .context("a node trusted a certificate of another CA")?;
     ensure!(e.to_string().to_lowercase().contains("certificate"), "{e}");
     // verify-full also checks the name: the certificate names 127.0.0.1, not localhost ...
-    let e = node_on(&pg, &dir.path().join("c"), "localhost", None, Some(ca_file.clone()))
-        .await
-        .err()
-        .context("verify-full accepted a certificate for another host")?;
-    ensure!(e.to_string().to_lowercase().contains("certificate") || e.to_string().contains("name"), "{e}");
+    let e = node_on(
+        &pg,
+        &dir.path().join("c"),
+        "localhost",
+        None,
+        Some(ca_file.clone()),
+    )
+    .await
+    .err()
+    .context("verify-full accepted a certificate for another host")?;
+    ensure!(
+        e.to_string().to_lowercase().contains("certificate") || e.to_string().contains("name"),
+        "{e}"
+    );
     // ... which verify-ca does not.
-    let node = node_on(&pg, &dir.path().join("d"), "localhost", Some(PgSslMode::VerifyCa), Some(ca_file)).await?;
+    let node = node_on(
+        &pg,
+        &dir.path().join("d"),
+        "localhost",
+        Some(PgSslMode::VerifyCa),
+        Some(ca_file),
+    )
+    .await?;
     node.shutdown().await?;
     Ok(())
 }

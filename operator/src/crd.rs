@@ -115,6 +115,68 @@ pub struct KVClusterSpec {
     /// Prometheus scraping of `/metrics` on the client port.
     #[serde(default)]
     pub metrics: MetricsSpec,
+    /// TLS of both ports: mutual TLS between members (always), HTTPS for clients
+    /// (unless disabled). Certificates are renewed without restarting pods.
+    #[serde(default)]
+    pub tls: TlsSpec,
+}
+
+/// Where the certificates of a port come from.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum TlsMode {
+    /// The operator keeps a CA for the cluster (Secret `<name>-tls-ca`) and issues
+    /// and renews the certificates itself.
+    #[default]
+    Auto,
+    /// From Secrets you provide (e.g. written by cert-manager): see the fields of each port.
+    Secret,
+    /// Plain HTTP. Client port only: the peer port is always mutual TLS.
+    Disabled,
+}
+
+/// TLS settings.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TlsSpec {
+    /// The peer port (member to member): mutual TLS, each member presenting a
+    /// certificate that names its pod DNS name and node id.
+    #[serde(default)]
+    pub peer: PeerTlsSpec,
+    /// The client port (clients, the operator, and members relaying to the leader).
+    #[serde(default)]
+    pub client: ClientTlsSpec,
+}
+
+/// TLS of the peer port.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PeerTlsSpec {
+    /// `auto` (default): the operator's CA. `secret`: member certificates are issued
+    /// from the CA in `caSecretName`. `disabled` is refused.
+    #[serde(default)]
+    pub mode: TlsMode,
+    /// With `mode: secret`: a Secret holding the CA that signs member certificates,
+    /// as `tls.crt` and `tls.key` (cert-manager's CA Certificate writes exactly that),
+    /// and optionally `ca.crt`, a bundle members trust besides it (during a CA change).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_secret_name: Option<String>,
+}
+
+/// TLS of the client port.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ClientTlsSpec {
+    /// `auto` (default): the operator's CA issues the serving certificate. `secret`:
+    /// from `secretName`. `disabled`: plain HTTP (clients' traffic is readable by
+    /// anyone on the pod network).
+    #[serde(default)]
+    pub mode: TlsMode,
+    /// With `mode: secret`: a Secret with `tls.crt`, `tls.key` and `ca.crt` (a
+    /// cert-manager Certificate's Secret). The certificate must name the client
+    /// Service (`<name>.<namespace>.svc`) and `*.<name>-peers.<namespace>.svc.cluster.local`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_name: Option<String>,
 }
 
 /// Storage backend.
@@ -188,6 +250,18 @@ pub struct PostgresSpec {
     /// Key of the URL in the Secret.
     #[serde(default = "default_secret_key")]
     pub secret_key: String,
+    /// TLS to PostgreSQL: `disable`, `allow`, `prefer`, `require`, `verify-ca` or
+    /// `verify-full`. Default: `verify-full` when `caSecretName` is set, otherwise
+    /// what the URL says.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ssl_mode: Option<String>,
+    /// Secret holding `ca.crt`, the CA bundle that signed the server's certificate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_secret_name: Option<String>,
+    /// Secret holding `tls.crt` and `tls.key`, a client certificate for servers that
+    /// authenticate clients by certificate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_cert_secret_name: Option<String>,
 }
 
 /// Raft tuning.

@@ -4,6 +4,8 @@
 //! # Layout
 //! - [`crd`]: the `KVCluster` custom resource (spec, status), documented for `kubectl explain`.
 //! - [`build`]: pure builders of the owned objects (ConfigMap, Services, StatefulSet, PDB).
+//! - [`tls`]: the cluster's certificates (`spec.tls`): which to keep, issue or renew, as
+//!   Secrets and the CA ConfigMap.
 //! - [`membership`]: the pure membership state machine (next safe step from observed state).
 //! - [`controller`]: the reconcile pipeline observe → plan → build → apply → membership step → status,
 //!   one file per stage that talks to the world (`observe`, `apply`, `execute`, `status`).
@@ -18,3 +20,4 @@ pub mod crdgen;
 pub mod manifests;
 pub mod membership;
 pub mod metrics;
+pub mod tls;

@@ -66,6 +66,9 @@ pub fn rbac_rules() -> Vec<PolicyRule> {
         ),
         rule(&["apps"], &["statefulsets"], OWN),
         rule(&[""], &["services", "configmaps"], OWN),
+        // Certificates: the operator's CA and the member and client-port Secrets it
+        // writes, and the user's Secrets spec.tls and spec.storage.postgres name (read).
+        rule(&[""], &["secrets"], &["get", "create", "patch", "update"]),
         rule(&["policy"], &["poddisruptionbudgets"], OWN),
         rule(&[""], &["pods"], &["get", "list", "watch"]),
         // Removed members' volumes are deleted per the cluster's reclaim policy, and
@@ -334,10 +337,20 @@ mod tests {
     #[test]
     fn rbac_is_least_privilege() {
         let rules = rbac_rules();
-        // Read-only on pods; the only deletes are of PVCs; never secrets.
+        // Read-only on pods; the only deletes are of PVCs; secrets only read and
+        // written one by one by name (certificates): never listed, watched or deleted.
         for r in &rules {
             let res = r.resources.clone().unwrap_or_default();
-            assert!(!res.iter().any(|x| x == "secrets" || x == "*"), "{r:?}");
+            assert!(!res.iter().any(|x| x == "*"), "{r:?}");
+            if res.iter().any(|x| x == "secrets") {
+                assert_eq!(res, vec!["secrets".to_string()], "{r:?}");
+                for v in &r.verbs {
+                    assert!(
+                        ["get", "create", "patch", "update"].contains(&v.as_str()),
+                        "{r:?}"
+                    );
+                }
+            }
             if r.verbs.iter().any(|v| v == "delete") {
                 assert_eq!(res, vec!["persistentvolumeclaims".to_string()]);
             }

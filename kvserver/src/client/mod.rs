@@ -128,6 +128,8 @@ enum Retry {
 pub struct ClientBuilder {
     endpoints: Vec<String>,
     tls: Option<crate::tls::ClientTls>,
+    tls_config: Option<rustls::ClientConfig>,
+    resolve: Vec<(String, std::net::SocketAddr)>,
     timeout: Duration,
     attempts: u32,
     backoff: Duration,
@@ -144,6 +146,20 @@ impl ClientBuilder {
     /// cluster asks for one). Endpoints without a scheme then mean `https://`.
     pub fn tls(mut self, tls: crate::tls::ClientTls) -> Self {
         self.tls = Some(tls);
+        self
+    }
+
+    /// HTTPS with a ready rustls configuration (see `crate::tls::client::config_from_pem`).
+    pub fn tls_config(mut self, config: rustls::ClientConfig) -> Self {
+        self.tls_config = Some(config);
+        self
+    }
+
+    /// Connects to `addr` for the host name `host`, which the server's certificate
+    /// is still checked against (the operator reaches members by pod IP, while
+    /// their certificates name their stable DNS names).
+    pub fn resolve(mut self, host: &str, addr: std::net::SocketAddr) -> Self {
+        self.resolve.push((host.to_string(), addr));
         self
     }
 
@@ -165,12 +181,13 @@ impl ClientBuilder {
                 "at least one endpoint is needed".into(),
             ));
         }
-        let tls = match &self.tls {
-            Some(t) => Some(
+        let tls = match (&self.tls, self.tls_config) {
+            (_, Some(config)) => Some(config),
+            (Some(t), None) => Some(
                 t.rustls_config()
                     .map_err(|e| ClientError::Config(e.to_string()))?,
             ),
-            None => None,
+            (None, None) => None,
         };
         let scheme = if tls.is_some() { "https" } else { "http" };
         let endpoints = self
@@ -194,6 +211,9 @@ impl ClientBuilder {
             }
             if let Some(config) = &tls {
                 b = b.tls_backend_preconfigured(config.clone());
+            }
+            for (host, addr) in &self.resolve {
+                b = b.resolve(host, *addr);
             }
             b.build().map_err(|e| ClientError::Config(e.to_string()))
         };
@@ -323,6 +343,8 @@ impl Client {
         ClientBuilder {
             endpoints: endpoints.into_iter().map(Into::into).collect(),
             tls: None,
+            tls_config: None,
+            resolve: Vec::new(),
             timeout: Duration::from_secs(30),
             attempts: 6,
             backoff: Duration::from_millis(100),

@@ -84,6 +84,7 @@ pub fn inspect(der: &CertificateDer<'_>) -> Result<CertInfo, String> {
 }
 
 /// Unix seconds now.
+#[cfg(feature = "server")]
 pub(crate) fn now_unix() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

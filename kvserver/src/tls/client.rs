@@ -66,6 +66,30 @@ impl ClientTls {
     }
 }
 
+/// The rustls configuration of an API client from PEM held in memory (the
+/// operator reads its CA bundle and client certificate from Secrets).
+pub fn config_from_pem(
+    ca_pem: &str,
+    client: Option<(&str, &str)>,
+) -> Result<rustls::ClientConfig, TlsError> {
+    let here = std::path::Path::new("<memory>");
+    let roots = pem::roots(ca_pem.as_bytes(), here)?;
+    let builder = rustls::ClientConfig::builder_with_provider(super::provider())
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots);
+    let mut config = match client {
+        Some((cert, key)) => builder
+            .with_client_auth_cert(
+                pem::certs(cert.as_bytes(), here)?,
+                pem::key(key.as_bytes(), here)?,
+            )
+            .map_err(|e| TlsError::Config(format!("client certificate: {e}")))?,
+        None => builder.with_no_client_auth(),
+    };
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(config)
+}
+
 /// Installs ring as the process's default rustls provider (once; later calls do
 /// nothing). reqwest is built without a provider of its own, so that no aws-lc
 /// is compiled, and needs a default one even for plain-HTTP clients.

@@ -6,7 +6,7 @@
 //! - [`pem`]: certificates, keys and CA bundles from PEM files (servers and clients);
 //! - [`client`]: [`ClientTls`], the rustls configuration of an API client (kvctl,
 //!   kvbench, the operator, the node's own HTTP relay);
-//! - `cert` (server): what a certificate says — validity, names, the node identity;
+//! - `cert` (server, `ca`): what a certificate says — validity, names, the node identity;
 //! - `reload` (server): [`Reloading`], serving material re-read from its files when
 //!   they change, keeping the old material when the new one is bad;
 //! - `verify` (server): verifiers that always use the current CA bundle;
@@ -24,7 +24,7 @@
 pub mod client;
 pub mod pem;
 
-#[cfg(feature = "server")]
+#[cfg(any(feature = "server", feature = "ca"))]
 mod cert;
 #[cfg(feature = "ca")]
 pub mod issue;
@@ -41,9 +41,9 @@ pub use client::ClientTls;
 pub use client::http_builder;
 pub use client::install_provider;
 
-#[cfg(feature = "server")]
+#[cfg(any(feature = "server", feature = "ca"))]
 pub use cert::CertInfo;
-#[cfg(feature = "server")]
+#[cfg(any(feature = "server", feature = "ca"))]
 pub use cert::inspect;
 #[cfg(feature = "server")]
 pub use listener::HttpsListener;
@@ -86,6 +86,9 @@ pub enum TlsError {
     #[error("tls: {0}")]
     Rustls(#[from] rustls::Error),
 }
+
+/// A DER certificate.
+pub type CertDer = rustls_pki_types::CertificateDer<'static>;
 
 /// The one crypto provider of every TLS configuration here.
 pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {

@@ -91,14 +91,21 @@ impl Postgres {
             tls: None,
         };
         if let Some((cert, key)) = tls {
-            let (c, k) = (pg.dir.path().join("server.crt"), pg.dir.path().join("server.key"));
+            let (c, k) = (
+                pg.dir.path().join("server.crt"),
+                pg.dir.path().join("server.key"),
+            );
             std::fs::write(&c, cert)?;
             std::fs::write(&k, key)?;
             // PostgreSQL refuses a key others can read.
             use std::os::unix::fs::PermissionsExt;
             std::fs::set_permissions(&k, std::fs::Permissions::from_mode(0o600))?;
             if let Some(u) = &pg.as_user {
-                Command::new("chown").arg(format!("{u}:")).arg(&c).arg(&k).status()?;
+                Command::new("chown")
+                    .arg(format!("{u}:"))
+                    .arg(&c)
+                    .arg(&k)
+                    .status()?;
             }
             pg.tls = Some((c, k));
         }

@@ -10,36 +10,12 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::apps::v1::StatefulSetSpec;
-use k8s_openapi::api::core::v1::Affinity;
 use k8s_openapi::api::core::v1::ConfigMap;
-use k8s_openapi::api::core::v1::ConfigMapVolumeSource;
-use k8s_openapi::api::core::v1::Container;
-use k8s_openapi::api::core::v1::ContainerPort;
-use k8s_openapi::api::core::v1::EnvVar;
-use k8s_openapi::api::core::v1::EnvVarSource;
-use k8s_openapi::api::core::v1::HTTPGetAction;
-use k8s_openapi::api::core::v1::ObjectFieldSelector;
-use k8s_openapi::api::core::v1::PersistentVolumeClaim;
-use k8s_openapi::api::core::v1::PersistentVolumeClaimSpec;
-use k8s_openapi::api::core::v1::PodAffinityTerm;
-use k8s_openapi::api::core::v1::PodAntiAffinity;
-use k8s_openapi::api::core::v1::PodSecurityContext;
-use k8s_openapi::api::core::v1::PodSpec;
-use k8s_openapi::api::core::v1::PodTemplateSpec;
-use k8s_openapi::api::core::v1::Probe;
-use k8s_openapi::api::core::v1::SecretKeySelector;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::core::v1::ServicePort;
 use k8s_openapi::api::core::v1::ServiceSpec;
-use k8s_openapi::api::core::v1::Volume;
-use k8s_openapi::api::core::v1::VolumeMount;
-use k8s_openapi::api::core::v1::VolumeResourceRequirements;
-use k8s_openapi::api::core::v1::WeightedPodAffinityTerm;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::policy::v1::PodDisruptionBudgetSpec;
-use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
@@ -74,6 +50,8 @@ pub enum BuildError {
         "spec.storage.cacheSize: {0:?} is not a byte quantity of at most 1Ti (e.g. 64Mi, 256M, 0)"
     )]
     BadCacheSize(String),
+    #[error("certificates: {0}")]
+    Tls(String),
 }
 
 /// Bytes in a Kubernetes quantity without fractions (`512`, `64Mi`, `1G`, `0`),
@@ -97,6 +75,14 @@ pub fn parse_bytes(q: &str) -> Option<u64> {
         return None;
     }
     digits.parse::<u64>().ok()?.checked_mul(unit)
+}
+
+/// FNV-1a of `bytes`: the digests in pod template annotations (not a security
+/// function: they only make a change visible to the StatefulSet).
+pub fn fnv(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf29ce484222325u64, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x100000001b3)
+    })
 }
 
 /// Names of the owned objects.
@@ -170,7 +156,7 @@ pub fn pvc_owner_references(
     Ok((refs.as_slice() != current).then_some(refs))
 }
 
-fn meta(kvc: &KVCluster, name: String) -> Result<ObjectMeta, BuildError> {
+pub(crate) fn meta(kvc: &KVCluster, name: String) -> Result<ObjectMeta, BuildError> {
     let owner: OwnerReference = kvc
         .controller_owner_ref(&())
         .ok_or(BuildError::MissingMeta("uid"))?;
@@ -259,8 +245,48 @@ pub fn config_yaml(kvc: &KVCluster) -> Result<String, BuildError> {
             .ok_or_else(|| BuildError::BadCacheSize(q.clone()))?;
         storage["cache_bytes"] = bytes.into();
     }
+    if let (Backend::Postgres, Some(pg)) = (kvc.spec.storage.backend, &kvc.spec.storage.postgres) {
+        let dir = statefulset::TLS_DIR;
+        let pg_cfg = &mut storage["postgres"];
+        *pg_cfg = serde_json::json!({});
+        if let Some(mode) = &pg.ssl_mode {
+            const MODES: [&str; 6] = [
+                "disable",
+                "allow",
+                "prefer",
+                "require",
+                "verify-ca",
+                "verify-full",
+            ];
+            if !MODES.contains(&mode.as_str()) {
+                return Err(BuildError::Tls(format!(
+                    "spec.storage.postgres.sslMode: {mode:?} is not one of {}",
+                    MODES.join(", ")
+                )));
+            }
+            pg_cfg["sslmode"] = mode.clone().into();
+        }
+        if pg.ca_secret_name.is_some() {
+            pg_cfg["ca_file"] = format!("{dir}/postgres-ca/ca.crt").into();
+        }
+        if pg.client_cert_secret_name.is_some() {
+            pg_cfg["cert_file"] = format!("{dir}/postgres-client/tls.crt").into();
+            pg_cfg["key_file"] = format!("{dir}/postgres-client/tls.key").into();
+        }
+    }
+    // Members' certificates (the pod's own cert and key come from its environment).
+    let dir = statefulset::TLS_DIR;
+    let mut tls = serde_json::json!({"peer": {"ca_file": format!("{dir}/peer/ca.crt")}});
+    if kvc.spec.tls.client.mode != crate::crd::TlsMode::Disabled {
+        tls["client"] = serde_json::json!({
+            "cert_file": format!("{dir}/client/tls.crt"),
+            "key_file": format!("{dir}/client/tls.key"),
+            "ca_file": format!("{dir}/client/ca.crt"),
+        });
+    }
     let cfg = serde_json::json!({
         "cluster_id": cluster_id(kvc)?,
+        "tls": tls,
         "data_dir": DATA_DIR,
         "api_addr": format!("0.0.0.0:{API_PORT}"),
         "raft_addr": format!("0.0.0.0:{RAFT_PORT}"),
@@ -327,219 +353,6 @@ pub fn client_service(kvc: &KVCluster) -> Result<Service, BuildError> {
     })
 }
 
-fn env(name: &str, value: &str) -> EnvVar {
-    EnvVar {
-        name: name.into(),
-        value: Some(value.into()),
-        ..Default::default()
-    }
-}
-
-fn http_probe(path: &str, period: i32, failures: i32) -> Probe {
-    Probe {
-        http_get: Some(HTTPGetAction {
-            path: Some(path.into()),
-            port: IntOrString::String("api".into()),
-            ..Default::default()
-        }),
-        period_seconds: Some(period),
-        failure_threshold: Some(failures),
-        timeout_seconds: Some(2),
-        ..Default::default()
-    }
-}
-
-/// The StatefulSet with `replicas` pods (decided by the membership stage, not the spec).
-pub fn statefulset(kvc: &KVCluster, replicas: i32) -> Result<StatefulSet, BuildError> {
-    let n = names(kvc);
-    let ns = kvc
-        .namespace()
-        .ok_or(BuildError::MissingMeta("namespace"))?;
-    let host = format!("$(POD_NAME).{}.{ns}.svc.cluster.local", n.peers);
-    let mut envs = vec![
-        EnvVar {
-            name: "POD_NAME".into(),
-            value_from: Some(EnvVarSource {
-                field_ref: Some(ObjectFieldSelector {
-                    field_path: "metadata.name".into(),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        },
-        env("KV_ADVERTISE_API_ADDR", &format!("{host}:{API_PORT}")),
-        env("KV_ADVERTISE_RAFT_ADDR", &format!("{host}:{RAFT_PORT}")),
-    ];
-    if let (Backend::Postgres, Some(pg)) = (kvc.spec.storage.backend, &kvc.spec.storage.postgres) {
-        envs.push(EnvVar {
-            name: "KV_STORAGE_POSTGRES_URL".into(),
-            value_from: Some(EnvVarSource {
-                secret_key_ref: Some(SecretKeySelector {
-                    name: pg.secret_name.clone(),
-                    key: pg.secret_key.clone(),
-                    optional: Some(false),
-                }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        });
-    }
-    let container = Container {
-        name: "kvserver".into(),
-        image: Some(kvc.spec.image.clone()),
-        image_pull_policy: Some(kvc.spec.image_pull_policy.clone()),
-        args: Some(vec!["--config".into(), format!("{CONFIG_DIR}/config.yaml")]),
-        env: Some(envs),
-        ports: Some(vec![
-            ContainerPort {
-                name: Some("api".into()),
-                container_port: API_PORT,
-                protocol: Some("TCP".into()),
-                ..Default::default()
-            },
-            ContainerPort {
-                name: Some("raft".into()),
-                container_port: RAFT_PORT,
-                protocol: Some("TCP".into()),
-                ..Default::default()
-            },
-        ]),
-        // Ready = member, leader known, caught up: what the client Service should route on.
-        readiness_probe: Some(http_probe("/readyz", 2, 2)),
-        // Alive = serves HTTP; a cluster without quorum is not a reason to restart pods.
-        liveness_probe: Some(http_probe("/healthz", 10, 6)),
-        resources: kvc.spec.resources.clone(),
-        volume_mounts: Some(vec![
-            VolumeMount {
-                name: VOLUME.into(),
-                mount_path: DATA_DIR.into(),
-                ..Default::default()
-            },
-            VolumeMount {
-                name: "config".into(),
-                mount_path: CONFIG_DIR.into(),
-                read_only: Some(true),
-                ..Default::default()
-            },
-        ]),
-        ..Default::default()
-    };
-    let overrides = kvc.spec.pod.clone().unwrap_or_default();
-    let mut pod_labels = overrides.labels.clone();
-    pod_labels.extend(labels(kvc));
-    let mut annotations = overrides.annotations.clone();
-    if kvc.spec.metrics.enabled {
-        annotations.insert("prometheus.io/scrape".into(), "true".into());
-        annotations.insert("prometheus.io/port".into(), API_PORT.to_string());
-        annotations.insert("prometheus.io/path".into(), "/metrics".into());
-    }
-    // A config change must roll the pods: hash it into the template.
-    let config_hash = config_yaml(kvc)?
-        .bytes()
-        .fold(0xcbf29ce484222325u64, |h, b| {
-            (h ^ u64::from(b)).wrapping_mul(0x100000001b3)
-        });
-    annotations.insert(
-        "kvcluster.io/config-hash".into(),
-        format!("{config_hash:016x}"),
-    );
-    let affinity = overrides.affinity.clone().or_else(|| {
-        Some(Affinity {
-            pod_anti_affinity: Some(PodAntiAffinity {
-                preferred_during_scheduling_ignored_during_execution: Some(vec![
-                    WeightedPodAffinityTerm {
-                        weight: 100,
-                        pod_affinity_term: PodAffinityTerm {
-                            label_selector: Some(LabelSelector {
-                                match_labels: Some(selector_labels(kvc)),
-                                ..Default::default()
-                            }),
-                            topology_key: "kubernetes.io/hostname".into(),
-                            ..Default::default()
-                        },
-                    },
-                ]),
-                ..Default::default()
-            }),
-            ..Default::default()
-        })
-    });
-    let pvc = PersistentVolumeClaim {
-        metadata: ObjectMeta {
-            name: Some(VOLUME.into()),
-            labels: Some(selector_labels(kvc)),
-            ..Default::default()
-        },
-        spec: Some(PersistentVolumeClaimSpec {
-            access_modes: Some(vec!["ReadWriteOnce".into()]),
-            storage_class_name: kvc.spec.storage.storage_class_name.clone(),
-            resources: Some(VolumeResourceRequirements {
-                requests: Some(BTreeMap::from([(
-                    "storage".to_string(),
-                    Quantity(kvc.spec.storage.size.clone()),
-                )])),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
-        ..Default::default()
-    };
-    Ok(StatefulSet {
-        metadata: meta(kvc, n.statefulset.clone())?,
-        spec: Some(StatefulSetSpec {
-            replicas: Some(replicas),
-            service_name: Some(n.peers.clone()),
-            // Parallel: a crashed low ordinal must not block the others (membership is the
-            // operator's job, not the StatefulSet's ordering).
-            pod_management_policy: Some("Parallel".into()),
-            selector: LabelSelector {
-                match_labels: Some(selector_labels(kvc)),
-                ..Default::default()
-            },
-            template: PodTemplateSpec {
-                metadata: Some(ObjectMeta {
-                    labels: Some(pod_labels),
-                    annotations: Some(annotations),
-                    ..Default::default()
-                }),
-                spec: Some(PodSpec {
-                    containers: vec![container],
-                    // Service links would inject KV_* variables for a Service named "kv".
-                    enable_service_links: Some(false),
-                    termination_grace_period_seconds: Some(30),
-                    // The image runs as uid 10001: make the volume writable for it.
-                    security_context: Some(PodSecurityContext {
-                        fs_group: Some(10001),
-                        ..Default::default()
-                    }),
-                    affinity,
-                    tolerations: (!overrides.tolerations.is_empty())
-                        .then(|| overrides.tolerations.clone()),
-                    node_selector: (!overrides.node_selector.is_empty())
-                        .then(|| overrides.node_selector.clone()),
-                    topology_spread_constraints: (!overrides
-                        .topology_spread_constraints
-                        .is_empty())
-                    .then(|| overrides.topology_spread_constraints.clone()),
-                    volumes: Some(vec![Volume {
-                        name: "config".into(),
-                        config_map: Some(ConfigMapVolumeSource {
-                            name: n.config.clone(),
-                            ..Default::default()
-                        }),
-                        ..Default::default()
-                    }]),
-                    ..Default::default()
-                }),
-            },
-            volume_claim_templates: Some(vec![pvc]),
-            ..Default::default()
-        }),
-        ..Default::default()
-    })
-}
-
 /// A PDB allowing voluntary disruption of at most the failures a quorum tolerates.
 pub fn pdb(kvc: &KVCluster, voters: i32) -> Result<PodDisruptionBudget, BuildError> {
     Ok(PodDisruptionBudget {
@@ -561,5 +374,8 @@ pub fn pvc_name(kvc: &KVCluster, ordinal: u64) -> String {
     format!("{VOLUME}-{}-{ordinal}", names(kvc).statefulset)
 }
 
+mod statefulset;
 #[cfg(test)]
 mod tests;
+
+pub use statefulset::statefulset;

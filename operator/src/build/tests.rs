@@ -4,6 +4,7 @@ use super::*;
 use crate::crd::KVClusterSpec;
 use crate::crd::PostgresSpec;
 use crate::crd::RaftSpec;
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 
 fn kvc(spec_yaml: &str) -> KVCluster {
     let spec: KVClusterSpec = serde_yaml::from_str(spec_yaml).expect("spec");
@@ -25,7 +26,7 @@ fn defaults_from_an_empty_spec() {
 #[test]
 fn labels_selectors_and_owner() {
     let k = kvc("replicas: 3");
-    let sts = statefulset(&k, 3).expect("sts");
+    let sts = statefulset(&k, 3, None).expect("sts");
     let sel = sts
         .spec
         .as_ref()
@@ -108,7 +109,7 @@ fn statefulset_pod_template() {
     let k = kvc(
         "replicas: 5\nstorage: {size: 5Gi, storageClassName: fast}\npod: {nodeSelector: {disk: ssd}}",
     );
-    let sts = statefulset(&k, 2).expect("sts");
+    let sts = statefulset(&k, 2, None).expect("sts");
     let spec = sts.spec.expect("spec");
     assert_eq!(
         spec.replicas,
@@ -180,6 +181,9 @@ fn postgres_and_config() {
     k.spec.storage.postgres = Some(PostgresSpec {
         secret_name: "pg".into(),
         secret_key: "url".into(),
+        ssl_mode: None,
+        ca_secret_name: None,
+        client_cert_secret_name: None,
     });
     let cfg = config_yaml(&k).expect("config");
     assert!(
@@ -187,7 +191,7 @@ fn postgres_and_config() {
         "{cfg}"
     );
     assert!(!cfg.contains("postgres://"), "the URL stays in the Secret");
-    let sts = statefulset(&k, 3).expect("sts");
+    let sts = statefulset(&k, 3, None).expect("sts");
     let env = sts
         .spec
         .and_then(|s| s.template.spec)
@@ -257,7 +261,7 @@ fn config_changes_roll_pods() {
         ..Default::default()
     });
     let hash = |k: &KVCluster| {
-        statefulset(k, 3)
+        statefulset(k, 3, None)
             .expect("sts")
             .spec
             .and_then(|s| s.template.metadata)
@@ -295,4 +299,104 @@ fn volumes_are_owned_only_under_the_delete_policy() {
         Some(vec![other.clone()])
     );
     assert_eq!(pvc_owner_references(&k, &[other]).expect("refs"), None);
+}
+
+#[test]
+fn pods_mount_their_certificates_and_probe_over_https() {
+    let k = kvc("replicas: 3");
+    let sts = statefulset(&k, 3, Some("abc")).expect("sts");
+    let tpl = sts
+        .spec
+        .as_ref()
+        .map(|s| s.template.clone())
+        .expect("template");
+    let pod = tpl.spec.expect("pod");
+    let c = &pod.containers[0];
+    let env: BTreeMap<String, String> = c
+        .env
+        .iter()
+        .flatten()
+        .filter_map(|e| Some((e.name.clone(), e.value.clone()?)))
+        .collect();
+    assert_eq!(
+        env["KV_TLS_PEER_CERT_FILE"],
+        "/etc/kvserver/tls/peer/$(POD_NAME).crt"
+    );
+    assert_eq!(
+        env["KV_TLS_PEER_KEY_FILE"],
+        "/etc/kvserver/tls/peer/$(POD_NAME).key"
+    );
+    let secrets: Vec<String> = pod
+        .volumes
+        .iter()
+        .flatten()
+        .filter_map(|v| v.secret.as_ref()?.secret_name.clone())
+        .collect();
+    assert_eq!(secrets, ["orders-peer-tls", "orders-client-tls"]);
+    let probe = c
+        .readiness_probe
+        .as_ref()
+        .and_then(|p| p.http_get.as_ref())
+        .expect("probe");
+    assert_eq!(probe.scheme.as_deref(), Some("HTTPS"));
+    let annotations = tpl
+        .metadata
+        .and_then(|m| m.annotations)
+        .expect("annotations");
+    assert_eq!(annotations["kvcluster.io/secrets-hash"], "abc");
+    let cfg: serde_yaml::Value =
+        serde_yaml::from_str(&config_yaml(&k).expect("config")).expect("yaml");
+    assert_eq!(
+        cfg["tls"]["peer"]["ca_file"],
+        "/etc/kvserver/tls/peer/ca.crt"
+    );
+    assert_eq!(
+        cfg["tls"]["client"]["cert_file"],
+        "/etc/kvserver/tls/client/tls.crt"
+    );
+
+    // Client TLS disabled: plain probes, no client certificate, peers still mutual TLS.
+    let k = kvc("tls: {client: {mode: disabled}}");
+    let sts = statefulset(&k, 3, None).expect("sts");
+    let pod = sts.spec.and_then(|s| s.template.spec).expect("pod");
+    let probe = pod.containers[0]
+        .readiness_probe
+        .as_ref()
+        .and_then(|p| p.http_get.as_ref())
+        .expect("probe");
+    assert_eq!(probe.scheme, None);
+    let cfg: serde_yaml::Value =
+        serde_yaml::from_str(&config_yaml(&k).expect("config")).expect("yaml");
+    assert!(cfg["tls"]["client"].is_null());
+    assert_eq!(
+        cfg["tls"]["peer"]["ca_file"],
+        "/etc/kvserver/tls/peer/ca.crt"
+    );
+}
+
+#[test]
+fn postgres_tls_settings_become_files_and_config() {
+    let k = kvc(
+        "storage: {backend: postgres, postgres: {secretName: pg, sslMode: verify-full, caSecretName: pg-ca, clientCertSecretName: pg-client}}",
+    );
+    let cfg: serde_yaml::Value =
+        serde_yaml::from_str(&config_yaml(&k).expect("config")).expect("yaml");
+    let pg = &cfg["storage"]["postgres"];
+    assert_eq!(pg["sslmode"], "verify-full");
+    assert_eq!(pg["ca_file"], "/etc/kvserver/tls/postgres-ca/ca.crt");
+    assert_eq!(pg["key_file"], "/etc/kvserver/tls/postgres-client/tls.key");
+    let sts = statefulset(&k, 3, Some("d1")).expect("sts");
+    let pod = sts.spec.and_then(|s| s.template.spec).expect("pod");
+    let secrets: Vec<String> = pod
+        .volumes
+        .iter()
+        .flatten()
+        .filter_map(|v| v.secret.as_ref()?.secret_name.clone())
+        .collect();
+    assert!(
+        secrets.contains(&"pg-ca".to_string()) && secrets.contains(&"pg-client".to_string()),
+        "{secrets:?}"
+    );
+    let bad = kvc("storage: {backend: postgres, postgres: {secretName: pg, sslMode: sometimes}}");
+    assert!(matches!(config_yaml(&bad), Err(BuildError::Tls(m)) if m.contains("sslMode")));
 }

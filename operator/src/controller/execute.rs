@@ -10,7 +10,6 @@ use kube::Api;
 use kube::Client;
 use kube::ResourceExt;
 use kube::api::DeleteParams;
-use kvserver::client::Client as KvClient;
 use kvserver::model::InitRequest;
 use kvserver::model::LearnerRequest;
 use kvserver::model::MemberSpec;
@@ -30,13 +29,7 @@ pub(super) async fn execute(
     seen: &Seen,
     step: &Step,
 ) -> Result<Option<(String, String)>, ReconcileError> {
-    let endpoints: Vec<String> = seen.urls.values().cloned().collect();
-    let kv = || {
-        KvClient::builder(endpoints.clone())
-            .timeout(Duration::from_secs(20))
-            .attempts(3)
-            .build()
-    };
+    let kv = || seen.client(Duration::from_secs(20), 3);
     let spec = |id: u64| MemberSpec {
         api_addr: build::member_api(kvc, id),
         raft_addr: build::member_raft(kvc, id),
@@ -44,7 +37,7 @@ pub(super) async fn execute(
     Ok(match step {
         Step::Bootstrap(id) => {
             let url = seen.urls.get(id).cloned().unwrap_or_default();
-            kv().at("membership", "a client of the members")?
+            kv()?
                 .init_at(
                     &url,
                     &InitRequest {
@@ -63,7 +56,7 @@ pub(super) async fn execute(
         }
         Step::AddLearner(id) => {
             let s = spec(*id);
-            kv().at("membership", "a client of the members")?
+            kv()?
                 .add_learner(&LearnerRequest {
                     id: *id,
                     api_addr: s.api_addr,
@@ -78,7 +71,7 @@ pub(super) async fn execute(
             ))
         }
         Step::Promote(id) => {
-            kv().at("membership", "a client of the members")?
+            kv()?
                 .change_membership(&MembershipRequest {
                     add_voters: vec![*id],
                     ..Default::default()
@@ -91,7 +84,7 @@ pub(super) async fn execute(
             ))
         }
         Step::TransferLeader { from, to } => {
-            kv().at("membership", "a client of the members")?
+            kv()?
                 .transfer_leader(*to)
                 .await
                 .at("membership", format!("move leadership from {from} to {to}"))?;
@@ -101,7 +94,7 @@ pub(super) async fn execute(
             ))
         }
         Step::RemoveMember { id, replace } => {
-            kv().at("membership", "a client of the members")?
+            kv()?
                 .change_membership(&MembershipRequest {
                     remove_nodes: vec![*id],
                     ..Default::default()

@@ -32,6 +32,7 @@ use std::time::Instant;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::api::core::v1::PersistentVolumeClaim;
+use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::api::core::v1::Service;
 use kube::Api;
 use kube::Client;
@@ -210,8 +211,12 @@ pub async fn reconcile(kvc: Arc<KVCluster>, ctx: Arc<Context>) -> Result<Action,
 
 async fn reconcile_inner(kvc: &KVCluster, ctx: &Context) -> Result<Action, ReconcileError> {
     let ns = kvc.namespace().unwrap_or_default();
-    // observe
-    let seen = observe(kvc, &ctx.client, ctx.member_port).await?;
+    // observe (the certificates first: they say how to reach the members)
+    let tls_seen = observe::observe_tls(kvc, &ctx.client).await?;
+    let ordinals: Vec<u64> = (0..crate::tls::MAX_MEMBERS).collect();
+    let certs = crate::tls::plan(kvc, &tls_seen, &ordinals, std::time::SystemTime::now())?;
+    let secrets_digest = observe::postgres_digest(kvc, &ctx.client).await?;
+    let seen = observe(kvc, &ctx.client, ctx.member_port, certs.operator.clone()).await?;
     let step = membership::plan(&seen.obs);
     tracing::info!(kvcluster = %kvc.name_any(), namespace = %ns, step = ?step, "planned");
     // build
@@ -230,10 +235,28 @@ async fn reconcile_inner(kvc: &KVCluster, ctx: &Context) -> Result<Action, Recon
         build::config_map(kvc)?,
         build::peer_service(kvc)?,
         build::client_service(kvc)?,
-        build::statefulset(kvc, sts_size as i32)?,
+        build::statefulset(kvc, sts_size as i32, secrets_digest.as_deref())?,
         build::pdb(kvc, voters)?,
     );
-    // apply
+    // apply: certificates before the pods that mount them
+    apply::<Secret>(&ctx.client, &ns, &certs.ca_secret).await?;
+    apply::<Secret>(&ctx.client, &ns, &certs.peer_secret).await?;
+    if let Some(s) = &certs.client_secret {
+        apply::<Secret>(&ctx.client, &ns, s).await?;
+    }
+    if let Some(cm) = &certs.ca_configmap {
+        apply::<ConfigMap>(&ctx.client, &ns, cm).await?;
+    }
+    if !certs.issued.is_empty() {
+        publish_event(
+            ctx,
+            kvc,
+            EventType::Normal,
+            "CertificatesIssued".into(),
+            certs.issued.join("; "),
+        )
+        .await;
+    }
     apply::<ConfigMap>(&ctx.client, &ns, &objects.0).await?;
     apply::<Service>(&ctx.client, &ns, &objects.1).await?;
     apply::<Service>(&ctx.client, &ns, &objects.2).await?;

@@ -1,5 +1,9 @@
-//! Observe: the KVCluster's StatefulSet, pods and volumes, and the Raft view
-//! each serving member reports, turned into the planner's [`Observed`] input.
+//! Observe: the KVCluster's Secrets (certificates, PostgreSQL), StatefulSet,
+//! pods and volumes, and the Raft view each serving member reports, turned into
+//! the planner's [`Observed`] input.
+//!
+//! Members are reached by pod IP but called by their stable DNS names, which
+//! their certificates name: the client resolves each name to the pod's IP.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -27,14 +31,123 @@ use crate::membership::RaftView;
 /// What observation found beyond the planner's input.
 pub(super) struct Seen {
     pub obs: Observed,
-    /// Pod ordinal → client URL (`http://<pod ip>:8080`) of serving pods.
+    /// Pod ordinal → client URL (`https://<member DNS name>:8080`) of serving pods.
     pub urls: BTreeMap<u64, String>,
+    /// Member DNS name → pod address, for the client.
+    pub resolve: Vec<(String, std::net::SocketAddr)>,
+    /// How the operator speaks to members (`None`: plain HTTP).
+    pub tls: Option<crate::tls::OperatorTls>,
     /// The leader's view, for status.
     pub info: Option<ClusterInfo>,
     /// Whether the StatefulSet exists yet.
     pub sts_exists: bool,
     /// Member volumes: name, resourceVersion, owner references.
     pub volumes: Vec<(String, Option<String>, Vec<OwnerReference>)>,
+}
+
+impl Seen {
+    /// A client of the serving members.
+    pub fn client(&self, timeout: Duration, attempts: u32) -> Result<KvClient, ReconcileError> {
+        member_client(
+            self.urls.values().cloned().collect(),
+            &self.resolve,
+            self.tls.as_ref(),
+            timeout,
+            attempts,
+        )
+    }
+}
+
+fn member_client(
+    endpoints: Vec<String>,
+    resolve: &[(String, std::net::SocketAddr)],
+    tls: Option<&crate::tls::OperatorTls>,
+    timeout: Duration,
+    attempts: u32,
+) -> Result<KvClient, ReconcileError> {
+    let endpoints = if endpoints.is_empty() {
+        vec!["127.0.0.1:1".to_string()]
+    } else {
+        endpoints
+    };
+    let mut b = KvClient::builder(endpoints)
+        .timeout(timeout)
+        .attempts(attempts);
+    if let Some(t) = tls {
+        let config =
+            kvserver::tls::client::config_from_pem(&t.ca_pem, Some((&t.cert_pem, &t.key_pem)))
+                .map_err(|e| ReconcileError::Build(crate::build::BuildError::Tls(e.to_string())))?;
+        b = b.tls_config(config);
+    }
+    for (host, addr) in resolve {
+        b = b.resolve(host, *addr);
+    }
+    b.build().at("observe", "a client of the members")
+}
+
+/// The data of Secret `name`, if it exists.
+pub(super) async fn secret_data(
+    client: &Client,
+    ns: &str,
+    name: &str,
+) -> Result<Option<crate::tls::Data>, ReconcileError> {
+    let api: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(client.clone(), ns);
+    Ok(api
+        .get_opt(name)
+        .await
+        .at("observe", format!("Secret {name}"))?
+        .as_ref()
+        .map(crate::tls::data_of))
+}
+
+/// The Secrets `spec.tls` refers to.
+pub(super) async fn observe_tls(
+    kvc: &KVCluster,
+    client: &Client,
+) -> Result<crate::tls::Observed, ReconcileError> {
+    let ns = kvc.namespace().unwrap_or_default();
+    let mut seen = crate::tls::Observed {
+        ca: secret_data(client, &ns, &crate::tls::ca_secret_name(kvc)).await?,
+        peer: secret_data(client, &ns, &crate::tls::peer_secret_name(kvc)).await?,
+        ..Default::default()
+    };
+    if let Some(name) = crate::tls::client_secret_name(kvc) {
+        seen.client = secret_data(client, &ns, &name).await?;
+    }
+    if let Some(name) = &kvc.spec.tls.peer.ca_secret_name {
+        seen.peer_ca = secret_data(client, &ns, name).await?;
+    }
+    Ok(seen)
+}
+
+/// A digest of the PostgreSQL Secrets the pods use: a changed one rolls them.
+pub(super) async fn postgres_digest(
+    kvc: &KVCluster,
+    client: &Client,
+) -> Result<Option<String>, ReconcileError> {
+    let Some(pg) = kvc
+        .spec
+        .storage
+        .postgres
+        .as_ref()
+        .filter(|_| kvc.spec.storage.backend == crate::crd::Backend::Postgres)
+    else {
+        return Ok(None);
+    };
+    let ns = kvc.namespace().unwrap_or_default();
+    let mut all = String::new();
+    for name in [
+        Some(&pg.secret_name),
+        pg.ca_secret_name.as_ref(),
+        pg.client_cert_secret_name.as_ref(),
+    ]
+    .into_iter()
+    .flatten()
+    {
+        let data = secret_data(client, &ns, name).await?.unwrap_or_default();
+        all.push_str(&format!("{name}\n{data:?}\n"));
+    }
+    Ok(Some(format!("{:016x}", build::fnv(all.as_bytes()))))
 }
 
 fn ordinal(pod: &Pod, sts: &str) -> Option<u64> {
@@ -48,6 +161,7 @@ pub(super) async fn observe(
     kvc: &KVCluster,
     client: &Client,
     member_port: u16,
+    tls: Option<crate::tls::OperatorTls>,
 ) -> Result<Seen, ReconcileError> {
     let ns = kvc.namespace().unwrap_or_default();
     let names = build::names(kvc);
@@ -91,18 +205,35 @@ pub(super) async fn observe(
             obs.pvcs.insert(o);
         }
     }
-    let http = KvClient::builder(["127.0.0.1:1"])
-        .timeout(Duration::from_secs(3))
-        .attempts(1)
-        .build()
-        .at("observe", "a client of the members")?;
-    let mut urls = BTreeMap::new();
-    let mut views: Vec<ClusterInfo> = Vec::new();
-    for pod in pods
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let listed = pods
         .list(&ListParams::default().labels(&selector))
         .await
-        .at("observe", format!("Pods {selector}"))?
-    {
+        .at("observe", format!("Pods {selector}"))?;
+    let mut resolve = Vec::new();
+    for pod in &listed {
+        let ip = pod
+            .status
+            .as_ref()
+            .and_then(|s| s.pod_ip.as_deref())
+            .and_then(|ip| ip.parse().ok());
+        if let (Some(id), Some(ip)) = (ordinal(pod, &names.statefulset), ip) {
+            resolve.push((
+                build::member_host(kvc, id),
+                std::net::SocketAddr::new(ip, member_port),
+            ));
+        }
+    }
+    let http = member_client(
+        Vec::new(),
+        &resolve,
+        tls.as_ref(),
+        Duration::from_secs(3),
+        1,
+    )?;
+    let mut urls = BTreeMap::new();
+    let mut views: Vec<ClusterInfo> = Vec::new();
+    for pod in listed {
         let Some(id) = ordinal(&pod, &names.statefulset) else {
             continue;
         };
@@ -118,8 +249,8 @@ pub(super) async fn observe(
             ready,
             ..Default::default()
         };
-        if let (Some(ip), false) = (ip, deleting) {
-            let url = format!("http://{ip}:{member_port}");
+        if let (Some(_), false) = (ip, deleting) {
+            let url = format!("{scheme}://{}:{member_port}", build::member_host(kvc, id));
             match http.cluster_at(&url).await {
                 Ok(info) => {
                     view.serving = true;
@@ -164,6 +295,8 @@ pub(super) async fn observe(
     Ok(Seen {
         obs,
         urls,
+        resolve,
+        tls,
         info,
         sts_exists: sts.is_some(),
         volumes,

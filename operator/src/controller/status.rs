@@ -240,6 +240,8 @@ mod tests {
         Seen {
             obs,
             urls: BTreeMap::new(),
+            resolve: Vec::new(),
+            tls: None,
             info: None,
             sts_exists: true,
             volumes: Vec::new(),

@@ -144,6 +144,12 @@ impl World {
         if kvc["spec"]["replicas"].is_null() {
             kvc["spec"]["replicas"] = 1.into();
         }
+        // The simulated members speak plain HTTP (the reconcile logic is what is
+        // tested here; TLS between real processes is kvserver's and e2e's). The
+        // operator still plans and applies every certificate Secret.
+        if kvc["spec"]["tls"].is_null() {
+            kvc["spec"]["tls"] = json!({"client": {"mode": "disabled"}});
+        }
         api.lock().expect("api").put(KVCS, NAME, kvc);
         World {
             api,
