@@ -14,11 +14,15 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use anyhow::bail;
+use k8s_openapi::api::core::v1::ConfigMap;
+use k8s_openapi::api::core::v1::ConfigMapVolumeSource;
 use k8s_openapi::api::core::v1::Container;
 use k8s_openapi::api::core::v1::Event;
 use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::core::v1::PodSpec;
+use k8s_openapi::api::core::v1::Volume;
+use k8s_openapi::api::core::v1::VolumeMount;
 use kube::Api;
 use kube::Client;
 use kube::api::DeleteParams;
@@ -215,7 +219,10 @@ impl Ctx {
         Ok(took)
     }
 
-    /// Starts a pod running `kvctl --endpoints http://<service>:8080 ARGS`.
+    /// Starts a pod running `kvctl --endpoints https://<service>:8080 ARGS`, as an
+    /// in-cluster client does: with the CA the operator publishes in the ConfigMap
+    /// `<service>-ca` mounted. A cluster without one (client TLS disabled) is
+    /// called over plain HTTP.
     pub async fn start_kvctl(
         &self,
         ns: &str,
@@ -223,12 +230,55 @@ impl Ctx {
         service: &str,
         args: &[&str],
     ) -> anyhow::Result<()> {
+        let cms: Api<ConfigMap> = Api::namespaced(self.client.clone(), ns);
+        let ca = format!("{service}-ca");
+        let tls = cms.get_opt(&ca).await?.is_some();
+        self.start_kvctl_with(ns, pod, service, args, tls.then_some(ca.as_str()))
+            .await
+    }
+
+    /// [`Ctx::start_kvctl`] with the TLS choice made by the caller: `ca` names the
+    /// ConfigMap with the CA bundle (`https://`), `None` means plain `http://`.
+    pub async fn start_kvctl_with(
+        &self,
+        ns: &str,
+        pod: &str,
+        service: &str,
+        args: &[&str],
+        ca: Option<&str>,
+    ) -> anyhow::Result<()> {
+        let scheme = if ca.is_some() { "https" } else { "http" };
         let mut command = vec![
             "/usr/local/bin/kvctl".to_string(),
             "--endpoints".into(),
-            format!("http://{service}:8080"),
+            format!("{scheme}://{service}:8080"),
         ];
+        if ca.is_some() {
+            command.extend([
+                "--cacert".to_string(),
+                "/etc/kvcluster-ca/ca.crt".to_string(),
+            ]);
+        }
         command.extend(args.iter().map(|s| s.to_string()));
+        let (volumes, mounts) = match ca {
+            Some(name) => (
+                Some(vec![Volume {
+                    name: "ca".into(),
+                    config_map: Some(ConfigMapVolumeSource {
+                        name: name.into(),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }]),
+                Some(vec![VolumeMount {
+                    name: "ca".into(),
+                    mount_path: "/etc/kvcluster-ca".into(),
+                    read_only: Some(true),
+                    ..Default::default()
+                }]),
+            ),
+            None => (None, None),
+        };
         let obj = Pod {
             metadata: kube::api::ObjectMeta {
                 name: Some(pod.into()),
@@ -242,8 +292,10 @@ impl Ctx {
                     image: Some(KVSERVER_IMAGE.into()),
                     image_pull_policy: Some("IfNotPresent".into()),
                     command: Some(command),
+                    volume_mounts: mounts,
                     ..Default::default()
                 }],
+                volumes,
                 ..Default::default()
             }),
             ..Default::default()
@@ -261,6 +313,26 @@ impl Ctx {
         pod: &str,
         timeout: Duration,
     ) -> anyhow::Result<(bool, Value)> {
+        let (ok, logs) = self.finish_pod(ns, pod, timeout).await?;
+        let last = logs
+            .lines()
+            .rev()
+            .find_map(|l| serde_json::from_str::<Value>(l).ok())
+            .unwrap_or(Value::Null);
+        if !ok && last.is_null() {
+            bail!("pod {ns}/{pod} failed: {logs}");
+        }
+        Ok((ok, last))
+    }
+
+    /// Waits for a pod to finish; returns whether it succeeded and its logs. The
+    /// pod is deleted afterwards.
+    pub async fn finish_pod(
+        &self,
+        ns: &str,
+        pod: &str,
+        timeout: Duration,
+    ) -> anyhow::Result<(bool, String)> {
         let api: Api<Pod> = Api::namespaced(self.client.clone(), ns);
         let (phase, _) = self
             .wait_for(&format!("pod {ns}/{pod} finished"), timeout, || async {
@@ -273,16 +345,8 @@ impl Ctx {
             })
             .await?;
         let logs = api.logs(pod, &LogParams::default()).await?;
-        let last = logs
-            .lines()
-            .rev()
-            .find_map(|l| serde_json::from_str::<Value>(l).ok())
-            .unwrap_or(Value::Null);
         api.delete(pod, &DeleteParams::default()).await?;
-        if phase != "Succeeded" && last.is_null() {
-            bail!("pod {ns}/{pod} failed: {logs}");
-        }
-        Ok((phase == "Succeeded", last))
+        Ok((phase == "Succeeded", logs))
     }
 
     /// Runs a kvctl pod to completion: `(succeeded, last JSON line)`.
