@@ -8,13 +8,19 @@
 #   more rows:  3-node kvserver on PostgreSQL (one local server, fsync on, synchronous
 #               commit) against the 3-member etcd cells of the main table, 1-node
 #               kvserver vs 1-member etcd, and the loopback HTTP floor (kvbench's
-#               fixed-response server under the same load generator).
+#               fixed-response server under the same load generator);
+#   TLS rows:   the main table's cells again with TLS on both sides — kvserver with
+#               peer mTLS and HTTPS (`kvchaos cluster --tls`), etcd with client and
+#               peer TLS and client-certificate auth (`--client-cert-auth`,
+#               `--peer-client-cert-auth`), certificates from one CA (`kvchaos certs`) —
+#               and the cost of TLS against the plain cells of the same run.
 #
 # Everything it starts it stops (trap). etcd and PostgreSQL are installed from
 # Debian packages if absent. ~6 minutes.
 #
 #   bench/compare.sh                 # everything
 #   EXTRA=0 bench/compare.sh         # main table only (~3 min)
+#   TLS=0 bench/compare.sh           # without the TLS rows
 #   DURATION=10 bench/compare.sh     # longer cells
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
@@ -24,6 +30,7 @@ KEYS="${KEYS:-10000}"
 WORKLOADS="${WORKLOADS:-put get stale-get cas}"
 CONNS="${CONNS:-1 16 64}"
 EXTRA="${EXTRA:-1}"
+TLS="${TLS:-1}"
 OUT="$(mktemp -d -t kvc-bench.XXXXXX)"
 PIDS=()
 PG_CTL=""
@@ -57,8 +64,9 @@ PY
 )"
 PI=0
 take_port() { PORT=${PORTS[$PI]}; PI=$((PI + 1)); }
-wait_http() {  # wait_http URL: polls until it answers 2xx (30 s).
-  for _ in $(seq 1 150); do curl -sf -o /dev/null "$1" && return 0; sleep 0.2; done
+CURL_TLS=()
+wait_http() {  # wait_http URL: polls until it answers 2xx (30 s); CURL_TLS: curl's TLS flags.
+  for _ in $(seq 1 150); do curl -sf "${CURL_TLS[@]}" -o /dev/null "$1" && return 0; sleep 0.2; done
   echo "error: $1 did not come up" >&2; return 1
 }
 
@@ -84,24 +92,41 @@ start_kv() {
   printf -v "EPS_${name//-/_}" '%s' "$(sed -n 's/^endpoints=//p' "$ready")"
   printf -v "PIDS_${name//-/_}" '%s' "$(sed -n 's/^pids=//p' "$ready")"
   printf -v "HARNESS_${name//-/_}" '%s' "$harness"
+  # With --tls: the cluster's CA and a client certificate, for kvbench.
+  printf -v "TLSARGS_${name//-/_}" '%s' "$(sed -n 's/^ca=/--cacert /p; s/^cert=/--cert /p; s/^key=/--key /p' "$ready" | tr '\n' ' ')"
 }
 
-# start_etcd NAME N: an N-member etcd cluster. Sets EPS_NAME and PIDS_NAME.
+# start_etcd NAME N [tls]: an N-member etcd cluster; with `tls`, client and peer TLS
+# with client-certificate auth on both (certificates in $CERTS). Sets EPS_NAME and PIDS_NAME.
 start_etcd() {
-  local name=$1 n=$2 cluster="" eps="" pids="" client=() peer=()
+  local name=$1 n=$2 tls=${3:-} cluster="" eps="" pids="" client=() peer=() s=http sec=()
+  [ -n "$tls" ] && s=https
   for i in $(seq 1 "$n"); do
     take_port; client[i]=$PORT; take_port; peer[i]=$PORT
-    cluster+="${cluster:+,}e$i=http://127.0.0.1:${peer[i]}"
+    cluster+="${cluster:+,}e$i=$s://127.0.0.1:${peer[i]}"
   done
   for i in $(seq 1 "$n"); do
+    if [ -n "$tls" ]; then
+      sec=(--cert-file "$CERTS/e$i.pem" --key-file "$CERTS/e$i-key.pem" --trusted-ca-file "$CERTS/ca.pem"
+           --client-cert-auth --peer-cert-file "$CERTS/e$i.pem" --peer-key-file "$CERTS/e$i-key.pem"
+           --peer-trusted-ca-file "$CERTS/ca.pem" --peer-client-cert-auth)
+    fi
     etcd --name "e$i" --data-dir "$OUT/$name/$i" \
-      --listen-client-urls "http://127.0.0.1:${client[i]}" --advertise-client-urls "http://127.0.0.1:${client[i]}" \
-      --listen-peer-urls "http://127.0.0.1:${peer[i]}" --initial-advertise-peer-urls "http://127.0.0.1:${peer[i]}" \
-      --initial-cluster "$cluster" --initial-cluster-state new --logger zap --log-level warn \
+      --listen-client-urls "$s://127.0.0.1:${client[i]}" --advertise-client-urls "$s://127.0.0.1:${client[i]}" \
+      --listen-peer-urls "$s://127.0.0.1:${peer[i]}" --initial-advertise-peer-urls "$s://127.0.0.1:${peer[i]}" \
+      --initial-cluster "$cluster" --initial-cluster-state new --logger zap --log-level warn "${sec[@]}" \
       > "$OUT/$name-$i.log" 2>&1 &
     PIDS+=($!); pids+="${pids:+,}$!"; eps+="${eps:+,}127.0.0.1:${client[i]}"
   done
-  for i in $(seq 1 "$n"); do wait_http "http://127.0.0.1:${client[i]}/health"; done
+  for i in $(seq 1 "$n"); do
+    if [ -n "$tls" ]; then
+      CURL_TLS=(--cacert "$CERTS/ca.pem" --cert "$CERTS/client.pem" --key "$CERTS/client-key.pem")
+    else
+      CURL_TLS=()
+    fi
+    wait_http "$s://127.0.0.1:${client[i]}/health"
+  done
+  CURL_TLS=()
   printf -v "EPS_${name//-/_}" '%s' "$eps"; printf -v "PIDS_${name//-/_}" '%s' "$pids"
 }
 
@@ -138,14 +163,16 @@ start_pg() {
 
 RESULTS="$OUT/results.jsonl"
 : > "$RESULTS"
-bench() {  # bench SETUP TARGET EPS PIDS WORKLOAD CONNS
-  "$KVBENCH" --target "$2" --endpoints "$3" --pids "$4" --workload "$5" --connections "$6" \
-    --duration-s "$DURATION" --warmup-s "$WARMUP" --keys "$KEYS" --json \
-    | sed "s/^{/{\"setup\":\"$1\",/" >> "$RESULTS"
+bench() {  # bench SETUP TARGET EPS PIDS WORKLOAD CONNS [kvbench TLS flags...]
+  local setup=$1 target=$2 eps=$3 pids=$4 w=$5 c=$6; shift 6
+  "$KVBENCH" --target "$target" --endpoints "$eps" --pids "$pids" --workload "$w" --connections "$c" \
+    --duration-s "$DURATION" --warmup-s "$WARMUP" --keys "$KEYS" --json "$@" \
+    | sed "s/^{/{\"setup\":\"$setup\",/" >> "$RESULTS"
 }
-preload() {  # preload TARGET EPS
-  "$KVBENCH" --target "$1" --endpoints "$2" --workload put --connections 64 --keys "$KEYS" \
-    --preload --duration-s 0 --warmup-s 0 --json > /dev/null
+preload() {  # preload TARGET EPS [kvbench TLS flags...]
+  local target=$1 eps=$2; shift 2
+  "$KVBENCH" --target "$target" --endpoints "$eps" --workload put --connections 64 --keys "$KEYS" \
+    --preload --duration-s 0 --warmup-s 0 --json "$@" > /dev/null
 }
 
 echo "starting a 3-node kvserver (SQLite) and a 3-member etcd" >&2
@@ -190,6 +217,25 @@ if [ "$EXTRA" = 1 ]; then
   for c in $CONNS; do bench floor fixed "$FIXED" "$FIXED_PID" get "$c"; done
 fi
 
+if [ "$TLS" = 1 ]; then
+  echo "TLS: a 3-node kvserver (peer mTLS + HTTPS) and a 3-member etcd (client + peer TLS)" >&2
+  CERTS="$OUT/certs"
+  "$KVCHAOS" certs --dir "$CERTS" --names e1,e2,e3 --hosts 127.0.0.1,localhost
+  ETCD_TLS=(--cacert "$CERTS/ca.pem" --cert "$CERTS/client.pem" --key "$CERTS/client-key.pem")
+  start_kv kv3-tls 3 --tls
+  start_etcd etcd3-tls 3 tls
+  read -r -a KV_TLS <<<"$TLSARGS_kv3_tls"
+  preload kv "$EPS_kv3_tls" "${KV_TLS[@]}"; preload etcd "$EPS_etcd3_tls" "${ETCD_TLS[@]}"
+  for w in $WORKLOADS; do
+    for c in $CONNS; do
+      echo "  tls $w c=$c" >&2
+      bench kv3-tls kv "$EPS_kv3_tls" "$PIDS_kv3_tls" "$w" "$c" "${KV_TLS[@]}"
+      bench etcd3-tls etcd "$EPS_etcd3_tls" "$PIDS_etcd3_tls" "$w" "$c" "${ETCD_TLS[@]}"
+    done
+  done
+  stop_pids "$HARNESS_kv3_tls"; stop_pids "$PIDS_etcd3_tls"
+fi
+
 python3 - "$RESULTS" <<'PY'
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1])]
@@ -222,6 +268,17 @@ if other:
         print(f'| {label} | {w} | {c} | {f(k["ops_per_s"])} | {f(e and e["ops_per_s"])} | {ratio(k, e)} | {k["p50_ms"]:.2f} | '
               f'{e["p50_ms"] if e else 0:.2f} | {k["p99_ms"]:.2f} | {e["p99_ms"] if e else 0:.2f} | '
               f'{f(k["server_cpu_us_per_op"])} | {k["server_peak_rss_mib"]} | {e and e["server_peak_rss_mib"]} |')
+tls = [(w, c) for (s, w, c) in cell if s == "kv3-tls"]
+if tls:
+    print()
+    print("| TLS (both sides) | conns | kvserver ops/s | etcd ops/s | ratio | kv p50 ms | etcd p50 ms | kv p99 ms | etcd p99 ms | kv CPU µs/op | etcd CPU µs/op | kv TLS/plain | etcd TLS/plain |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for w, c in tls:
+        k, e = cell[("kv3-tls", w, c)], cell.get(("etcd3-tls", w, c))
+        kp, ep = cell.get(("kv3", w, c)), cell.get(("etcd3", w, c))
+        print(f'| {w} | {c} | {f(k["ops_per_s"])} | {f(e and e["ops_per_s"])} | {ratio(k, e)} | {k["p50_ms"]:.2f} | '
+              f'{e["p50_ms"] if e else 0:.2f} | {k["p99_ms"]:.2f} | {e["p99_ms"] if e else 0:.2f} | '
+              f'{f(k["server_cpu_us_per_op"])} | {f(e and e["server_cpu_us_per_op"])} | {ratio(k, kp)} | {ratio(e, ep)} |')
 floor = {c: r for (s, w, c), r in cell.items() if s == "floor"}
 if floor:
     print()

@@ -81,6 +81,17 @@ enum Cmd {
         #[command(flatten)]
         common: Common,
     },
+    /// Writes a CA and certificates for servers outside the harness (etcd in
+    /// bench/compare.sh): `ca.pem`; `<name>.pem` and `<name>-key.pem` for each name
+    /// (server and client use, valid for `--hosts`); `client.pem` and `client-key.pem`.
+    Certs {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long, value_delimiter = ',')]
+        names: Vec<String>,
+        #[arg(long, value_delimiter = ',', default_value = "127.0.0.1,localhost")]
+        hosts: Vec<String>,
+    },
     /// Forms a cluster of kvserver processes (free loopback ports, a temporary data
     /// directory), writes `endpoints=` and `pids=` lines to `--ready-file` once
     /// every node is ready, and keeps it up until SIGTERM or SIGINT, then stops
@@ -302,6 +313,28 @@ async fn main() -> anyhow::Result<()> {
             if summary.passed != summary.runs {
                 std::process::exit(1);
             }
+        }
+        Cmd::Certs { dir, names, hosts } => {
+            use kvserver::tls::issue::Ca;
+            use kvserver::tls::issue::Leaf;
+            let day = Duration::from_secs(24 * 3600);
+            std::fs::create_dir_all(&dir)?;
+            let ca = Ca::new("kvchaos certs CA", day)?;
+            let write = |name: &str, pem: &str| {
+                std::fs::write(dir.join(name), pem).with_context(|| format!("writing {name}"))
+            };
+            write("ca.pem", ca.cert_pem())?;
+            for name in &names {
+                let mut leaf = Leaf::member("certs", 0, &hosts, day);
+                leaf.uris.clear();
+                leaf.common_name = name.clone();
+                let issued = ca.issue(&leaf)?;
+                write(&format!("{name}.pem"), &issued.cert_pem)?;
+                write(&format!("{name}-key.pem"), &issued.key_pem)?;
+            }
+            let client = ca.issue(&Leaf::client("kvbench", day))?;
+            write("client.pem", &client.cert_pem)?;
+            write("client-key.pem", &client.key_pem)?;
         }
         Cmd::Cluster {
             kvserver,
