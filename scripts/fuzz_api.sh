@@ -3,7 +3,9 @@
 # schemathesis (PyPI): every operation gets schema-valid and schema-violating
 # requests. Fails on any 5xx, on a response that breaks the document (status,
 # content type, schema), on a schema-violating request that is accepted, and
-# if the node crashed or logged a panic. Usage: scripts/fuzz_api.sh [KVSERVER_BIN]
+# if the node crashed or logged a panic. The node serves HTTPS (a CA and
+# certificate from `kvchaos certs`), as every node in Kubernetes does.
+# Usage: scripts/fuzz_api.sh [KVSERVER_BIN]
 #
 # Not checked: schemathesis's "positive data acceptance" (ST202). The API has
 # rules JSON Schema cannot state (an init must name this node, one membership
@@ -12,11 +14,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN="${1:-target/debug/kvserver}"
+KVCHAOS="${KVCHAOS:-$(dirname "$BIN")/kvchaos}"
 SCHEMATHESIS_VERSION=4.32.5
 EXAMPLES="${FUZZ_EXAMPLES:-60}"
 SEED="${FUZZ_SEED:-1}"
 
 [ -x "$BIN" ] || { echo "error: $BIN not found (cargo build -p kvserver)" >&2; exit 1; }
+[ -x "$KVCHAOS" ] || cargo build -q --locked -p kvchaos
 if ! python3 -c "import schemathesis, sys; sys.exit(schemathesis.__version__ != '$SCHEMATHESIS_VERSION')" 2> /dev/null; then
   echo "==> installing schemathesis $SCHEMATHESIS_VERSION (PyPI)"
   python3 -m pip install -q "schemathesis==$SCHEMATHESIS_VERSION"
@@ -37,22 +41,27 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 work="$(mktemp -d -t kvfuzz-XXXXXX)"
 api="$(free_port)"
 raft="$(free_port)"
+"$KVCHAOS" certs --dir "$work/tls" --names node --hosts 127.0.0.1,localhost
 "$BIN" --bootstrap --node-id 1 --cluster-id fuzz --data-dir "$work/data" \
-  --api-addr "127.0.0.1:$api" --raft-addr "127.0.0.1:$raft" --log-format json > "$work/node.log" 2>&1 &
+  --api-addr "127.0.0.1:$api" --raft-addr "127.0.0.1:$raft" --log-format json \
+  --set tls.client.cert_file="$work/tls/node.pem" --set tls.client.key_file="$work/tls/node-key.pem" \
+  > "$work/node.log" 2>&1 &
 pid=$!
 cleanup() { kill "$pid" 2> /dev/null || true; wait "$pid" 2> /dev/null || true; [ -n "${FUZZ_KEEP:-}" ] || rm -rf "$work"; }
 trap cleanup EXIT
 
+base="https://127.0.0.1:$api"
+ca=(--cacert "$work/tls/ca.pem")
 for _ in $(seq 1 100); do
-  curl -fsS "http://127.0.0.1:$api/readyz" > /dev/null 2>&1 && break
+  curl -fsS "${ca[@]}" "$base/readyz" > /dev/null 2>&1 && break
   sleep 0.1
 done
-curl -fsS "http://127.0.0.1:$api/readyz" > /dev/null || { echo "error: kvserver did not become ready" >&2; tail -20 "$work/node.log" >&2; exit 1; }
+curl -fsS "${ca[@]}" "$base/readyz" > /dev/null || { echo "error: kvserver did not become ready" >&2; tail -20 "$work/node.log" >&2; exit 1; }
 
 echo "==> schemathesis: $EXAMPLES examples per operation, seed $SEED"
 status=0
 # /v1/watch streams until the client leaves; its bad input is covered by kvserver/tests/watch_txn.rs.
-schemathesis run "http://127.0.0.1:$api/v1/openapi.json" \
+schemathesis run "$base/v1/openapi.json" --tls-verify "$work/tls/ca.pem" \
   --checks all --exclude-checks positive_data_acceptance \
   --exclude-path /v1/watch \
   --max-examples "$EXAMPLES" --seed "$SEED" --request-timeout 15 \
@@ -64,7 +73,7 @@ fi
 if grep -q '"panic' "$work/node.log"; then
   echo "error: kvserver logged a panic" >&2; grep '"panic' "$work/node.log" | head -5 >&2; exit 1
 fi
-curl -fsS "http://127.0.0.1:$api/healthz" > /dev/null || { echo "error: kvserver unhealthy after fuzzing" >&2; exit 1; }
+curl -fsS "${ca[@]}" "$base/healthz" > /dev/null || { echo "error: kvserver unhealthy after fuzzing" >&2; exit 1; }
 requests=$(grep -c '"message":"request"' "$work/node.log" || true)
 server_errors=$(grep '"message":"request"' "$work/node.log" | grep -c '"status":5' || true)
 echo "==> fuzz: $requests requests served, $server_errors with a 5xx status, node alive and healthy"

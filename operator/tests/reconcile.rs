@@ -46,9 +46,30 @@ async fn bootstrap_then_scale_1_3_5_3_1_with_volumes_deleted() {
             2,
             "peer and client Services"
         );
+        // Certificates: the operator's CA and the members' Secret (client TLS is off
+        // in this world, so no client-port Secret and no CA ConfigMap).
+        assert_eq!(
+            api.names("api/v1/secrets"),
+            ["orders-peer-tls", "orders-tls-ca"]
+        );
     }
+    let secret_data = |w: &World, name: &str| {
+        w.api()
+            .get("api/v1/secrets", name)
+            .map(|s| s["data"].clone())
+            .unwrap_or_default()
+    };
+    let peer_before = secret_data(&w, "orders-peer-tls");
+    let ca_before = secret_data(&w, "orders-tls-ca");
+    assert!(
+        peer_before["orders-0.crt"].is_string() && peer_before["orders-8.key"].is_string(),
+        "member certificates for every ordinal"
+    );
 
     for n in [3u64, 5, 3, 1] {
+        // Every pass is a fresh operator: certificates are reused, never re-issued.
+        assert_eq!(secret_data(&w, "orders-peer-tls"), peer_before);
+        assert_eq!(secret_data(&w, "orders-tls-ca"), ca_before);
         w.scale(n as i64);
         w.run_until(60, &format!("{n} voters"), |w| w.converged(n))
             .await;
