@@ -77,8 +77,10 @@ wait_http() {  # wait_http URL: polls until it answers 2xx (30 s); CURL_TLS: cur
 start_kv() {
   local name=$1 n=$2; shift 2
   local ready="$OUT/$name.ready"
+  # KVCHAOS_FLAGS: flags of the harness itself (`--tls`); "$@" go to every kvserver.
+  # shellcheck disable=SC2086
   "$KVCHAOS" cluster --kvserver "$KVSERVER" --nodes "$n" --cluster-id "bench-$name" \
-    --ready-file "$ready" -- --log-level warn "$@" > "$OUT/$name.log" 2>&1 &
+    --ready-file "$ready" ${KVCHAOS_FLAGS:-} -- --log-level warn "$@" > "$OUT/$name.log" 2>&1 &
   local harness=$!
   PIDS+=("$harness")
   for _ in $(seq 1 300); do
@@ -222,7 +224,7 @@ if [ "$TLS" = 1 ]; then
   CERTS="$OUT/certs"
   "$KVCHAOS" certs --dir "$CERTS" --names e1,e2,e3 --hosts 127.0.0.1,localhost
   ETCD_TLS=(--cacert "$CERTS/ca.pem" --cert "$CERTS/client.pem" --key "$CERTS/client-key.pem")
-  start_kv kv3-tls 3 --tls
+  KVCHAOS_FLAGS=--tls start_kv kv3-tls 3
   start_etcd etcd3-tls 3 tls
   read -r -a KV_TLS <<<"$TLSARGS_kv3_tls"
   preload kv "$EPS_kv3_tls" "${KV_TLS[@]}"; preload etcd "$EPS_etcd3_tls" "${ETCD_TLS[@]}"

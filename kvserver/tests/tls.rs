@@ -721,3 +721,34 @@ async fn required_client_certificates_are_required() {
         c.fail(e);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_client_port_speaks_http2_when_asked() {
+    let mut c = Cluster::new(&[]);
+    let result = async {
+        c.form(1).await?;
+        let tls = c.tls.as_ref().context("tls")?;
+        let mut config = tls.client_tls().rustls_config()?;
+        // ALPN: h2 offered by the server next to http/1.1.
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        let h2 = kvserver::tls::http_builder()
+            .tls_backend_preconfigured(config)
+            .http2_prior_knowledge()
+            .build()?;
+        let r = h2.get(c.url(1, "/v1/cluster")).send().await?;
+        ensure!(r.status().as_u16() == 200, "{}", r.status());
+        ensure!(r.version() == reqwest::Version::HTTP_2, "{:?}", r.version());
+        // The default clients stay on HTTP/1.1.
+        let r = c.http.get(c.url(1, "/v1/cluster")).send().await?;
+        ensure!(
+            r.version() == reqwest::Version::HTTP_11,
+            "{:?}",
+            r.version()
+        );
+        Ok::<_, anyhow::Error>(())
+    }
+    .await;
+    if let Err(e) = result {
+        c.fail(e);
+    }
+}
