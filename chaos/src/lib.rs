@@ -28,6 +28,7 @@ pub mod checker;
 pub mod cluster;
 pub mod faults;
 pub mod history;
+pub mod metrics;
 pub mod proxy;
 pub mod rng;
 pub mod wait;

@@ -27,6 +27,7 @@ use kube::Api;
 use kube::api::DeleteParams;
 use kube::api::ListParams;
 use kube::api::PostParams;
+use kvchaos::metrics::value as metric;
 use operator::crd::KVCluster;
 use serde_json::Value;
 use serde_json::json;
@@ -316,18 +317,6 @@ async fn pod_metrics(ctx: &Ctx, pod: &str) -> anyhow::Result<String> {
         &format!("/api/v1/namespaces/{NS}/pods/https:{pod}:8080/proxy/metrics"),
     ])
     .await
-}
-
-fn metric(text: &str, series: &str) -> f64 {
-    text.lines()
-        .find_map(|l| {
-            l.strip_prefix(series)?
-                .strip_prefix(' ')?
-                .trim()
-                .parse()
-                .ok()
-        })
-        .unwrap_or(0.0)
 }
 
 /// Scenario 2b: TLS as users meet it. The clients of scenario 2 spoke HTTPS with

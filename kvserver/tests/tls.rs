@@ -221,10 +221,7 @@ async fn a_member_certificate_is_admitted_and_its_write_applied() {
     run!(s, async {
         let tls = s.tls()?;
         let member = (1..=3).find(|id| *id != s.leader).context("follower")?;
-        let issued = Issued {
-            cert_pem: std::fs::read_to_string(tls.node_cert(member))?,
-            key_pem: std::fs::read_to_string(tls.node_key(member))?,
-        };
+        let issued = tls.node_files(member)?;
         let config = client_config(&s.ca_pem()?, Some(&issued))?;
         let got = attempt(
             s.leader_peer()?,
@@ -370,10 +367,7 @@ async fn a_learner_being_added_is_admitted_and_a_removed_member_is_refused() {
             .await?;
         ensure!(st == 200, "remove node 4: {st} {body}");
         let tls = s.tls()?;
-        let issued = Issued {
-            cert_pem: std::fs::read_to_string(tls.node_cert(4))?,
-            key_pem: std::fs::read_to_string(tls.node_key(4))?,
-        };
+        let issued = tls.node_files(4)?;
         let config = client_config(&s.ca_pem()?, Some(&issued))?;
         let addr = s.c.node(leader)?.raft;
         let got = attempt(addr, Some(config), &s.c.cluster_id, 4, leader, "removed").await?;
@@ -576,10 +570,7 @@ async fn a_bad_reload_keeps_the_old_certificate_and_says_why() {
     let result = async {
         c.form(3).await?;
         let tls = c.tls.as_ref().context("tls")?;
-        let good = Issued {
-            cert_pem: std::fs::read_to_string(tls.node_cert(2))?,
-            key_pem: std::fs::read_to_string(tls.node_key(2))?,
-        };
+        let good = tls.node_files(2)?;
         let other_key = tls.member(2, None)?.key_pem;
         let mut leaf = Leaf::member(
             &c.cluster_id,

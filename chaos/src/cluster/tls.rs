@@ -106,6 +106,14 @@ impl TestTls {
         self.write_pair(&self.node_cert(id), &self.node_key(id), &issued)
     }
 
+    /// Node `id`'s certificate and key as they are on disk now.
+    pub fn node_files(&self, id: u64) -> Result<Issued, ChaosError> {
+        Ok(Issued {
+            cert_pem: std::fs::read_to_string(self.node_cert(id))?,
+            key_pem: std::fs::read_to_string(self.node_key(id))?,
+        })
+    }
+
     /// Writes `issued` as node `id`'s certificate and key (a test's own, bad ones included).
     pub fn write_node(&self, id: u64, issued: &Issued) -> Result<(), ChaosError> {
         self.write_pair(&self.node_cert(id), &self.node_key(id), issued)

@@ -385,16 +385,6 @@ impl Cluster {
     }
 }
 
-/// The value of the Prometheus series `series` (name with its labels, exactly as
-/// rendered, e.g. `kv_peer_refused_total{reason="tls"}`) in `text`; 0 when absent.
-pub fn metric(text: &str, series: &str) -> f64 {
-    text.lines()
-        .find_map(|l| {
-            l.strip_prefix(series)?
-                .strip_prefix(' ')?
-                .trim()
-                .parse()
-                .ok()
-        })
-        .unwrap_or(0.0)
-}
+/// The value of a Prometheus series in a metrics page (kvchaos's, shared with e2e).
+#[allow(unused_imports)] // not every test binary reads metrics
+pub use kvchaos::metrics::value as metric;
