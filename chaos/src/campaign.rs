@@ -62,6 +62,8 @@ pub struct RunConfig {
     /// TLS on both ports (peer mTLS with member identities, HTTPS for the
     /// clients), as every cluster in Kubernetes runs. On by default.
     pub tls: bool,
+    /// A bearer token on every client request (nodes require one). On by default.
+    pub auth: bool,
 }
 
 impl RunConfig {
@@ -85,6 +87,7 @@ impl RunConfig {
             .map(String::from)
             .to_vec(),
             tls: true,
+            auth: true,
         }
     }
 }
@@ -172,6 +175,7 @@ pub async fn run_one(cfg: &RunConfig) -> RunReport {
         .args(cfg.node_args.iter().cloned())
         .proxies(true)
         .tls(cfg.tls)
+        .auth(cfg.auth)
         .build()
         .and_then(|mut c| {
             for id in &ids {

@@ -182,24 +182,24 @@ async fn membership_with_leader_kill(
     hold: Duration,
 ) -> Result<String, ChaosError> {
     let urls = cluster.live_urls();
-    let tls = cluster.client_tls();
+    let access = cluster.access();
     let adding = !voters.contains(&spare);
     let learner = ClusterCall::AddLearner(cluster.learner_request(spare)?);
     let change = tokio::spawn(async move {
         let t = Duration::from_secs(15);
         if adding {
-            cluster_call(urls.clone(), tls.clone(), &learner, t).await?;
+            cluster_call(urls.clone(), access.clone(), &learner, t).await?;
             let promote = MembershipRequest {
                 add_voters: vec![spare],
                 ..Default::default()
             };
-            cluster_call(urls, tls, &ClusterCall::ChangeMembership(promote), t).await
+            cluster_call(urls, access, &ClusterCall::ChangeMembership(promote), t).await
         } else {
             let remove = MembershipRequest {
                 remove_nodes: vec![spare],
                 ..Default::default()
             };
-            cluster_call(urls, tls, &ClusterCall::ChangeMembership(remove), t).await
+            cluster_call(urls, access, &ClusterCall::ChangeMembership(remove), t).await
         }
     });
     tokio::time::sleep(Duration::from_millis(rng.range(0, 300))).await;

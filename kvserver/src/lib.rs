@@ -19,6 +19,8 @@
 //!   here or by the leader (peer port, or the HTTP relay) — in one place for every route.
 //! - [`api`]: the client HTTP API (axum): handlers that validate, build the command,
 //!   route it ([`route`]) and map the outcome to HTTP; ops endpoints; OpenAPI.
+//! - [`auth`]: who a client is (bearer tokens, client certificates) and what its
+//!   role lets it do; checked in [`route`] for every request.
 //! - [`metrics`]: the node's Prometheus registry.
 //! - [`tls`]: certificates from files (reloaded on change), mutual TLS of the peer
 //!   port and member identities, the HTTPS listener, client TLS settings, and (feature
@@ -37,6 +39,8 @@ pub mod tls;
 
 #[cfg(feature = "server")]
 pub mod api;
+#[cfg(feature = "server")]
+pub mod auth;
 #[cfg(feature = "server")]
 pub mod command;
 #[cfg(feature = "server")]

@@ -43,6 +43,15 @@ pub struct Metrics {
     pub tls_reload_failing: IntGaugeVec,
     /// Certificate reloads by `port` and `result` (`ok`, `error`).
     pub tls_reloads: IntCounterVec,
+    /// Requests refused by authentication or authorization, by `reason`
+    /// (`unauthenticated`, `forbidden`).
+    pub auth_refused: IntCounterVec,
+    /// Token file reloads by `result` (`ok`, `error`).
+    pub auth_reloads: IntCounterVec,
+    /// 1 while the newest token files failed to load (the previous tokens stay in force).
+    pub auth_reload_failing: IntGauge,
+    /// Bearer tokens in force.
+    pub auth_tokens: IntGauge,
 }
 
 fn gauge_vec(
@@ -147,7 +156,27 @@ impl Metrics {
             "Certificate reloads by port and result (ok, error)",
             &["port", "result"],
         )?;
+        let auth_refused = counter_vec(
+            &registry,
+            "kv_auth_refused_total",
+            "Client requests refused, by reason (unauthenticated: no or a bad credential, 401; forbidden: outside the principal's role or prefixes, 403)",
+            &["reason"],
+        )?;
+        let auth_reloads = counter_vec(
+            &registry,
+            "kv_auth_reloads_total",
+            "Token file reloads by result (ok, error)",
+            &["result"],
+        )?;
         Ok(Self {
+            auth_refused,
+            auth_reloads,
+            auth_reload_failing: gauge(
+                &registry,
+                "kv_auth_reload_failing",
+                "1 while the newest token files failed to load (the previous tokens stay in force)",
+            )?,
+            auth_tokens: gauge(&registry, "kv_auth_tokens", "Bearer tokens in force")?,
             tls_cert_not_after,
             tls_reload_failing,
             tls_reloads,

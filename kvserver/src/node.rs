@@ -69,6 +69,8 @@ pub enum NodeError {
         field: &'static str,
         source: crate::tls::TlsError,
     },
+    #[error("config field `auth.token_files`: {0}")]
+    Tokens(#[from] crate::auth::tokens::TokenError),
 }
 
 fn tls_err(field: &'static str) -> impl Fn(crate::tls::TlsError) -> NodeError {
@@ -272,6 +274,7 @@ pub async fn start_node(config: Config) -> Result<NodeHandle, NodeError> {
         metrics: metrics.clone(),
         tls: peer_tls,
         max_value_bytes: config.max_value_bytes,
+        auth_enabled: config.auth.enabled,
     });
     tasks.push(tokio::spawn(peer::serve(
         raft_listener,
@@ -286,6 +289,24 @@ pub async fn start_node(config: Config) -> Result<NodeHandle, NodeError> {
             stopped(&stop_rx),
         )));
     }
+    let tokens = match config.auth.token_files.is_empty() {
+        true => None,
+        false => Some(crate::auth::tokens::Tokens::load(
+            config.auth.token_files.clone(),
+        )?),
+    };
+    if let Some(t) = &tokens {
+        t.export(&metrics);
+        tasks.push(tokio::spawn(t.clone().watch(
+            Duration::from_millis(config.auth.reload_interval_ms),
+            metrics.clone(),
+            stopped(&stop_rx),
+        )));
+    }
+    if !config.auth.enabled && !api_addr.ip().is_loopback() {
+        tracing::warn!(api = %api_addr, "authentication is off (auth.enabled: false) on a port other hosts can reach: anyone who reaches it is an admin");
+    }
+    let auth = Arc::new(crate::auth::Authenticator::new(&config.auth, tokens));
     let mut http = crate::tls::http_builder()
         .no_proxy()
         .connect_timeout(Duration::from_secs(2))
@@ -311,6 +332,7 @@ pub async fn start_node(config: Config) -> Result<NodeHandle, NodeError> {
         follower_reads: crate::route::read_index::FollowerReads::new(dialer.clone(), raft.clone()),
         writes: crate::route::forward::WriteForwarder::new(dialer, raft.clone()),
         api_scheme: if api_certs.is_some() { "https" } else { "http" },
+        auth,
         tls_certs,
         shutdown: api_stop_rx.clone(),
     });
@@ -376,7 +398,10 @@ async fn serve_api<L>(
 ) where
     L: axum::serve::Listener,
     L::Addr: std::fmt::Debug,
+    api::auth::ConnInfo:
+        for<'a> axum::extract::connect_info::Connected<axum::serve::IncomingStream<'a, L>>,
 {
+    let app = app.into_make_service_with_connect_info::<api::auth::ConnInfo>();
     if let Err(e) = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await

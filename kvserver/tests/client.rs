@@ -40,8 +40,9 @@ async fn client_calls(c: &mut Cluster) -> anyhow::Result<()> {
             .map(|id| c.nodes[&id].api.to_string()),
     );
     // `host:port` endpoints with TLS settings mean https://.
-    let client = Client::builder(endpoints)
-        .tls(c.client_tls().context("the cluster has TLS")?)
+    let client = c
+        .access()
+        .builder(endpoints)
         .backoff(Duration::from_millis(50))
         .build()?;
 

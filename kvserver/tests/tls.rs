@@ -72,6 +72,25 @@ async fn attempt(
     to: u64,
     key: &str,
 ) -> anyhow::Result<Attempt> {
+    let admin = kvserver::auth::Principal {
+        name: "forger".into(),
+        kind: kvserver::auth::Kind::Token,
+        role: kvserver::auth::Role::Admin,
+        prefixes: vec![],
+    };
+    attempt_as(addr, tls, cluster_id, from, to, key, admin).await
+}
+
+/// [`attempt`], with the write forwarded on behalf of `principal`.
+async fn attempt_as(
+    addr: std::net::SocketAddr,
+    tls: Option<rustls::ClientConfig>,
+    cluster_id: &str,
+    from: u64,
+    to: u64,
+    key: &str,
+    principal: kvserver::auth::Principal,
+) -> anyhow::Result<Attempt> {
     let tcp = TcpStream::connect(addr).await?;
     let hello = Hello {
         cluster_id: cluster_id.into(),
@@ -79,13 +98,16 @@ async fn attempt(
         to,
         to_is_voter: true,
     };
-    let write = Request::Write(Command::Put {
-        key: key.into(),
-        value: "forged".into(),
-        expires_at_ms: None,
-        if_revision: None,
-        now_ms: 0,
-    });
+    let write = Request::WriteAs {
+        command: Command::Put {
+            key: key.into(),
+            value: "forged".into(),
+            expires_at_ms: None,
+            if_revision: None,
+            now_ms: 0,
+        },
+        principal,
+    };
     async fn exchange<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
         s: &mut S,
         hello: &Hello,
@@ -237,6 +259,71 @@ async fn a_member_certificate_is_admitted_and_its_write_applied() {
             "{got:?}"
         );
         ensure!(s.c.read(s.leader, "through", false).await? == Some("forged".into()));
+        // The leader checks a forwarded write against the principal it was made
+        // for: one without the grant is refused, and so is a write without any
+        // principal (the previous release's form) once clients must authenticate.
+        let reader = kvserver::auth::Principal {
+            name: "reader".into(),
+            kind: kvserver::auth::Kind::Token,
+            role: kvserver::auth::Role::Read,
+            prefixes: vec![],
+        };
+        let config = client_config(&s.ca_pem()?, Some(&issued))?;
+        let got = attempt_as(
+            s.leader_peer()?,
+            Some(config),
+            &s.c.cluster_id,
+            member,
+            s.leader,
+            "denied",
+            reader,
+        )
+        .await?;
+        ensure!(
+            matches!(&got, Attempt::Admitted(r) if r.starts_with("Write(Err(Forbidden")),
+            "{got:?}"
+        );
+        let scoped = kvserver::auth::Principal {
+            name: "scoped".into(),
+            kind: kvserver::auth::Kind::Token,
+            role: kvserver::auth::Role::Readwrite,
+            prefixes: vec!["app/".into()],
+        };
+        let config = client_config(&s.ca_pem()?, Some(&issued))?;
+        let got = attempt_as(
+            s.leader_peer()?,
+            Some(config),
+            &s.c.cluster_id,
+            member,
+            s.leader,
+            "denied",
+            scoped,
+        )
+        .await?;
+        ensure!(
+            matches!(&got, Attempt::Admitted(r) if r.starts_with("Write(Err(Forbidden")),
+            "{got:?}"
+        );
+        let anonymous = kvserver::auth::Principal::anonymous();
+        let config = client_config(&s.ca_pem()?, Some(&issued))?;
+        let got = attempt_as(
+            s.leader_peer()?,
+            Some(config),
+            &s.c.cluster_id,
+            member,
+            s.leader,
+            "denied",
+            anonymous,
+        )
+        .await?;
+        ensure!(
+            matches!(&got, Attempt::Admitted(r) if r.starts_with("Write(Err(Forbidden")),
+            "{got:?}"
+        );
+        ensure!(
+            s.c.read(s.leader, "denied", false).await?.is_none(),
+            "a refused write landed"
+        );
         Ok::<_, anyhow::Error>(())
     });
 }
@@ -624,10 +711,7 @@ async fn a_bad_reload_keeps_the_old_certificate_and_says_why() {
                 "{what}: readyz says {ready}"
             );
             // Still serving with the old certificate: a new client, new connections.
-            let fresh = kvserver::client::Client::builder([c.url(2, "")])
-                .tls(tls.client_tls())
-                .attempts(1)
-                .build()?;
+            let fresh = c.access().builder([c.url(2, "")]).attempts(1).build()?;
             fresh
                 .put(
                     &format!("during/{what}"),
@@ -726,7 +810,12 @@ async fn the_client_port_speaks_http2_when_asked() {
             .tls_backend_preconfigured(config)
             .http2_prior_knowledge()
             .build()?;
-        let r = h2.get(c.url(1, "/v1/cluster")).send().await?;
+        let token = c.auth.as_ref().map(|a| a.admin.clone()).unwrap_or_default();
+        let r = h2
+            .get(c.url(1, "/v1/cluster"))
+            .bearer_auth(token)
+            .send()
+            .await?;
         ensure!(r.status().as_u16() == 200, "{}", r.status());
         ensure!(r.version() == reqwest::Version::HTTP_2, "{:?}", r.version());
         // The default clients stay on HTTP/1.1.

@@ -198,7 +198,11 @@ async fn compaction_and_stalled_reader(c: &mut Cluster) -> anyhow::Result<()> {
     let mut stalled = sock.connect(addr).await?;
     use tokio::io::AsyncReadExt;
     use tokio::io::AsyncWriteExt;
-    stalled.write_all(b"GET /v1/watch?prefix=big/ HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\nConnection: close\r\n\r\n").await?;
+    let token = c.auth.as_ref().map(|a| a.admin.clone()).unwrap_or_default();
+    let request = format!(
+        "GET /v1/watch?prefix=big/ HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nAccept: text/event-stream\r\nConnection: close\r\n\r\n"
+    );
+    stalled.write_all(request.as_bytes()).await?;
     let mut healthy = SseReader::open(&c.http, &c.url(leader, "/v1/watch?prefix=big/"))
         .await?
         .map_err(|e| anyhow::anyhow!("{e:?}"))?;

@@ -51,6 +51,10 @@ struct Common {
     /// Plaintext ports (TLS, as in Kubernetes, is the default).
     #[arg(long)]
     no_tls: bool,
+    /// No client authentication (a bearer token on every request, as in
+    /// Kubernetes, is the default).
+    #[arg(long)]
+    no_auth: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -114,6 +118,10 @@ enum Cmd {
         /// TLS on both ports: a CA of the cluster's own, peer mTLS, HTTPS endpoints.
         #[arg(long)]
         tls: bool,
+        /// Nodes require a bearer token; the ready file gains `token_file=`, a file
+        /// holding an admin token.
+        #[arg(long)]
+        auth: bool,
         /// Arguments for every node, after `--` (e.g. `-- --log-level warn`).
         #[arg(last = true)]
         args: Vec<String>,
@@ -140,6 +148,7 @@ async fn serve_cluster(
     cluster_id: Option<String>,
     ready_file: PathBuf,
     tls: bool,
+    auth: bool,
     args: Vec<String>,
 ) -> anyhow::Result<()> {
     use tokio::signal::unix::SignalKind;
@@ -150,6 +159,7 @@ async fn serve_cluster(
     let mut builder = Cluster::builder(kvserver)
         .args(args)
         .tls(tls)
+        .auth(auth)
         .dump_logs_on_panic(true);
     if let Some(id) = cluster_id {
         builder = builder.cluster_id(id);
@@ -194,6 +204,10 @@ async fn serve_cluster(
             t.client_key().display()
         ));
     }
+    if let Some(a) = &cluster.auth {
+        // The token file, not the token: the ready file may be printed.
+        ready.push_str(&format!("token_file={}\n", a.admin_file()?.display()));
+    }
     let tmp = ready_file.with_extension("partial");
     std::fs::write(&tmp, ready).with_context(|| format!("writing {}", tmp.display()))?;
     std::fs::rename(&tmp, &ready_file)
@@ -233,6 +247,7 @@ fn config(seed: u64, c: &Common) -> anyhow::Result<RunConfig> {
     }));
     cfg.workload.stale_reads = c.stale_reads;
     cfg.tls = !c.no_tls;
+    cfg.auth = !c.no_auth;
     Ok(cfg)
 }
 
@@ -342,6 +357,7 @@ async fn main() -> anyhow::Result<()> {
             cluster_id,
             ready_file,
             tls,
+            auth,
             args,
         } => {
             serve_cluster(
@@ -350,6 +366,7 @@ async fn main() -> anyhow::Result<()> {
                 cluster_id,
                 ready_file,
                 tls,
+                auth,
                 args,
             )
             .await?

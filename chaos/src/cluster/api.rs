@@ -16,10 +16,10 @@ use kvserver::model::LearnerRequest;
 use kvserver::model::ListQuery;
 use kvserver::model::MembershipRequest;
 
+use super::ClientAccess;
 use super::Cluster;
 use crate::ChaosError;
 use crate::wait::wait;
-use kvserver::tls::ClientTls;
 
 /// How long one cluster-changing call may take (a learner catching up, a joint change).
 const CALL_TIMEOUT: Duration = Duration::from_secs(35);
@@ -32,12 +32,12 @@ pub enum ClusterCall {
 }
 
 /// A client of one node: one attempt per call (the harness decides what to repeat).
-fn one_node(url: &str, timeout: Duration, tls: Option<&ClientTls>) -> Result<Client, ChaosError> {
-    let mut b = Client::builder([url]).timeout(timeout).attempts(1);
-    if let Some(tls) = tls {
-        b = b.tls(tls.clone());
-    }
-    b.build()
+fn one_node(url: &str, timeout: Duration, access: &ClientAccess) -> Result<Client, ChaosError> {
+    access
+        .builder([url])
+        .timeout(timeout)
+        .attempts(1)
+        .build()
         .map_err(|e| ChaosError::Cluster(format!("client of {url}: {e}")))
 }
 
@@ -46,13 +46,13 @@ fn one_node(url: &str, timeout: Duration, tls: Option<&ClientTls>) -> Result<Cli
 /// Takes no `&Cluster`, so it can run in a task while the cluster is faulted.
 pub async fn cluster_call(
     urls: Vec<String>,
-    tls: Option<ClientTls>,
+    access: ClientAccess,
     call: &ClusterCall,
     timeout: Duration,
 ) -> Result<ChangeResponse, ChaosError> {
     let clients = urls
         .iter()
-        .map(|u| one_node(u, CALL_TIMEOUT, tls.as_ref()))
+        .map(|u| one_node(u, CALL_TIMEOUT, &access))
         .collect::<Result<Vec<_>, _>>()?;
     let deadline = Instant::now() + timeout;
     let mut last = String::from("no node tried");
@@ -79,7 +79,7 @@ pub async fn cluster_call(
 impl Cluster {
     /// A client of node `id` alone that gives up after `timeout`.
     pub fn client(&self, id: u64, timeout: Duration) -> Result<Client, ChaosError> {
-        one_node(&self.url(id, "")?, timeout, self.client_tls().as_ref())
+        one_node(&self.url(id, "")?, timeout, &self.access())
     }
 
     /// `GET /v1/cluster` on node `id`, answered within `timeout`.
@@ -204,7 +204,7 @@ impl Cluster {
         call: &ClusterCall,
         timeout: Duration,
     ) -> Result<ChangeResponse, ChaosError> {
-        cluster_call(self.live_urls(), self.client_tls(), call, timeout).await
+        cluster_call(self.live_urls(), self.access(), call, timeout).await
     }
 
     /// The request that adds node `id` as a learner at its advertised addresses,
@@ -233,8 +233,8 @@ impl Cluster {
             .filter(|x| *x != id)
             .filter_map(|x| self.url(x, "").ok())
             .collect();
-        cluster_call(others.clone(), self.client_tls(), &learner, timeout).await?;
-        cluster_call(others, self.client_tls(), &promote, timeout).await?;
+        cluster_call(others.clone(), self.access(), &learner, timeout).await?;
+        cluster_call(others, self.access(), &promote, timeout).await?;
         Ok(())
     }
 

@@ -11,14 +11,17 @@
 //!
 //! With TLS on (the tests' default), the cluster has its own CA and every node
 //! serves both ports with a member certificate ([`tls`]); the harness's clients
-//! speak HTTPS with the CA bundle and a client certificate.
+//! speak HTTPS with the CA bundle and a client certificate. With auth on, every
+//! node requires a credential and the harness's clients send an admin token
+//! from the cluster's token file ([`auth`]).
 //!
 //! Layout: this file holds the nodes and their processes; [`ports`] free ports
 //! and signals; [`api`] what the harness asks of a running cluster through the
 //! typed client (views, leaders, forming, joining, convergence); [`tls`] the
-//! cluster's certificates.
+//! cluster's certificates; [`auth`] its bearer tokens.
 
 pub mod api;
+pub mod auth;
 pub mod ports;
 pub mod tls;
 
@@ -90,9 +93,17 @@ pub struct ClusterBuilder {
     http_timeout: Duration,
     dump_logs_on_panic: bool,
     tls: bool,
+    auth: bool,
 }
 
 impl ClusterBuilder {
+    /// Every node requires a bearer token (a token file of the cluster's own);
+    /// the harness's clients send an admin token.
+    pub fn auth(mut self, on: bool) -> Self {
+        self.auth = on;
+        self
+    }
+
     /// TLS on both ports of every node (a CA of the cluster's own, member
     /// certificates) and HTTPS for the harness's clients.
     pub fn tls(mut self, on: bool) -> Self {
@@ -158,9 +169,15 @@ impl ClusterBuilder {
         } else {
             None
         };
-        let http = http_client(self.http_timeout, tls.as_ref())?;
+        let auth = if self.auth {
+            Some(auth::TestAuth::new(&dir.path().join("auth"))?)
+        } else {
+            None
+        };
+        let http = http_client(self.http_timeout, tls.as_ref(), auth.as_ref())?;
         Ok(Cluster {
             tls,
+            auth,
             http_timeout: self.http_timeout,
             dir: Some(dir),
             bin: self.bin,
@@ -182,6 +199,8 @@ pub struct Cluster {
     dir: Option<tempfile::TempDir>,
     /// The cluster's certificates, when it has TLS.
     pub tls: Option<tls::TestTls>,
+    /// The cluster's token file, when nodes require a credential.
+    pub auth: Option<auth::TestAuth>,
     http_timeout: Duration,
     bin: PathBuf,
     pub cluster_id: String,
@@ -196,16 +215,52 @@ pub struct Cluster {
     dump_logs_on_panic: bool,
 }
 
-/// The harness's HTTP client (HTTPS with the cluster's bundle and client certificate).
+/// What a client of the cluster needs: its TLS settings and a token.
+#[derive(Debug, Clone, Default)]
+pub struct ClientAccess {
+    pub tls: Option<kvserver::tls::ClientTls>,
+    pub token: Option<String>,
+}
+
+impl ClientAccess {
+    /// A typed client of `endpoints` with these settings.
+    pub fn builder<I, S>(&self, endpoints: I) -> kvserver::client::ClientBuilder
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        let mut b = kvserver::client::Client::builder(endpoints);
+        if let Some(t) = &self.tls {
+            b = b.tls(t.clone());
+        }
+        if let Some(t) = &self.token {
+            b = b.token(t.clone());
+        }
+        b
+    }
+}
+
+/// The harness's HTTP client (HTTPS with the cluster's bundle and client
+/// certificate; the admin token when nodes require one).
 fn http_client(
     timeout: Duration,
     tls: Option<&tls::TestTls>,
+    auth: Option<&auth::TestAuth>,
 ) -> Result<reqwest::Client, ChaosError> {
     let mut b = kvserver::tls::http_builder()
         .no_proxy()
         .connect_timeout(Duration::from_secs(2))
         .timeout(timeout)
         .pool_max_idle_per_host(32);
+    if let Some(auth) = auth {
+        let mut v = reqwest::header::HeaderValue::from_str(&format!("Bearer {}", auth.admin))
+            .map_err(|e| ChaosError::Cluster(format!("admin token: {e}")))?;
+        v.set_sensitive(true);
+        b = b.default_headers(reqwest::header::HeaderMap::from_iter([(
+            reqwest::header::AUTHORIZATION,
+            v,
+        )]));
+    }
     if let Some(tls) = tls {
         let config = tls
             .client_tls()
@@ -239,6 +294,15 @@ impl Cluster {
             http_timeout: Duration::from_secs(5),
             dump_logs_on_panic: false,
             tls: false,
+            auth: false,
+        }
+    }
+
+    /// What the harness's typed clients use: TLS settings and the admin token.
+    pub fn access(&self) -> ClientAccess {
+        ClientAccess {
+            tls: self.client_tls(),
+            token: self.auth.as_ref().map(|a| a.admin.clone()),
         }
     }
 
@@ -250,7 +314,7 @@ impl Cluster {
     /// Rebuilds [`Cluster::http`] from the certificate files as they are now (after
     /// a test changed the CA bundle clients trust).
     pub fn refresh_http(&mut self) -> Result<(), ChaosError> {
-        self.http = http_client(self.http_timeout, self.tls.as_ref())?;
+        self.http = http_client(self.http_timeout, self.tls.as_ref(), self.auth.as_ref())?;
         Ok(())
     }
 
@@ -341,6 +405,11 @@ impl Cluster {
             .as_ref()
             .map(|t| t.node_env(id))
             .unwrap_or_default();
+        let auth_env = self
+            .auth
+            .as_ref()
+            .map(auth::TestAuth::node_env)
+            .unwrap_or_default();
         let n = self.node_mut(id)?;
         if n.child.is_some() {
             return Ok(());
@@ -365,6 +434,7 @@ impl Cluster {
             .env_remove("HOSTNAME")
             .envs(env)
             .envs(tls_env)
+            .envs(auth_env)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)

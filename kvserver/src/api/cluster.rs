@@ -167,6 +167,7 @@ pub async fn init(
     Q(_params): Q<NoParams>,
     raw: Raw,
 ) -> Result<Response, ApiError> {
+    crate::route::authorize(&state, &raw.principal, &[crate::auth::Access::Admin])?;
     let body: InitRequest = raw.json_or_default()?;
     let members: BTreeMap<NodeId, KvNode> = match body.members {
         None => BTreeMap::from([(state.id, state.advertise.clone())]),

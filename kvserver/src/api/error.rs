@@ -65,6 +65,10 @@ pub enum ApiError {
         message: String,
         retry: bool,
     },
+    #[error("{0}")]
+    Unauthenticated(crate::auth::Unauthenticated),
+    #[error("{0}")]
+    Forbidden(crate::auth::Forbidden),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -105,6 +109,8 @@ impl ApiError {
             ApiError::NotInitialized | ApiError::NoLeader { .. } | ApiError::Unavailable { .. } => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
+            ApiError::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -122,6 +128,8 @@ impl ApiError {
             ApiError::NotInitialized => "not_initialized",
             ApiError::NoLeader { .. } => "no_leader",
             ApiError::Unavailable { code, .. } => code,
+            ApiError::Unauthenticated(_) => "unauthenticated",
+            ApiError::Forbidden(_) => "forbidden",
             ApiError::Internal(_) => "internal",
         }
     }
@@ -177,7 +185,17 @@ impl IntoResponse for ApiError {
             obj.extend(extra);
         }
         let retry = self.retry_after();
+        let challenge = match &self {
+            ApiError::Unauthenticated(u) => Some(u.challenge()),
+            _ => None,
+        };
         let mut resp = (status, Json(json!({ "error": error }))).into_response();
+        if let Some(c) = challenge {
+            resp.headers_mut().insert(
+                axum::http::header::WWW_AUTHENTICATE,
+                HeaderValue::from_static(c),
+            );
+        }
         if retry {
             resp.headers_mut()
                 .insert(RETRY_AFTER, HeaderValue::from_static("1"));

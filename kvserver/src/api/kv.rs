@@ -21,6 +21,7 @@ use super::ApiError;
 use super::AppState;
 use super::Q;
 use super::Raw;
+use crate::auth::Access;
 use crate::command::ApplyResult;
 use crate::command::Command;
 use crate::command::Outcome;
@@ -101,7 +102,8 @@ pub async fn get_key(
     raw: Raw,
 ) -> Result<Response, ApiError> {
     validate_key(&key)?;
-    if let Routed::Relayed(resp) = route::read(&state, &raw, q.consistency).await? {
+    let access = [Access::Read(&key)];
+    if let Routed::Relayed(resp) = route::read(&state, &raw, &access, q.consistency).await? {
         return Ok(resp);
     }
     let kv = state.store.get(&key, now_ms()).await?;
@@ -281,7 +283,8 @@ pub async fn list(
             format!("prefix is longer than {MAX_KEY_BYTES} bytes"),
         ));
     }
-    if let Routed::Relayed(resp) = route::read(&state, &raw, q.consistency).await? {
+    let access = [Access::ReadPrefix(&q.prefix)];
+    if let Routed::Relayed(resp) = route::read(&state, &raw, &access, q.consistency).await? {
         return Ok(resp);
     }
     let (kvs, more) = state
@@ -391,7 +394,8 @@ pub async fn batch_get(
     for k in &body.keys {
         validate_key(k)?;
     }
-    if let Routed::Relayed(resp) = route::read(&state, &raw, body.consistency).await? {
+    let access: Vec<Access<'_>> = body.keys.iter().map(|k| Access::Read(k)).collect();
+    if let Routed::Relayed(resp) = route::read(&state, &raw, &access, body.consistency).await? {
         return Ok(resp);
     }
     let (kvs, missing) = state.store.get_many(&body.keys, now_ms()).await?;

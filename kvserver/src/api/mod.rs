@@ -5,6 +5,7 @@
 //! Any node accepts any request: where it is served (here, or by the leader
 //! over the peer port or as a relayed HTTP request) is `crate::route`'s job.
 
+pub mod auth;
 pub mod cluster;
 pub mod error;
 pub mod kv;
@@ -75,6 +76,8 @@ pub struct NodeState {
     pub api_scheme: &'static str,
     /// The certificates this node serves, for `/readyz`.
     pub tls_certs: Vec<Arc<crate::tls::Reloading>>,
+    /// Credentials to principals (`crate::auth`).
+    pub auth: Arc<crate::auth::Authenticator>,
 }
 
 pub type AppState = Arc<NodeState>;
@@ -122,6 +125,10 @@ pub fn router(state: AppState) -> Router {
         .layer(CatchPanicLayer::custom(panic_response))
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(axum::Extension(BodyLimit(body_limit)))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::authenticate,
+        ))
         .layer(axum::middleware::from_fn_with_state(state.clone(), observe))
         .with_state(state)
 }
@@ -184,6 +191,10 @@ async fn observe(State(state): State<AppState>, mut req: Request, next: Next) ->
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
     let mut resp = next.run(req).await;
+    let principal = resp
+        .extensions_mut()
+        .remove::<auth::CallerName>()
+        .map(|c| c.0);
     let status = resp.status();
     let elapsed = started.elapsed();
     if let Ok(v) = HeaderValue::from_str(&request_id) {
@@ -207,17 +218,19 @@ async fn observe(State(state): State<AppState>, mut req: Request, next: Next) ->
     if route == "/metrics" || route == "/healthz" || route == "/readyz" {
         tracing::debug!(request_id, %method, path, status = status.as_u16(), latency_ms, "request");
     } else {
-        tracing::info!(request_id, %method, path, status = status.as_u16(), latency_ms, forwarded_by, "request");
+        tracing::info!(request_id, %method, path, status = status.as_u16(), latency_ms, forwarded_by, principal, "request");
     }
     resp
 }
 
-/// The raw request, kept so it can be replayed against the leader.
+/// The raw request, kept so it can be replayed against the leader, and its
+/// authenticated caller.
 pub struct Raw {
     pub method: Method,
     pub path_and_query: String,
     pub headers: HeaderMap,
     pub body: Bytes,
+    pub principal: Arc<crate::auth::Principal>,
 }
 
 impl Raw {
@@ -268,6 +281,14 @@ impl<S: Send + Sync> FromRequest<S> for Raw {
             .map(|p| p.as_str().to_string())
             .unwrap_or_else(|| "/".into());
         let headers = req.headers().clone();
+        // Fails closed: no principal, no request.
+        let principal = req
+            .extensions()
+            .get::<auth::Caller>()
+            .map(|c| c.0.clone())
+            .ok_or(ApiError::Unauthenticated(
+                crate::auth::Unauthenticated::Missing,
+            ))?;
         let req_limit = req.extensions().get::<BodyLimit>().map(|l| l.0);
         let body = Bytes::from_request(req, state).await.map_err(|rej| {
             if rej.status() == StatusCode::PAYLOAD_TOO_LARGE {
@@ -282,6 +303,7 @@ impl<S: Send + Sync> FromRequest<S> for Raw {
             path_and_query,
             headers,
             body,
+            principal,
         })
     }
 }

@@ -116,6 +116,12 @@ pub async fn readyz(State(state): State<AppState>, Q(_params): Q<NoParams>) -> R
             warnings.push(p);
         }
     }
+    // The same for token files: the previous tokens stay in force.
+    if let Some(e) = state.auth.tokens().and_then(|t| t.failing()) {
+        warnings.push(format!(
+            "token reload failed, previous tokens in force: {e}"
+        ));
+    }
     let ready = reasons.is_empty();
     let status = if ready {
         StatusCode::OK

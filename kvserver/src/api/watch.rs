@@ -200,12 +200,10 @@ async fn produce(
 )]
 pub async fn watch(
     State(state): State<AppState>,
+    super::auth::Caller(caller): super::auth::Caller,
     headers: HeaderMap,
     Q(q): Q<WatchQuery>,
 ) -> Result<Response, ApiError> {
-    if !state.initialized() {
-        return Err(ApiError::NotInitialized);
-    }
     if let Some(k) = &q.key {
         super::kv::validate_key(k)?;
     }
@@ -214,6 +212,15 @@ pub async fn watch(
             "invalid_parameter",
             "give key or prefix, not both",
         ));
+    }
+    // A watch reaching outside the caller's grant is refused, never filtered.
+    let access = match (&q.key, &q.prefix) {
+        (Some(k), _) => crate::auth::Access::Read(k),
+        (None, p) => crate::auth::Access::ReadPrefix(p.as_deref().unwrap_or("")),
+    };
+    crate::route::authorize(&state, &caller, &[access])?;
+    if !state.initialized() {
+        return Err(ApiError::NotInitialized);
     }
     let last_event_id = match headers
         .get("last-event-id")

@@ -46,6 +46,18 @@ struct Cli {
     /// Private key (PEM) of `--cert`.
     #[arg(long, env = "KV_KEY", requires = "cert")]
     key: Option<std::path::PathBuf>,
+    /// Bearer token (prefer KV_TOKEN or --token-file: arguments show in `ps`).
+    #[arg(
+        long,
+        env = "KV_TOKEN",
+        hide_env_values = true,
+        conflicts_with = "token_file"
+    )]
+    token: Option<String>,
+    /// File holding the bearer token, re-read while running: a token Secret, or in
+    /// a pod its projected ServiceAccount token.
+    #[arg(long, env = "KV_TOKEN_FILE")]
+    token_file: Option<std::path::PathBuf>,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -268,6 +280,12 @@ async fn main() -> anyhow::Result<()> {
     };
     if tls.is_set() {
         builder = builder.tls(tls);
+    }
+    if let Some(t) = &cli.token {
+        builder = builder.token(t.clone());
+    }
+    if let Some(f) = &cli.token_file {
+        builder = builder.token_file(f.clone());
     }
     let client = builder.build().context("building the client")?;
     let ok = match cli.cmd {

@@ -13,9 +13,10 @@
 //!
 //! Layout: this file holds the transport (endpoints, retries, leader hints,
 //! errors); [`kv`] and [`cluster`] the calls, one method per API route;
-//! [`watch`] the resuming watch stream.
+//! [`watch`] the resuming watch stream; `credential` the bearer token sent.
 
 mod cluster;
+mod credential;
 mod kv;
 mod watch;
 
@@ -133,9 +134,24 @@ pub struct ClientBuilder {
     timeout: Duration,
     attempts: u32,
     backoff: Duration,
+    token: Option<String>,
+    token_file: Option<std::path::PathBuf>,
 }
 
 impl ClientBuilder {
+    /// Sends `Authorization: Bearer <token>` on every request.
+    pub fn token(mut self, token: impl Into<String>) -> Self {
+        self.token = Some(token.into());
+        self
+    }
+
+    /// Sends the bearer token held in `path`, read again every few seconds (a
+    /// projected ServiceAccount token or a mounted Secret changes in place).
+    pub fn token_file(mut self, path: impl Into<std::path::PathBuf>) -> Self {
+        self.token_file = Some(path.into());
+        self
+    }
+
     /// Per-request timeout (default 30 s; watch streams have none).
     pub fn timeout(mut self, t: Duration) -> Self {
         self.timeout = t;
@@ -217,8 +233,19 @@ impl ClientBuilder {
             }
             b.build().map_err(|e| ClientError::Config(e.to_string()))
         };
+        let credential = match (self.token, self.token_file) {
+            (Some(_), Some(_)) => {
+                return Err(ClientError::Config(
+                    "give a token or a token file, not both".into(),
+                ));
+            }
+            (Some(t), None) => Some(credential::Credential::Token(credential::header(&t)?)),
+            (None, Some(path)) => Some(credential::Credential::file(path)?),
+            (None, None) => None,
+        };
         Ok(Client {
             inner: Arc::new(Inner {
+                credential,
                 http: mk(Some(self.timeout))?,
                 stream_http: mk(None)?,
                 endpoints: Mutex::new(endpoints.into()),
@@ -241,6 +268,7 @@ fn normalize(e: String, scheme: &str) -> String {
 }
 
 struct Inner {
+    credential: Option<credential::Credential>,
     http: reqwest::Client,
     stream_http: reqwest::Client,
     /// Front = preferred endpoint.
@@ -348,6 +376,8 @@ impl Client {
             timeout: Duration::from_secs(30),
             attempts: 6,
             backoff: Duration::from_millis(100),
+            token: None,
+            token_file: None,
         }
     }
 
@@ -358,6 +388,17 @@ impl Client {
         S: Into<String>,
     {
         Self::builder(endpoints).build()
+    }
+
+    /// Adds the client's bearer token, if it has one.
+    fn authorize(
+        &self,
+        req: reqwest::RequestBuilder,
+    ) -> Result<reqwest::RequestBuilder, ClientError> {
+        Ok(match &self.inner.credential {
+            Some(c) => req.header(reqwest::header::AUTHORIZATION, c.value()?),
+            None => req,
+        })
     }
 
     fn current(&self) -> String {
@@ -396,6 +437,7 @@ impl Client {
             .inner
             .http
             .request(method.clone(), format!("{endpoint}{path}"));
+        req = self.authorize(req)?;
         if let Some(b) = body {
             req = req.json(b);
         }

@@ -78,12 +78,15 @@ impl WatchState {
         if let Some(f) = self.from {
             url.push_str(&format!("&from_revision={f}"));
         }
-        let resp = self
+        let req = self
             .client
             .inner
             .stream_http
             .get(&url)
-            .header("accept", "text/event-stream")
+            .header("accept", "text/event-stream");
+        let resp = self
+            .client
+            .authorize(req)?
             .send()
             .await
             .map_err(|e| ClientError::transport(&endpoint, &e))?;

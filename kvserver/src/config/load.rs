@@ -18,6 +18,8 @@ use super::field_err;
 enum Kind {
     Str,
     Scalar,
+    /// Comma-separated strings (paths), a YAML sequence.
+    List,
 }
 
 /// Environment variables understood, and the config field each sets.
@@ -142,6 +144,15 @@ const ENV: &[(&str, &str, Kind)] = &[
         "tls.reload_interval_ms",
         Kind::Scalar,
     ),
+    ("KV_AUTH_ENABLED", "auth.enabled", Kind::Scalar),
+    ("KV_AUTH_TOKEN_FILES", "auth.token_files", Kind::List),
+    (
+        "KV_AUTH_RELOAD_INTERVAL_MS",
+        "auth.reload_interval_ms",
+        Kind::Scalar,
+    ),
+    ("KV_AUTH_OPEN_METRICS", "auth.open_metrics", Kind::Scalar),
+    ("KV_AUTH_OPEN_STATUS", "auth.open_status", Kind::Scalar),
 ];
 
 /// Fields whose overrides are strings even when they look like numbers.
@@ -304,6 +315,13 @@ fn collect_origins(v: &Value, prefix: &str, origin: &str, out: &mut BTreeMap<Str
 fn parse_value(raw: &str, kind: Kind) -> Value {
     match kind {
         Kind::Str => Value::String(raw.to_string()),
+        Kind::List => Value::Sequence(
+            raw.split(',')
+                .map(str::trim)
+                .filter(|p| !p.is_empty())
+                .map(|p| Value::String(p.to_string()))
+                .collect(),
+        ),
         Kind::Scalar => match serde_yaml::from_str::<Value>(raw) {
             Ok(v @ (Value::Bool(_) | Value::Number(_) | Value::Null)) => v,
             _ => Value::String(raw.to_string()),

@@ -9,14 +9,17 @@
 //! named `kv` would otherwise feed `KV_PORT` into the config.
 //!
 //! This file holds the settings and their validation; `load` the layering
-//! ([`ConfigLoader`]); `postgres` and `tls` the settings of those two concerns.
+//! ([`ConfigLoader`]); `postgres`, `tls` and `auth` the settings of those concerns.
 
+mod auth;
 mod load;
 mod postgres;
 #[cfg(test)]
 mod tests;
 mod tls;
 
+pub use self::auth::AuthConfig;
+pub use self::auth::CertBinding;
 pub use self::load::ConfigLoader;
 pub use self::postgres::PgSslMode;
 pub use self::postgres::PostgresConfig;
@@ -207,6 +210,7 @@ pub struct Config {
     pub storage: StorageConfig,
     pub watch: WatchConfig,
     pub tls: TlsConfig,
+    pub auth: AuthConfig,
 }
 
 impl Default for Config {
@@ -228,6 +232,7 @@ impl Default for Config {
             storage: StorageConfig::default(),
             watch: WatchConfig::default(),
             tls: TlsConfig::default(),
+            auth: AuthConfig::default(),
         }
     }
 }
@@ -354,6 +359,7 @@ impl Config {
             self.storage.postgres.validate()?;
         }
         self.tls.validate()?;
+        self.auth.validate(&self.tls)?;
         if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
             return Err(field_err(
                 "log.level",

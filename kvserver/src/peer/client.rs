@@ -103,8 +103,8 @@ impl PeerClient {
 
     /// Whether the target takes forwarded writes (one exchange, on connecting).
     pub(crate) async fn supports_write(&mut self, ttl: Duration) -> Result<bool, PeerError> {
-        match self.call(&Request::Features, ttl).await {
-            Ok(Response::Features { write }) => Ok(write),
+        match self.call(&Request::Features2, ttl).await {
+            Ok(Response::Features2 { write_as }) => Ok(write_as),
             Ok(_) => Ok(false),
             // An older server closes the connection on a request it cannot decode.
             Err(PeerError::Io(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => Ok(false),
@@ -136,11 +136,15 @@ impl PeerClient {
     pub(crate) async fn client_write(
         &mut self,
         cmd: Command,
+        principal: &crate::auth::Principal,
         ttl: Duration,
     ) -> Result<Result<ApplyResult, (WriteRejected, Command)>, PeerError> {
-        let req = Request::Write(cmd);
+        let req = Request::WriteAs {
+            command: cmd,
+            principal: principal.clone(),
+        };
         let resp = self.call(&req, ttl).await?;
-        let Request::Write(cmd) = req else {
+        let Request::WriteAs { command: cmd, .. } = req else {
             return Err(PeerError::Unexpected);
         };
         match resp {

@@ -66,6 +66,9 @@ pub struct PeerServer {
     pub tls: Option<Arc<crate::tls::PeerTls>>,
     /// The value limit of forwarded writes (the API's `max_value_bytes`).
     pub max_value_bytes: usize,
+    /// Whether client requests must authenticate (`auth.enabled`): then a
+    /// forwarded write must name a real principal.
+    pub auth_enabled: bool,
 }
 
 /// Why a connection or request is refused: a reason code (the metric label,
@@ -264,7 +267,8 @@ async fn serve_conn(opened: Opened, server: &PeerServer) -> Result<(), PeerError
         state: peer_state,
         metrics,
         tls: _,
-        max_value_bytes,
+        max_value_bytes: _,
+        auth_enabled,
     } = server;
     let node_id = *node_id;
     let Opened {
@@ -402,26 +406,16 @@ async fn serve_conn(opened: Opened, server: &PeerServer) -> Result<(), PeerError
                 "forwarded writes of the previous release are not served; relay over HTTP".into(),
             ),
             Request::Features => Response::Features { write: true },
-            Request::Write(mut cmd) => {
-                // Time is the leader's, as for writes it receives itself.
-                cmd.restamp(crate::command::now_ms());
-                Response::Write(match cmd.check(*max_value_bytes) {
-                    Err(invalid) => {
-                        metrics
-                            .peer_refused
-                            .with_label_values(&["invalid_write"])
-                            .inc();
-                        tracing::warn!(peer = hello.from, error = %invalid, "refused a forwarded write that breaks the command rules");
-                        Err(WriteRejected::Invalid(invalid))
-                    }
-                    Ok(()) => match propose(raft, cmd, CONFIRM_WAIT).await {
-                        Ok(r) => Ok(r.data),
-                        Err(openraft::error::RaftError::APIError(
-                            openraft::error::ClientWriteError::ForwardToLeader(f),
-                        )) => Err(WriteRejected::NotLeader(f.leader_id)),
-                        Err(e) => Err(WriteRejected::Failed(e.to_string())),
-                    },
-                })
+            Request::Features2 => Response::Features2 { write_as: true },
+            Request::Write(cmd) if !*auth_enabled => Response::Write(
+                forwarded_write(server, hello.from, cmd, &crate::auth::Principal::anonymous())
+                    .await,
+            ),
+            Request::Write(_) => Response::Write(Err(WriteRejected::Failed(
+                "this leader requires client authentication and a forwarded write without its principal cannot be checked; upgrade the forwarding node".into(),
+            ))),
+            Request::WriteAs { command, principal } => {
+                Response::Write(forwarded_write(server, hello.from, command, &principal).await)
             }
             Request::Chunk(_) | Request::SnapshotEnd => {
                 Response::Error("snapshot data outside a transfer".into())
@@ -433,6 +427,51 @@ async fn serve_conn(opened: Opened, server: &PeerServer) -> Result<(), PeerError
             // The stream may still hold chunks of the aborted transfer: start over on a new connection.
             return Ok(());
         }
+    }
+}
+
+/// Proposes a write follower `from` forwarded on behalf of `principal`, after the
+/// checks the follower ran: the command's rules and the principal's grant. A
+/// refusal here means the two nodes disagree (a token file not yet reloaded, a
+/// different configuration), and is logged.
+async fn forwarded_write(
+    server: &PeerServer,
+    from: NodeId,
+    mut cmd: crate::command::Command,
+    principal: &crate::auth::Principal,
+) -> Result<crate::command::ApplyResult, WriteRejected> {
+    // Time is the leader's, as for writes it receives itself.
+    cmd.restamp(crate::command::now_ms());
+    if let Err(invalid) = cmd.check(server.max_value_bytes) {
+        server
+            .metrics
+            .peer_refused
+            .with_label_values(&["invalid_write"])
+            .inc();
+        tracing::warn!(peer = from, error = %invalid, "refused a forwarded write that breaks the command rules");
+        return Err(WriteRejected::Invalid(invalid));
+    }
+    let allowed = match principal.kind {
+        crate::auth::Kind::Anonymous if server.auth_enabled => Err(crate::auth::Forbidden(
+            "this leader requires client authentication; the forwarding node sent none (is auth enabled on every member?)".into(),
+        )),
+        _ => crate::auth::check_command(principal, &cmd),
+    };
+    if let Err(forbidden) = allowed {
+        server
+            .metrics
+            .peer_refused
+            .with_label_values(&["forbidden_write"])
+            .inc();
+        tracing::warn!(peer = from, principal = %principal.name, error = %forbidden, "refused a forwarded write its principal may not make");
+        return Err(WriteRejected::Forbidden(forbidden));
+    }
+    match propose(&server.raft, cmd, CONFIRM_WAIT).await {
+        Ok(r) => Ok(r.data),
+        Err(openraft::error::RaftError::APIError(
+            openraft::error::ClientWriteError::ForwardToLeader(f),
+        )) => Err(WriteRejected::NotLeader(f.leader_id)),
+        Err(e) => Err(WriteRejected::Failed(e.to_string())),
     }
 }
 

@@ -7,9 +7,10 @@
 //! Who may send these: every request is served only after the hello passed
 //! (`super::server`), and is meant for members of the cluster — replication,
 //! votes, snapshots and leader transfer from the leader or candidates, read
-//! indexes and forwarded writes from followers. Today the hello checks a cluster
-//! id that is not secret; the TLS issue makes it an authenticated member identity
-//! checked in `super::server`, the one place every request passes.
+//! indexes and forwarded writes from followers. With TLS the hello is bound to
+//! an authenticated member identity checked in `super::server`, the one place
+//! every request passes. A forwarded write names the client principal the
+//! follower authenticated; the leader authorizes the command against it again.
 
 use openraft::raft::AppendEntriesRequest;
 use openraft::raft::AppendEntriesResponse;
@@ -72,8 +73,19 @@ pub enum Request {
     /// Which requests after `ReadIndex` the server knows (a server that predates
     /// this message closes the connection instead of answering).
     Features,
-    /// A follower hands a client's write to the leader (see `crate::route::forward`).
+    /// The previous release's forwarded write, without the client's principal:
+    /// served only by a leader with authentication off.
     Write(Command),
+    /// Which requests after `Write` the server knows (a server that predates this
+    /// message closes the connection instead of answering).
+    Features2,
+    /// A follower hands a client's write to the leader (see `crate::route::forward`)
+    /// with the principal it authenticated; the leader authorizes the command
+    /// against it again (`crate::auth::check_command`).
+    WriteAs {
+        command: Command,
+        principal: crate::auth::Principal,
+    },
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -99,6 +111,10 @@ pub enum Response {
     /// The state machine's result of a forwarded write, or why it was not
     /// proposed (`NotLeader`) or failed.
     Write(Result<ApplyResult, WriteRejected>),
+    /// What the server takes: `write_as` is `Request::WriteAs`.
+    Features2 {
+        write_as: bool,
+    },
 }
 
 /// Why the leader did not apply a forwarded write.
@@ -110,6 +126,8 @@ pub enum WriteRejected {
     Failed(String),
     /// The command breaks a rule of `crate::command::check`: not proposed.
     Invalid(crate::command::Invalid),
+    /// The principal may not do this (`crate::auth::check_command`): not proposed.
+    Forbidden(crate::auth::Forbidden),
 }
 
 pub async fn write_frame<W: AsyncWriteExt + Unpin, T: Serialize>(

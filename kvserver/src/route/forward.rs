@@ -5,7 +5,8 @@
 //! time (leader-only load cost ~15 % less CPU per put in `bench/compare.sh`
 //! runs). Instead the follower sends the command it built (validated, TTL
 //! resolved) as one binary frame on a pooled peer connection; the leader moves
-//! the command's clock to its own (`Command::restamp`), proposes it and sends
+//! the command's clock to its own (`Command::restamp`), checks it against the
+//! client's principal, which travels with it, proposes it and sends
 //! back the state machine's result, which the follower turns into the same
 //! HTTP answer the leader would have given.
 //!
@@ -64,6 +65,8 @@ pub enum Forwarded {
     Unknown(String),
     /// The leader refused the command as invalid: not proposed.
     Invalid(crate::command::Invalid),
+    /// The leader refused the command for its principal: not proposed.
+    Forbidden(crate::auth::Forbidden),
 }
 
 #[derive(Default)]
@@ -201,8 +204,15 @@ impl WriteForwarder {
         }
     }
 
-    /// Sends `cmd` to `leader` and waits up to `ttl` for its result.
-    pub async fn write(&self, leader: NodeId, cmd: Command, ttl: Duration) -> Forwarded {
+    /// Sends `cmd`, made on behalf of `principal`, to `leader` and waits up to
+    /// `ttl` for its result.
+    pub async fn write(
+        &self,
+        leader: NodeId,
+        cmd: Command,
+        principal: &crate::auth::Principal,
+        ttl: Duration,
+    ) -> Forwarded {
         let Some(addr) = crate::raft::member_raft_addr(&self.raft, leader) else {
             return Forwarded::NotSent(cmd, format!("leader {leader} is not in the membership"));
         };
@@ -258,7 +268,7 @@ impl WriteForwarder {
                 }
             }
         };
-        let result = client.client_write(cmd, ttl).await;
+        let result = client.client_write(cmd, principal, ttl).await;
         match result {
             Ok(answer) => {
                 let mut pool = self.lock();
@@ -272,6 +282,7 @@ impl WriteForwarder {
                     Err((WriteRejected::NotLeader(hint), cmd)) => Forwarded::NotLeader(cmd, hint),
                     Err((WriteRejected::Failed(e), _)) => Forwarded::Failed(e),
                     Err((WriteRejected::Invalid(e), _)) => Forwarded::Invalid(e),
+                    Err((WriteRejected::Forbidden(e), _)) => Forwarded::Forbidden(e),
                 }
             }
             Err(e) => Forwarded::Unknown(e.to_string()),

@@ -2,7 +2,8 @@
 //! to the leader for those calls, and for writes and reads when the peer-port
 //! paths are not available. A relayed request carries `x-kv-forwarded-by`; a
 //! node receiving one that is not the leader answers 503 `no_leader` instead of
-//! relaying again, so there are no loops.
+//! relaying again, so there are no loops. A relayed request carries the
+//! client's `Authorization` header and the leader authenticates it anew.
 
 use axum::body::Body;
 use axum::http::HeaderMap;
@@ -28,6 +29,7 @@ use crate::raft;
 /// A call only the leader serves: `Local` when this node leads, else the
 /// leader's answer (or `NotInitialized` / `no_leader`).
 pub async fn leader_only(state: &AppState, raw: &Raw) -> Result<Routed<()>, ApiError> {
+    super::authorize(state, &raw.principal, &[crate::auth::Access::Admin])?;
     if !state.initialized() {
         return Err(ApiError::NotInitialized);
     }
@@ -82,6 +84,14 @@ pub async fn relay(
             leader_hint: Some(leader_id),
         });
     }
+    if raw.principal.kind == crate::auth::Kind::Certificate {
+        // The leader authenticates a relayed request by the client's own
+        // credential, and a client certificate cannot be passed on: the client
+        // goes to the leader itself (the client library follows `leader_hint`).
+        return Err(ApiError::NoLeader {
+            leader_hint: Some(leader_id),
+        });
+    }
     let leader = {
         let m = raft::raft_metrics(&state.raft);
         m.membership_config
@@ -103,7 +113,13 @@ pub async fn relay(
         .request(raw.method.clone(), &url)
         .header(FORWARDED_BY, state.id.to_string())
         .body(raw.body.clone());
-    for name in [axum::http::header::CONTENT_TYPE, axum::http::header::ACCEPT] {
+    // The client's credential goes along, and the leader authenticates it
+    // itself: nothing this node says about the caller is taken on trust.
+    for name in [
+        axum::http::header::CONTENT_TYPE,
+        axum::http::header::ACCEPT,
+        axum::http::header::AUTHORIZATION,
+    ] {
         if let Some(v) = raw.headers.get(&name) {
             req = req.header(name, v.clone());
         }

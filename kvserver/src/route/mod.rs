@@ -1,9 +1,12 @@
 //! Request routing: where a write, a linearizable read or a cluster call is
 //! served — on this node, or by the leader — decided in one place for every
 //! route. Handlers (`crate::api`) validate input and build the command; they
-//! hand it here and map the [`Routed`] outcome to HTTP. Authorization, when it
-//! lands, hooks in here: every request passes through one of these functions,
-//! whether it was received from a client or forwarded by another node.
+//! hand it here and map the [`Routed`] outcome to HTTP. Authorization happens
+//! here too ([`authorize`]): every request passes through one of these
+//! functions, whether it was received from a client or forwarded by another
+//! node, and each says what it touches (`crate::auth::Access`). The API's
+//! middleware (`crate::api::auth`) has already authenticated the caller and
+//! kept cluster calls to `admin`.
 //!
 //! # Layout
 //! - [`write`]: proposing a command here, or handing it to the leader
@@ -23,6 +26,12 @@ use std::time::Duration;
 
 use axum::response::Response;
 
+use crate::api::ApiError;
+use crate::api::AppState;
+use crate::api::Raw;
+use crate::auth::Access;
+use crate::auth::Principal;
+
 pub use self::leader::leader_only;
 pub use self::leader::membership;
 pub use self::leader::relay;
@@ -41,4 +50,36 @@ pub enum Routed<T> {
     Local(T),
     /// The leader answered the relayed HTTP request; its response goes back as is.
     Relayed(Response),
+}
+
+/// Whether `principal` may do every access of `access`; a refusal is a 403
+/// (counted in `kv_auth_refused_total`, logged at debug with the principal).
+pub fn authorize(
+    state: &AppState,
+    principal: &Principal,
+    access: &[Access<'_>],
+) -> Result<(), ApiError> {
+    access
+        .iter()
+        .try_for_each(|a| principal.check(*a))
+        .map_err(|e| forbidden(state, principal, e))
+}
+
+/// Whether the caller of `raw` may have `cmd` proposed.
+pub fn authorize_command(
+    state: &AppState,
+    raw: &Raw,
+    cmd: &crate::command::Command,
+) -> Result<(), ApiError> {
+    crate::auth::check_command(&raw.principal, cmd).map_err(|e| forbidden(state, &raw.principal, e))
+}
+
+fn forbidden(state: &AppState, principal: &Principal, e: crate::auth::Forbidden) -> ApiError {
+    state
+        .metrics
+        .auth_refused
+        .with_label_values(&["forbidden"])
+        .inc();
+    tracing::debug!(principal = %principal.name, error = %e, "request forbidden");
+    ApiError::Forbidden(e)
 }

@@ -13,15 +13,19 @@ use crate::api::ApiError;
 use crate::api::AppState;
 use crate::api::Raw;
 use crate::api::error::read_error;
+use crate::auth::Access;
 use crate::model::Consistency;
 
-/// Makes a local read that follows linearizable (`Routed::Local`), or has the
+/// Makes a local read of what `access` names (checked against the caller's
+/// principal first) that follows linearizable (`Routed::Local`), or has the
 /// leader serve it (`Routed::Relayed`). Stale reads are always local.
 pub async fn read(
     state: &AppState,
     raw: &Raw,
+    access: &[Access<'_>],
     consistency: Consistency,
 ) -> Result<Routed<()>, ApiError> {
+    super::authorize(state, &raw.principal, access)?;
     if !state.initialized() {
         return Err(ApiError::NotInitialized);
     }

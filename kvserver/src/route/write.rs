@@ -30,6 +30,7 @@ pub async fn write(
     raw: &Raw,
     cmd: Command,
 ) -> Result<Routed<ApplyResult>, ApiError> {
+    super::authorize_command(state, raw, &cmd)?;
     if !state.initialized() {
         return Err(ApiError::NotInitialized);
     }
@@ -54,7 +55,11 @@ pub async fn write(
             message,
             retry: false,
         };
-        match state.writes.write(leader, cmd, WRITE_TIMEOUT).await {
+        match state
+            .writes
+            .write(leader, cmd, &raw.principal, WRITE_TIMEOUT)
+            .await
+        {
             Forwarded::Applied(r) => {
                 state
                     .metrics
@@ -90,6 +95,7 @@ pub async fn write(
                 )));
             }
             Forwarded::Invalid(e) => return Err(e.into()),
+            Forwarded::Forbidden(e) => return Err(ApiError::Forbidden(e)),
             Forwarded::NotSent(back, why) => {
                 tracing::debug!(leader, reason = %why, "peer forwarding unavailable; replaying over HTTP");
                 cmd = back;

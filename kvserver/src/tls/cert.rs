@@ -1,6 +1,6 @@
 //! What a certificate says, read with `x509-parser`: its validity window (for
 //! the load-time checks and the expiry metric), its subject and names (for
-//! logs and, in the authorization issue, client principals), and the node
+//! logs and client principals, `crate::auth`), and the node
 //! identity URI a member certificate carries.
 
 use rustls_pki_types::CertificateDer;
@@ -15,6 +15,8 @@ pub struct CertInfo {
     pub not_after: i64,
     /// The subject, as text (`CN=...`).
     pub subject: String,
+    /// The subject's common name, when it has one.
+    pub common_name: Option<String>,
     /// DNS SANs.
     pub dns_names: Vec<String>,
     /// URI SANs.
@@ -58,6 +60,12 @@ pub fn inspect(der: &CertificateDer<'_>) -> Result<CertInfo, String> {
         not_before: validity.not_before.timestamp(),
         not_after: validity.not_after.timestamp(),
         subject: cert.subject().to_string(),
+        common_name: cert
+            .subject()
+            .iter_common_name()
+            .next()
+            .and_then(|cn| cn.as_str().ok())
+            .map(str::to_string),
         dns_names: Vec::new(),
         uris: Vec::new(),
         node: None,

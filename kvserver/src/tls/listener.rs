@@ -70,9 +70,18 @@ pub fn relay_client_config(certs: Arc<Reloading>) -> Result<rustls::ClientConfig
     Ok(config)
 }
 
+/// The far end of an HTTPS connection: its address and the client certificate
+/// it presented, verified against the port's CA bundle (only when
+/// `tls.client_auth` asks for one).
+#[derive(Debug, Clone)]
+pub struct TlsPeer {
+    pub addr: SocketAddr,
+    pub client_cert: Option<super::CertInfo>,
+}
+
 /// Accepts TCP connections and hands axum those that completed a TLS handshake.
 pub struct HttpsListener {
-    rx: mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
+    rx: mpsc::Receiver<(TlsStream<TcpStream>, TlsPeer)>,
     local: SocketAddr,
     task: tokio::task::JoinHandle<()>,
 }
@@ -96,7 +105,7 @@ impl Drop for HttpsListener {
 async fn accept_loop(
     tcp: TcpListener,
     acceptor: TlsAcceptor,
-    tx: mpsc::Sender<(TlsStream<TcpStream>, SocketAddr)>,
+    tx: mpsc::Sender<(TlsStream<TcpStream>, TlsPeer)>,
 ) {
     let slots = Arc::new(Semaphore::new(MAX_HANDSHAKES));
     loop {
@@ -117,7 +126,22 @@ async fn accept_loop(
             let _permit = permit;
             match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake(stream, &acceptor)).await {
                 Ok(Ok(Some(tls))) => {
-                    let _ = tx.send((tls, peer)).await;
+                    // rustls verified the chain; what it names is read once per connection.
+                    let client_cert = tls
+                        .get_ref()
+                        .1
+                        .peer_certificates()
+                        .and_then(|c| c.first())
+                        .and_then(|c| super::inspect(c).ok());
+                    let _ = tx
+                        .send((
+                            tls,
+                            TlsPeer {
+                                addr: peer,
+                                client_cert,
+                            },
+                        ))
+                        .await;
                 }
                 Ok(Ok(None)) => {}
                 Ok(Err(e)) => {
@@ -154,7 +178,7 @@ async fn handshake(
 
 impl axum::serve::Listener for HttpsListener {
     type Io = TlsStream<TcpStream>;
-    type Addr = SocketAddr;
+    type Addr = TlsPeer;
 
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {
         match self.rx.recv().await {
@@ -165,6 +189,9 @@ impl axum::serve::Listener for HttpsListener {
     }
 
     fn local_addr(&self) -> std::io::Result<Self::Addr> {
-        Ok(self.local)
+        Ok(TlsPeer {
+            addr: self.local,
+            client_cert: None,
+        })
     }
 }

@@ -48,6 +48,8 @@ pub use cert::inspect;
 #[cfg(feature = "server")]
 pub use listener::HttpsListener;
 #[cfg(feature = "server")]
+pub use listener::TlsPeer;
+#[cfg(feature = "server")]
 pub use listener::api_server_config;
 #[cfg(feature = "server")]
 pub use listener::relay_client_config;

@@ -182,10 +182,12 @@ impl std::ops::DerefMut for Cluster {
 
 impl Cluster {
     /// Every multi-process test runs with TLS on both ports (peer mTLS with member
-    /// identities, HTTPS for clients), as every cluster in Kubernetes does.
+    /// identities, HTTPS for clients) and a bearer token on every request, as
+    /// every cluster in Kubernetes does.
     fn builder(extra_args: &[&str]) -> kvchaos::cluster::ClusterBuilder {
         kvchaos::cluster::Cluster::builder(env!("CARGO_BIN_EXE_kvserver"))
             .tls(true)
+            .auth(true)
             .args(extra_args.iter().copied())
             .http_timeout(Duration::from_secs(30))
             .dump_logs_on_panic(true)

@@ -1,0 +1,91 @@
+//! Authentication settings of the client port: whether requests must
+//! authenticate, where bearer tokens come from, which client certificates are
+//! bound to which role, and which operational endpoints stay open.
+
+use std::path::PathBuf;
+
+use serde::Deserialize;
+use serde::Serialize;
+
+use super::ConfigError;
+use super::field_err;
+use crate::auth::Role;
+
+/// A client certificate bound to a role.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertBinding {
+    /// Matches a certificate whose common name, or one of whose DNS or URI SANs,
+    /// equals this; it is also the principal's name.
+    pub subject: String,
+    /// `read`, `readwrite` or `admin`.
+    pub role: Role,
+    /// Keys the role is limited to (those starting with one of these); empty: all.
+    #[serde(default)]
+    pub prefixes: Vec<String>,
+}
+
+/// Authentication and authorization (docs/security.md).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// Require a credential on every route but `/healthz`, `/readyz` and
+    /// `/v1/openapi.json` (and `/metrics`, `/status` when left open below).
+    /// Off: every caller is an anonymous admin (local use only).
+    pub enabled: bool,
+    /// YAML files of bearer tokens (`tokens: [{name, token, role, prefixes}]`),
+    /// re-read every `reload_interval_ms`.
+    pub token_files: Vec<PathBuf>,
+    /// Client certificates bound to roles; needs `tls.client_auth` `optional` or `require`.
+    pub client_certs: Vec<CertBinding>,
+    /// How often the token files are re-read, in ms (the longest a revoked token keeps working).
+    pub reload_interval_ms: u64,
+    /// `/metrics` without a credential (scrapers usually have none).
+    pub open_metrics: bool,
+    /// `/status` without a credential (it shows Raft state and member addresses).
+    pub open_status: bool,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            token_files: Vec::new(),
+            client_certs: Vec::new(),
+            reload_interval_ms: 5_000,
+            open_metrics: true,
+            open_status: false,
+        }
+    }
+}
+
+impl AuthConfig {
+    pub(super) fn validate(&self, tls: &super::TlsConfig) -> Result<(), ConfigError> {
+        if self.enabled && self.token_files.is_empty() && self.client_certs.is_empty() {
+            return Err(field_err(
+                "auth.token_files",
+                "auth.enabled needs a way to authenticate: token files or auth.client_certs",
+            ));
+        }
+        if !self.client_certs.is_empty() && tls.client_auth == crate::tls::ClientAuth::None {
+            return Err(field_err(
+                "auth.client_certs",
+                "needs verified client certificates: tls.client_auth optional or require",
+            ));
+        }
+        for (i, b) in self.client_certs.iter().enumerate() {
+            if b.subject.is_empty() || b.subject.len() > 1024 {
+                return Err(field_err(
+                    &format!("auth.client_certs[{i}].subject"),
+                    "must be 1-1024 characters",
+                ));
+            }
+            crate::auth::tokens::check_prefixes(&b.prefixes)
+                .map_err(|m| field_err(&format!("auth.client_certs[{i}]"), m))?;
+        }
+        if self.reload_interval_ms < 100 {
+            return Err(field_err("auth.reload_interval_ms", "must be at least 100"));
+        }
+        Ok(())
+    }
+}
