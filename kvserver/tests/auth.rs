@@ -686,7 +686,7 @@ async fn rotation_under_load(c: &mut Cluster) -> anyhow::Result<()> {
     for w in writers {
         w.await?;
     }
-    let sent = sent.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
+    let sent = std::mem::take(&mut *sent.lock().map_err(|_| anyhow::anyhow!("poisoned"))?);
     let new_failed: Vec<u16> = sent
         .iter()
         .filter(|s| !s.old_token && !(200..300).contains(&s.status))
