@@ -86,6 +86,9 @@ struct Cli {
     /// Private key (PEM) of `--cert`.
     #[arg(long, requires = "cert")]
     key: Option<std::path::PathBuf>,
+    /// File holding a bearer token, sent on every request (servers with auth on).
+    #[arg(long)]
+    token_file: Option<std::path::PathBuf>,
 }
 
 /// How connections reach the servers: plain TCP, or TLS with this connector.
@@ -125,6 +128,8 @@ fn parse_workload(w: &str, target: Target) -> anyhow::Result<(u8, Op)> {
 struct Conn {
     addr: String,
     tls: Tls,
+    /// `Bearer <token>`, when the servers want one.
+    auth: Option<Arc<str>>,
     sender: Option<SendRequest<Full<Bytes>>>,
 }
 
@@ -170,6 +175,7 @@ impl Conn {
         body: Option<Vec<u8>>,
     ) -> anyhow::Result<(u16, Bytes)> {
         let host = self.addr.clone();
+        let auth = self.auth.clone();
         let sender = self.sender().await?;
         sender.ready().await?;
         let mut req = Request::builder()
@@ -178,6 +184,9 @@ impl Conn {
             .header("host", host);
         if body.is_some() {
             req = req.header("content-type", "application/json");
+        }
+        if let Some(a) = &auth {
+            req = req.header("authorization", a.as_ref());
         }
         let req = req.body(Full::new(Bytes::from(body.unwrap_or_default())))?;
         let resp = match sender.send_request(req).await {
@@ -383,16 +392,26 @@ async fn run_phase(
             Some(tokio_rustls::TlsConnector::from(settings.shared_config()?))
         }
     };
+    let auth: Option<Arc<str>> = match &cli.token_file {
+        None => None,
+        Some(path) => {
+            let token = std::fs::read_to_string(path)
+                .with_context(|| format!("reading the token file {}", path.display()))?;
+            Some(format!("Bearer {}", token.trim()).into())
+        }
+    };
     let mut tasks = Vec::new();
     for w in 0..cli.connections.max(1) {
         let addr = cli.endpoints[w % cli.endpoints.len()].clone();
         let tls = tls.clone();
+        let auth = auth.clone();
         let (value, next_key, target, keys) =
             (value.clone(), next_key.clone(), cli.target, cli.keys);
         tasks.push(tokio::spawn(async move {
             let mut conn = Conn {
                 addr,
                 tls,
+                auth,
                 sender: None,
             };
             let mut stats = WorkerStats::default();

@@ -52,6 +52,13 @@ pub struct Metrics {
     pub auth_reload_failing: IntGauge,
     /// Bearer tokens in force.
     pub auth_tokens: IntGauge,
+    /// Open connections on the client port.
+    pub api_connections: IntGauge,
+    /// Watch streams open on this node.
+    pub watch_streams: IntGauge,
+    /// Connections and requests turned away by a limit, by `limit`
+    /// (`connections`, `concurrency`, `request_timeout`, `watchers`, `response_bytes`).
+    pub api_limited: IntCounterVec,
 }
 
 fn gauge_vec(
@@ -168,7 +175,24 @@ impl Metrics {
             "Token file reloads by result (ok, error)",
             &["result"],
         )?;
+        let api_limited = counter_vec(
+            &registry,
+            "kv_api_limited_total",
+            "Client connections and requests turned away by a limit, by limit (connections, concurrency, request_timeout, watchers, response_bytes)",
+            &["limit"],
+        )?;
         Ok(Self {
+            api_limited,
+            api_connections: gauge(
+                &registry,
+                "kv_api_connections",
+                "Open connections on the client port",
+            )?,
+            watch_streams: gauge(
+                &registry,
+                "kv_watch_streams",
+                "Watch streams open on this node",
+            )?,
             auth_refused,
             auth_reloads,
             auth_reload_failing: gauge(

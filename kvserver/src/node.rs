@@ -275,6 +275,7 @@ pub async fn start_node(config: Config) -> Result<NodeHandle, NodeError> {
         tls: peer_tls,
         max_value_bytes: config.max_value_bytes,
         auth_enabled: config.auth.enabled,
+        limits: config.limits.clone(),
     });
     tasks.push(tokio::spawn(peer::serve(
         raft_listener,
@@ -318,6 +319,7 @@ pub async fn start_node(config: Config) -> Result<NodeHandle, NodeError> {
         http = http.tls_backend_preconfigured(relay);
     }
     let http = http.build()?;
+    let gates = api::limits::Gates::new(&config.limits, &metrics);
     let state = Arc::new(NodeState {
         id,
         cluster_id: config.cluster_id.clone(),
@@ -333,26 +335,27 @@ pub async fn start_node(config: Config) -> Result<NodeHandle, NodeError> {
         writes: crate::route::forward::WriteForwarder::new(dialer, raft.clone()),
         api_scheme: if api_certs.is_some() { "https" } else { "http" },
         auth,
+        gates,
         tls_certs,
         shutdown: api_stop_rx.clone(),
     });
     let app = api::router(state.clone());
     let api_shutdown = stopped(&api_stop_rx);
-    let api_task = match api_certs {
-        Some(certs) => {
-            let tls = crate::tls::api_server_config(certs, config.tls.client_auth)
-                .map_err(tls_err("tls.client"))?;
-            let listener = crate::tls::HttpsListener::new(api_listener, tls).map_err(|source| {
-                NodeError::Bind {
-                    field: "api_addr",
-                    addr: config.api_addr.clone(),
-                    source,
-                }
-            })?;
-            tokio::spawn(serve_api(listener, app, api_shutdown))
-        }
-        None => tokio::spawn(serve_api(api_listener, app, api_shutdown)),
-    };
+    let acceptor = api_certs
+        .map(|certs| {
+            crate::tls::api_server_config(certs, config.tls.client_auth)
+                .map(|c| tokio_rustls::TlsAcceptor::from(Arc::new(c)))
+        })
+        .transpose()
+        .map_err(tls_err("tls.client"))?;
+    let api_task = tokio::spawn(api::serve::serve(
+        api_listener,
+        acceptor,
+        app,
+        config.limits.clone(),
+        state.metrics.clone(),
+        api_shutdown,
+    ));
     tasks.push(tokio::spawn(reap_expired(
         raft.clone(),
         store.clone(),
@@ -388,26 +391,6 @@ pub async fn start_node(config: Config) -> Result<NodeHandle, NodeError> {
         store,
         drain_timeout: Duration::from_millis(config.shutdown_timeout_ms),
     })
-}
-
-/// Serves the client API on `listener` (plain TCP or HTTPS) until `shutdown`, then drains.
-async fn serve_api<L>(
-    listener: L,
-    app: axum::Router,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) where
-    L: axum::serve::Listener,
-    L::Addr: std::fmt::Debug,
-    api::auth::ConnInfo:
-        for<'a> axum::extract::connect_info::Connected<axum::serve::IncomingStream<'a, L>>,
-{
-    let app = app.into_make_service_with_connect_info::<api::auth::ConnInfo>();
-    if let Err(e) = axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
-    {
-        tracing::error!(error = %e, "client API server failed");
-    }
 }
 
 /// The leader periodically proposes deletion of expired keys, so expiry is a

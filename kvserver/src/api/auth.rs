@@ -25,7 +25,6 @@ use axum::http::request::Parts;
 use axum::middleware::Next;
 use axum::response::IntoResponse;
 use axum::response::Response;
-use axum::serve::IncomingStream;
 
 use super::ApiError;
 use super::AppState;
@@ -92,32 +91,6 @@ impl<S: Send + Sync> FromRequestParts<S> for Caller {
 pub struct ConnInfo {
     pub remote: SocketAddr,
     pub cert: Option<Arc<CertIdentity>>,
-}
-
-impl axum::extract::connect_info::Connected<IncomingStream<'_, tokio::net::TcpListener>>
-    for ConnInfo
-{
-    fn connect_info(stream: IncomingStream<'_, tokio::net::TcpListener>) -> Self {
-        Self {
-            remote: *stream.remote_addr(),
-            cert: None,
-        }
-    }
-}
-
-impl axum::extract::connect_info::Connected<IncomingStream<'_, crate::tls::HttpsListener>>
-    for ConnInfo
-{
-    fn connect_info(stream: IncomingStream<'_, crate::tls::HttpsListener>) -> Self {
-        let peer = stream.remote_addr();
-        Self {
-            remote: peer.addr,
-            cert: peer
-                .client_cert
-                .as_ref()
-                .map(|c| Arc::new(CertIdentity::from_info(c))),
-        }
-    }
 }
 
 /// The middleware: authenticates the request (401), keeps cluster calls to

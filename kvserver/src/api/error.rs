@@ -29,6 +29,10 @@ pub enum ApiError {
     ValueTooLarge { size: usize, limit: usize },
     #[error("request body is larger than this server accepts ({limit} bytes)")]
     BodyTooLarge { limit: usize },
+    #[error(
+        "the answer would hold more than {limit} bytes of keys and values (limits.max_response_bytes); ask for fewer keys"
+    )]
+    ResponseTooLarge { limit: usize },
     #[error("key not found: {key}")]
     KeyNotFound {
         key: String,
@@ -65,6 +69,8 @@ pub enum ApiError {
         message: String,
         retry: bool,
     },
+    #[error("{message}")]
+    TooMany { code: &'static str, message: String },
     #[error("{0}")]
     Unauthenticated(crate::auth::Unauthenticated),
     #[error("{0}")]
@@ -99,9 +105,9 @@ impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
             ApiError::BadRequest { .. } => StatusCode::BAD_REQUEST,
-            ApiError::ValueTooLarge { .. } | ApiError::BodyTooLarge { .. } => {
-                StatusCode::PAYLOAD_TOO_LARGE
-            }
+            ApiError::ValueTooLarge { .. }
+            | ApiError::BodyTooLarge { .. }
+            | ApiError::ResponseTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::KeyNotFound { .. } | ApiError::NotFound { .. } => StatusCode::NOT_FOUND,
             ApiError::RevisionMismatch { .. } => StatusCode::PRECONDITION_FAILED,
             ApiError::Conflict { .. } => StatusCode::CONFLICT,
@@ -109,6 +115,7 @@ impl ApiError {
             ApiError::NotInitialized | ApiError::NoLeader { .. } | ApiError::Unavailable { .. } => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
+            ApiError::TooMany { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -120,6 +127,7 @@ impl ApiError {
             ApiError::BadRequest { code, .. } => code,
             ApiError::ValueTooLarge { .. } => "value_too_large",
             ApiError::BodyTooLarge { .. } => "body_too_large",
+            ApiError::ResponseTooLarge { .. } => "response_too_large",
             ApiError::KeyNotFound { .. } => "key_not_found",
             ApiError::RevisionMismatch { .. } => "revision_mismatch",
             ApiError::Conflict { code, .. } => code,
@@ -128,6 +136,7 @@ impl ApiError {
             ApiError::NotInitialized => "not_initialized",
             ApiError::NoLeader { .. } => "no_leader",
             ApiError::Unavailable { code, .. } => code,
+            ApiError::TooMany { code, .. } => code,
             ApiError::Unauthenticated(_) => "unauthenticated",
             ApiError::Forbidden(_) => "forbidden",
             ApiError::Internal(_) => "internal",
@@ -152,6 +161,7 @@ impl ApiError {
                 "current": current, "revision": revision,
             })),
             ApiError::ValueTooLarge { size, limit } => Some(json!({"size": size, "limit": limit})),
+            ApiError::ResponseTooLarge { limit } => Some(json!({"limit": limit})),
             ApiError::Gone {
                 requested,
                 oldest,
@@ -169,7 +179,9 @@ impl ApiError {
     fn retry_after(&self) -> bool {
         matches!(
             self,
-            ApiError::NoLeader { .. } | ApiError::Unavailable { retry: true, .. }
+            ApiError::NoLeader { .. }
+                | ApiError::Unavailable { retry: true, .. }
+                | ApiError::TooMany { .. }
         )
     }
 }

@@ -295,6 +295,7 @@ pub async fn list(
             limit,
             q.keys_only,
             now_ms(),
+            state.config.limits.max_response_bytes,
         )
         .await?;
     let revision = state.store.revision();
@@ -376,6 +377,7 @@ pub async fn delete_prefix(
     responses(
         (status = 200, description = "Found keys and missing names", body = BatchGetResponse),
         (status = 400, description = "Invalid keys", body = crate::model::ErrorBody),
+        (status = 413, description = "The keys found hold more than `limits.max_response_bytes` (`response_too_large`): ask for fewer", body = crate::model::ErrorBody),
         (status = 503, description = "Not initialized, no leader or storage unavailable", body = crate::model::ErrorBody),
     )
 )]
@@ -398,7 +400,15 @@ pub async fn batch_get(
     if let Routed::Relayed(resp) = route::read(&state, &raw, &access, body.consistency).await? {
         return Ok(resp);
     }
-    let (kvs, missing) = state.store.get_many(&body.keys, now_ms()).await?;
+    let limit = state.config.limits.max_response_bytes;
+    let Some((kvs, missing)) = state.store.get_many(&body.keys, now_ms(), limit).await? else {
+        state
+            .metrics
+            .api_limited
+            .with_label_values(&["response_bytes"])
+            .inc();
+        return Err(ApiError::ResponseTooLarge { limit });
+    };
     let revision = state.store.revision();
     Ok(Json(BatchGetResponse {
         revision,

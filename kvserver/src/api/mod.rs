@@ -9,8 +9,10 @@ pub mod auth;
 pub mod cluster;
 pub mod error;
 pub mod kv;
+pub mod limits;
 pub mod openapi;
 pub mod ops;
+pub mod serve;
 pub mod txn;
 pub mod watch;
 
@@ -78,6 +80,8 @@ pub struct NodeState {
     pub tls_certs: Vec<Arc<crate::tls::Reloading>>,
     /// Credentials to principals (`crate::auth`).
     pub auth: Arc<crate::auth::Authenticator>,
+    /// Requests and watch streams in progress, against their limits.
+    pub gates: limits::Gates,
 }
 
 pub type AppState = Arc<NodeState>;
@@ -128,6 +132,10 @@ pub fn router(state: AppState) -> Router {
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             auth::authenticate,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            limits::limit,
         ))
         .layer(axum::middleware::from_fn_with_state(state.clone(), observe))
         .with_state(state)
@@ -218,7 +226,10 @@ async fn observe(State(state): State<AppState>, mut req: Request, next: Next) ->
     if route == "/metrics" || route == "/healthz" || route == "/readyz" {
         tracing::debug!(request_id, %method, path, status = status.as_u16(), latency_ms, "request");
     } else {
-        tracing::info!(request_id, %method, path, status = status.as_u16(), latency_ms, forwarded_by, principal, "request");
+        // Key names are data: the path (which holds them) only at debug; the
+        // route pattern says which endpoint it was.
+        tracing::info!(request_id, %method, route, status = status.as_u16(), latency_ms, forwarded_by, principal, "request");
+        tracing::debug!(request_id, path, "request path");
     }
     resp
 }

@@ -30,7 +30,7 @@ use crate::model;
         ops::healthz, ops::readyz, ops::status, ops::metrics, openapi_json,
     ),
     components(schemas(model::ErrorBody, model::ErrorDetail, model::DroppedBody, model::WatchEventBody)),
-    modifiers(&OptionalBodies),
+    modifiers(&OptionalBodies, &BearerAuth),
     tags(
         (name = "kv", description = "Keys and values: CRUD, compare-and-set, TTL, listing, batch get, transactions"),
         (name = "watch", description = "Change feed as Server-Sent Events"),
@@ -55,6 +55,68 @@ impl utoipa::Modify for OptionalBodies {
             .and_then(|op| op.request_body.as_mut())
         {
             body.required = Some(utoipa::openapi::Required::False);
+        }
+    }
+}
+
+/// The bearer-token scheme, required on every operation but the open ones
+/// (`crate::api::auth`), each of which then also documents its 401 and 403.
+struct BearerAuth;
+
+/// Operations open to anyone with the default `auth` settings.
+const OPEN: [&str; 4] = ["/healthz", "/readyz", "/metrics", "/v1/openapi.json"];
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::RefOr;
+        use utoipa::openapi::security::Http;
+        use utoipa::openapi::security::HttpAuthScheme;
+        use utoipa::openapi::security::SecurityRequirement;
+        use utoipa::openapi::security::SecurityScheme;
+        let mut bearer = Http::new(HttpAuthScheme::Bearer);
+        bearer.description = Some(
+            "A token from the nodes' token files (or, with client TLS, a client certificate bound to a role); see docs/security.md"
+                .into(),
+        );
+        doc.components
+            .get_or_insert_with(Default::default)
+            .add_security_scheme("bearer", SecurityScheme::Http(bearer));
+        let error = |description: &str| {
+            let content = utoipa::openapi::ContentBuilder::new()
+                .schema(Some(utoipa::openapi::Ref::from_schema_name("ErrorBody")))
+                .build();
+            RefOr::T(
+                utoipa::openapi::ResponseBuilder::new()
+                    .description(description)
+                    .content("application/json", content)
+                    .build(),
+            )
+        };
+        for (path, item) in doc.paths.paths.iter_mut() {
+            if OPEN.contains(&path.as_str()) {
+                continue;
+            }
+            for op in [
+                &mut item.get,
+                &mut item.put,
+                &mut item.post,
+                &mut item.delete,
+            ]
+            .into_iter()
+            .flatten()
+            {
+                op.security = Some(vec![SecurityRequirement::new(
+                    "bearer",
+                    Vec::<String>::new(),
+                )]);
+                let r = &mut op.responses.responses;
+                r.entry("401".into()).or_insert_with(|| {
+                    error("No usable credential (`unauthenticated`; `WWW-Authenticate` says why)")
+                });
+                r.entry("403".into()).or_insert_with(|| {
+                    error("The principal's role or key prefixes do not cover the request (`forbidden`)")
+                });
+            }
         }
     }
 }

@@ -6,9 +6,11 @@
 //! exactly after it. Events come from this node's applied log, which is the
 //! same sequence on every node: a watcher keeps streaming through leader
 //! changes, and one that reconnects elsewhere resumes without gap or
-//! duplicate. A watcher is fed through a bounded buffer; one that falls behind
-//! gets `event: dropped` (with the revision to resume from) and the stream ends,
-//! so a stalled reader costs bounded memory and never slows others.
+//! duplicate. A watcher is fed through a buffer bounded in events
+//! (`watch.watcher_buffer`) and bytes (`limits.watcher_buffer_bytes`); one that
+//! falls behind gets `event: dropped` (with the revision to resume from) and the
+//! stream ends, so a stalled reader costs bounded memory and never slows
+//! others. Watchers are counted per node and per principal (`limits.max_watchers*`).
 
 use std::convert::Infallible;
 use std::time::Duration;
@@ -54,8 +56,9 @@ impl Filter {
     }
 }
 
-/// Renders the events of one revision group; the last one carries the SSE id.
-fn render(events: &[&Change], filter: &Filter) -> Vec<Event> {
+/// Renders the events of one revision group, each with its size; the last one
+/// carries the SSE id.
+fn render(events: &[&Change], filter: &Filter) -> Vec<(Event, usize)> {
     let n = events.len();
     events
         .iter()
@@ -76,14 +79,81 @@ fn render(events: &[&Change], filter: &Filter) -> Vec<Event> {
                 },
             };
             let data = serde_json::to_string(&body).unwrap_or_else(|_| "{}".into());
+            let size = data.len();
             let ev = Event::default().event(body.kind).data(data);
-            if i + 1 == n {
+            let ev = if i + 1 == n {
                 ev.id(e.revision.to_string())
             } else {
                 ev
-            }
+            };
+            (ev, size)
         })
         .collect()
+}
+
+/// Where one watcher's events go.
+struct Sink {
+    tx: mpsc::Sender<(Event, usize)>,
+    queued: std::sync::Arc<Queued>,
+    slot: super::limits::WatchSlot,
+}
+
+/// Bytes of events waiting in one watcher's buffer, against its limit
+/// (`limits.watcher_buffer_bytes`): counted in when queued, out when the
+/// stream hands them to the connection.
+struct Queued {
+    bytes: std::sync::atomic::AtomicUsize,
+    max: usize,
+    /// Bytes queued for every watcher of the node.
+    node: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    /// `limits.watch_buffer_total_bytes`, shared out among the open watchers.
+    node_max: usize,
+    /// Watch streams open on the node.
+    watchers: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    /// The least share a watcher gets: room for two of the largest events.
+    floor: usize,
+}
+
+impl Queued {
+    /// Counts `size` more bytes in, unless that passes this watcher's limit:
+    /// its own (`limits.watcher_buffer_bytes`), or its share of the node's
+    /// (`limits.watch_buffer_total_bytes` over the open watchers, at least
+    /// `floor`). A watcher that keeps up never holds more than an event or two;
+    /// stalled ones reach their share and are cut off, so they cannot use up
+    /// the node's budget and starve the watchers that read.
+    fn add(&self, size: usize) -> bool {
+        use std::sync::atomic::Ordering;
+        let open = self.watchers.load(Ordering::Relaxed).max(1);
+        let share = (self.node_max / open).max(self.floor);
+        if self.bytes.load(Ordering::Relaxed).saturating_add(size) > self.max.min(share) {
+            return false;
+        }
+        self.bytes.fetch_add(size, Ordering::Relaxed);
+        self.node.fetch_add(size, Ordering::Relaxed);
+        true
+    }
+
+    fn sub(&self, size: usize) {
+        use std::sync::atomic::Ordering;
+        self.bytes.fetch_sub(size, Ordering::Relaxed);
+        self.node.fetch_sub(size, Ordering::Relaxed);
+    }
+}
+
+/// The receiving end of a watcher's buffer; events still queued when the
+/// stream is dropped (the client went away) are counted out here.
+struct Outbox {
+    rx: mpsc::Receiver<(Event, usize)>,
+    queued: std::sync::Arc<Queued>,
+}
+
+impl Drop for Outbox {
+    fn drop(&mut self) {
+        self.rx.close();
+        while let Ok((_, size)) = self.rx.try_recv() {
+            self.queued.sub(size);
+        }
+    }
 }
 
 /// Feeds `out` with matching events after `from`, first from history, then live.
@@ -94,27 +164,39 @@ async fn produce(
     filter: Filter,
     from: u64,
     upto: u64,
-    out: mpsc::Sender<Event>,
+    sink: Sink,
 ) {
+    // The slot is held while this watcher streams: the node's and the principal's
+    // watcher counts.
+    let Sink {
+        tx: out,
+        queued,
+        slot: _slot,
+    } = sink;
     let mut sent = from;
     let mut stop = state.shutdown.clone();
     // Sends one revision's events; false when the watcher is gone or too slow.
-    let send = |events: Vec<&Change>, out: &mpsc::Sender<Event>| -> Result<(), &'static str> {
-        for ev in render(&events, &filter) {
-            // One slot stays reserved for the final `dropped` event.
-            if out.capacity() <= 1 {
-                return Err("slow consumer: the watcher's buffer is full");
-            }
-            match out.try_send(ev) {
-                Ok(()) => {}
-                Err(mpsc::error::TrySendError::Full(_)) => {
+    let send =
+        |events: Vec<&Change>, out: &mpsc::Sender<(Event, usize)>| -> Result<(), &'static str> {
+            for (ev, size) in render(&events, &filter) {
+                // One slot stays reserved for the final `dropped` event.
+                if out.capacity() <= 1 || !queued.add(size) {
                     return Err("slow consumer: the watcher's buffer is full");
                 }
-                Err(mpsc::error::TrySendError::Closed(_)) => return Err(""),
+                match out.try_send((ev, size)) {
+                    Ok(()) => {}
+                    Err(mpsc::error::TrySendError::Full(_)) => {
+                        queued.sub(size);
+                        return Err("slow consumer: the watcher's buffer is full");
+                    }
+                    Err(mpsc::error::TrySendError::Closed(_)) => {
+                        queued.sub(size);
+                        return Err("");
+                    }
+                }
             }
-        }
-        Ok(())
-    };
+            Ok(())
+        };
     let emit = |batch: &[Change], sent: &mut u64| -> Result<(), &'static str> {
         let mut i = 0;
         while i < batch.len() {
@@ -159,6 +241,9 @@ async fn produce(
     while reason.is_none() {
         tokio::select! {
             _ = stop.wait_for(|v| *v) => reason = Some("server shutting down".into()),
+            // A watcher that disconnects from a quiet prefix is noticed here, not
+            // at the next matching event, so its slot is freed.
+            _ = out.closed() => reason = Some(String::new()),
             msg = feed.recv() => match msg {
                 Ok(Feed::Events(batch)) => {
                     if let Err(r) = emit(&batch, &mut sent) {
@@ -184,7 +269,7 @@ async fn produce(
     };
     let data = serde_json::to_string(&body).unwrap_or_else(|_| "{}".into());
     // The reserved slot holds the final event even when the watcher stopped reading.
-    let _ = out.try_send(Event::default().event("dropped").data(data));
+    let _ = out.try_send((Event::default().event("dropped").data(data), 0));
 }
 
 /// `GET /v1/watch`: streams changes as Server-Sent Events.
@@ -195,7 +280,8 @@ async fn produce(
         (status = 200, description = "`text/event-stream`: events `put` / `delete` with WatchEventBody data, a final `dropped` with DroppedBody when the stream is cut", content_type = "text/event-stream", body = WatchEventBody),
         (status = 400, description = "Invalid parameters", body = crate::model::ErrorBody),
         (status = 410, description = "The requested revision was compacted; `oldest_revision` says where history starts", body = crate::model::ErrorBody),
-        (status = 503, description = "Node not initialized", body = crate::model::ErrorBody),
+        (status = 429, description = "The principal holds its limit of watch streams on this node (`too_many_watchers`)", body = crate::model::ErrorBody),
+        (status = 503, description = "Node not initialized, or at its limit of watch streams (`overloaded`)", body = crate::model::ErrorBody),
     )
 )]
 pub async fn watch(
@@ -222,6 +308,7 @@ pub async fn watch(
     if !state.initialized() {
         return Err(ApiError::NotInitialized);
     }
+    let slot = state.gates.watchers.acquire(&state, &caller.name)?;
     let last_event_id = match headers
         .get("last-event-id")
         .map(|v| v.to_str().ok().and_then(|s| s.trim().parse::<u64>().ok()))
@@ -253,16 +340,39 @@ pub async fn watch(
         prev_kv: q.prev_kv.unwrap_or(true),
     };
     let (tx, rx) = mpsc::channel(state.config.watch.watcher_buffer + 1);
-    tokio::spawn(produce(state.clone(), feed, filter, from, now, tx));
-    let stream = events(rx);
+    let queued = std::sync::Arc::new(Queued {
+        bytes: std::sync::atomic::AtomicUsize::new(0),
+        max: state.config.limits.watcher_buffer_bytes,
+        node: state.gates.watch_bytes.clone(),
+        node_max: state.config.limits.watch_buffer_total_bytes,
+        watchers: state.gates.watchers.count(),
+        floor: 2 * (state.config.max_value_bytes + crate::command::MAX_KEY_BYTES),
+    });
+    tokio::spawn(produce(
+        state.clone(),
+        feed,
+        filter,
+        from,
+        now,
+        Sink {
+            tx,
+            queued: queued.clone(),
+            slot,
+        },
+    ));
+    let stream = events(rx, queued);
     Ok(Sse::new(stream)
         .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
         .into_response())
 }
 
-fn events(rx: mpsc::Receiver<Event>) -> impl Stream<Item = Result<Event, Infallible>> {
-    futures_util::stream::unfold(
-        rx,
-        |mut rx| async move { rx.recv().await.map(|e| (Ok(e), rx)) },
-    )
+fn events(
+    rx: mpsc::Receiver<(Event, usize)>,
+    queued: std::sync::Arc<Queued>,
+) -> impl Stream<Item = Result<Event, Infallible>> {
+    futures_util::stream::unfold(Outbox { rx, queued }, |mut out| async move {
+        let (e, size) = out.rx.recv().await?;
+        out.queued.sub(size);
+        Some((Ok(e), out))
+    })
 }

@@ -153,6 +153,66 @@ const ENV: &[(&str, &str, Kind)] = &[
     ),
     ("KV_AUTH_OPEN_METRICS", "auth.open_metrics", Kind::Scalar),
     ("KV_AUTH_OPEN_STATUS", "auth.open_status", Kind::Scalar),
+    (
+        "KV_LIMITS_HEADER_READ_TIMEOUT_MS",
+        "limits.header_read_timeout_ms",
+        Kind::Scalar,
+    ),
+    (
+        "KV_LIMITS_IDLE_TIMEOUT_MS",
+        "limits.idle_timeout_ms",
+        Kind::Scalar,
+    ),
+    (
+        "KV_LIMITS_REQUEST_TIMEOUT_MS",
+        "limits.request_timeout_ms",
+        Kind::Scalar,
+    ),
+    (
+        "KV_LIMITS_MAX_CONNECTIONS",
+        "limits.max_connections",
+        Kind::Scalar,
+    ),
+    (
+        "KV_LIMITS_MAX_CONCURRENT_REQUESTS",
+        "limits.max_concurrent_requests",
+        Kind::Scalar,
+    ),
+    (
+        "KV_LIMITS_MAX_RESPONSE_BYTES",
+        "limits.max_response_bytes",
+        Kind::Scalar,
+    ),
+    (
+        "KV_LIMITS_MAX_WATCHERS",
+        "limits.max_watchers",
+        Kind::Scalar,
+    ),
+    (
+        "KV_LIMITS_MAX_WATCHERS_PER_PRINCIPAL",
+        "limits.max_watchers_per_principal",
+        Kind::Scalar,
+    ),
+    (
+        "KV_LIMITS_WATCHER_BUFFER_BYTES",
+        "limits.watcher_buffer_bytes",
+        Kind::Scalar,
+    ),
+    (
+        "KV_LIMITS_WATCH_BUFFER_TOTAL_BYTES",
+        "limits.watch_buffer_total_bytes",
+        Kind::Scalar,
+    ),
+    (
+        "KV_LIMITS_PEER_MAX_CONNECTIONS",
+        "limits.peer_max_connections",
+        Kind::Scalar,
+    ),
+    (
+        "KV_LIMITS_MAX_SNAPSHOT_BYTES",
+        "limits.max_snapshot_bytes",
+        Kind::Scalar,
+    ),
 ];
 
 /// Fields whose overrides are strings even when they look like numbers.

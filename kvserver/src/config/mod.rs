@@ -9,9 +9,10 @@
 //! named `kv` would otherwise feed `KV_PORT` into the config.
 //!
 //! This file holds the settings and their validation; `load` the layering
-//! ([`ConfigLoader`]); `postgres`, `tls` and `auth` the settings of those concerns.
+//! ([`ConfigLoader`]); `postgres`, `tls`, `auth` and `limits` the settings of those concerns.
 
 mod auth;
+mod limits;
 mod load;
 mod postgres;
 #[cfg(test)]
@@ -20,6 +21,7 @@ mod tls;
 
 pub use self::auth::AuthConfig;
 pub use self::auth::CertBinding;
+pub use self::limits::LimitsConfig;
 pub use self::load::ConfigLoader;
 pub use self::postgres::PgSslMode;
 pub use self::postgres::PostgresConfig;
@@ -211,6 +213,7 @@ pub struct Config {
     pub watch: WatchConfig,
     pub tls: TlsConfig,
     pub auth: AuthConfig,
+    pub limits: LimitsConfig,
 }
 
 impl Default for Config {
@@ -233,6 +236,7 @@ impl Default for Config {
             watch: WatchConfig::default(),
             tls: TlsConfig::default(),
             auth: AuthConfig::default(),
+            limits: LimitsConfig::default(),
         }
     }
 }
@@ -360,6 +364,7 @@ impl Config {
         }
         self.tls.validate()?;
         self.auth.validate(&self.tls)?;
+        self.limits.validate(self.max_value_bytes)?;
         if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
             return Err(field_err(
                 "log.level",

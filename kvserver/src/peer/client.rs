@@ -272,16 +272,27 @@ impl PeerClient {
     ) -> Result<SnapshotResponse<TypeConfig>, PeerError> {
         let mut file = snapshot.snapshot.file;
         use tokio::io::AsyncSeekExt;
+        let size = file.seek(std::io::SeekFrom::End(0)).await?;
         file.seek(std::io::SeekFrom::Start(0)).await?;
-        let conn = self.connect().await?;
-        write_frame(
-            &mut conn.writer,
-            &Request::SnapshotBegin {
+        // A server of this release takes the size up front; one of the previous
+        // release closes the connection on the probe and gets the old form.
+        let announce = matches!(
+            self.call(&Request::Features2, Duration::from_secs(5)).await,
+            Ok(Response::Features2 { .. })
+        );
+        let begin = match announce {
+            true => Request::SnapshotBegin2 {
+                vote,
+                meta: snapshot.meta,
+                size,
+            },
+            false => Request::SnapshotBegin {
                 vote,
                 meta: snapshot.meta,
             },
-        )
-        .await?;
+        };
+        let conn = self.connect().await?;
+        write_frame(&mut conn.writer, &begin).await?;
         let mut buf = vec![0u8; SNAPSHOT_CHUNK];
         loop {
             let n = file.read(&mut buf).await?;

@@ -69,6 +69,8 @@ pub struct PeerServer {
     /// Whether client requests must authenticate (`auth.enabled`): then a
     /// forwarded write must name a real principal.
     pub auth_enabled: bool,
+    /// `limits.peer_max_connections` and `limits.max_snapshot_bytes`.
+    pub limits: crate::config::LimitsConfig,
 }
 
 /// Why a connection or request is refused: a reason code (the metric label,
@@ -135,13 +137,24 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) {
     tokio::pin!(shutdown);
+    // Every connection, admitted or still saying hello, holds a slot: a flood of
+    // connections costs refused connections, not memory or file descriptors.
+    let slots = Arc::new(tokio::sync::Semaphore::new(
+        server.limits.peer_max_connections,
+    ));
     loop {
         tokio::select! {
             _ = &mut shutdown => return,
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
+                    let Ok(slot) = slots.clone().try_acquire_owned() else {
+                        server.metrics.peer_refused.with_label_values(&["connections"]).inc();
+                        tracing::debug!(%peer, "peer connection refused: limits.peer_max_connections reached");
+                        continue;
+                    };
                     let server = server.clone();
                     tokio::spawn(async move {
+                        let _slot = slot;
                         let opened = tokio::time::timeout(HELLO_TIMEOUT, open(stream, &server)).await;
                         let opened = match opened {
                             Ok(Ok(opened)) => opened,
@@ -269,6 +282,7 @@ async fn serve_conn(opened: Opened, server: &PeerServer) -> Result<(), PeerError
         tls: _,
         max_value_bytes: _,
         auth_enabled,
+        limits,
     } = server;
     let node_id = *node_id;
     let Opened {
@@ -391,7 +405,28 @@ async fn serve_conn(opened: Opened, server: &PeerServer) -> Result<(), PeerError
                     .map_err(|e| e.to_string()),
             ),
             Request::SnapshotBegin { vote, meta } => Response::Snapshot(
-                receive_snapshot(&mut reader, raft, snapshot_dir, vote, meta).await,
+                receive_snapshot(
+                    &mut reader,
+                    raft,
+                    snapshot_dir,
+                    vote,
+                    meta,
+                    None,
+                    limits.max_snapshot_bytes,
+                )
+                .await,
+            ),
+            Request::SnapshotBegin2 { vote, meta, size } => Response::Snapshot(
+                receive_snapshot(
+                    &mut reader,
+                    raft,
+                    snapshot_dir,
+                    vote,
+                    meta,
+                    Some(size),
+                    limits.max_snapshot_bytes,
+                )
+                .await,
             ),
             Request::ReadIndex => Response::ReadIndex(
                 raft.get_read_linearizer(openraft::ReadPolicy::ReadIndex)
@@ -481,9 +516,20 @@ async fn receive_snapshot(
     dir: &std::path::Path,
     vote: VoteOf<TypeConfig>,
     meta: openraft::type_config::alias::SnapshotMetaOf<TypeConfig>,
+    announced: Option<u64>,
+    max_bytes: u64,
 ) -> Result<SnapshotResponse<TypeConfig>, String> {
+    // Refused before a byte is written; the connection then starts over (the
+    // stream still holds the chunks), as after any failed transfer.
+    if let Some(size) = announced.filter(|s| *s > max_bytes) {
+        return Err(format!(
+            "snapshot of {size} bytes is over this node's limit of {max_bytes} (limits.max_snapshot_bytes)"
+        ));
+    }
+    let cap = announced.unwrap_or(max_bytes);
     let path = temp_path(dir);
     let result = async {
+        let mut received = 0u64;
         let mut out = BufWriter::new(
             tokio::fs::File::create(&path)
                 .await
@@ -494,7 +540,16 @@ async fn receive_snapshot(
                 .await
                 .map_err(|e| e.to_string())?
             {
-                Request::Chunk(bytes) => out.write_all(&bytes).await.map_err(|e| e.to_string())?,
+                Request::Chunk(bytes) => {
+                    received = received.saturating_add(bytes.len() as u64);
+                    if received > cap {
+                        return Err(match announced {
+                            Some(a) => format!("snapshot sent more than the {a} bytes it announced"),
+                            None => format!("snapshot is over this node's limit of {max_bytes} bytes (limits.max_snapshot_bytes)"),
+                        });
+                    }
+                    out.write_all(&bytes).await.map_err(|e| e.to_string())?
+                }
                 Request::SnapshotEnd => break,
                 _ => return Err("unexpected message inside a snapshot transfer".to_string()),
             }

@@ -86,6 +86,14 @@ pub enum Request {
         command: Command,
         principal: crate::auth::Principal,
     },
+    /// `SnapshotBegin` with the snapshot's size announced: a receiver refuses a
+    /// snapshot over its limit before any byte of it, and one longer than
+    /// announced. Sent to servers that answer `Features2`.
+    SnapshotBegin2 {
+        vote: VoteOf<TypeConfig>,
+        meta: openraft::type_config::alias::SnapshotMetaOf<TypeConfig>,
+        size: u64,
+    },
 }
 
 #[derive(Debug, Serialize, Deserialize)]

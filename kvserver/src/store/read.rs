@@ -37,16 +37,24 @@ impl Store {
         Ok(row.filter(|kv| !is_expired(kv, now_ms)))
     }
 
-    /// Reads several keys from one consistent view; returns found keys and missing names.
+    /// Reads several keys from one consistent view; returns found keys and missing
+    /// names, each key once, or `None` once the found keys and values pass
+    /// `max_bytes` (the read stops there: a greedy request costs at most that).
     pub async fn get_many(
         &self,
         keys: &[String],
         now_ms: u64,
-    ) -> Result<(Vec<StoredKv>, Vec<String>), StoreError> {
+        max_bytes: usize,
+    ) -> Result<Option<(Vec<StoredKv>, Vec<String>)>, StoreError> {
         let mut tx = self.reader.begin().await?;
-        let mut found = Vec::with_capacity(keys.len());
+        let mut found = Vec::new();
         let mut missing = Vec::new();
+        let mut seen = std::collections::HashSet::with_capacity(keys.len());
+        let mut bytes = 0usize;
         for key in keys {
+            if !seen.insert(key.as_str()) {
+                continue;
+            }
             let row = sqlx::query(KV_BY_KEY)
                 .bind(key)
                 .fetch_optional(&mut *tx)
@@ -56,16 +64,25 @@ impl Store {
                 .transpose()?
                 .filter(|kv| !is_expired(kv, now_ms))
             {
-                Some(kv) => found.push(kv),
+                Some(kv) => {
+                    bytes = bytes.saturating_add(kv.key.len() + kv.value.len());
+                    if bytes > max_bytes {
+                        tx.rollback().await?;
+                        return Ok(None);
+                    }
+                    found.push(kv)
+                }
                 None => missing.push(key.clone()),
             }
         }
         tx.rollback().await?;
-        Ok((found, missing))
+        Ok(Some((found, missing)))
     }
 
-    /// Lists keys with `prefix` in key order, strictly after `start_after`, at most `limit`.
-    /// Returns the keys and whether more follow.
+    /// Lists keys with `prefix` in key order, strictly after `start_after`, at most
+    /// `limit` of them and (beyond the first) at most `max_bytes` of keys and values.
+    /// Returns the keys and whether more follow. Rows are read as a stream, so the
+    /// page in memory is all a listing costs.
     pub async fn list(
         &self,
         prefix: &str,
@@ -73,7 +90,9 @@ impl Store {
         limit: usize,
         keys_only: bool,
         now_ms: u64,
+        max_bytes: usize,
     ) -> Result<(Vec<StoredKv>, bool), StoreError> {
+        use futures_util::TryStreamExt;
         // Keys with a common prefix are contiguous in key order, so the scan starts at the
         // prefix (or just after the cursor) and stops at the first key without it.
         let (op, from) = match start_after {
@@ -89,23 +108,25 @@ impl Store {
             "SELECT {columns} FROM kv WHERE key {op} $1 AND (expires_at_ms IS NULL OR expires_at_ms > $2) \
              ORDER BY key LIMIT $3"
         );
-        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+        let mut rows = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(from)
             .bind(now_ms as i64)
             .bind((limit + 1) as i64)
-            .fetch_all(&self.reader)
-            .await?;
-        let mut out = Vec::with_capacity(rows.len().min(limit));
+            .fetch(&self.reader);
+        let mut out = Vec::new();
         let mut more = false;
-        for row in rows {
+        let mut bytes = 0usize;
+        while let Some(row) = rows.try_next().await? {
             let kv = row_to_kv(&row, !keys_only)?;
             if !kv.key.starts_with(prefix) {
                 break;
             }
-            if out.len() == limit {
+            let size = kv.key.len() + kv.value.len();
+            if out.len() == limit || (!out.is_empty() && bytes.saturating_add(size) > max_bytes) {
                 more = true;
                 break;
             }
+            bytes += size;
             out.push(kv);
         }
         Ok((out, more))

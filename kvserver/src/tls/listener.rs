@@ -1,22 +1,17 @@
-//! [`HttpsListener`]: the client API over TLS, as an axum listener.
-//!
-//! Handshakes run in tasks of their own, so a client that opens a connection
-//! and says nothing holds up nobody; each gets [`HANDSHAKE_TIMEOUT`], and at most
-//! [`MAX_HANDSHAKES`] run at once (more wait in the kernel's accept queue). A
-//! plain-HTTP request on this port gets `400 tls_required` with a JSON body, the
-//! same shape as every other API error, instead of a TLS alert a person cannot
-//! read. HTTP/2 is offered by ALPN next to HTTP/1.1 (axum serves both).
+//! TLS of the client port: its rustls configuration, the relay's client
+//! configuration, and the [`handshake`] the accept loop (`crate::api::serve`)
+//! runs in each connection's task, so a client that opens a connection and says
+//! nothing holds up nobody; each gets [`HANDSHAKE_TIMEOUT`]. A plain-HTTP request
+//! on this port gets `400 tls_required` with a JSON body, the same shape as
+//! every other API error, instead of a TLS alert a person cannot read. HTTP/2 is
+//! offered by ALPN next to HTTP/1.1.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use rustls::server::NoServerSessionStorage;
 use tokio::io::AsyncWriteExt;
-use tokio::net::TcpListener;
 use tokio::net::TcpStream;
-use tokio::sync::Semaphore;
-use tokio::sync::mpsc;
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 
@@ -27,8 +22,6 @@ use super::verify::CurrentClientVerifier;
 
 /// How long a client has to complete its TLS handshake.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Handshakes in progress at once.
-pub const MAX_HANDSHAKES: usize = 256;
 
 /// The rustls configuration of the client port.
 pub fn api_server_config(
@@ -70,91 +63,8 @@ pub fn relay_client_config(certs: Arc<Reloading>) -> Result<rustls::ClientConfig
     Ok(config)
 }
 
-/// The far end of an HTTPS connection: its address and the client certificate
-/// it presented, verified against the port's CA bundle (only when
-/// `tls.client_auth` asks for one).
-#[derive(Debug, Clone)]
-pub struct TlsPeer {
-    pub addr: SocketAddr,
-    pub client_cert: Option<super::CertInfo>,
-}
-
-/// Accepts TCP connections and hands axum those that completed a TLS handshake.
-pub struct HttpsListener {
-    rx: mpsc::Receiver<(TlsStream<TcpStream>, TlsPeer)>,
-    local: SocketAddr,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl HttpsListener {
-    pub fn new(tcp: TcpListener, config: rustls::ServerConfig) -> std::io::Result<Self> {
-        let local = tcp.local_addr()?;
-        let acceptor = TlsAcceptor::from(Arc::new(config));
-        let (tx, rx) = mpsc::channel(MAX_HANDSHAKES);
-        let task = tokio::spawn(accept_loop(tcp, acceptor, tx));
-        Ok(Self { rx, local, task })
-    }
-}
-
-impl Drop for HttpsListener {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-async fn accept_loop(
-    tcp: TcpListener,
-    acceptor: TlsAcceptor,
-    tx: mpsc::Sender<(TlsStream<TcpStream>, TlsPeer)>,
-) {
-    let slots = Arc::new(Semaphore::new(MAX_HANDSHAKES));
-    loop {
-        let Ok(permit) = slots.clone().acquire_owned().await else {
-            return;
-        };
-        let (stream, peer) = match tcp.accept().await {
-            Ok(a) => a,
-            Err(e) => {
-                tracing::warn!(error = %e, "accept on the client port failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let acceptor = acceptor.clone();
-        let tx = tx.clone();
-        tokio::spawn(async move {
-            let _permit = permit;
-            match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake(stream, &acceptor)).await {
-                Ok(Ok(Some(tls))) => {
-                    // rustls verified the chain; what it names is read once per connection.
-                    let client_cert = tls
-                        .get_ref()
-                        .1
-                        .peer_certificates()
-                        .and_then(|c| c.first())
-                        .and_then(|c| super::inspect(c).ok());
-                    let _ = tx
-                        .send((
-                            tls,
-                            TlsPeer {
-                                addr: peer,
-                                client_cert,
-                            },
-                        ))
-                        .await;
-                }
-                Ok(Ok(None)) => {}
-                Ok(Err(e)) => {
-                    tracing::debug!(%peer, error = %e, "TLS handshake on the client port failed")
-                }
-                Err(_) => tracing::debug!(%peer, "TLS handshake on the client port timed out"),
-            }
-        });
-    }
-}
-
 /// A TLS handshake, or the `tls_required` answer to a plain-HTTP request (`None`).
-async fn handshake(
+pub async fn handshake(
     mut stream: TcpStream,
     acceptor: &TlsAcceptor,
 ) -> std::io::Result<Option<TlsStream<TcpStream>>> {
@@ -174,24 +84,4 @@ async fn handshake(
         return Ok(None);
     }
     acceptor.accept(stream).await.map(Some)
-}
-
-impl axum::serve::Listener for HttpsListener {
-    type Io = TlsStream<TcpStream>;
-    type Addr = TlsPeer;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        match self.rx.recv().await {
-            Some(conn) => conn,
-            // The accept loop only ends when this listener is dropped.
-            None => std::future::pending().await,
-        }
-    }
-
-    fn local_addr(&self) -> std::io::Result<Self::Addr> {
-        Ok(TlsPeer {
-            addr: self.local,
-            client_cert: None,
-        })
-    }
 }

@@ -11,7 +11,7 @@
 //!   they change, keeping the old material when the new one is bad;
 //! - `verify` (server): verifiers that always use the current CA bundle;
 //! - `peer` (server): [`PeerTls`], the mutual-TLS configurations of the Raft port;
-//! - `listener` (server): the HTTPS listener of the client API;
+//! - `listener` (server): TLS of the client port (configurations, the handshake);
 //! - `issue` (feature `ca`): a CA issuing member and client certificates (the
 //!   operator's `mode: auto`, and test clusters).
 //!
@@ -46,11 +46,11 @@ pub use cert::CertInfo;
 #[cfg(any(feature = "server", feature = "ca"))]
 pub use cert::inspect;
 #[cfg(feature = "server")]
-pub use listener::HttpsListener;
-#[cfg(feature = "server")]
-pub use listener::TlsPeer;
+pub use listener::HANDSHAKE_TIMEOUT;
 #[cfg(feature = "server")]
 pub use listener::api_server_config;
+#[cfg(feature = "server")]
+pub use listener::handshake;
 #[cfg(feature = "server")]
 pub use listener::relay_client_config;
 #[cfg(feature = "server")]
