@@ -4,7 +4,11 @@
 # requests. Fails on any 5xx, on a response that breaks the document (status,
 # content type, schema), on a schema-violating request that is accepted, and
 # if the node crashed or logged a panic. The node serves HTTPS (a CA and
-# certificate from `kvchaos certs`), as every node in Kubernetes does.
+# certificate from `kvchaos certs`), as every node in Kubernetes does, and
+# requires a bearer token. Two runs: with an admin token (schemathesis also
+# replays requests without it and expects the refusal: its `ignored_auth`
+# check), then with no credential at all, where every answer outside the open
+# routes (/healthz, /readyz, /metrics, /v1/openapi.json) must be a 401.
 # Usage: scripts/fuzz_api.sh [KVSERVER_BIN]
 #
 # Not checked: schemathesis's "positive data acceptance" (ST202). The API has
@@ -42,9 +46,12 @@ work="$(mktemp -d -t kvfuzz-XXXXXX)"
 api="$(free_port)"
 raft="$(free_port)"
 "$KVCHAOS" certs --dir "$work/tls" --names node --hosts 127.0.0.1,localhost
+token="$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')"
+printf 'tokens:\n  - {name: fuzzer, token: "%s", role: admin}\n' "$token" > "$work/tokens.yaml"
 "$BIN" --bootstrap --node-id 1 --cluster-id fuzz --data-dir "$work/data" \
   --api-addr "127.0.0.1:$api" --raft-addr "127.0.0.1:$raft" --log-format json \
   --set tls.client.cert_file="$work/tls/node.pem" --set tls.client.key_file="$work/tls/node-key.pem" \
+  --set auth.enabled=true --set auth.token_files="$work/tokens.yaml" \
   > "$work/node.log" 2>&1 &
 pid=$!
 cleanup() { kill "$pid" 2> /dev/null || true; wait "$pid" 2> /dev/null || true; [ -n "${FUZZ_KEEP:-}" ] || rm -rf "$work"; }
@@ -58,14 +65,28 @@ for _ in $(seq 1 100); do
 done
 curl -fsS "${ca[@]}" "$base/readyz" > /dev/null || { echo "error: kvserver did not become ready" >&2; tail -20 "$work/node.log" >&2; exit 1; }
 
-echo "==> schemathesis: $EXAMPLES examples per operation, seed $SEED"
+echo "==> schemathesis, authenticated: $EXAMPLES examples per operation, seed $SEED"
 status=0
 # /v1/watch streams until the client leaves; its bad input is covered by kvserver/tests/watch_txn.rs.
 schemathesis run "$base/v1/openapi.json" --tls-verify "$work/tls/ca.pem" \
+  --header "Authorization: Bearer $token" \
   --checks all --exclude-checks positive_data_acceptance \
   --exclude-path /v1/watch \
   --max-examples "$EXAMPLES" --seed "$SEED" --request-timeout 15 \
   --report junit --report-dir "$work/report" || status=$?
+
+echo "==> schemathesis, no credential: every closed route must answer 401"
+mark=$(wc -l < "$work/node.log")
+schemathesis run "$base/v1/openapi.json" --tls-verify "$work/tls/ca.pem" \
+  --checks not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance \
+  --max-examples "$((EXAMPLES / 3 + 1))" --seed "$SEED" --request-timeout 15 \
+  --report junit --report-dir "$work/report-anon" || status=$?
+anon=$(tail -n +"$((mark + 1))" "$work/node.log" | grep '"message":"request"' || true)
+closed=$(printf '%s\n' "$anon" | grep -v '"route":"/healthz"\|"route":"/readyz"\|"route":"/metrics"\|"route":"/v1/openapi.json"' | grep -c '"status"' || true)
+not_401=$(printf '%s\n' "$anon" | grep -v '"route":"/healthz"\|"route":"/readyz"\|"route":"/metrics"\|"route":"/v1/openapi.json"' | grep '"status"' | grep -vc '"status":401' || true)
+echo "==> no credential: $closed requests to closed routes, $not_401 answered other than 401"
+[ "$closed" -gt 0 ] || { echo "error: the unauthenticated run reached no closed route" >&2; status=1; }
+[ "$not_401" -eq 0 ] || { printf '%s\n' "$anon" | grep '"status"' | grep -v '"status":401' | grep -v '"route":"/healthz"\|"route":"/readyz"\|"route":"/metrics"\|"route":"/v1/openapi.json"' | head -5 >&2; status=1; }
 
 if ! kill -0 "$pid" 2> /dev/null; then
   echo "error: kvserver exited during the fuzz run" >&2; tail -30 "$work/node.log" >&2; exit 1

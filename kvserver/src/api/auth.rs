@@ -23,7 +23,6 @@ use axum::extract::State;
 use axum::http::Method;
 use axum::http::request::Parts;
 use axum::middleware::Next;
-use axum::response::IntoResponse;
 use axum::response::Response;
 
 use super::ApiError;
@@ -126,13 +125,13 @@ pub(super) async fn authenticate(
                 .auth_refused
                 .with_label_values(&["unauthenticated"])
                 .inc();
-            return ApiError::Unauthenticated(e).into_response();
+            return super::refuse_unread(req, ApiError::Unauthenticated(e)).await;
         }
     };
     if class == Class::Admin
         && let Err(e) = crate::route::authorize(&state, &principal, &[Access::Admin])
     {
-        return e.into_response();
+        return super::refuse_unread(req, e).await;
     }
     let name = principal.name.clone();
     req.extensions_mut().insert(Caller(principal));

@@ -64,7 +64,8 @@ pub(super) async fn limit(State(state): State<AppState>, req: Request, next: Nex
             .api_limited
             .with_label_values(&["concurrency"])
             .inc();
-        return ApiError::Unavailable {
+        // Not drained: an overloaded node reads no more than it must.
+        let mut resp = ApiError::Unavailable {
             code: "overloaded",
             message: format!(
                 "this node is serving its limit of {} requests at once; retry shortly",
@@ -73,6 +74,11 @@ pub(super) async fn limit(State(state): State<AppState>, req: Request, next: Nex
             retry: true,
         }
         .into_response();
+        resp.headers_mut().insert(
+            axum::http::header::CONNECTION,
+            axum::http::HeaderValue::from_static("close"),
+        );
+        return resp;
     };
     let timeout = Duration::from_millis(state.config.limits.request_timeout_ms);
     match tokio::time::timeout(timeout, next.run(req)).await {

@@ -234,6 +234,28 @@ async fn observe(State(state): State<AppState>, mut req: Request, next: Next) ->
     resp
 }
 
+/// Most of a refused request's body read (and dropped) before the refusal goes
+/// out, so the client, still sending it, reads the answer instead of a reset
+/// connection, and the connection stays usable; a larger body closes it.
+const DRAIN_BYTES: usize = 256 * 1024;
+
+/// `err` as the answer to `req`, whose body nothing has read yet.
+pub(crate) async fn refuse_unread(req: Request, err: ApiError) -> Response {
+    let drained = tokio::time::timeout(
+        std::time::Duration::from_secs(2),
+        axum::body::to_bytes(req.into_body(), DRAIN_BYTES),
+    )
+    .await;
+    let mut resp = err.into_response();
+    if !matches!(drained, Ok(Ok(_))) {
+        resp.headers_mut().insert(
+            axum::http::header::CONNECTION,
+            HeaderValue::from_static("close"),
+        );
+    }
+    resp
+}
+
 /// The raw request, kept so it can be replayed against the leader, and its
 /// authenticated caller.
 pub struct Raw {

@@ -201,8 +201,10 @@ impl Conn {
         builder
             .http1()
             .timer(TokioTimer::new())
-            .header_read_timeout(Duration::from_millis(limits.header_read_timeout_ms))
-            .max_buf_size(64 * 1024);
+            // The read buffer keeps hyper's default (~400 KiB): with less, a
+            // request head past it is cut off before the client reads the 431
+            // (an API fuzz run saw a 72 KB URL die that way).
+            .header_read_timeout(Duration::from_millis(limits.header_read_timeout_ms));
         builder
             .http2()
             .timer(TokioTimer::new())
