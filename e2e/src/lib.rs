@@ -233,12 +233,22 @@ impl Ctx {
         let cms: Api<ConfigMap> = Api::namespaced(self.client.clone(), ns);
         let ca = format!("{service}-ca");
         let tls = cms.get_opt(&ca).await?.is_some();
-        self.start_kvctl_with(ns, pod, service, args, tls.then_some(ca.as_str()))
-            .await
+        let secrets: Api<k8s_openapi::api::core::v1::Secret> =
+            Api::namespaced(self.client.clone(), ns);
+        let token = format!("{service}-auth-operator");
+        let auth = secrets.get_opt(&token).await?.is_some();
+        self.start_kvctl_as(
+            ns,
+            pod,
+            service,
+            args,
+            tls.then_some(ca.as_str()),
+            auth.then_some(token.as_str()),
+        )
+        .await
     }
 
-    /// [`Ctx::start_kvctl`] with the TLS choice made by the caller: `ca` names the
-    /// ConfigMap with the CA bundle (`https://`), `None` means plain `http://`.
+    /// [`Ctx::start_kvctl_as`] with the operator's admin token when the cluster has one.
     pub async fn start_kvctl_with(
         &self,
         ns: &str,
@@ -246,6 +256,27 @@ impl Ctx {
         service: &str,
         args: &[&str],
         ca: Option<&str>,
+    ) -> anyhow::Result<()> {
+        let secrets: Api<k8s_openapi::api::core::v1::Secret> =
+            Api::namespaced(self.client.clone(), ns);
+        let token = format!("{service}-auth-operator");
+        let auth = secrets.get_opt(&token).await?.is_some();
+        self.start_kvctl_as(ns, pod, service, args, ca, auth.then_some(token.as_str()))
+            .await
+    }
+
+    /// [`Ctx::start_kvctl`] with the TLS and credential choices made by the caller:
+    /// `ca` names the ConfigMap with the CA bundle (`https://`), `None` means plain
+    /// `http://`; `token` names a Secret whose key `token` is sent as the bearer
+    /// token (`None`: no credential).
+    pub async fn start_kvctl_as(
+        &self,
+        ns: &str,
+        pod: &str,
+        service: &str,
+        args: &[&str],
+        ca: Option<&str>,
+        token: Option<&str>,
     ) -> anyhow::Result<()> {
         let scheme = if ca.is_some() { "https" } else { "http" };
         let mut command = vec![
@@ -259,26 +290,48 @@ impl Ctx {
                 "/etc/kvcluster-ca/ca.crt".to_string(),
             ]);
         }
+        if token.is_some() {
+            command.extend([
+                "--token-file".to_string(),
+                "/etc/kvcluster-auth/token".to_string(),
+            ]);
+        }
         command.extend(args.iter().map(|s| s.to_string()));
-        let (volumes, mounts) = match ca {
-            Some(name) => (
-                Some(vec![Volume {
-                    name: "ca".into(),
-                    config_map: Some(ConfigMapVolumeSource {
-                        name: name.into(),
-                        ..Default::default()
-                    }),
+        let mut volumes = Vec::new();
+        let mut mounts = Vec::new();
+        if let Some(name) = ca {
+            volumes.push(Volume {
+                name: "ca".into(),
+                config_map: Some(ConfigMapVolumeSource {
+                    name: name.into(),
                     ..Default::default()
-                }]),
-                Some(vec![VolumeMount {
-                    name: "ca".into(),
-                    mount_path: "/etc/kvcluster-ca".into(),
-                    read_only: Some(true),
+                }),
+                ..Default::default()
+            });
+            mounts.push(VolumeMount {
+                name: "ca".into(),
+                mount_path: "/etc/kvcluster-ca".into(),
+                read_only: Some(true),
+                ..Default::default()
+            });
+        }
+        if let Some(name) = token {
+            volumes.push(Volume {
+                name: "token".into(),
+                secret: Some(k8s_openapi::api::core::v1::SecretVolumeSource {
+                    secret_name: Some(name.into()),
                     ..Default::default()
-                }]),
-            ),
-            None => (None, None),
-        };
+                }),
+                ..Default::default()
+            });
+            mounts.push(VolumeMount {
+                name: "token".into(),
+                mount_path: "/etc/kvcluster-auth".into(),
+                read_only: Some(true),
+                ..Default::default()
+            });
+        }
+        let (volumes, mounts) = (Some(volumes), Some(mounts));
         let obj = Pod {
             metadata: kube::api::ObjectMeta {
                 name: Some(pod.into()),

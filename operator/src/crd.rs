@@ -119,6 +119,88 @@ pub struct KVClusterSpec {
     /// (unless disabled). Certificates are renewed without restarting pods.
     #[serde(default)]
     pub tls: TlsSpec,
+    /// Who may call the client API: every request but the health probes needs a
+    /// credential, and its role and key prefixes decide what it may do. Enabled
+    /// by default; the operator holds an admin token of its own.
+    #[serde(default)]
+    pub auth: AuthSpec,
+    /// Network fencing: a NetworkPolicy admits the peer port only from the
+    /// cluster's own pods, and the client port from the operator and the clients
+    /// listed here.
+    #[serde(default)]
+    pub network: NetworkSpec,
+}
+
+/// Whether the client API requires credentials.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthMode {
+    /// Every request but `/healthz`, `/readyz`, `/metrics` and `/v1/openapi.json`
+    /// needs a bearer token (or a bound client certificate).
+    #[default]
+    Enabled,
+    /// Anyone who reaches the client port is an admin (development only).
+    Disabled,
+}
+
+/// A role a principal holds.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthRole {
+    /// Get, list, batch get, watch; transactions of compares and gets only.
+    Read,
+    /// `read` plus put, delete, prefix delete, any transaction.
+    Readwrite,
+    /// `readwrite` plus the cluster calls.
+    Admin,
+}
+
+/// A client certificate bound to a role.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CertificateBinding {
+    /// The certificate's common name, or one of its DNS or URI SANs.
+    pub subject: String,
+    /// The role it grants.
+    pub role: AuthRole,
+    /// Keys the role is limited to (those starting with one of these); empty: all.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub prefixes: Vec<String>,
+}
+
+/// Authentication and authorization of clients.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AuthSpec {
+    /// `enabled` (default) or `disabled`.
+    #[serde(default)]
+    pub mode: AuthMode,
+    /// A Secret of bearer tokens, key `tokens.yaml`:
+    /// `tokens: [{name, token, role, prefixes}]` (roles `read`, `readwrite`,
+    /// `admin`; `prefixes` optional). Changes reach every member within seconds,
+    /// without restarting pods: add a new token, move clients, drop the old one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_secret_name: Option<String>,
+    /// Client certificates bound to roles. Needs client TLS (`spec.tls.client`
+    /// not `disabled`); members then ask clients for a certificate (optional) and
+    /// verify it against the client port's CA.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub client_certificates: Vec<CertificateBinding>,
+}
+
+/// Network fencing of the cluster's pods.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NetworkSpec {
+    /// Create a NetworkPolicy for the pods (default true). It takes effect only
+    /// where the cluster's network plugin enforces NetworkPolicy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<bool>,
+    /// Who may reach the client port besides the operator: NetworkPolicy peers
+    /// (pod and namespace selectors, IP blocks). Unset: everyone (with auth on,
+    /// every request still needs a credential).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allowed_clients: Option<Vec<k8s_openapi::api::networking::v1::NetworkPolicyPeer>>,
 }
 
 /// Where the certificates of a port come from.
@@ -314,7 +396,9 @@ pub struct PodSpecOverrides {
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ServiceSpec {
-    /// Service type: ClusterIP (default), NodePort or LoadBalancer.
+    /// Service type: ClusterIP (default), NodePort or LoadBalancer. LoadBalancer
+    /// (reachable from outside the cluster) is refused unless client TLS and auth
+    /// are both on.
     #[serde(default = "default_service_type", rename = "type")]
     pub type_: String,
     /// Extra Service annotations (e.g. for a cloud load balancer).

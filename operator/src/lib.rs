@@ -3,7 +3,9 @@
 //!
 //! # Layout
 //! - [`crd`]: the `KVCluster` custom resource (spec, status), documented for `kubectl explain`.
-//! - [`build`]: pure builders of the owned objects (ConfigMap, Services, StatefulSet, PDB).
+//! - [`build`]: pure builders of the owned objects (ConfigMap, Services, StatefulSet, PDB,
+//!   ServiceAccount, NetworkPolicy).
+//! - [`auth`]: `spec.auth`: the operator's own admin token Secret and the members' token files.
 //! - [`tls`]: the cluster's certificates (`spec.tls`): which to keep, issue or renew, as
 //!   Secrets and the CA ConfigMap.
 //! - [`membership`]: the pure membership state machine (next safe step from observed state).
@@ -13,6 +15,7 @@
 //! - [`manifests`]: RBAC rules, install bundle and examples (one source for manifests/ and the chart).
 //! - [`crdgen`]: renders the CRD YAML (used by the `crdgen` binary and the drift test).
 
+pub mod auth;
 pub mod build;
 pub mod controller;
 pub mod crd;

@@ -67,9 +67,14 @@ pub fn rbac_rules() -> Vec<PolicyRule> {
         rule(&["apps"], &["statefulsets"], OWN),
         rule(&[""], &["services", "configmaps"], OWN),
         // Certificates: the operator's CA and the member and client-port Secrets it
-        // writes, and the user's Secrets spec.tls and spec.storage.postgres name (read).
+        // writes, its own token Secret (spec.auth), and the user's Secrets spec.tls,
+        // spec.auth and spec.storage.postgres name (read).
         rule(&[""], &["secrets"], &["get", "create", "patch", "update"]),
         rule(&["policy"], &["poddisruptionbudgets"], OWN),
+        // Each cluster's own ServiceAccount (no API access of its own) and its
+        // NetworkPolicy fencing the peer port.
+        rule(&[""], &["serviceaccounts"], OWN),
+        rule(&["networking.k8s.io"], &["networkpolicies"], OWN),
         rule(&[""], &["pods"], &["get", "list", "watch"]),
         // Removed members' volumes are deleted per the cluster's reclaim policy, and
         // (policy Delete) owned by the KVCluster through an owner reference (patch).
@@ -147,7 +152,19 @@ fn deployment() -> Deployment {
                 }),
                 spec: Some(PodSpec {
                     service_account_name: Some(NAME.into()),
+                    // The `restricted` Pod Security Standard (the image's user is 10001).
+                    security_context: Some(k8s_openapi::api::core::v1::PodSecurityContext {
+                        run_as_non_root: Some(true),
+                        run_as_user: Some(10001),
+                        run_as_group: Some(10001),
+                        seccomp_profile: Some(k8s_openapi::api::core::v1::SeccompProfile {
+                            type_: "RuntimeDefault".into(),
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    }),
                     containers: vec![Container {
+                        security_context: Some(crate::build::statefulset::container_security()),
                         name: "operator".into(),
                         image: Some(IMAGE.into()),
                         image_pull_policy: Some("IfNotPresent".into()),

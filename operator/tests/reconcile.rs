@@ -30,6 +30,8 @@ async fn bootstrap_then_scale_1_3_5_3_1_with_volumes_deleted() {
             "api/v1/services",
             STS,
             "apis/policy/v1/poddisruptionbudgets",
+            "api/v1/serviceaccounts",
+            "apis/networking.k8s.io/v1/networkpolicies",
         ] {
             let names = api.names(coll);
             assert!(!names.is_empty(), "{coll} not applied");
@@ -47,10 +49,11 @@ async fn bootstrap_then_scale_1_3_5_3_1_with_volumes_deleted() {
             "peer and client Services"
         );
         // Certificates: the operator's CA and the members' Secret (client TLS is off
-        // in this world, so no client-port Secret and no CA ConfigMap).
+        // in this world, so no client-port Secret and no CA ConfigMap); the
+        // operator's admin token (auth is on by default).
         assert_eq!(
             api.names("api/v1/secrets"),
-            ["orders-peer-tls", "orders-tls-ca"]
+            ["orders-auth-operator", "orders-peer-tls", "orders-tls-ca"]
         );
     }
     let secret_data = |w: &World, name: &str| {

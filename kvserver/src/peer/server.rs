@@ -446,8 +446,13 @@ async fn serve_conn(opened: Opened, server: &PeerServer) -> Result<(), PeerError
                 forwarded_write(server, hello.from, cmd, &crate::auth::Principal::anonymous())
                     .await,
             ),
-            Request::Write(_) => Response::Write(Err(WriteRejected::Failed(
-                "this leader requires client authentication and a forwarded write without its principal cannot be checked; upgrade the forwarding node".into(),
+            // Not proposed, and said so in a form the previous release reads: its
+            // client gets a 400 instead of an unknown outcome while the pods roll.
+            Request::Write(_) => Response::Write(Err(WriteRejected::Invalid(
+                crate::command::Invalid {
+                    code: "auth_required".into(),
+                    message: "the leader requires client authentication and the node that forwarded this write predates it; retry once every member runs the same release".into(),
+                },
             ))),
             Request::WriteAs { command, principal } => {
                 Response::Write(forwarded_write(server, hello.from, command, &principal).await)

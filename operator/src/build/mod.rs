@@ -5,8 +5,9 @@
 //! Objects: a ConfigMap with the kvserver configuration, a headless peer
 //! Service (`publishNotReadyAddresses`, so members find each other before they
 //! are ready), a client Service, the StatefulSet and a quorum-safe
-//! PodDisruptionBudget. All carry the same labels and a controller owner
-//! reference, so deleting the KVCluster garbage-collects them.
+//! PodDisruptionBudget; the cluster's ServiceAccount and NetworkPolicy
+//! (`policy`). All carry the same labels and a controller owner reference, so
+//! deleting the KVCluster garbage-collects them.
 
 use std::collections::BTreeMap;
 
@@ -26,6 +27,12 @@ use kube::ResourceExt;
 use crate::crd::Backend;
 use crate::crd::KVCluster;
 use crate::crd::ReclaimPolicy;
+
+mod policy;
+
+pub use self::policy::check_exposure;
+pub use self::policy::network_policy;
+pub use self::policy::service_account;
 
 pub const API_PORT: i32 = 8080;
 pub const RAFT_PORT: i32 = 8081;
@@ -52,6 +59,12 @@ pub enum BuildError {
     BadCacheSize(String),
     #[error("certificates: {0}")]
     Tls(String),
+    #[error(
+        "spec.service.type: LoadBalancer exposes the client port beyond the cluster; it needs client TLS (spec.tls.client not disabled) and auth (spec.auth.mode: enabled)"
+    )]
+    UnsafeExposure,
+    #[error("spec.auth.{0}")]
+    Auth(String),
 }
 
 /// Bytes in a Kubernetes quantity without fractions (`512`, `64Mi`, `1G`, `0`),
@@ -284,9 +297,41 @@ pub fn config_yaml(kvc: &KVCluster) -> Result<String, BuildError> {
             "ca_file": format!("{dir}/client/ca.crt"),
         });
     }
+    let mut auth = serde_json::json!({"enabled": crate::auth::enabled(kvc)});
+    if crate::auth::enabled(kvc) {
+        auth["token_files"] = crate::auth::token_files(kvc).into();
+        let certs = &kvc.spec.auth.client_certificates;
+        if !certs.is_empty() {
+            if kvc.spec.tls.client.mode == crate::crd::TlsMode::Disabled {
+                return Err(BuildError::Auth(
+                    "clientCertificates needs client TLS (spec.tls.client.mode not disabled)"
+                        .into(),
+                ));
+            }
+            tls["client_auth"] = "optional".into();
+            auth["client_certs"] = certs
+                .iter()
+                .enumerate()
+                .map(|(i, b)| {
+                    if b.subject.is_empty() || b.prefixes.iter().any(String::is_empty) {
+                        return Err(BuildError::Auth(format!(
+                            "clientCertificates[{i}]: subject and prefixes must not be empty"
+                        )));
+                    }
+                    Ok(serde_json::json!({
+                        "subject": b.subject,
+                        "role": serde_json::to_value(b.role).unwrap_or_default(),
+                        "prefixes": b.prefixes,
+                    }))
+                })
+                .collect::<Result<Vec<_>, _>>()?
+                .into();
+        }
+    }
     let cfg = serde_json::json!({
         "cluster_id": cluster_id(kvc)?,
         "tls": tls,
+        "auth": auth,
         "data_dir": DATA_DIR,
         "api_addr": format!("0.0.0.0:{API_PORT}"),
         "raft_addr": format!("0.0.0.0:{RAFT_PORT}"),
@@ -374,7 +419,7 @@ pub fn pvc_name(kvc: &KVCluster, ordinal: u64) -> String {
     format!("{VOLUME}-{}-{ordinal}", names(kvc).statefulset)
 }
 
-mod statefulset;
+pub mod statefulset;
 #[cfg(test)]
 mod tests;
 

@@ -1,6 +1,6 @@
 //! The StatefulSet of kvserver pods: container, probes, environment (the
-//! per-pod identity and secrets), volumes (data, configuration, certificates)
-//! and scheduling.
+//! per-pod identity and secrets), volumes (data, configuration, certificates,
+//! token files), the `restricted` security context, and scheduling.
 
 use std::collections::BTreeMap;
 
@@ -111,6 +111,104 @@ fn tls_volumes(kvc: &KVCluster) -> Vec<(Volume, VolumeMount)> {
     v
 }
 
+/// The token files of `spec.auth` at `AUTH_DIR`: the operator's Secret as
+/// `operator.yaml`, the user's (`tokenSecretName`) as `user.yaml`. One projected
+/// volume, so both are files of one directory and a Secret update reaches the
+/// pods (and is re-read by kvserver) without a restart.
+fn auth_volume(kvc: &KVCluster) -> Option<(Volume, VolumeMount)> {
+    use k8s_openapi::api::core::v1::KeyToPath;
+    use k8s_openapi::api::core::v1::ProjectedVolumeSource;
+    use k8s_openapi::api::core::v1::SecretProjection;
+    use k8s_openapi::api::core::v1::VolumeProjection;
+    if !crate::auth::enabled(kvc) {
+        return None;
+    }
+    let project = |secret: String, file: &str| VolumeProjection {
+        secret: Some(SecretProjection {
+            name: secret,
+            items: Some(vec![KeyToPath {
+                key: "tokens.yaml".into(),
+                path: file.into(),
+                ..Default::default()
+            }]),
+            optional: Some(false),
+        }),
+        ..Default::default()
+    };
+    let mut sources = vec![project(
+        crate::auth::operator_secret_name(kvc),
+        "operator.yaml",
+    )];
+    if let Some(user) = &kvc.spec.auth.token_secret_name {
+        sources.push(project(user.clone(), "user.yaml"));
+    }
+    Some((
+        Volume {
+            name: "auth".into(),
+            projected: Some(ProjectedVolumeSource {
+                sources: Some(sources),
+                default_mode: Some(0o440),
+            }),
+            ..Default::default()
+        },
+        VolumeMount {
+            name: "auth".into(),
+            mount_path: crate::auth::AUTH_DIR.into(),
+            read_only: Some(true),
+            ..Default::default()
+        },
+    ))
+}
+
+/// The uid and gid kvserver runs as (the image's user).
+const KVSERVER_UID: i64 = 10001;
+
+/// The `restricted` Pod Security Standard, pod level: non-root, the runtime's
+/// default seccomp profile, and the volume group kvserver writes as.
+fn pod_security() -> PodSecurityContext {
+    use k8s_openapi::api::core::v1::SeccompProfile;
+    PodSecurityContext {
+        run_as_non_root: Some(true),
+        run_as_user: Some(KVSERVER_UID),
+        run_as_group: Some(KVSERVER_UID),
+        fs_group: Some(KVSERVER_UID),
+        seccomp_profile: Some(SeccompProfile {
+            type_: "RuntimeDefault".into(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// The `restricted` Pod Security Standard, container level: no privilege
+/// escalation, no capabilities, and a read-only root filesystem (kvserver
+/// writes only its data volume and `/tmp`).
+pub(crate) fn container_security() -> k8s_openapi::api::core::v1::SecurityContext {
+    use k8s_openapi::api::core::v1::Capabilities;
+    k8s_openapi::api::core::v1::SecurityContext {
+        allow_privilege_escalation: Some(false),
+        capabilities: Some(Capabilities {
+            drop: Some(vec!["ALL".into()]),
+            ..Default::default()
+        }),
+        read_only_root_filesystem: Some(true),
+        run_as_non_root: Some(true),
+        ..Default::default()
+    }
+}
+
+/// Requests a pod gets when `spec.resources` says nothing: enough for the
+/// scheduler to place it sensibly (no limits: the user decides those).
+fn default_resources() -> k8s_openapi::api::core::v1::ResourceRequirements {
+    k8s_openapi::api::core::v1::ResourceRequirements {
+        requests: Some(BTreeMap::from([
+            ("cpu".to_string(), Quantity("100m".into())),
+            ("memory".to_string(), Quantity("128Mi".into())),
+        ])),
+        ..Default::default()
+    }
+}
+
 /// The StatefulSet with `replicas` pods (decided by the membership stage, not
 /// the spec). `secrets_digest` changes when a Secret whose change needs a
 /// restart changes (PostgreSQL's); certificates are reloaded instead.
@@ -125,7 +223,25 @@ pub fn statefulset(
         .ok_or(BuildError::MissingMeta("namespace"))?;
     let host = format!("$(POD_NAME).{}.{ns}.svc.cluster.local", n.peers);
     let https = kvc.spec.tls.client.mode != TlsMode::Disabled;
-    let tls = tls_volumes(kvc);
+    // Certificates, token files and /tmp, besides data and configuration.
+    let mut mounted = tls_volumes(kvc);
+    mounted.extend(auth_volume(kvc));
+    // SQLite's temporary files: the root filesystem is read-only.
+    mounted.push((
+        Volume {
+            name: "tmp".into(),
+            empty_dir: Some(k8s_openapi::api::core::v1::EmptyDirVolumeSource {
+                size_limit: Some(Quantity("256Mi".into())),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+        VolumeMount {
+            name: "tmp".into(),
+            mount_path: "/tmp".into(),
+            ..Default::default()
+        },
+    ));
     let mut envs = vec![
         EnvVar {
             name: "POD_NAME".into(),
@@ -188,7 +304,8 @@ pub fn statefulset(
         readiness_probe: Some(http_probe("/readyz", 2, 2, https)),
         // Alive = serves HTTP; a cluster without quorum is not a reason to restart pods.
         liveness_probe: Some(http_probe("/healthz", 10, 6, https)),
-        resources: kvc.spec.resources.clone(),
+        resources: Some(kvc.spec.resources.clone().unwrap_or_else(default_resources)),
+        security_context: Some(container_security()),
         volume_mounts: Some(
             [
                 VolumeMount {
@@ -204,7 +321,7 @@ pub fn statefulset(
                 },
             ]
             .into_iter()
-            .chain(tls.iter().map(|(_, m)| m.clone()))
+            .chain(mounted.iter().map(|(_, m)| m.clone()))
             .collect(),
         ),
         ..Default::default()
@@ -291,11 +408,9 @@ pub fn statefulset(
                     // Service links would inject KV_* variables for a Service named "kv".
                     enable_service_links: Some(false),
                     termination_grace_period_seconds: Some(30),
-                    // The image runs as uid 10001: make the volume writable for it.
-                    security_context: Some(PodSecurityContext {
-                        fs_group: Some(10001),
-                        ..Default::default()
-                    }),
+                    security_context: Some(pod_security()),
+                    service_account_name: Some(super::policy::service_account_name(kvc)),
+                    automount_service_account_token: Some(false),
                     affinity,
                     tolerations: (!overrides.tolerations.is_empty())
                         .then(|| overrides.tolerations.clone()),
@@ -314,7 +429,7 @@ pub fn statefulset(
                             }),
                             ..Default::default()
                         })
-                        .chain(tls.into_iter().map(|(v, _)| v))
+                        .chain(mounted.into_iter().map(|(v, _)| v))
                         .collect(),
                     ),
                     ..Default::default()

@@ -400,3 +400,35 @@ fn postgres_tls_settings_become_files_and_config() {
     let bad = kvc("storage: {backend: postgres, postgres: {secretName: pg, sslMode: sometimes}}");
     assert!(matches!(config_yaml(&bad), Err(BuildError::Tls(m)) if m.contains("sslMode")));
 }
+
+#[test]
+fn auth_settings_become_kvserver_config() {
+    let cfg = |spec: &str| -> serde_yaml::Value {
+        serde_yaml::from_str(&config_yaml(&kvc(spec)).expect("config")).expect("yaml")
+    };
+    let on = cfg(
+        "{auth: {tokenSecretName: app-tokens, clientCertificates: [{subject: billing, role: readwrite, prefixes: [billing/]}]}}",
+    );
+    assert_eq!(on["auth"]["enabled"], true);
+    assert_eq!(
+        on["auth"]["token_files"],
+        serde_yaml::to_value([
+            "/etc/kvserver/auth/operator.yaml",
+            "/etc/kvserver/auth/user.yaml"
+        ])
+        .expect("v")
+    );
+    assert_eq!(on["auth"]["client_certs"][0]["role"], "readwrite");
+    assert_eq!(on["tls"]["client_auth"], "optional");
+    let default = cfg("{}");
+    assert_eq!(default["auth"]["enabled"], true, "on unless disabled");
+    assert_eq!(
+        default["auth"]["token_files"],
+        serde_yaml::to_value(["/etc/kvserver/auth/operator.yaml"]).expect("v")
+    );
+    assert_eq!(cfg("{auth: {mode: disabled}}")["auth"]["enabled"], false);
+    let err = config_yaml(&kvc(
+        "{tls: {client: {mode: disabled}}, auth: {clientCertificates: [{subject: x, role: read}]}}",
+    ));
+    assert!(matches!(err, Err(BuildError::Auth(_))), "{err:?}");
+}

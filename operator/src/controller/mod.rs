@@ -34,6 +34,8 @@ use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::api::core::v1::PersistentVolumeClaim;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::core::v1::ServiceAccount;
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::Api;
 use kube::Client;
 use kube::Resource;
@@ -142,6 +144,9 @@ pub struct Context {
     /// Port of the kvserver client API on pod IPs: [`build::API_PORT`] in a
     /// cluster; tests that stand in fake members on loopback use free ports.
     pub member_port: u16,
+    /// The operator's own namespace (`POD_NAMESPACE`), which the clusters'
+    /// NetworkPolicies admit to the client port; unknown: any namespace.
+    pub operator_namespace: Option<String>,
 }
 
 impl Context {
@@ -160,6 +165,9 @@ impl Context {
             recorder,
             metrics,
             member_port,
+            operator_namespace: std::env::var("POD_NAMESPACE")
+                .ok()
+                .filter(|n| !n.is_empty()),
         }
     }
 }
@@ -216,7 +224,24 @@ async fn reconcile_inner(kvc: &KVCluster, ctx: &Context) -> Result<Action, Recon
     let ordinals: Vec<u64> = (0..crate::tls::MAX_MEMBERS).collect();
     let certs = crate::tls::plan(kvc, &tls_seen, &ordinals, std::time::SystemTime::now())?;
     let secrets_digest = observe::postgres_digest(kvc, &ctx.client).await?;
-    let seen = observe(kvc, &ctx.client, ctx.member_port, certs.operator.clone()).await?;
+    // A LoadBalancer without TLS and auth is refused before anything is applied.
+    build::check_exposure(kvc)?;
+    let auth_stored = match crate::auth::enabled(kvc) {
+        true => {
+            observe::secret_data(&ctx.client, &ns, &crate::auth::operator_secret_name(kvc)).await?
+        }
+        false => None,
+    };
+    let fresh = crate::auth::new_token()?;
+    let auth = crate::auth::plan(kvc, auth_stored.as_ref(), || fresh)?;
+    let seen = observe(
+        kvc,
+        &ctx.client,
+        ctx.member_port,
+        certs.operator.clone(),
+        auth.token.clone(),
+    )
+    .await?;
     let step = membership::plan(&seen.obs);
     tracing::info!(kvcluster = %kvc.name_any(), namespace = %ns, step = ?step, "planned");
     // build
@@ -237,6 +262,8 @@ async fn reconcile_inner(kvc: &KVCluster, ctx: &Context) -> Result<Action, Recon
         build::client_service(kvc)?,
         build::statefulset(kvc, sts_size as i32, secrets_digest.as_deref())?,
         build::pdb(kvc, voters)?,
+        build::service_account(kvc)?,
+        build::network_policy(kvc, ctx.operator_namespace.as_deref())?,
     );
     // apply: certificates before the pods that mount them
     apply::<Secret>(&ctx.client, &ns, &certs.ca_secret).await?;
@@ -256,6 +283,26 @@ async fn reconcile_inner(kvc: &KVCluster, ctx: &Context) -> Result<Action, Recon
             certs.issued.join("; "),
         )
         .await;
+    }
+    if let Some(s) = &auth.secret {
+        apply::<Secret>(&ctx.client, &ns, s).await?;
+        if auth.issued {
+            publish_event(
+                ctx,
+                kvc,
+                EventType::Normal,
+                "TokenIssued".into(),
+                format!(
+                    "made the operator's admin token (Secret {})",
+                    crate::auth::operator_secret_name(kvc)
+                ),
+            )
+            .await;
+        }
+    }
+    apply::<ServiceAccount>(&ctx.client, &ns, &objects.5).await?;
+    if let Some(np) = &objects.6 {
+        apply::<NetworkPolicy>(&ctx.client, &ns, np).await?;
     }
     apply::<ConfigMap>(&ctx.client, &ns, &objects.0).await?;
     apply::<Service>(&ctx.client, &ns, &objects.1).await?;

@@ -37,6 +37,8 @@ pub(super) struct Seen {
     pub resolve: Vec<(String, std::net::SocketAddr)>,
     /// How the operator speaks to members (`None`: plain HTTP).
     pub tls: Option<crate::tls::OperatorTls>,
+    /// The operator's admin token (`None`: auth disabled).
+    pub token: Option<String>,
     /// The leader's view, for status.
     pub info: Option<ClusterInfo>,
     /// Whether the StatefulSet exists yet.
@@ -52,6 +54,7 @@ impl Seen {
             self.urls.values().cloned().collect(),
             &self.resolve,
             self.tls.as_ref(),
+            self.token.as_deref(),
             timeout,
             attempts,
         )
@@ -62,6 +65,7 @@ fn member_client(
     endpoints: Vec<String>,
     resolve: &[(String, std::net::SocketAddr)],
     tls: Option<&crate::tls::OperatorTls>,
+    token: Option<&str>,
     timeout: Duration,
     attempts: u32,
 ) -> Result<KvClient, ReconcileError> {
@@ -81,6 +85,9 @@ fn member_client(
     }
     for (host, addr) in resolve {
         b = b.resolve(host, *addr);
+    }
+    if let Some(t) = token {
+        b = b.token(t);
     }
     b.build().at("observe", "a client of the members")
 }
@@ -162,6 +169,7 @@ pub(super) async fn observe(
     client: &Client,
     member_port: u16,
     tls: Option<crate::tls::OperatorTls>,
+    token: Option<String>,
 ) -> Result<Seen, ReconcileError> {
     let ns = kvc.namespace().unwrap_or_default();
     let names = build::names(kvc);
@@ -228,6 +236,7 @@ pub(super) async fn observe(
         Vec::new(),
         &resolve,
         tls.as_ref(),
+        token.as_deref(),
         Duration::from_secs(3),
         1,
     )?;
@@ -297,6 +306,7 @@ pub(super) async fn observe(
         urls,
         resolve,
         tls,
+        token,
         info,
         sts_exists: sts.is_some(),
         volumes,

@@ -242,6 +242,7 @@ mod tests {
             urls: BTreeMap::new(),
             resolve: Vec::new(),
             tls: None,
+            token: None,
             info: None,
             sts_exists: true,
             volumes: Vec::new(),
