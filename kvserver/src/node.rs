@@ -307,7 +307,20 @@ pub async fn start_node(config: Config) -> Result<NodeHandle, NodeError> {
     if !config.auth.enabled && !api_addr.ip().is_loopback() {
         tracing::warn!(api = %api_addr, "authentication is off (auth.enabled: false) on a port other hosts can reach: anyone who reaches it is an admin");
     }
-    let auth = Arc::new(crate::auth::Authenticator::new(&config.auth, tokens));
+    let service_accounts = config
+        .auth
+        .service_accounts
+        .enabled()
+        .then(|| {
+            crate::auth::serviceaccount::ServiceAccounts::new(config.auth.service_accounts.clone())
+        })
+        .transpose()
+        .map_err(tls_err("auth.service_accounts.ca_file"))?;
+    let auth = Arc::new(crate::auth::Authenticator::new(
+        &config.auth,
+        tokens,
+        service_accounts,
+    ));
     let mut http = crate::tls::http_builder()
         .no_proxy()
         .connect_timeout(Duration::from_secs(2))

@@ -298,6 +298,16 @@ impl Cluster {
         }
     }
 
+    /// More arguments for every node started from now on (settings that need
+    /// files made after the cluster, e.g. from its CA).
+    pub fn add_args<I, S>(&mut self, args: I)
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.args.extend(args.into_iter().map(Into::into));
+    }
+
     /// What the harness's typed clients use: TLS settings and the admin token.
     pub fn access(&self) -> ClientAccess {
         ClientAccess {

@@ -119,13 +119,22 @@ pub(super) async fn authenticate(
         .map(|v| v.as_bytes());
     let principal = match state.auth.authenticate(header, cert.as_deref()).await {
         Ok(p) => p,
-        Err(e) => {
+        Err(crate::auth::AuthFailure::Unauthenticated(e)) => {
             state
                 .metrics
                 .auth_refused
                 .with_label_values(&["unauthenticated"])
                 .inc();
             return super::refuse_unread(req, ApiError::Unauthenticated(e)).await;
+        }
+        Err(crate::auth::AuthFailure::Unavailable(why)) => {
+            tracing::warn!(reason = %why, "a credential could not be checked");
+            let e = ApiError::Unavailable {
+                code: "auth_unavailable",
+                message: "the credential could not be checked right now (the Kubernetes API server did not answer); retry shortly".into(),
+                retry: true,
+            };
+            return super::refuse_unread(req, e).await;
         }
     };
     if class == Class::Admin

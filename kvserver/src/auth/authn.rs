@@ -63,6 +63,20 @@ pub enum Unauthenticated {
     BadToken,
     #[error("the client certificate ({0}) is not bound to a role (auth.client_certs)")]
     UnboundCertificate(String),
+    #[error("ServiceAccount {0} is not bound to a role (auth.service_accounts.bindings)")]
+    UnboundServiceAccount(String),
+}
+
+/// Why a request has no principal.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthFailure {
+    /// No usable credential: 401.
+    #[error(transparent)]
+    Unauthenticated(#[from] Unauthenticated),
+    /// The credential could not be checked now (the Kubernetes API server did not
+    /// answer a TokenReview): 503, worth a retry.
+    #[error("the credential could not be checked right now ({0}); retry shortly")]
+    Unavailable(String),
 }
 
 impl Unauthenticated {
@@ -83,22 +97,29 @@ pub struct Authenticator {
     anonymous: Arc<Principal>,
     tokens: Option<Arc<Tokens>>,
     certs: Vec<CertBinding>,
+    service_accounts: Option<super::serviceaccount::ServiceAccounts>,
 }
 
 impl Authenticator {
-    /// From the `auth` settings; `tokens` holds the loaded token files (if any).
-    pub fn new(config: &AuthConfig, tokens: Option<Arc<Tokens>>) -> Self {
+    /// From the `auth` settings; `tokens` holds the loaded token files (if any),
+    /// `service_accounts` the TokenReview client (when `auth.service_accounts` is on).
+    pub fn new(
+        config: &AuthConfig,
+        tokens: Option<Arc<Tokens>>,
+        service_accounts: Option<super::serviceaccount::ServiceAccounts>,
+    ) -> Self {
         Self {
             enabled: config.enabled,
             anonymous: Arc::new(Principal::anonymous()),
             tokens,
             certs: config.client_certs.clone(),
+            service_accounts,
         }
     }
 
     /// Everyone is the anonymous admin: authentication is off.
     pub fn disabled() -> Self {
-        Self::new(&AuthConfig::default(), None)
+        Self::new(&AuthConfig::default(), None, None)
     }
 
     pub fn enabled(&self) -> bool {
@@ -115,22 +136,34 @@ impl Authenticator {
         &self,
         authorization: Option<&[u8]>,
         cert: Option<&CertIdentity>,
-    ) -> Result<Arc<Principal>, Unauthenticated> {
+    ) -> Result<Arc<Principal>, AuthFailure> {
         if !self.enabled {
             return Ok(self.anonymous.clone());
         }
         if let Some(header) = authorization {
             let token = bearer(header).ok_or(Unauthenticated::Malformed)?;
-            return self
-                .tokens
-                .as_ref()
-                .and_then(|t| t.lookup(token))
-                .ok_or(Unauthenticated::BadToken);
+            if let Some(p) = self.tokens.as_ref().and_then(|t| t.lookup(token)) {
+                return Ok(p);
+            }
+            // Not one of ours: a ServiceAccount token, if it looks like one.
+            return match &self.service_accounts {
+                Some(sa) if super::serviceaccount::looks_like_jwt(token) => {
+                    sa.authenticate(token).await.map_err(|r| match r {
+                        super::serviceaccount::Refusal::Refused(u) => {
+                            AuthFailure::Unauthenticated(u)
+                        }
+                        super::serviceaccount::Refusal::Unavailable(why) => {
+                            AuthFailure::Unavailable(why)
+                        }
+                    })
+                }
+                _ => Err(Unauthenticated::BadToken.into()),
+            };
         }
         if let Some(cert) = cert {
-            return self.certificate(cert);
+            return Ok(self.certificate(cert)?);
         }
-        Err(Unauthenticated::Missing)
+        Err(Unauthenticated::Missing.into())
     }
 
     fn certificate(&self, cert: &CertIdentity) -> Result<Arc<Principal>, Unauthenticated> {

@@ -14,15 +14,19 @@
 //! # Layout
 //! - this file: roles, principals, the access a request needs, the checks;
 //! - [`tokens`]: bearer tokens from files (Secrets), hashed in memory, reloaded;
-//! - [`authn`]: [`Authenticator`], credentials (bearer token, client
-//!   certificate) to principals.
+//! - [`serviceaccount`]: Kubernetes ServiceAccount tokens, checked by a
+//!   TokenReview and mapped to roles by binding;
+//! - [`authn`]: [`Authenticator`], credentials (bearer token, ServiceAccount
+//!   token, client certificate) to principals.
 
 pub mod authn;
+pub mod serviceaccount;
 pub mod tokens;
 
 use serde::Deserialize;
 use serde::Serialize;
 
+pub use self::authn::AuthFailure;
 pub use self::authn::Authenticator;
 pub use self::authn::CertIdentity;
 pub use self::authn::Unauthenticated;

@@ -82,6 +82,11 @@ fn sha256(bytes: &[u8]) -> Digest {
     out
 }
 
+/// SHA-256 of a presented token: what tables and caches are keyed by.
+pub fn digest_of(token: &str) -> [u8; 32] {
+    sha256(token.as_bytes())
+}
+
 /// Whether `name` is a usable principal name (it shows in logs and headers).
 pub fn valid_name(name: &str) -> bool {
     !name.is_empty()

@@ -44,6 +44,9 @@ pub struct AuthConfig {
     pub open_metrics: bool,
     /// `/status` without a credential (it shows Raft state and member addresses).
     pub open_status: bool,
+    /// Kubernetes ServiceAccount tokens as principals (a TokenReview per token,
+    /// cached); on when `audience` is set.
+    pub service_accounts: crate::auth::serviceaccount::ServiceAccountConfig,
 }
 
 impl Default for AuthConfig {
@@ -55,17 +58,47 @@ impl Default for AuthConfig {
             reload_interval_ms: 5_000,
             open_metrics: true,
             open_status: false,
+            service_accounts: Default::default(),
         }
     }
 }
 
 impl AuthConfig {
     pub(super) fn validate(&self, tls: &super::TlsConfig) -> Result<(), ConfigError> {
-        if self.enabled && self.token_files.is_empty() && self.client_certs.is_empty() {
+        let sa = &self.service_accounts;
+        if self.enabled
+            && self.token_files.is_empty()
+            && self.client_certs.is_empty()
+            && !sa.enabled()
+        {
             return Err(field_err(
                 "auth.token_files",
-                "auth.enabled needs a way to authenticate: token files or auth.client_certs",
+                "auth.enabled needs a way to authenticate: token files, auth.client_certs or auth.service_accounts",
             ));
+        }
+        if sa.enabled() {
+            if !(sa.api_server.starts_with("https://")) {
+                return Err(field_err(
+                    "auth.service_accounts.api_server",
+                    "must be an https:// URL",
+                ));
+            }
+            if sa.cache_ttl_ms > 3_600_000 {
+                return Err(field_err(
+                    "auth.service_accounts.cache_ttl_ms",
+                    "must be at most 3600000 (an hour)",
+                ));
+            }
+            for (i, b) in sa.bindings.iter().enumerate() {
+                if b.namespace.is_empty() || b.name.is_empty() {
+                    return Err(field_err(
+                        &format!("auth.service_accounts.bindings[{i}]"),
+                        "namespace and name are required",
+                    ));
+                }
+                crate::auth::tokens::check_prefixes(&b.prefixes)
+                    .map_err(|m| field_err(&format!("auth.service_accounts.bindings[{i}]"), m))?;
+            }
         }
         if !self.client_certs.is_empty() && tls.client_auth == crate::tls::ClientAuth::None {
             return Err(field_err(
