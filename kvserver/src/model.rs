@@ -119,7 +119,8 @@ pub struct PrefixDeleteQuery {
 #[serde(deny_unknown_fields)]
 #[schema(example = json!({"keys": ["app/db/url", "app/feature/x"]}))]
 pub struct BatchGetRequest {
-    /// 1..=10000 keys.
+    /// 1..=10000 keys; a key named twice is answered once. The keys found may
+    /// hold at most `limits.max_response_bytes` (else 413 `response_too_large`).
     pub keys: Vec<String>,
     #[serde(default)]
     pub consistency: Consistency,
@@ -174,8 +175,9 @@ pub struct ListResponse {
 pub struct BatchGetResponse {
     pub revision: u64,
     pub node_id: NodeId,
+    /// The keys found, each once, in the order first asked for.
     pub kvs: Vec<KeyValue>,
-    /// Requested keys that do not exist.
+    /// Requested keys that do not exist, each once.
     pub missing: Vec<String>,
 }
 

@@ -503,7 +503,9 @@ async fn forwarded_write(
             .peer_refused
             .with_label_values(&["forbidden_write"])
             .inc();
-        tracing::warn!(peer = from, principal = %principal.name, error = %forbidden, "refused a forwarded write its principal may not make");
+        // The refusal names keys: those go to debug only.
+        tracing::warn!(peer = from, principal = %principal.name, "refused a forwarded write its principal may not make");
+        tracing::debug!(peer = from, error = %forbidden, "forwarded write refused");
         return Err(WriteRejected::Forbidden(forbidden));
     }
     match propose(&server.raft, cmd, CONFIRM_WAIT).await {
