@@ -262,64 +262,34 @@ async fn a_member_certificate_is_admitted_and_its_write_applied() {
         // The leader checks a forwarded write against the principal it was made
         // for: one without the grant is refused, and so is a write without any
         // principal (the previous release's form) once clients must authenticate.
-        let reader = kvserver::auth::Principal {
-            name: "reader".into(),
+        let token = |name: &str, role, prefixes: &[&str]| kvserver::auth::Principal {
+            name: name.into(),
             kind: kvserver::auth::Kind::Token,
-            role: kvserver::auth::Role::Read,
-            prefixes: vec![],
+            role,
+            prefixes: prefixes.iter().map(|p| p.to_string()).collect(),
         };
-        let config = client_config(&s.ca_pem()?, Some(&issued))?;
-        let got = attempt_as(
-            s.leader_peer()?,
-            Some(config),
-            &s.c.cluster_id,
-            member,
-            s.leader,
-            "denied",
-            reader,
-        )
-        .await?;
-        ensure!(
-            matches!(&got, Attempt::Admitted(r) if r.starts_with("Write(Err(Forbidden")),
-            "{got:?}"
-        );
-        let scoped = kvserver::auth::Principal {
-            name: "scoped".into(),
-            kind: kvserver::auth::Kind::Token,
-            role: kvserver::auth::Role::Readwrite,
-            prefixes: vec!["app/".into()],
-        };
-        let config = client_config(&s.ca_pem()?, Some(&issued))?;
-        let got = attempt_as(
-            s.leader_peer()?,
-            Some(config),
-            &s.c.cluster_id,
-            member,
-            s.leader,
-            "denied",
-            scoped,
-        )
-        .await?;
-        ensure!(
-            matches!(&got, Attempt::Admitted(r) if r.starts_with("Write(Err(Forbidden")),
-            "{got:?}"
-        );
-        let anonymous = kvserver::auth::Principal::anonymous();
-        let config = client_config(&s.ca_pem()?, Some(&issued))?;
-        let got = attempt_as(
-            s.leader_peer()?,
-            Some(config),
-            &s.c.cluster_id,
-            member,
-            s.leader,
-            "denied",
-            anonymous,
-        )
-        .await?;
-        ensure!(
-            matches!(&got, Attempt::Admitted(r) if r.starts_with("Write(Err(Forbidden")),
-            "{got:?}"
-        );
+        for principal in [
+            token("reader", kvserver::auth::Role::Read, &[]),
+            token("scoped", kvserver::auth::Role::Readwrite, &["app/"]),
+            kvserver::auth::Principal::anonymous(),
+        ] {
+            let config = client_config(&s.ca_pem()?, Some(&issued))?;
+            let who = principal.name.clone();
+            let got = attempt_as(
+                s.leader_peer()?,
+                Some(config),
+                &s.c.cluster_id,
+                member,
+                s.leader,
+                "denied",
+                principal,
+            )
+            .await?;
+            ensure!(
+                matches!(&got, Attempt::Admitted(r) if r.starts_with("Write(Err(Forbidden")),
+                "{who}: {got:?}"
+            );
+        }
         ensure!(
             s.c.read(s.leader, "denied", false).await?.is_none(),
             "a refused write landed"

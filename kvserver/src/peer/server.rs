@@ -276,13 +276,13 @@ async fn serve_conn(opened: Opened, server: &PeerServer) -> Result<(), PeerError
         raft,
         node_id,
         cluster_id,
-        snapshot_dir,
+        snapshot_dir: _,
         state: peer_state,
         metrics,
         tls: _,
         max_value_bytes: _,
         auth_enabled,
-        limits,
+        limits: _,
     } = server;
     let node_id = *node_id;
     let Opened {
@@ -404,29 +404,13 @@ async fn serve_conn(opened: Opened, server: &PeerServer) -> Result<(), PeerError
                     .await
                     .map_err(|e| e.to_string()),
             ),
-            Request::SnapshotBegin { vote, meta } => Response::Snapshot(
-                receive_snapshot(
-                    &mut reader,
-                    raft,
-                    snapshot_dir,
-                    vote,
-                    meta,
-                    None,
-                    limits.max_snapshot_bytes,
-                )
-                .await,
-            ),
+            Request::SnapshotBegin { vote, meta } => {
+                Response::Snapshot(server.receive_snapshot(&mut reader, vote, meta, None).await)
+            }
             Request::SnapshotBegin2 { vote, meta, size } => Response::Snapshot(
-                receive_snapshot(
-                    &mut reader,
-                    raft,
-                    snapshot_dir,
-                    vote,
-                    meta,
-                    Some(size),
-                    limits.max_snapshot_bytes,
-                )
-                .await,
+                server
+                    .receive_snapshot(&mut reader, vote, meta, Some(size))
+                    .await,
             ),
             Request::ReadIndex => Response::ReadIndex(
                 raft.get_read_linearizer(openraft::ReadPolicy::ReadIndex)
@@ -514,6 +498,29 @@ async fn forwarded_write(
             openraft::error::ClientWriteError::ForwardToLeader(f),
         )) => Err(WriteRejected::NotLeader(f.leader_id)),
         Err(e) => Err(WriteRejected::Failed(e.to_string())),
+    }
+}
+
+impl PeerServer {
+    /// Receives a snapshot the leader streams after `SnapshotBegin(2)` and installs
+    /// it; `announced` is its size when the leader said it.
+    async fn receive_snapshot(
+        &self,
+        reader: &mut PeerReader,
+        vote: VoteOf<TypeConfig>,
+        meta: openraft::type_config::alias::SnapshotMetaOf<TypeConfig>,
+        announced: Option<u64>,
+    ) -> Result<SnapshotResponse<TypeConfig>, String> {
+        receive_snapshot(
+            reader,
+            &self.raft,
+            &self.snapshot_dir,
+            vote,
+            meta,
+            announced,
+            self.limits.max_snapshot_bytes,
+        )
+        .await
     }
 }
 
