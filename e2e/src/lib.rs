@@ -233,19 +233,8 @@ impl Ctx {
         let cms: Api<ConfigMap> = Api::namespaced(self.client.clone(), ns);
         let ca = format!("{service}-ca");
         let tls = cms.get_opt(&ca).await?.is_some();
-        let secrets: Api<k8s_openapi::api::core::v1::Secret> =
-            Api::namespaced(self.client.clone(), ns);
-        let token = format!("{service}-auth-operator");
-        let auth = secrets.get_opt(&token).await?.is_some();
-        self.start_kvctl_as(
-            ns,
-            pod,
-            service,
-            args,
-            tls.then_some(ca.as_str()),
-            auth.then_some(token.as_str()),
-        )
-        .await
+        self.start_kvctl_with(ns, pod, service, args, tls.then_some(ca.as_str()))
+            .await
     }
 
     /// [`Ctx::start_kvctl_as`] with the operator's admin token when the cluster has one.
@@ -297,39 +286,45 @@ impl Ctx {
             ]);
         }
         command.extend(args.iter().map(|s| s.to_string()));
+        // The CA bundle (a ConfigMap) and the token (a Secret), each read-only at `dir`.
         let mut volumes = Vec::new();
         let mut mounts = Vec::new();
-        if let Some(name) = ca {
-            volumes.push(Volume {
-                name: "ca".into(),
-                config_map: Some(ConfigMapVolumeSource {
-                    name: name.into(),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            });
+        let mut mount = |volume: Volume, dir: &str| {
             mounts.push(VolumeMount {
-                name: "ca".into(),
-                mount_path: "/etc/kvcluster-ca".into(),
+                name: volume.name.clone(),
+                mount_path: dir.into(),
                 read_only: Some(true),
                 ..Default::default()
             });
+            volumes.push(volume);
+        };
+        if let Some(name) = ca {
+            let source = ConfigMapVolumeSource {
+                name: name.into(),
+                ..Default::default()
+            };
+            mount(
+                Volume {
+                    name: "ca".into(),
+                    config_map: Some(source),
+                    ..Default::default()
+                },
+                "/etc/kvcluster-ca",
+            );
         }
         if let Some(name) = token {
-            volumes.push(Volume {
-                name: "token".into(),
-                secret: Some(k8s_openapi::api::core::v1::SecretVolumeSource {
-                    secret_name: Some(name.into()),
+            let source = k8s_openapi::api::core::v1::SecretVolumeSource {
+                secret_name: Some(name.into()),
+                ..Default::default()
+            };
+            mount(
+                Volume {
+                    name: "token".into(),
+                    secret: Some(source),
                     ..Default::default()
-                }),
-                ..Default::default()
-            });
-            mounts.push(VolumeMount {
-                name: "token".into(),
-                mount_path: "/etc/kvcluster-auth".into(),
-                read_only: Some(true),
-                ..Default::default()
-            });
+                },
+                "/etc/kvcluster-auth",
+            );
         }
         let (volumes, mounts) = (Some(volumes), Some(mounts));
         let obj = Pod {

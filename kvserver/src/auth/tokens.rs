@@ -307,19 +307,11 @@ impl Tokens {
         metrics: Arc<crate::metrics::Metrics>,
         stop: impl std::future::Future<Output = ()>,
     ) {
-        tokio::pin!(stop);
-        let mut tick = tokio::time::interval(every);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = &mut stop => return,
-                _ = tick.tick() => {}
-            }
-            let this = self.clone();
-            match tokio::task::spawn_blocking(move || this.reload()).await {
+        crate::tls::poll_files(self, every, stop, Self::reload, |this, result| {
+            match result {
                 Ok(Ok(true)) => {
                     metrics.auth_reloads.with_label_values(&["ok"]).inc();
-                    tracing::info!(tokens = self.len(), "token files reloaded");
+                    tracing::info!(tokens = this.len(), "token files reloaded");
                 }
                 Ok(Ok(false)) => {}
                 Ok(Err(e)) => {
@@ -328,8 +320,9 @@ impl Tokens {
                 }
                 Err(e) => tracing::warn!(error = %e, "token reload task failed"),
             }
-            self.export(&metrics);
-        }
+            this.export(&metrics);
+        })
+        .await
     }
 
     /// Sets the token gauges.

@@ -67,6 +67,8 @@ pub use reload::ClientAuth;
 pub use reload::Reloading;
 #[cfg(feature = "server")]
 pub use reload::Role;
+#[cfg(feature = "server")]
+pub(crate) use reload::poll_files;
 
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -354,38 +354,29 @@ impl Reloading {
         metrics: Arc<crate::metrics::Metrics>,
         stop: impl std::future::Future<Output = ()>,
     ) {
-        tokio::pin!(stop);
-        let mut tick = tokio::time::interval(every);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = &mut stop => return,
-                _ = tick.tick() => {}
-            }
-            let this = self.clone();
-            // File reads and certificate parsing are blocking work.
-            let result = tokio::task::spawn_blocking(move || this.reload()).await;
+        poll_files(self, every, stop, Self::reload, |this, result| {
             match result {
                 Ok(Ok(true)) => {
-                    let info = &self.current().info;
+                    let info = &this.current().info;
                     metrics
                         .tls_reloads
-                        .with_label_values(&[self.port, "ok"])
+                        .with_label_values(&[this.port, "ok"])
                         .inc();
-                    tracing::info!(port = self.port, subject = %info.subject, not_after = info.not_after, "TLS certificate reloaded");
+                    tracing::info!(port = this.port, subject = %info.subject, not_after = info.not_after, "TLS certificate reloaded");
                 }
                 Ok(Ok(false)) => {}
                 Ok(Err(e)) => {
                     metrics
                         .tls_reloads
-                        .with_label_values(&[self.port, "error"])
+                        .with_label_values(&[this.port, "error"])
                         .inc();
-                    tracing::warn!(port = self.port, error = %e, "TLS reload failed; keeping the previous certificate");
+                    tracing::warn!(port = this.port, error = %e, "TLS reload failed; keeping the previous certificate");
                 }
-                Err(e) => tracing::warn!(port = self.port, error = %e, "TLS reload task failed"),
+                Err(e) => tracing::warn!(port = this.port, error = %e, "TLS reload task failed"),
             }
-            self.export(&metrics);
-        }
+            this.export(&metrics);
+        })
+        .await
     }
 
     /// Sets the port's expiry and failing gauges.
@@ -418,5 +409,33 @@ impl rustls::client::ResolvesClientCert for Reloading {
 
     fn has_certs(&self) -> bool {
         true
+    }
+}
+
+/// Calls `reload` on `this` every `every` until `stop`, on a blocking thread
+/// (file reads and parsing), and hands each outcome to `outcome`: the one
+/// polling loop of every file kvserver re-reads (certificates, token files).
+/// Polling, because a Secret update swaps a symlink, which file notifications miss.
+pub(crate) async fn poll_files<T, E>(
+    this: Arc<T>,
+    every: Duration,
+    stop: impl std::future::Future<Output = ()>,
+    reload: fn(&T) -> Result<bool, E>,
+    mut outcome: impl FnMut(&T, Result<Result<bool, E>, tokio::task::JoinError>),
+) where
+    T: Send + Sync + 'static,
+    E: Send + 'static,
+{
+    tokio::pin!(stop);
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = &mut stop => return,
+            _ = tick.tick() => {}
+        }
+        let t = this.clone();
+        let result = tokio::task::spawn_blocking(move || reload(&t)).await;
+        outcome(&this, result);
     }
 }
