@@ -34,6 +34,10 @@ if ! python3 -c "import helm_sdkpy" 2> /dev/null; then
   echo "==> installing the Helm library for Python (PyPI helm-sdkpy) to lint the chart"
   python3 -m pip install -q --ignore-requires-python "helm-sdkpy==0.1.32"
 fi
+if ! python3 -c "import yaml" 2> /dev/null; then
+  echo "==> installing PyYAML (the chart lint writes a namespace-scoped values file)"
+  python3 -m pip install -q "PyYAML==6.0.3"
+fi
 
 echo "==> cargo fmt --check"
 cargo fmt --all -- --check

@@ -36,6 +36,16 @@ use serde_json::json;
 /// The kvserver image under test (it also carries `kvctl`).
 pub const KVSERVER_IMAGE: &str = operator::crd::DEFAULT_IMAGE;
 
+/// What a kvctl pod authenticates with.
+#[derive(Debug, Clone, Copy)]
+pub enum Credential<'a> {
+    /// A Secret whose key `token` is the bearer token.
+    Secret(&'a str),
+    /// The pod runs as this ServiceAccount and sends the token the kubelet
+    /// projects for `audience` (`spec.auth.serviceAccounts`).
+    ServiceAccount { name: &'a str, audience: &'a str },
+}
+
 /// The cluster under test.
 pub struct Ctx {
     pub client: Client,
@@ -250,8 +260,8 @@ impl Ctx {
             Api::namespaced(self.client.clone(), ns);
         let token = format!("{service}-auth-operator");
         let auth = secrets.get_opt(&token).await?.is_some();
-        self.start_kvctl_as(ns, pod, service, args, ca, auth.then_some(token.as_str()))
-            .await
+        let cred = auth.then_some(Credential::Secret(token.as_str()));
+        self.start_kvctl_as(ns, pod, service, args, ca, cred).await
     }
 
     /// [`Ctx::start_kvctl`] with the TLS and credential choices made by the caller:
@@ -265,7 +275,7 @@ impl Ctx {
         service: &str,
         args: &[&str],
         ca: Option<&str>,
-        token: Option<&str>,
+        cred: Option<Credential<'_>>,
     ) -> anyhow::Result<()> {
         let scheme = if ca.is_some() { "https" } else { "http" };
         let mut command = vec![
@@ -279,7 +289,7 @@ impl Ctx {
                 "/etc/kvcluster-ca/ca.crt".to_string(),
             ]);
         }
-        if token.is_some() {
+        if cred.is_some() {
             command.extend([
                 "--token-file".to_string(),
                 "/etc/kvcluster-auth/token".to_string(),
@@ -312,19 +322,48 @@ impl Ctx {
                 "/etc/kvcluster-ca",
             );
         }
-        if let Some(name) = token {
-            let source = k8s_openapi::api::core::v1::SecretVolumeSource {
-                secret_name: Some(name.into()),
-                ..Default::default()
-            };
-            mount(
-                Volume {
-                    name: "token".into(),
-                    secret: Some(source),
+        let mut service_account = None;
+        match cred {
+            Some(Credential::Secret(name)) => {
+                let source = k8s_openapi::api::core::v1::SecretVolumeSource {
+                    secret_name: Some(name.into()),
                     ..Default::default()
-                },
-                "/etc/kvcluster-auth",
-            );
+                };
+                mount(
+                    Volume {
+                        name: "token".into(),
+                        secret: Some(source),
+                        ..Default::default()
+                    },
+                    "/etc/kvcluster-auth",
+                );
+            }
+            Some(Credential::ServiceAccount { name, audience }) => {
+                use k8s_openapi::api::core::v1::ProjectedVolumeSource;
+                use k8s_openapi::api::core::v1::ServiceAccountTokenProjection;
+                use k8s_openapi::api::core::v1::VolumeProjection;
+                let token = VolumeProjection {
+                    service_account_token: Some(ServiceAccountTokenProjection {
+                        audience: Some(audience.into()),
+                        expiration_seconds: Some(3600),
+                        path: "token".into(),
+                    }),
+                    ..Default::default()
+                };
+                mount(
+                    Volume {
+                        name: "token".into(),
+                        projected: Some(ProjectedVolumeSource {
+                            sources: Some(vec![token]),
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    },
+                    "/etc/kvcluster-auth",
+                );
+                service_account = Some(name.to_string());
+            }
+            None => {}
         }
         let (volumes, mounts) = (Some(volumes), Some(mounts));
         let obj = Pod {
@@ -335,6 +374,9 @@ impl Ctx {
             },
             spec: Some(PodSpec {
                 restart_policy: Some("Never".into()),
+                // No API token but the one a ServiceAccount credential asks for.
+                automount_service_account_token: Some(false),
+                service_account_name: service_account,
                 containers: vec![Container {
                     name: "kvctl".into(),
                     image: Some(KVSERVER_IMAGE.into()),

@@ -11,6 +11,7 @@ use std::time::Duration;
 use std::time::Instant;
 
 use anyhow::Context as _;
+use e2e::Credential;
 use e2e::Ctx;
 use e2e::condition;
 use e2e::kvcluster;
@@ -34,6 +35,10 @@ use serde_json::json;
 
 const NS: &str = "kvc-e2e";
 const OPERATOR_NS: &str = "kvc-system";
+/// A namespace the namespace-scoped operator (scenario 1b) does not watch.
+const UNWATCHED_NS: &str = "kvc-e2e-unwatched";
+/// The audience of `orders`' ServiceAccount tokens (the operator's default).
+const ORDERS_AUDIENCE: &str = "kvcluster.io/kvc-e2e/orders";
 const MIN: Duration = Duration::from_secs(60);
 
 fn u64s(v: &Value) -> Vec<u64> {
@@ -160,6 +165,14 @@ async fn operator_available(ctx: &Ctx, ns: &str, name: &str) -> anyhow::Result<D
     Ok(took)
 }
 
+/// `kubectl auth can-i VERB WHAT -n NS --as WHO`: whether the API server says
+/// yes (it answers `no` with a non-zero status, which is a no here too).
+async fn can_i(ctx: &Ctx, who: &str, verb: &str, what: &str, ns: &str) -> bool {
+    ctx.kubectl(&["auth", "can-i", verb, what, "-n", ns, "--as", who])
+        .await
+        .is_ok_and(|out| out.trim() == "yes")
+}
+
 async fn create_kvc(ctx: &Ctx, kvc: &KVCluster) -> anyhow::Result<()> {
     let ns = kvc.metadata.namespace.as_deref().context("namespace")?;
     Api::<KVCluster>::namespaced(ctx.client.clone(), ns)
@@ -212,23 +225,51 @@ async fn install_with_manifests(ctx: &mut Ctx) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Scenario 1b: Helm install and `helm test`.
+/// Scenario 1b: Helm install in the chart's namespace-scoped mode (Roles in
+/// the one watched namespace, no cluster-wide rights but the token-review
+/// binding) and `helm test`. Every later scenario runs under it.
 async fn install_with_helm(ctx: &mut Ctx) -> anyhow::Result<()> {
     let started = Instant::now();
+    // The Roles go into the watched namespace, so it exists first.
+    ctx.fresh_namespace(NS).await?;
+    ctx.fresh_namespace(UNWATCHED_NS).await?;
     ctx.helm(&[
         "install",
         "kvc",
         "charts/kvcluster-operator",
         "--namespace",
         OPERATOR_NS,
+        "--set",
+        &format!("watchNamespaces=[\"{NS}\"]"),
     ])
     .await?;
+    let cluster_wide = ctx
+        .kubectl(&[
+            "get",
+            "clusterrole",
+            "kvc-kvcluster-operator",
+            "--ignore-not-found",
+            "-o",
+            "name",
+        ])
+        .await?;
+    anyhow::ensure!(
+        cluster_wide.trim().is_empty(),
+        "a namespace-scoped install made a ClusterRole: {cluster_wide}"
+    );
+    let operator = "system:serviceaccount:kvc-system:kvc-kvcluster-operator";
+    anyhow::ensure!(
+        can_i(ctx, operator, "patch", "statefulsets", NS).await
+            && !can_i(ctx, operator, "patch", "statefulsets", UNWATCHED_NS).await
+            && !can_i(ctx, operator, "get", "secrets", UNWATCHED_NS).await,
+        "the operator's rights reach beyond {NS}"
+    );
     operator_available(ctx, OPERATOR_NS, "kvc-kvcluster-operator").await?;
     ctx.helm(&["test", "kvc", "--namespace", OPERATOR_NS])
         .await
         .context("helm test")?;
     ctx.report.add(
-        "scenario 1b: helm install + helm test",
+        "scenario 1b: helm install (namespace-scoped) + helm test",
         json!({"seconds": started.elapsed().as_secs()}),
     );
     Ok(())
@@ -236,9 +277,16 @@ async fn install_with_helm(ctx: &mut Ctx) -> anyhow::Result<()> {
 
 /// Scenario 2: a 3-member SQLite cluster; 1,000 keys written and read back in-cluster.
 async fn three_members_sqlite(ctx: &mut Ctx) -> anyhow::Result<()> {
-    ctx.fresh_namespace(NS).await?;
+    // (NS was made by scenario 1b: the operator's Roles live in it.)
     // The users' tokens (scenario 2c): one app limited to `app/`.
     put_token_secret(ctx, "orders-tokens", "app", APP_TOKEN).await?;
+    // ServiceAccounts as clients (scenario 2c): one bound, one not.
+    for sa in ["orders-app", "orders-stranger"] {
+        ctx.kubectl(&["-n", NS, "create", "serviceaccount", sa])
+            .await?;
+    }
+    // A cluster where the operator does not look: never built.
+    create_kvc(ctx, &kvcluster(UNWATCHED_NS, "ignored", 1, json!({}))?).await?;
     let mut orders = kvcluster(
         NS,
         "orders",
@@ -246,6 +294,9 @@ async fn three_members_sqlite(ctx: &mut Ctx) -> anyhow::Result<()> {
         json!({"reclaimPolicy": "Delete", "cacheSize": "32Mi"}),
     )?;
     orders.spec.auth.token_secret_name = Some("orders-tokens".into());
+    orders.spec.auth.service_accounts = Some(serde_json::from_value(json!({
+        "bindings": [{"name": "orders-app", "role": "readwrite", "prefixes": ["app/"]}]
+    }))?);
     create_kvc(ctx, &orders).await?;
     // A spec the operator cannot render: nothing is created, a Warning event says why.
     create_kvc(
@@ -300,6 +351,17 @@ async fn three_members_sqlite(ctx: &mut Ctx) -> anyhow::Result<()> {
     );
     let load = write_keys(ctx, "load-a", "orders", "a/", 1000).await?;
     let verify = read_keys(ctx, "verify-a", "orders", "a/", 1000).await?;
+    // The unwatched namespace's cluster: no status, nothing built.
+    let ignored = ctx.kvc(UNWATCHED_NS, "ignored").await?;
+    let built = Api::<StatefulSet>::namespaced(ctx.client.clone(), UNWATCHED_NS)
+        .get_opt("ignored")
+        .await?;
+    anyhow::ensure!(
+        ignored.status.is_none() && built.is_none(),
+        "the namespace-scoped operator touched {UNWATCHED_NS}: {:?}",
+        ignored.status
+    );
+    ctx.delete_namespace(UNWATCHED_NS).await?;
     ctx.report.add(
         "scenario 2: 3-member SQLite cluster",
         json!({"available_after_s": took.as_secs(), "writes_per_s": load["writes_per_s"], "verify": verify,
@@ -344,21 +406,25 @@ async fn put_token_secret(
 async fn kvctl_as(
     ctx: &Ctx,
     pod: &str,
-    token: Option<&str>,
+    cred: Option<Credential<'_>>,
     args: &[&str],
 ) -> anyhow::Result<(bool, String)> {
-    ctx.start_kvctl_as(NS, pod, "orders", args, Some("orders-ca"), token)
+    ctx.start_kvctl_as(NS, pod, "orders", args, Some("orders-ca"), cred)
         .await?;
     ctx.finish_pod(NS, pod, 2 * MIN).await
 }
 
 /// Scenario 2c: authentication and the hardened pods. Without a token the API
 /// refuses (401); the app's token works under its prefix and is refused (403)
-/// outside it; the app's token is rotated in its Secret and the new one works,
-/// the old one stops, without a pod restart. The pods run as non-root under the
-/// `restricted` profile with their own token-less ServiceAccount, and a
-/// NetworkPolicy fences the peer port (rendered and checked here: the local
-/// cluster's network plugin does not enforce NetworkPolicy).
+/// outside it; a ServiceAccount bound in `spec.auth.serviceAccounts` does the
+/// same with its projected token, while a token for another audience or an
+/// unbound account's is refused (401); the app's token is rotated in its
+/// Secret and the new one works, the old one stops, without a pod restart. The
+/// pods run as non-root under the `restricted` profile with their own
+/// ServiceAccount (no automounted token; the only token is the review
+/// credential, and the account may only review tokens), and a NetworkPolicy
+/// fences the peer port (rendered and checked here: the local cluster's
+/// network plugin does not enforce NetworkPolicy).
 async fn auth_and_hardening(ctx: &mut Ctx) -> anyhow::Result<()> {
     let started = Instant::now();
     let (ok, out) = kvctl_as(ctx, "anon", None, &["put", "app/anon", "x"]).await?;
@@ -366,7 +432,7 @@ async fn auth_and_hardening(ctx: &mut Ctx) -> anyhow::Result<()> {
     let (ok, out) = kvctl_as(
         ctx,
         "app-in",
-        Some("orders-tokens"),
+        Some(Credential::Secret("orders-tokens")),
         &["put", "app/in", "x"],
     )
     .await?;
@@ -374,7 +440,7 @@ async fn auth_and_hardening(ctx: &mut Ctx) -> anyhow::Result<()> {
     let (ok, out) = kvctl_as(
         ctx,
         "app-out",
-        Some("orders-tokens"),
+        Some(Credential::Secret("orders-tokens")),
         &["put", "other/out", "x"],
     )
     .await?;
@@ -382,8 +448,68 @@ async fn auth_and_hardening(ctx: &mut Ctx) -> anyhow::Result<()> {
         !ok && out.contains("forbidden"),
         "the app's token outside app/: {out}"
     );
-    let (ok, out) = kvctl_as(ctx, "app-admin", Some("orders-tokens"), &["cluster"]).await?;
+    let (ok, out) = kvctl_as(
+        ctx,
+        "app-admin",
+        Some(Credential::Secret("orders-tokens")),
+        &["cluster"],
+    )
+    .await?;
     anyhow::ensure!(ok, "cluster info for any principal: {out}");
+
+    // ServiceAccount tokens: no shared secret. The bound account's projected
+    // token works under its prefix and is refused (403) outside it; the same
+    // account's token for another audience, and an unbound account's, are 401.
+    let sa = |name: &'static str, audience: &'static str| {
+        Some(Credential::ServiceAccount { name, audience })
+    };
+    let (ok, out) = kvctl_as(
+        ctx,
+        "sa-in",
+        sa("orders-app", ORDERS_AUDIENCE),
+        &["put", "app/from-sa", "x"],
+    )
+    .await?;
+    anyhow::ensure!(ok, "the bound ServiceAccount under app/: {out}");
+    let (ok, out) = kvctl_as(
+        ctx,
+        "sa-out",
+        sa("orders-app", ORDERS_AUDIENCE),
+        &["put", "other/from-sa", "x"],
+    )
+    .await?;
+    anyhow::ensure!(
+        !ok && out.contains("forbidden"),
+        "the bound ServiceAccount outside app/: {out}"
+    );
+    for (pod, cred) in [
+        (
+            "sa-audience",
+            sa("orders-app", "kvcluster.io/kvc-e2e/elsewhere"),
+        ),
+        ("sa-unbound", sa("orders-stranger", ORDERS_AUDIENCE)),
+    ] {
+        let (ok, out) = kvctl_as(ctx, pod, cred, &["get", "app/from-sa"]).await?;
+        anyhow::ensure!(
+            !ok && out.contains("unauthenticated"),
+            "{pod}: refused as unauthenticated: {out}"
+        );
+    }
+    // The members' ServiceAccount may review tokens and do nothing else.
+    let members = "system:serviceaccount:kvc-e2e:orders-kvserver";
+    anyhow::ensure!(
+        can_i(
+            ctx,
+            members,
+            "create",
+            "tokenreviews.authentication.k8s.io",
+            NS
+        )
+        .await
+            && !can_i(ctx, members, "get", "secrets", NS).await
+            && !can_i(ctx, members, "list", "pods", NS).await,
+        "orders-kvserver's rights are not exactly token reviews"
+    );
 
     // Rotation: the old token kept in a Secret of its own, the app's Secret
     // switched to the new one; no pod restarts.
@@ -429,7 +555,7 @@ async fn auth_and_hardening(ctx: &mut Ctx) -> anyhow::Result<()> {
                             host,
                             &["get", "app/in"],
                             Some("orders-ca"),
-                            Some("old-app-token"),
+                            Some(Credential::Secret("old-app-token")),
                         )
                         .await?;
                         let (old_ok, old_out) =
@@ -440,7 +566,7 @@ async fn auth_and_hardening(ctx: &mut Ctx) -> anyhow::Result<()> {
                             host,
                             &["put", "app/rotated", "x"],
                             Some("orders-ca"),
-                            Some("orders-tokens"),
+                            Some(Credential::Secret("orders-tokens")),
                         )
                         .await?;
                         let (new_ok, new_out) =
@@ -493,12 +619,26 @@ async fn auth_and_hardening(ctx: &mut Ctx) -> anyhow::Result<()> {
         spec.service_account_name,
         spec.automount_service_account_token
     );
+    // The one API token in the pod is the projected review credential.
+    let api_tokens: Vec<&str> = spec
+        .volumes
+        .iter()
+        .flatten()
+        .filter(|v| {
+            v.name.starts_with("kube-api-access")
+                || v.name.contains("token-")
+                || v.projected.as_ref().is_some_and(|p| {
+                    p.sources
+                        .iter()
+                        .flatten()
+                        .any(|s| s.service_account_token.is_some())
+                })
+        })
+        .map(|v| v.name.as_str())
+        .collect();
     anyhow::ensure!(
-        spec.volumes
-            .iter()
-            .flatten()
-            .all(|v| !v.name.starts_with("kube-api-access") && !v.name.contains("token-")),
-        "an API token is mounted: {:?}",
+        api_tokens == ["reviewer"],
+        "API tokens mounted: {api_tokens:?} of {:?}",
         spec.volumes
             .iter()
             .flatten()
@@ -1085,6 +1225,32 @@ async fn delete_and_uninstall(ctx: &mut Ctx) -> anyhow::Result<()> {
             })
         })
         .await?;
+    // The deleted cluster's members lose the right to review tokens (the
+    // operator's periodic sweep; a ClusterRoleBinding has no owner to follow).
+    let bindings: Api<k8s_openapi::api::rbac::v1::ClusterRoleBinding> =
+        Api::all(ctx.client.clone());
+    let (_, unbound) = ctx
+        .wait_for(
+            "orders-kvserver dropped from the token-review binding",
+            3 * MIN,
+            || async {
+                let b = bindings
+                    .get("kvc-kvcluster-operator-token-reviewers")
+                    .await?;
+                let left: Vec<String> = b
+                    .subjects
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|s| format!("{}/{}", s.namespace.unwrap_or_default(), s.name))
+                    .collect();
+                Ok(if left.is_empty() {
+                    Ok(())
+                } else {
+                    Err(format!("subjects {left:?}"))
+                })
+            },
+        )
+        .await?;
     ctx.delete_namespace(NS).await?;
     ctx.helm(&["uninstall", "kvc", "--namespace", OPERATOR_NS])
         .await?;
@@ -1122,7 +1288,8 @@ async fn delete_and_uninstall(ctx: &mut Ctx) -> anyhow::Result<()> {
     ctx.delete_namespace(OPERATOR_NS).await?;
     ctx.report.add(
         "scenario 7: delete KVClusters, uninstall",
-        json!({"seconds": started.elapsed().as_secs(), "collected_after_s": gc.as_secs_f64()}),
+        json!({"seconds": started.elapsed().as_secs(), "collected_after_s": gc.as_secs_f64(),
+               "review_binding_swept_after_s": unbound.as_secs()}),
     );
     Ok(())
 }

@@ -201,10 +201,14 @@ async fn snapshot_catch_up(c: &mut Cluster) -> anyhow::Result<()> {
         .unwrap_or(0);
     c.kill(lagging);
     for i in 0..120 {
+        // Which put, and how long it took, when one fails: CI once saw this
+        // test fail on PostgreSQL with the leader's log silent after ~17 puts.
+        let t0 = std::time::Instant::now();
         let (st, body) = c
             .put_kv(leader, &format!("snap/{i:03}"), &format!("value-{i}"))
-            .await?;
-        ensure!(st == 201, "put: {st} {body}");
+            .await
+            .with_context(|| format!("put snap/{i:03} after {:?}", t0.elapsed()))?;
+        ensure!(st == 201, "put snap/{i:03}: {st} {body}");
     }
     // The survivors compact: the log the lagging node would need is gone.
     c.wait_purged_past(leader, before).await?;

@@ -8,7 +8,12 @@
 //!   (`spec.auth.tokenSecretName`), so the operator never edits the user's
 //!   Secret and the user never needs the operator's token.
 //! - The kvserver configuration (`crate::build::config_yaml`) turns auth on,
-//!   lists both token files, and binds `spec.auth.clientCertificates`.
+//!   lists both token files, and binds `spec.auth.clientCertificates` and
+//!   `spec.auth.serviceAccounts` ([`service_accounts_config`]).
+//! - ServiceAccount tokens are checked by the members with TokenReviews: each
+//!   pod gets a token of its own for that (projected at [`REVIEWER_DIR`] with
+//!   the API server's CA) and `crate::reviewers` lets the cluster's
+//!   ServiceAccount create reviews.
 //!
 //! Planning is pure: the one random input, a fresh token, is passed in.
 
@@ -20,6 +25,7 @@ use crate::build;
 use crate::build::BuildError;
 use crate::crd::AuthMode;
 use crate::crd::KVCluster;
+use crate::crd::ServiceAccountAuthSpec;
 
 /// Where the members find the token files.
 pub const AUTH_DIR: &str = "/etc/kvserver/auth";
@@ -42,6 +48,109 @@ pub fn token_files(kvc: &KVCluster) -> Vec<String> {
         files.push(format!("{AUTH_DIR}/user.yaml"));
     }
     files
+}
+
+/// Where members find their own token for TokenReviews and the API server's CA.
+pub const REVIEWER_DIR: &str = "/var/run/secrets/kvcluster.io/reviewer";
+/// Lifetime of that token; the kubelet renews it at 80 % and kvserver re-reads
+/// it for every review.
+pub const REVIEWER_TOKEN_SECONDS: i64 = 3600;
+
+/// `spec.auth.serviceAccounts`, when auth is on and it is set.
+pub fn service_accounts(kvc: &KVCluster) -> Option<&ServiceAccountAuthSpec> {
+    match enabled(kvc) {
+        true => kvc.spec.auth.service_accounts.as_ref(),
+        false => None,
+    }
+}
+
+/// The audience clients' ServiceAccount tokens must carry: the one set, else
+/// `kvcluster.io/<namespace>/<name>`.
+pub fn audience(kvc: &KVCluster) -> Result<String, BuildError> {
+    if let Some(a) = kvc
+        .spec
+        .auth
+        .service_accounts
+        .as_ref()
+        .and_then(|s| s.audience.clone())
+    {
+        return Ok(a);
+    }
+    let ns = kvc
+        .namespace()
+        .ok_or(BuildError::MissingMeta("namespace"))?;
+    Ok(format!("kvcluster.io/{ns}/{}", kvc.name_any()))
+}
+
+/// A DNS-1123 subdomain (ServiceAccount names) or label (namespaces).
+fn dns_name(s: &str, max: usize, dots: bool) -> bool {
+    let ok =
+        |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || (dots && b == b'.');
+    !s.is_empty()
+        && s.len() <= max
+        && s.bytes().all(ok)
+        && s.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
+        && s.bytes().last().is_some_and(|b| b.is_ascii_alphanumeric())
+}
+
+/// `auth.service_accounts` of the kvserver configuration, when the cluster
+/// takes ServiceAccount tokens: the audience, the bindings (each namespace
+/// filled in), and this pod's own review credential.
+pub fn service_accounts_config(kvc: &KVCluster) -> Result<Option<serde_json::Value>, BuildError> {
+    let Some(sa) = service_accounts(kvc) else {
+        return Ok(None);
+    };
+    let audience = audience(kvc)?;
+    if audience.trim().is_empty() || audience.len() > 256 || audience.chars().any(char::is_control)
+    {
+        return Err(BuildError::Auth(
+            "serviceAccounts.audience: must be 1-256 printable characters".into(),
+        ));
+    }
+    let own_ns = kvc
+        .namespace()
+        .ok_or(BuildError::MissingMeta("namespace"))?;
+    let mut seen = std::collections::BTreeSet::new();
+    let mut bindings = Vec::new();
+    for (i, b) in sa.bindings.iter().enumerate() {
+        let ns = b.namespace.clone().unwrap_or_else(|| own_ns.clone());
+        let field = format!("serviceAccounts.bindings[{i}]");
+        if !dns_name(&b.name, 253, true) {
+            return Err(BuildError::Auth(format!(
+                "{field}.name: {:?} is not a ServiceAccount name",
+                b.name
+            )));
+        }
+        if !dns_name(&ns, 63, false) {
+            return Err(BuildError::Auth(format!(
+                "{field}.namespace: {ns:?} is not a namespace name"
+            )));
+        }
+        if b.prefixes.iter().any(String::is_empty) {
+            return Err(BuildError::Auth(format!(
+                "{field}.prefixes: must not be empty strings (leave the list out for all keys)"
+            )));
+        }
+        if !seen.insert((ns.clone(), b.name.clone())) {
+            return Err(BuildError::Auth(format!(
+                "{field}: {ns}/{} is bound twice",
+                b.name
+            )));
+        }
+        bindings.push(serde_json::json!({
+            "namespace": ns,
+            "name": b.name,
+            "role": serde_json::to_value(b.role).unwrap_or_default(),
+            "prefixes": b.prefixes,
+        }));
+    }
+    Ok(Some(serde_json::json!({
+        "audience": audience,
+        "api_server": "https://kubernetes.default.svc",
+        "ca_file": format!("{REVIEWER_DIR}/ca.crt"),
+        "token_file": format!("{REVIEWER_DIR}/token"),
+        "bindings": bindings,
+    })))
 }
 
 /// What auth needs applied, and the operator's own credential.

@@ -186,6 +186,46 @@ pub struct AuthSpec {
     /// verify it against the client port's CA.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub client_certificates: Vec<CertificateBinding>,
+    /// Kubernetes ServiceAccounts as clients: an in-cluster client sends the
+    /// token its pod gets from a projected `serviceAccountToken` volume issued
+    /// for this cluster's audience, and needs no shared secret. Members check
+    /// each token with a TokenReview (cached for a minute), so the operator
+    /// lets their own ServiceAccount create TokenReviews (the ClusterRole
+    /// `system:auth-delegator`, through the binding the operator's install
+    /// provides) and projects a token for that into the pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_accounts: Option<ServiceAccountAuthSpec>,
+}
+
+/// ServiceAccount tokens as credentials.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceAccountAuthSpec {
+    /// The audience clients' tokens must be issued for (the `audience` of
+    /// their projected token). Default `kvcluster.io/<namespace>/<name>`: one
+    /// per cluster, so a token sent to one cluster is worthless to another.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audience: Option<String>,
+    /// Which ServiceAccounts hold which role; any other ServiceAccount's token
+    /// is refused (401). A change rolls the pods (it is part of their configuration).
+    #[serde(default)]
+    pub bindings: Vec<ServiceAccountBinding>,
+}
+
+/// A ServiceAccount bound to a role.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceAccountBinding {
+    /// The ServiceAccount's name.
+    pub name: String,
+    /// Its namespace; default: the KVCluster's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    /// The role it grants.
+    pub role: AuthRole,
+    /// Keys the role is limited to (those starting with one of these); empty: all.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub prefixes: Vec<String>,
 }
 
 /// Network fencing of the cluster's pods.

@@ -6,6 +6,7 @@
 //! - [`build`]: pure builders of the owned objects (ConfigMap, Services, StatefulSet, PDB,
 //!   ServiceAccount, NetworkPolicy).
 //! - [`auth`]: `spec.auth`: the operator's own admin token Secret and the members' token files.
+//! - [`reviewers`]: the ClusterRoleBinding that lets members check ServiceAccount tokens.
 //! - [`tls`]: the cluster's certificates (`spec.tls`): which to keep, issue or renew, as
 //!   Secrets and the CA ConfigMap.
 //! - [`membership`]: the pure membership state machine (next safe step from observed state).
@@ -23,4 +24,5 @@ pub mod crdgen;
 pub mod manifests;
 pub mod membership;
 pub mod metrics;
+pub mod reviewers;
 pub mod tls;

@@ -38,6 +38,18 @@ struct Cli {
         default_value = "kvcluster-operator"
     )]
     lease_name: String,
+    /// Watch only these namespaces (comma-separated; the chart's
+    /// namespace-scoped install). Unset: every namespace.
+    #[arg(long, env = "OPERATOR_WATCH_NAMESPACES", value_delimiter = ',')]
+    watch_namespaces: Vec<String>,
+    /// The ClusterRoleBinding (to `system:auth-delegator`) whose subjects the
+    /// operator keeps: the ServiceAccounts of clusters that take ServiceAccount tokens.
+    #[arg(
+        long,
+        env = "OPERATOR_REVIEWER_BINDING",
+        default_value = operator::reviewers::DEFAULT_BINDING
+    )]
+    reviewer_binding: String,
     /// Log format: json or pretty.
     #[arg(long, env = "OPERATOR_LOG_FORMAT", default_value = "json")]
     log_format: String,
@@ -151,25 +163,109 @@ async fn main() -> anyhow::Result<()> {
     metrics.leading.set(1);
     tracing::info!(identity, "leading: starting the controller");
 
-    let ctx = Arc::new(controller::Context::new(
+    let watched: Option<Vec<String>> = {
+        let list: Vec<String> = cli
+            .watch_namespaces
+            .iter()
+            .map(|n| n.trim().to_string())
+            .filter(|n| !n.is_empty())
+            .collect();
+        (!list.is_empty()).then_some(list)
+    };
+    let mut ctx = controller::Context::new(
         client.clone(),
         identity,
         metrics,
         operator::build::API_PORT as u16,
-    ));
-    let kvcs: Api<KVCluster> = Api::all(client.clone());
+    );
+    ctx.watched = watched.clone();
+    ctx.reviewer_binding = cli.reviewer_binding.clone();
+    let ctx = Arc::new(ctx);
+    tracing::info!(namespaces = ?watched, "watching");
+    // Deleted clusters leave the token-review binding here (reconciles see
+    // only live ones).
+    let sweeper = {
+        let (client, binding, watched) = (
+            client.clone(),
+            cli.reviewer_binding.clone(),
+            watched.clone(),
+        );
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(60));
+            loop {
+                tick.tick().await;
+                if let Err(e) =
+                    operator::reviewers::sweep(&client, &binding, watched.as_deref()).await
+                {
+                    tracing::debug!(error = %e, "token-review binding sweep");
+                }
+            }
+        })
+    };
+    let scopes: Vec<Option<String>> = match &watched {
+        None => vec![None],
+        Some(list) => list.iter().cloned().map(Some).collect(),
+    };
+    let run = futures::stream::select_all(
+        scopes
+            .iter()
+            .map(|ns| controller_for(&client, ns.as_deref(), ctx.clone()).boxed()),
+    )
+    .for_each(|r| async move {
+        if let Err(e) = r {
+            tracing::debug!(error = %e, "reconcile stream item");
+        }
+    });
+    tokio::select! {
+        _ = run => tracing::info!("controller stopped"),
+        _ = lock.changed() => tracing::warn!("lost leadership; exiting so a standby takes over"),
+    }
+    sweeper.abort();
+    drop(lock);
+    let _ = lease_task.await;
+    http.abort();
+    Ok(())
+}
+
+/// An API over one namespace, or all.
+fn scoped<K>(client: &Client, ns: Option<&str>) -> Api<K>
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+    <K as kube::Resource>::DynamicType: Default,
+{
+    match ns {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
+}
+
+/// The controller over one namespace (`None`: all): KVClusters, the
+/// StatefulSets and Services they own, and their pods.
+fn controller_for(
+    client: &Client,
+    ns: Option<&str>,
+    ctx: Arc<controller::Context>,
+) -> impl futures::Stream<
+    Item = Result<
+        (
+            kube::runtime::reflector::ObjectRef<KVCluster>,
+            kube::runtime::controller::Action,
+        ),
+        kube::runtime::controller::Error<controller::ReconcileError, kube::runtime::watcher::Error>,
+    >,
+> {
     let selector = "app.kubernetes.io/managed-by=kvcluster-operator";
-    let run = Controller::new(kvcs, watcher::Config::default())
+    Controller::new(scoped::<KVCluster>(client, ns), watcher::Config::default())
         .owns(
-            Api::<StatefulSet>::all(client.clone()),
+            scoped::<StatefulSet>(client, ns),
             watcher::Config::default().labels(selector),
         )
         .owns(
-            Api::<Service>::all(client.clone()),
+            scoped::<Service>(client, ns),
             watcher::Config::default().labels(selector),
         )
         .watches(
-            Api::<Pod>::all(client.clone()),
+            scoped::<Pod>(client, ns),
             watcher::Config::default().labels("app.kubernetes.io/name=kvserver"),
             |pod| {
                 let owner = pod
@@ -186,17 +282,4 @@ async fn main() -> anyhow::Result<()> {
         )
         .shutdown_on_signal()
         .run(controller::reconcile, controller::error_policy, ctx)
-        .for_each(|r| async move {
-            if let Err(e) = r {
-                tracing::debug!(error = %e, "reconcile stream item");
-            }
-        });
-    tokio::select! {
-        _ = run => tracing::info!("controller stopped"),
-        _ = lock.changed() => tracing::warn!("lost leadership; exiting so a standby takes over"),
-    }
-    drop(lock);
-    let _ = lease_task.await;
-    http.abort();
-    Ok(())
 }

@@ -92,6 +92,41 @@ pub fn rbac_rules() -> Vec<PolicyRule> {
     ]
 }
 
+/// What the operator needs to keep the members' token-review binding
+/// (`crate::reviewers`): that one binding, by name, and binding nothing but
+/// `system:auth-delegator`. Cluster-scoped, so in a ClusterRole even when the
+/// rest of the operator's rights are namespaced.
+pub fn reviewer_rules(binding: &str) -> Vec<PolicyRule> {
+    vec![
+        PolicyRule {
+            resource_names: Some(vec![binding.into()]),
+            ..rule(
+                &["rbac.authorization.k8s.io"],
+                &["clusterrolebindings"],
+                &["get", "patch"],
+            )
+        },
+        PolicyRule {
+            resource_names: Some(vec![crate::reviewers::REVIEWER_ROLE.into()]),
+            ..rule(&["rbac.authorization.k8s.io"], &["clusterroles"], &["bind"])
+        },
+    ]
+}
+
+/// The binding members review tokens through, created without subjects (the
+/// operator fills them in; `kubectl apply` of this file again leaves them).
+fn reviewer_binding(name: &str) -> ClusterRoleBinding {
+    ClusterRoleBinding {
+        metadata: meta(name, false),
+        role_ref: RoleRef {
+            api_group: "rbac.authorization.k8s.io".into(),
+            kind: "ClusterRole".into(),
+            name: crate::reviewers::REVIEWER_ROLE.into(),
+        },
+        subjects: None,
+    }
+}
+
 fn meta(name: &str, namespaced: bool) -> ObjectMeta {
     ObjectMeta {
         name: Some(name.into()),
@@ -233,7 +268,12 @@ pub fn install_yaml() -> Result<String, serde_yaml::Error> {
     )?;
     let role = ClusterRole {
         metadata: meta(NAME, false),
-        rules: Some(rbac_rules()),
+        rules: Some(
+            rbac_rules()
+                .into_iter()
+                .chain(reviewer_rules(crate::reviewers::DEFAULT_BINDING))
+                .collect(),
+        ),
         ..Default::default()
     };
     to_yaml(
@@ -259,6 +299,12 @@ pub fn install_yaml() -> Result<String, serde_yaml::Error> {
     to_yaml(
         &mut out,
         &binding,
+        "ClusterRoleBinding",
+        "rbac.authorization.k8s.io/v1",
+    )?;
+    to_yaml(
+        &mut out,
+        &reviewer_binding(crate::reviewers::DEFAULT_BINDING),
         "ClusterRoleBinding",
         "rbac.authorization.k8s.io/v1",
     )?;
@@ -377,6 +423,18 @@ mod tests {
                 .as_ref()
                 .is_some_and(|x| x.contains(&"kvclusters/status".into()))
         }));
+        // The cluster-scoped rights are pinned by name: one binding, one role
+        // to bind; never create or delete of any binding.
+        for r in reviewer_rules("b") {
+            let names = r.resource_names.clone().unwrap_or_default();
+            assert_eq!(names.len(), 1, "{r:?}");
+            assert!(
+                r.verbs
+                    .iter()
+                    .all(|v| ["get", "patch", "bind"].contains(&v.as_str())),
+                "{r:?}"
+            );
+        }
     }
 
     #[test]

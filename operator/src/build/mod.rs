@@ -33,6 +33,7 @@ mod policy;
 pub use self::policy::check_exposure;
 pub use self::policy::network_policy;
 pub use self::policy::service_account;
+pub use self::policy::service_account_name;
 
 pub const API_PORT: i32 = 8080;
 pub const RAFT_PORT: i32 = 8081;
@@ -326,6 +327,9 @@ pub fn config_yaml(kvc: &KVCluster) -> Result<String, BuildError> {
                 })
                 .collect::<Result<Vec<_>, _>>()?
                 .into();
+        }
+        if let Some(sa) = crate::auth::service_accounts_config(kvc)? {
+            auth["service_accounts"] = sa;
         }
     }
     let cfg = serde_json::json!({

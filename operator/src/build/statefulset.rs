@@ -160,6 +160,59 @@ fn auth_volume(kvc: &KVCluster) -> Option<(Volume, VolumeMount)> {
     ))
 }
 
+/// The members' own credential for TokenReviews, when the cluster takes
+/// ServiceAccount tokens (`spec.auth.serviceAccounts`): a token of the pod's
+/// ServiceAccount for the API server's audience, renewed by the kubelet, and
+/// the API server's CA (`kube-root-ca.crt`, published in every namespace).
+/// Only this volume holds an API token; the ServiceAccount may do nothing but
+/// reviews, and automounting stays off.
+fn reviewer_volume(kvc: &KVCluster) -> Option<(Volume, VolumeMount)> {
+    use k8s_openapi::api::core::v1::ConfigMapProjection;
+    use k8s_openapi::api::core::v1::KeyToPath;
+    use k8s_openapi::api::core::v1::ProjectedVolumeSource;
+    use k8s_openapi::api::core::v1::ServiceAccountTokenProjection;
+    use k8s_openapi::api::core::v1::VolumeProjection;
+    crate::auth::service_accounts(kvc)?;
+    let sources = vec![
+        VolumeProjection {
+            service_account_token: Some(ServiceAccountTokenProjection {
+                path: "token".into(),
+                expiration_seconds: Some(crate::auth::REVIEWER_TOKEN_SECONDS),
+                audience: None,
+            }),
+            ..Default::default()
+        },
+        VolumeProjection {
+            config_map: Some(ConfigMapProjection {
+                name: "kube-root-ca.crt".into(),
+                items: Some(vec![KeyToPath {
+                    key: "ca.crt".into(),
+                    path: "ca.crt".into(),
+                    ..Default::default()
+                }]),
+                optional: Some(false),
+            }),
+            ..Default::default()
+        },
+    ];
+    Some((
+        Volume {
+            name: "reviewer".into(),
+            projected: Some(ProjectedVolumeSource {
+                sources: Some(sources),
+                default_mode: Some(0o440),
+            }),
+            ..Default::default()
+        },
+        VolumeMount {
+            name: "reviewer".into(),
+            mount_path: crate::auth::REVIEWER_DIR.into(),
+            read_only: Some(true),
+            ..Default::default()
+        },
+    ))
+}
+
 /// The uid and gid kvserver runs as (the image's user).
 const KVSERVER_UID: i64 = 10001;
 
@@ -226,6 +279,7 @@ pub fn statefulset(
     // Certificates, token files and /tmp, besides data and configuration.
     let mut mounted = tls_volumes(kvc);
     mounted.extend(auth_volume(kvc));
+    mounted.extend(reviewer_volume(kvc));
     // SQLite's temporary files: the root filesystem is read-only.
     mounted.push((
         Volume {

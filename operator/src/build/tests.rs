@@ -432,3 +432,95 @@ fn auth_settings_become_kvserver_config() {
     ));
     assert!(matches!(err, Err(BuildError::Auth(_))), "{err:?}");
 }
+
+/// `spec.auth.serviceAccounts`: the bindings (namespace defaulted), a per-cluster
+/// audience, and the members' own review credential, which only these clusters
+/// mount.
+#[test]
+fn service_account_auth_becomes_config_and_a_review_credential() {
+    let k = kvc(
+        "{auth: {serviceAccounts: {bindings: [{name: checkout, role: readwrite, prefixes: [orders/]}, {name: audit, namespace: ops, role: read}]}}}",
+    );
+    let cfg: serde_yaml::Value =
+        serde_yaml::from_str(&config_yaml(&k).expect("config")).expect("yaml");
+    let sa = &cfg["auth"]["service_accounts"];
+    assert_eq!(sa["audience"], "kvcluster.io/shop/orders");
+    assert_eq!(sa["api_server"], "https://kubernetes.default.svc");
+    assert_eq!(sa["bindings"][0]["namespace"], "shop");
+    assert_eq!(sa["bindings"][0]["prefixes"][0], "orders/");
+    assert_eq!(sa["bindings"][1]["namespace"], "ops");
+    assert_eq!(sa["bindings"][1]["role"], "read");
+    let reviewer = |k: &KVCluster| {
+        let sts = statefulset(k, 3, None).expect("sts");
+        let pod = sts.spec.expect("spec").template.spec.expect("pod");
+        let volume = pod
+            .volumes
+            .unwrap_or_default()
+            .into_iter()
+            .find(|v| v.name == "reviewer");
+        let mounted = pod.containers[0]
+            .volume_mounts
+            .clone()
+            .unwrap_or_default()
+            .iter()
+            .any(|m| m.name == "reviewer" && m.read_only == Some(true));
+        (volume, mounted, pod.automount_service_account_token)
+    };
+    let (volume, mounted, automount) = reviewer(&k);
+    let sources = volume
+        .and_then(|v| v.projected)
+        .and_then(|p| p.sources)
+        .expect("a projected reviewer volume");
+    assert!(mounted && automount == Some(false));
+    assert!(sources.iter().any(|s| {
+        s.service_account_token
+            .as_ref()
+            .is_some_and(|t| t.audience.is_none() && t.expiration_seconds == Some(3600))
+    }));
+    assert!(sources.iter().any(|s| {
+        s.config_map
+            .as_ref()
+            .is_some_and(|c| c.name == "kube-root-ca.crt")
+    }));
+    // A chosen audience is kept; without serviceAccounts (or with auth off) no
+    // token is mounted and nothing is configured.
+    let chosen = kvc("{auth: {serviceAccounts: {audience: payments, bindings: []}}}");
+    let cfg: serde_yaml::Value =
+        serde_yaml::from_str(&config_yaml(&chosen).expect("config")).expect("yaml");
+    assert_eq!(cfg["auth"]["service_accounts"]["audience"], "payments");
+    for spec in [
+        "{}",
+        "{auth: {mode: disabled, serviceAccounts: {bindings: [{name: a, role: read}]}}}",
+    ] {
+        let k = kvc(spec);
+        assert!(reviewer(&k).0.is_none(), "{spec}");
+        let cfg: serde_yaml::Value =
+            serde_yaml::from_str(&config_yaml(&k).expect("config")).expect("yaml");
+        assert!(cfg["auth"]["service_accounts"].is_null(), "{spec}");
+    }
+    // Bad names, empty prefixes and double bindings name the field.
+    for (spec, field) in [
+        ("[{name: Checkout, role: read}]", "bindings[0].name"),
+        (
+            "[{name: a, namespace: 'x.y', role: read}]",
+            "bindings[0].namespace",
+        ),
+        (
+            "[{name: a, role: read, prefixes: ['']}]",
+            "bindings[0].prefixes",
+        ),
+        (
+            "[{name: a, role: read}, {name: a, namespace: shop, role: admin}]",
+            "bindings[1]",
+        ),
+    ] {
+        let k = kvc(&format!(
+            "{{auth: {{serviceAccounts: {{bindings: {spec}}}}}}}"
+        ));
+        let err = config_yaml(&k);
+        assert!(
+            matches!(&err, Err(BuildError::Auth(m)) if m.contains(field)),
+            "{spec}: {err:?}"
+        );
+    }
+}

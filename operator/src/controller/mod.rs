@@ -147,6 +147,11 @@ pub struct Context {
     /// The operator's own namespace (`POD_NAMESPACE`), which the clusters'
     /// NetworkPolicies admit to the client port; unknown: any namespace.
     pub operator_namespace: Option<String>,
+    /// The namespaces the operator watches (`--watch-namespaces`); `None`: all.
+    pub watched: Option<Vec<String>>,
+    /// The ClusterRoleBinding that lets members review ServiceAccount tokens
+    /// (`crate::reviewers`).
+    pub reviewer_binding: String,
 }
 
 impl Context {
@@ -168,6 +173,8 @@ impl Context {
             operator_namespace: std::env::var("POD_NAMESPACE")
                 .ok()
                 .filter(|n| !n.is_empty()),
+            watched: None,
+            reviewer_binding: crate::reviewers::DEFAULT_BINDING.into(),
         }
     }
 }
@@ -190,6 +197,35 @@ async fn publish_event(
     };
     if let Err(e) = ctx.recorder.publish(&ev, &kvc.object_ref(&())).await {
         tracing::warn!(error = %e, "could not publish an event");
+    }
+}
+
+/// Brings the token-review binding in step with this cluster (its members may
+/// review ServiceAccount tokens exactly when `spec.auth.serviceAccounts` is
+/// set). A binding the operator cannot update is the install's problem, not
+/// the cluster's: said in a Warning event when this cluster needs it, and the
+/// reconcile goes on (its members answer ServiceAccount tokens with 503).
+async fn review_binding(kvc: &KVCluster, ctx: &Context) {
+    let binding = ctx.reviewer_binding.as_str();
+    let result = match crate::reviewers::current(&ctx.client, binding).await {
+        Ok((subjects, _)) if crate::reviewers::in_step(kvc, &subjects) => Ok(None),
+        Ok(_) => crate::reviewers::sweep(&ctx.client, binding, ctx.watched.as_deref()).await,
+        Err(e) => Err(e),
+    };
+    match result {
+        Ok(_) => {}
+        Err(e) if crate::reviewers::wanted(kvc).is_some() => {
+            tracing::warn!(kvcluster = %kvc.name_any(), error = %e, "token reviews unavailable");
+            publish_event(
+                ctx,
+                kvc,
+                EventType::Warning,
+                "TokenReviewsUnavailable".into(),
+                e.to_string(),
+            )
+            .await;
+        }
+        Err(e) => tracing::debug!(error = %e, "token-review binding not checked"),
     }
 }
 
@@ -301,6 +337,7 @@ async fn reconcile_inner(kvc: &KVCluster, ctx: &Context) -> Result<Action, Recon
         }
     }
     apply::<ServiceAccount>(&ctx.client, &ns, &objects.5).await?;
+    review_binding(kvc, ctx).await;
     if let Some(np) = &objects.6 {
         apply::<NetworkPolicy>(&ctx.client, &ns, np).await?;
     }
