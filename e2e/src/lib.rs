@@ -8,6 +8,12 @@
 //! - [`Ctx::wait_for`]: every wait polls a condition until a deadline (no bare sleeps).
 //! - [`Ctx::kvctl`] / [`Ctx::start_kvctl`] / [`Ctx::finish_kvctl`]: client pods.
 //! - [`Report`]: phase timings and measurements, printed as `E2E-REPORT` lines.
+//! - `kvctl`: the client pods' spec, and the [`Credential`] they authenticate with.
+
+mod kvctl;
+
+pub use kvctl::Credential;
+use kvctl::kvctl_pod;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -15,14 +21,9 @@ use std::time::Duration;
 use anyhow::Context as _;
 use anyhow::bail;
 use k8s_openapi::api::core::v1::ConfigMap;
-use k8s_openapi::api::core::v1::ConfigMapVolumeSource;
-use k8s_openapi::api::core::v1::Container;
 use k8s_openapi::api::core::v1::Event;
 use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::api::core::v1::Pod;
-use k8s_openapi::api::core::v1::PodSpec;
-use k8s_openapi::api::core::v1::Volume;
-use k8s_openapi::api::core::v1::VolumeMount;
 use kube::Api;
 use kube::Client;
 use kube::api::DeleteParams;
@@ -35,16 +36,6 @@ use serde_json::json;
 
 /// The kvserver image under test (it also carries `kvctl`).
 pub const KVSERVER_IMAGE: &str = operator::crd::DEFAULT_IMAGE;
-
-/// What a kvctl pod authenticates with.
-#[derive(Debug, Clone, Copy)]
-pub enum Credential<'a> {
-    /// A Secret whose key `token` is the bearer token.
-    Secret(&'a str),
-    /// The pod runs as this ServiceAccount and sends the token the kubelet
-    /// projects for `audience` (`spec.auth.serviceAccounts`).
-    ServiceAccount { name: &'a str, audience: &'a str },
-}
 
 /// The cluster under test.
 pub struct Ctx {
@@ -266,8 +257,7 @@ impl Ctx {
 
     /// [`Ctx::start_kvctl`] with the TLS and credential choices made by the caller:
     /// `ca` names the ConfigMap with the CA bundle (`https://`), `None` means plain
-    /// `http://`; `token` names a Secret whose key `token` is sent as the bearer
-    /// token (`None`: no credential).
+    /// `http://`; `cred` is what the pod authenticates with (`None`: nothing).
     pub async fn start_kvctl_as(
         &self,
         ns: &str,
@@ -277,122 +267,80 @@ impl Ctx {
         ca: Option<&str>,
         cred: Option<Credential<'_>>,
     ) -> anyhow::Result<()> {
-        let scheme = if ca.is_some() { "https" } else { "http" };
-        let mut command = vec![
-            "/usr/local/bin/kvctl".to_string(),
-            "--endpoints".into(),
-            format!("{scheme}://{service}:8080"),
-        ];
-        if ca.is_some() {
-            command.extend([
-                "--cacert".to_string(),
-                "/etc/kvcluster-ca/ca.crt".to_string(),
-            ]);
-        }
-        if cred.is_some() {
-            command.extend([
-                "--token-file".to_string(),
-                "/etc/kvcluster-auth/token".to_string(),
-            ]);
-        }
-        command.extend(args.iter().map(|s| s.to_string()));
-        // The CA bundle (a ConfigMap) and the token (a Secret), each read-only at `dir`.
-        let mut volumes = Vec::new();
-        let mut mounts = Vec::new();
-        let mut mount = |volume: Volume, dir: &str| {
-            mounts.push(VolumeMount {
-                name: volume.name.clone(),
-                mount_path: dir.into(),
-                read_only: Some(true),
-                ..Default::default()
-            });
-            volumes.push(volume);
-        };
-        if let Some(name) = ca {
-            let source = ConfigMapVolumeSource {
-                name: name.into(),
-                ..Default::default()
-            };
-            mount(
-                Volume {
-                    name: "ca".into(),
-                    config_map: Some(source),
-                    ..Default::default()
-                },
-                "/etc/kvcluster-ca",
-            );
-        }
-        let mut service_account = None;
-        match cred {
-            Some(Credential::Secret(name)) => {
-                let source = k8s_openapi::api::core::v1::SecretVolumeSource {
-                    secret_name: Some(name.into()),
-                    ..Default::default()
-                };
-                mount(
-                    Volume {
-                        name: "token".into(),
-                        secret: Some(source),
-                        ..Default::default()
-                    },
-                    "/etc/kvcluster-auth",
-                );
-            }
-            Some(Credential::ServiceAccount { name, audience }) => {
-                use k8s_openapi::api::core::v1::ProjectedVolumeSource;
-                use k8s_openapi::api::core::v1::ServiceAccountTokenProjection;
-                use k8s_openapi::api::core::v1::VolumeProjection;
-                let token = VolumeProjection {
-                    service_account_token: Some(ServiceAccountTokenProjection {
-                        audience: Some(audience.into()),
-                        expiration_seconds: Some(3600),
-                        path: "token".into(),
-                    }),
-                    ..Default::default()
-                };
-                mount(
-                    Volume {
-                        name: "token".into(),
-                        projected: Some(ProjectedVolumeSource {
-                            sources: Some(vec![token]),
-                            ..Default::default()
-                        }),
-                        ..Default::default()
-                    },
-                    "/etc/kvcluster-auth",
-                );
-                service_account = Some(name.to_string());
-            }
-            None => {}
-        }
-        let (volumes, mounts) = (Some(volumes), Some(mounts));
-        let obj = Pod {
+        let obj = kvctl_pod(pod, service, args, ca, cred);
+        let api: Api<Pod> = Api::namespaced(self.client.clone(), ns);
+        api.create(&PostParams::default(), &obj).await?;
+        Ok(())
+    }
+
+    /// Runs kvctl as a Job (what an application's batch client is), with the
+    /// pod [`Ctx::start_kvctl_as`] would start as its template; waits for it to
+    /// finish and returns whether it succeeded and its pod's logs. The Job and
+    /// its pod are deleted afterwards.
+    pub async fn run_kvctl_job(
+        &self,
+        ns: &str,
+        name: &str,
+        service: &str,
+        args: &[&str],
+        ca: Option<&str>,
+        cred: Option<Credential<'_>>,
+    ) -> anyhow::Result<(bool, String)> {
+        use k8s_openapi::api::batch::v1::Job;
+        use k8s_openapi::api::batch::v1::JobSpec;
+        use k8s_openapi::api::core::v1::PodTemplateSpec;
+        let pod = kvctl_pod(name, service, args, ca, cred);
+        let job = Job {
             metadata: kube::api::ObjectMeta {
-                name: Some(pod.into()),
-                labels: Some([("app.kubernetes.io/name".to_string(), "kvctl".to_string())].into()),
+                name: Some(name.into()),
                 ..Default::default()
             },
-            spec: Some(PodSpec {
-                restart_policy: Some("Never".into()),
-                // No API token but the one a ServiceAccount credential asks for.
-                automount_service_account_token: Some(false),
-                service_account_name: service_account,
-                containers: vec![Container {
-                    name: "kvctl".into(),
-                    image: Some(KVSERVER_IMAGE.into()),
-                    image_pull_policy: Some("IfNotPresent".into()),
-                    command: Some(command),
-                    volume_mounts: mounts,
-                    ..Default::default()
-                }],
-                volumes,
+            spec: Some(JobSpec {
+                backoff_limit: Some(0),
+                template: PodTemplateSpec {
+                    metadata: Some(kube::api::ObjectMeta {
+                        labels: pod.metadata.labels.clone(),
+                        ..Default::default()
+                    }),
+                    spec: pod.spec,
+                },
                 ..Default::default()
             }),
             ..Default::default()
         };
-        let api: Api<Pod> = Api::namespaced(self.client.clone(), ns);
-        api.create(&PostParams::default(), &obj).await?;
-        Ok(())
+        let jobs: Api<Job> = Api::namespaced(self.client.clone(), ns);
+        jobs.create(&PostParams::default(), &job).await?;
+        let (ok, _) = self
+            .wait_for(
+                &format!("job {ns}/{name} finished"),
+                Duration::from_secs(180),
+                || async {
+                    let st = jobs.get(name).await?.status.unwrap_or_default();
+                    Ok(match (st.succeeded.unwrap_or(0), st.failed.unwrap_or(0)) {
+                        (s, _) if s > 0 => Ok(true),
+                        (_, f) if f > 0 => Ok(false),
+                        _ => Err(format!("active {:?}", st.active)),
+                    })
+                },
+            )
+            .await?;
+        let pods: Api<Pod> = Api::namespaced(self.client.clone(), ns);
+        let mut logs = String::new();
+        for p in pods
+            .list(&ListParams::default().labels(&format!("job-name={name}")))
+            .await?
+            .items
+        {
+            if let Some(n) = p.metadata.name {
+                logs.push_str(&pods.logs(&n, &LogParams::default()).await?);
+            }
+        }
+        let background = DeleteParams {
+            propagation_policy: Some(kube::api::PropagationPolicy::Background),
+            ..Default::default()
+        };
+        jobs.delete(name, &background).await?;
+        Ok((ok, logs))
     }
 
     /// Waits for a kvctl pod to finish; returns whether it succeeded and the

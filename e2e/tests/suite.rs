@@ -463,14 +463,18 @@ async fn auth_and_hardening(ctx: &mut Ctx) -> anyhow::Result<()> {
     let sa = |name: &'static str, audience: &'static str| {
         Some(Credential::ServiceAccount { name, audience })
     };
-    let (ok, out) = kvctl_as(
-        ctx,
-        "sa-in",
-        sa("orders-app", ORDERS_AUDIENCE),
-        &["put", "app/from-sa", "x"],
-    )
-    .await?;
-    anyhow::ensure!(ok, "the bound ServiceAccount under app/: {out}");
+    // An application's batch client: a Job running as the bound account.
+    let (ok, out) = ctx
+        .run_kvctl_job(
+            NS,
+            "sa-job",
+            "orders",
+            &["put", "app/from-sa", "x"],
+            Some("orders-ca"),
+            sa("orders-app", ORDERS_AUDIENCE),
+        )
+        .await?;
+    anyhow::ensure!(ok, "a Job as the bound ServiceAccount, under app/: {out}");
     let (ok, out) = kvctl_as(
         ctx,
         "sa-out",
