@@ -164,6 +164,17 @@ pub async fn sweep(
     watched: Option<&[String]>,
 ) -> Result<Option<(usize, usize)>, ReviewerError> {
     let (now, rv) = current(client, binding).await?;
+    sweep_from(client, binding, watched, now, rv).await
+}
+
+/// [`sweep`] from a binding already read (`now` at resourceVersion `rv`).
+pub async fn sweep_from(
+    client: &Client,
+    binding: &str,
+    watched: Option<&[String]>,
+    now: Vec<Subject>,
+    rv: Option<String>,
+) -> Result<Option<(usize, usize)>, ReviewerError> {
     let kvcs = all_clusters(client, watched)
         .await
         .map_err(|source| ReviewerError::Kube {

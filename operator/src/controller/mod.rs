@@ -209,7 +209,10 @@ async fn review_binding(kvc: &KVCluster, ctx: &Context) {
     let binding = ctx.reviewer_binding.as_str();
     let result = match crate::reviewers::current(&ctx.client, binding).await {
         Ok((subjects, _)) if crate::reviewers::in_step(kvc, &subjects) => Ok(None),
-        Ok(_) => crate::reviewers::sweep(&ctx.client, binding, ctx.watched.as_deref()).await,
+        Ok((subjects, rv)) => {
+            let watched = ctx.watched.as_deref();
+            crate::reviewers::sweep_from(&ctx.client, binding, watched, subjects, rv).await
+        }
         Err(e) => Err(e),
     };
     match result {
