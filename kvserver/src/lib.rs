@@ -6,12 +6,17 @@
 //! - [`config`]: YAML file < `KV_*` env < CLI flags, strictly validated.
 //! - [`model`]: the HTTP API's request/response types (shared with the client, documented in OpenAPI).
 //! - [`client`]: a typed async client (KV, txn, watch stream, cluster API) with endpoint failover.
+//! - [`record`]: the stored form of a key, shared by the server and backup files.
+//! - [`backup`] (feature `backup`, in `server` and `cli`): the backup file and segment
+//!   formats, destinations (a directory or S3-compatible object storage), continuous
+//!   backup from the watch feed, and composing a restore point.
 //!
 //! Everything but `model` and `client` sits behind the default `server` feature; with
 //! `default-features = false` the crate builds without openraft and sqlx (for the operator).
 //! - [`command`]: the openraft type configuration and the replicated command language.
 //! - [`store`]: SQLite (sqlx) persistence: Raft log and vote ([`store::log`]), the state
 //!   machine ([`store::sm`]) and snapshot files ([`store::snapshot`]).
+//! - [`restore`]: forming a cluster, from nothing or from a backup (`restore_from`).
 //! - [`raft`]: the Raft handle, its openraft configuration, membership look-ups, proposing.
 //! - [`peer`]: the binary Raft peer transport on its own port: [`peer::wire`],
 //!   [`peer::client`] (outbound), [`peer::server`] (inbound).
@@ -33,8 +38,11 @@
 //! chunking an in-memory buffer. 0.9 has neither. The alpha is pinned with `=` so an
 //! upgrade is a deliberate change; the storage conformance suite guards it.
 
+#[cfg(feature = "backup")]
+pub mod backup;
 pub mod client;
 pub mod model;
+pub mod record;
 pub mod tls;
 
 #[cfg(feature = "server")]
@@ -53,6 +61,8 @@ pub mod node;
 pub mod peer;
 #[cfg(feature = "server")]
 pub mod raft;
+#[cfg(feature = "server")]
+pub mod restore;
 #[cfg(feature = "server")]
 pub mod route;
 #[cfg(feature = "server")]

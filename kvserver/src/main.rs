@@ -42,6 +42,10 @@ struct Cli {
     /// Initialize a single-node cluster if the store is empty (local use).
     #[arg(long)]
     bootstrap: bool,
+    /// Form the new cluster from this backup file (with --bootstrap, or when told to
+    /// initialize); only into an empty data dir, under a new --cluster-id.
+    #[arg(long, value_name = "FILE")]
+    restore_from: Option<PathBuf>,
     /// Log format: json or pretty.
     #[arg(long)]
     log_format: Option<String>,
@@ -63,7 +67,7 @@ fn load(cli: &Cli) -> anyhow::Result<kvserver::Config> {
     let mut l = ConfigLoader::new()
         .file(cli.config.clone())
         .env(std::env::vars());
-    let flags: [(&str, Option<String>, &str); 9] = [
+    let flags: [(&str, Option<String>, &str); 10] = [
         (
             "node_id",
             cli.node_id.map(|v| v.to_string()),
@@ -86,6 +90,11 @@ fn load(cli: &Cli) -> anyhow::Result<kvserver::Config> {
             "advertise_raft_addr",
             cli.advertise_raft_addr.clone(),
             "flag --advertise-raft-addr",
+        ),
+        (
+            "restore_from",
+            cli.restore_from.as_ref().map(|p| p.display().to_string()),
+            "flag --restore-from",
         ),
         ("log.format", cli.log_format.clone(), "flag --log-format"),
         ("log.level", cli.log_level.clone(), "flag --log-level"),

@@ -21,6 +21,7 @@ pub struct Metrics {
     pub http_requests: IntCounterVec,
     pub http_duration: HistogramVec,
     pub storage_sync_seconds: prometheus::Histogram,
+    pub backup_seconds: prometheus::Histogram,
     pub raft_term: IntGauge,
     pub raft_leader: IntGauge,
     pub raft_is_leader: IntGauge,
@@ -119,6 +120,16 @@ impl Metrics {
             ]),
         )?;
         registry.register(Box::new(storage_sync_seconds.clone()))?;
+        let backup_seconds = prometheus::Histogram::with_opts(
+            HistogramOpts::new(
+                "kv_backup_seconds",
+                "Time to take a full backup on this node (GET /v1/backup), before streaming it",
+            )
+            .buckets(vec![
+                0.01, 0.05, 0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
+            ]),
+        )?;
+        registry.register(Box::new(backup_seconds.clone()))?;
         let raft_replication_lag = IntGaugeVec::new(
             Opts::new(
                 "kv_raft_replication_lag_entries",
@@ -254,6 +265,7 @@ impl Metrics {
             http_requests,
             http_duration,
             storage_sync_seconds,
+            backup_seconds,
             raft_replication_lag,
             peer_refused,
             row_cache_lookups,

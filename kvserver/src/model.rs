@@ -490,6 +490,11 @@ pub struct WatchEventBody {
     /// The key before the change.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prev_kv: Option<KeyValue>,
+    /// When the change was made (unix ms, the leader's clock): what continuous
+    /// backup records so a restore can stop at a point in time. Absent only for
+    /// deletes older than the release that started recording it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time_ms: Option<u64>,
 }
 
 /// The JSON `data` of the final `event: dropped` of a watch stream.

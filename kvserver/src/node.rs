@@ -71,6 +71,8 @@ pub enum NodeError {
     },
     #[error("config field `auth.token_files`: {0}")]
     Tokens(#[from] crate::auth::tokens::TokenError),
+    #[error("config field `restore_from`: {0}")]
+    Restore(#[from] crate::restore::InitError),
 }
 
 fn tls_err(field: &'static str) -> impl Fn(crate::tls::TlsError) -> NodeError {
@@ -349,6 +351,7 @@ pub async fn start_node(config: Config) -> Result<NodeHandle, NodeError> {
         api_scheme: if api_certs.is_some() { "https" } else { "http" },
         auth,
         gates,
+        backup_slot: Arc::default(),
         tls_certs,
         shutdown: api_stop_rx.clone(),
     });
@@ -386,10 +389,22 @@ pub async fn start_node(config: Config) -> Result<NodeHandle, NodeError> {
             node_id = id,
             "bootstrap: initializing a single-node cluster"
         );
-        raft.initialize(BTreeMap::from([(id, advertise.clone())]))
-            .await
-            .map_err(|e| NodeError::Raft(e.to_string()))?;
+        crate::restore::initialize(
+            &raft,
+            &store,
+            id,
+            &config.cluster_id,
+            BTreeMap::from([(id, advertise.clone())]),
+            config.restore_from.as_deref(),
+        )
+        .await?;
     }
+    // A restore whose seal a crash interrupted is sealed now (see `restore`).
+    tasks.push(tokio::spawn(crate::restore::finish_interrupted(
+        raft.clone(),
+        store.clone(),
+        id,
+    )));
     tracing::info!(node_id = id, api = %api_addr, raft = %raft_addr, advertise = %advertise, cluster_id = %config.cluster_id, "kvserver started");
     Ok(NodeHandle {
         id,

@@ -10,6 +10,7 @@
 //! | `GET /status`                           | any principal, or anyone with `auth.open_status` |
 //! | `GET /v1/cluster`                       | any principal                        |
 //! | `POST /v1/cluster/{init,learners,membership,transfer-leader}` | `admin`        |
+//! | `GET /v1/backup`                        | `admin`                              |
 //! | key routes (`/v1/kv`, `/v1/batch/get`, `/v1/txn`, `/v1/watch`) | by role and prefix, in `crate::route` |
 
 use std::net::SocketAddr;
@@ -56,6 +57,7 @@ pub fn class(route: Option<&str>, method: &Method, config: &AuthConfig) -> Class
             ),
             true,
         ) => Class::Admin,
+        (Some("/v1/backup"), _) => Class::Admin,
         _ => Class::Authenticated,
     }
 }

@@ -35,6 +35,7 @@ use crate::model::MemberInfo;
 use crate::model::MemberSpec;
 use crate::model::MembershipRequest;
 use crate::model::TransferRequest;
+use crate::restore::InitError;
 use crate::route;
 use crate::route::Routed;
 
@@ -218,16 +219,32 @@ pub async fn init(
             ),
         });
     }
-    match state.raft.initialize(members).await {
-        Ok(()) => {}
-        Err(RaftError::APIError(InitializeError::NotAllowed(_))) => {
+    match crate::restore::initialize(
+        &state.raft,
+        &state.store,
+        state.id,
+        &state.cluster_id,
+        members,
+        state.config.restore_from.as_deref(),
+    )
+    .await
+    {
+        Ok(_) => {}
+        Err(InitError::Raft(RaftError::APIError(InitializeError::NotAllowed(_)))) => {
             // Lost a race with another init or a leader's append: report the state as is.
             return Ok(change_response(&state, false));
         }
-        Err(RaftError::APIError(InitializeError::NotInMembers(e))) => {
+        Err(InitError::Raft(RaftError::APIError(InitializeError::NotInMembers(e)))) => {
             return Err(ApiError::bad("invalid_parameter", e.to_string()));
         }
-        Err(RaftError::Fatal(f)) => return Err(f.into()),
+        Err(InitError::Raft(RaftError::Fatal(f))) => return Err(f.into()),
+        Err(InitError::Restore(e)) => {
+            return Err(ApiError::Conflict {
+                code: "restore_refused",
+                message: e.to_string(),
+            });
+        }
+        Err(e @ InitError::Seal(_)) => return Err(ApiError::Internal(e.to_string())),
     }
     tracing::info!(node_id = state.id, "cluster initialized");
     Ok((

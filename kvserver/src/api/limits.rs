@@ -56,6 +56,8 @@ pub(super) async fn limit(State(state): State<AppState>, req: Request, next: Nex
         Some("/healthz" | "/readyz" | "/metrics") => return next.run(req).await,
         // A stream lives as long as the client wants: watchers have their own caps.
         Some("/v1/watch") => return next.run(req).await,
+        // Takes as long as the data needs; one at a time per node (`api::backup`).
+        Some("/v1/backup") => return next.run(req).await,
         _ => {}
     }
     let Ok(_permit) = state.gates.requests.clone().try_acquire_owned() else {

@@ -6,6 +6,7 @@
 //! over the peer port or as a relayed HTTP request) is `crate::route`'s job.
 
 pub mod auth;
+pub mod backup;
 pub mod cluster;
 pub mod error;
 pub mod kv;
@@ -82,6 +83,8 @@ pub struct NodeState {
     pub auth: Arc<crate::auth::Authenticator>,
     /// Requests and watch streams in progress, against their limits.
     pub gates: limits::Gates,
+    /// Held while a backup is taken (one at a time per node).
+    pub backup_slot: Arc<tokio::sync::Mutex<()>>,
 }
 
 pub type AppState = Arc<NodeState>;
@@ -112,6 +115,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/txn", post(txn::txn))
         .route("/v1/watch", get(watch::watch))
         .route("/v1/cluster", get(cluster::info))
+        .route("/v1/backup", get(backup::backup))
         .route("/v1/cluster/init", post(cluster::init))
         .route("/v1/cluster/learners", post(cluster::add_learner))
         .route("/v1/cluster/membership", post(cluster::change_membership))

@@ -6,6 +6,7 @@
 use axum::Json;
 use utoipa::OpenApi;
 
+use super::backup;
 use super::cluster;
 use super::kv;
 use super::ops;
@@ -26,7 +27,7 @@ use crate::model;
     paths(
         kv::get_key, kv::put_key, kv::delete_key, kv::list, kv::delete_prefix, kv::batch_get,
         txn::txn, watch::watch,
-        cluster::info, cluster::init, cluster::add_learner, cluster::change_membership, cluster::transfer_leader,
+        cluster::info, cluster::init, backup::backup, cluster::add_learner, cluster::change_membership, cluster::transfer_leader,
         ops::healthz, ops::readyz, ops::status, ops::metrics, openapi_json,
     ),
     components(schemas(model::ErrorBody, model::ErrorDetail, model::DroppedBody, model::WatchEventBody)),

@@ -77,6 +77,7 @@ fn render(events: &[&Change], filter: &Filter) -> Vec<(Event, usize)> {
                 } else {
                     None
                 },
+                time_ms: e.at_ms,
             };
             let data = serde_json::to_string(&body).unwrap_or_else(|_| "{}".into());
             let size = data.len();

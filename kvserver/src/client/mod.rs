@@ -13,8 +13,11 @@
 //!
 //! Layout: this file holds the transport (endpoints, retries, leader hints,
 //! errors); [`kv`] and [`cluster`] the calls, one method per API route;
-//! [`watch`] the resuming watch stream; `credential` the bearer token sent.
+//! [`watch`] the resuming watch stream; `credential` the bearer token sent;
+//! `backup` (feature `backup`) downloading a full backup.
 
+#[cfg(feature = "backup")]
+mod backup;
 mod cluster;
 mod credential;
 mod kv;
@@ -29,6 +32,8 @@ use reqwest::Method;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+#[cfg(feature = "backup")]
+pub use self::backup::BackupDownload;
 use crate::model::ClusterInfo;
 use crate::model::ErrorBody;
 use crate::model::NodeId;

@@ -25,6 +25,19 @@ impl Client {
         prefix: &str,
         from_revision: Option<u64>,
     ) -> impl Stream<Item = Result<WatchEventBody, ClientError>> + Send + 'static {
+        use futures_util::StreamExt;
+        self.watch_revisions(prefix, from_revision)
+            .map(|r| r.map(|(ev, _)| ev))
+    }
+
+    /// [`Client::watch`], with each event saying whether it is the last of its
+    /// revision (a transaction or prefix delete changes several keys in one): what a
+    /// consumer needs to act on whole revisions only (continuous backup).
+    pub fn watch_revisions(
+        &self,
+        prefix: &str,
+        from_revision: Option<u64>,
+    ) -> impl Stream<Item = Result<(WatchEventBody, bool), ClientError>> + Send + 'static {
         let state = WatchState {
             client: self.clone(),
             prefix: prefix.to_string(),
@@ -105,7 +118,7 @@ impl WatchState {
         Ok(())
     }
 
-    async fn next(&mut self) -> Result<WatchEventBody, ClientError> {
+    async fn next(&mut self) -> Result<(WatchEventBody, bool), ClientError> {
         loop {
             if let Some((ev, completes)) = self.pending.pop_front() {
                 if completes {
@@ -117,7 +130,7 @@ impl WatchState {
                         _ => Some((ev.revision, 1)),
                     };
                 }
-                return Ok(ev);
+                return Ok((ev, completes));
             }
             if self.resp.is_none() {
                 match self.connect().await {

@@ -20,53 +20,8 @@ use std::fmt;
 use serde::Deserialize;
 use serde::Serialize;
 
-use crate::model::KeyValue;
 pub use crate::model::NodeId;
-
-/// A key as the state machine holds it: in apply outcomes, watch history,
-/// snapshots and on the peer wire. Every field is always present, so it
-/// encodes positionally (bincode); the HTTP API's `model::KeyValue` is made
-/// from it at the API boundary, which is also where keys-only listings drop the
-/// value. Its field order is the snapshot and watch-history record format:
-/// changing it changes those files.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct StoredKv {
-    pub key: String,
-    /// Empty in keys-only listings (the value was not read).
-    pub value: String,
-    /// Revision at which the key was (last) created.
-    pub create_revision: u64,
-    /// Revision of the last modification.
-    pub mod_revision: u64,
-    /// Number of modifications since creation (1 after create).
-    pub version: u64,
-    /// Absolute expiry (unix ms), if the key has a TTL.
-    pub expires_at_ms: Option<u64>,
-    pub created_at_ms: u64,
-    pub updated_at_ms: u64,
-}
-
-impl StoredKv {
-    /// The key as the API shows it.
-    pub fn into_api(self) -> KeyValue {
-        self.into_api_with(true)
-    }
-
-    /// The key as the API shows it, without its value when `with_value` is false
-    /// (keys-only listings).
-    pub fn into_api_with(self, with_value: bool) -> KeyValue {
-        KeyValue {
-            key: self.key,
-            value: with_value.then_some(self.value),
-            create_revision: self.create_revision,
-            mod_revision: self.mod_revision,
-            version: self.version,
-            expires_at_ms: self.expires_at_ms,
-            created_at_ms: self.created_at_ms,
-            updated_at_ms: self.updated_at_ms,
-        }
-    }
-}
+pub use crate::record::StoredKv;
 
 /// What the membership records about a node: where to reach it.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -126,6 +81,17 @@ pub enum Command {
 }
 
 impl Command {
+    /// The leader clock the command carries (unix ms).
+    pub fn now_ms(&self) -> u64 {
+        match self {
+            Command::Put { now_ms, .. }
+            | Command::Delete { now_ms, .. }
+            | Command::DeletePrefix { now_ms, .. }
+            | Command::Expire { now_ms, .. }
+            | Command::Txn { now_ms, .. } => *now_ms,
+        }
+    }
+
     /// Moves the command's clock to `now_ms`: the time it was built at becomes `now_ms`
     /// and every absolute expiry moves by the same amount, so a TTL keeps its length.
     /// A leader applies this to writes a follower built (the leader's clock decides).
@@ -249,6 +215,10 @@ pub struct Change {
     pub kv: Option<StoredKv>,
     /// The key before the change (absent on creation).
     pub prev: Option<StoredKv>,
+    /// Leader clock (unix ms) of the command that made the change: what a
+    /// point-in-time restore to a time compares. `None` only in history written
+    /// by releases before it was recorded, for changes other than puts.
+    pub at_ms: Option<u64>,
 }
 
 impl fmt::Display for Command {

@@ -201,6 +201,11 @@ pub struct Config {
     pub advertise_raft_addr: Option<String>,
     /// Initialize a single-node cluster if the store is empty (local use; never set in Kubernetes).
     pub bootstrap: bool,
+    /// A backup file (`kvctl backup save`, or a restore point) this node restores when it
+    /// forms a new cluster (`--bootstrap` or `POST /v1/cluster/init`): the new cluster
+    /// starts with exactly the backup's keys and revision. Only into an empty store, and
+    /// only under a `cluster_id` other than the backup's (docs/backup.md).
+    pub restore_from: Option<PathBuf>,
     /// Largest accepted value in bytes.
     pub max_value_bytes: usize,
     /// How long SIGTERM waits for in-flight requests before exiting.
@@ -227,6 +232,7 @@ impl Default for Config {
             advertise_api_addr: None,
             advertise_raft_addr: None,
             bootstrap: false,
+            restore_from: None,
             max_value_bytes: 1024 * 1024,
             shutdown_timeout_ms: 10_000,
             ttl_reap_interval_ms: 1_000,
@@ -273,6 +279,14 @@ impl Config {
                 && s.chars()
                     .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
         };
+        if let Some(p) = &self.restore_from
+            && !p.is_file()
+        {
+            return Err(field_err(
+                "restore_from",
+                &format!("{} is not a readable file", p.display()),
+            ));
+        }
         if !valid_id(&self.cluster_id) {
             return Err(field_err(
                 "cluster_id",

@@ -116,6 +116,8 @@ pub(crate) struct ApplyCtx<'t> {
     rows: &'t RowCache,
     /// Revision after the last applied command.
     pub rev: u64,
+    /// Leader clock of the command being applied (stamped on its changes).
+    now_ms: u64,
     /// Changes made so far in this batch, in order.
     pub events: Vec<Change>,
     /// Stored row of every key read or written so far (`None`: absent), as the batch
@@ -131,6 +133,7 @@ impl<'t> ApplyCtx<'t> {
             w,
             rows,
             rev,
+            now_ms: 0,
             events: Vec::new(),
             cache: HashMap::new(),
             dirty: BTreeSet::new(),
@@ -253,6 +256,7 @@ impl<'t> ApplyCtx<'t> {
             key: kv.key.clone(),
             kv: Some(kv.clone()),
             prev: live.clone(),
+            at_ms: Some(self.now_ms),
         });
         Ok((live.is_none(), kv, live))
     }
@@ -266,6 +270,7 @@ impl<'t> ApplyCtx<'t> {
             key: prev.key.clone(),
             kv: None,
             prev: Some(prev),
+            at_ms: Some(self.now_ms),
         });
     }
 
@@ -287,6 +292,7 @@ impl<'t> ApplyCtx<'t> {
     /// Applies one command; bumps the revision once if (and only if) it changed anything.
     pub async fn command(&mut self, cmd: Command) -> Result<Outcome, StoreError> {
         let at = self.rev + 1;
+        self.now_ms = cmd.now_ms();
         match cmd {
             Command::Put {
                 key,

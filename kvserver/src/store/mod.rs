@@ -34,11 +34,13 @@
 //!
 //! Submodules: `setup` opens the database (backend, schema, pools, identity),
 //! `read` serves reads, [`log`] implements openraft's log storage, [`sm`] the
-//! state machine and [`snapshot`] the on-disk snapshot format; `apply` the command
+//! state machine and [`snapshot`] the on-disk snapshot format; `backup` full
+//! backups and restores of the state machine; `apply` the command
 //! semantics, `batch` multi-row statement shapes, `script` sending a write
 //! path's statements in one trip, `cache` the in-memory row cache.
 
 mod apply;
+mod backup;
 mod batch;
 pub(crate) mod cache;
 pub mod log;
@@ -97,6 +99,10 @@ pub enum StoreError {
     },
     #[error("storage is shutting down")]
     Closed,
+    #[error("backup: {0}")]
+    Backup(#[from] crate::backup::BackupError),
+    #[error("restore refused: {0}")]
+    RestoreRefused(String),
 }
 
 impl StoreError {
@@ -209,6 +215,22 @@ pub struct Store {
 }
 
 impl Store {
+    /// A read transaction in which every statement sees the same committed state:
+    /// SQLite's read transactions do; PostgreSQL's default (READ COMMITTED) takes a
+    /// new snapshot per statement, so a snapshot or backup read there could pair
+    /// one batch's applied position with the next batch's rows.
+    pub(crate) async fn consistent_read(
+        &self,
+    ) -> Result<sqlx::Transaction<'static, Any>, StoreError> {
+        let mut tx = self.reader.begin().await?;
+        if self.backend_name == "postgres" {
+            sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+                .execute(&mut *tx)
+                .await?;
+        }
+        Ok(tx)
+    }
+
     /// `sqlite` or `postgres`.
     pub fn backend(&self) -> &'static str {
         self.backend_name

@@ -42,9 +42,9 @@ use super::snapshot::SnapshotWriter;
 use crate::command::ApplyResult;
 use crate::command::TypeConfig;
 
-const SM_APPLIED: &str = "sm_applied";
+pub(crate) const SM_APPLIED: &str = "sm_applied";
 const SM_MEMBERSHIP: &str = "sm_membership";
-const SM_REVISION: &str = "sm_revision";
+pub(crate) const SM_REVISION: &str = "sm_revision";
 const SNAPSHOT_CURRENT: &str = "snapshot_current";
 
 type Snapshot = SnapshotOf<TypeConfig, SnapshotFile>;
@@ -405,7 +405,7 @@ impl SnapshotBuilder {
     ) -> Result<(SnapshotMetaOf<TypeConfig>, std::path::PathBuf), StoreError> {
         // One read transaction sees one committed state: the applied position, the
         // membership, the revision and every key below belong to the same instant.
-        let mut tx = self.store.reader.begin().await?;
+        let mut tx = self.store.consistent_read().await?;
         let applied: Option<LogIdOf<TypeConfig>> =
             get_meta::<Option<LogIdOf<TypeConfig>>>(&mut tx, SM_APPLIED)
                 .await?

@@ -50,6 +50,20 @@ struct StoredEvent {
     prev: Option<StoredKv>,
 }
 
+/// First 8 bytes of a history row written with its commit time: bincode's
+/// fixed-width length of the earlier form (a bare `Vec<StoredEvent>`) can never
+/// be `u64::MAX`, so the two forms are told apart without a schema change, and
+/// rows written by earlier releases still read.
+const TIMED: u64 = u64::MAX;
+
+/// The stored group of one revision, with the leader clock of its command.
+#[derive(Serialize, Deserialize)]
+struct TimedGroup {
+    marker: u64,
+    at_ms: Option<u64>,
+    events: Vec<StoredEvent>,
+}
+
 static INSERT_EVENTS: Shapes = Shapes::new(|n| {
     format!(
         "INSERT INTO kv_events (revision, events) VALUES {} \
@@ -77,6 +91,7 @@ pub(crate) fn record_events(
     while i < events.len() {
         let revision = events[i].revision;
         let mut group = Vec::new();
+        let at_ms = events[i].at_ms;
         while i < events.len() && events[i].revision == revision {
             let e = &events[i];
             group.push(StoredEvent {
@@ -87,7 +102,12 @@ pub(crate) fn record_events(
             });
             i += 1;
         }
-        rows.push((revision as i64, encode(&group)?));
+        let timed = TimedGroup {
+            marker: TIMED,
+            at_ms,
+            events: group,
+        };
+        rows.push((revision as i64, encode(&timed)?));
     }
     let mut rest = &rows[..];
     for n in batch::insert_chunks(rows.len()) {
@@ -120,7 +140,19 @@ pub(crate) fn reset_history(w: &mut WriteBatch, revision: u64) -> Result<(), Sto
 
 fn decode_row(row: &sqlx::any::AnyRow) -> Result<Vec<Change>, StoreError> {
     let revision = row.try_get::<i64, _>(0)? as u64;
-    let group: Vec<StoredEvent> = decode("kv_events", &row.try_get::<Vec<u8>, _>(1)?)?;
+    let bytes = row.try_get::<Vec<u8>, _>(1)?;
+    let (at_ms, group) = if bytes.get(..8) == Some(&TIMED.to_le_bytes()[..]) {
+        let timed: TimedGroup = decode("kv_events", &bytes)?;
+        (timed.at_ms, timed.events)
+    } else {
+        let group: Vec<StoredEvent> = decode("kv_events", &bytes)?;
+        // Written before commit times were kept: a put's own timestamp is its
+        // command's clock; a revision of deletes only has none.
+        let put_time = group
+            .iter()
+            .find_map(|e| e.kv.as_ref().map(|kv| kv.updated_at_ms));
+        (put_time, group)
+    };
     Ok(group
         .into_iter()
         .map(|e| Change {
@@ -129,6 +161,7 @@ fn decode_row(row: &sqlx::any::AnyRow) -> Result<Vec<Change>, StoreError> {
             key: e.key,
             kv: e.kv,
             prev: e.prev,
+            at_ms,
         })
         .collect())
 }
