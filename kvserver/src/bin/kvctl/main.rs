@@ -5,6 +5,9 @@
 //! long the longest stretch without an acknowledgement lasted; `verify` reads
 //! numbered keys back and reports any acknowledged key that is missing.
 //! Output is JSON, one object per line, so a test can parse pod logs.
+//! `kvctl backup ...` ([`backup`]) takes, checks and composes backups.
+
+mod backup;
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -114,6 +117,9 @@ enum Cmd {
         #[arg(long, value_delimiter = ',')]
         skip: Vec<u64>,
     },
+    /// Backups: save, verify, inspect, continuous, list, restore-point.
+    #[command(subcommand)]
+    Backup(backup::BackupCmd),
 }
 
 fn key(prefix: &str, n: u64) -> String {
@@ -339,6 +345,7 @@ async fn main() -> anyhow::Result<()> {
             count,
             skip,
         } => verify(client, prefix, count, skip).await?,
+        Cmd::Backup(cmd) => backup::run(client, cmd).await?,
     };
     if !ok {
         std::process::exit(1);
