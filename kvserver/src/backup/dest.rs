@@ -29,12 +29,24 @@ use serde::Serialize;
 use super::BackupError;
 
 /// How to reach an S3-compatible service.
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub struct S3Options {
     /// `http(s)://host:port` of the service; `None` = AWS itself.
     pub endpoint: Option<String>,
     /// Region (default `us-east-1`, which most S3-compatible servers accept).
     pub region: Option<String>,
+    /// Access key id and secret; `None` = from the environment (`AWS_*`).
+    pub credentials: Option<(String, String)>,
+}
+
+impl std::fmt::Debug for S3Options {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("S3Options")
+            .field("endpoint", &self.endpoint)
+            .field("region", &self.region)
+            .field("credentials", &self.credentials.as_ref().map(|_| "<set>"))
+            .finish()
+    }
 }
 
 /// A full backup found in a destination.
@@ -103,6 +115,11 @@ impl Destination {
             let mut b = object_store::aws::AmazonS3Builder::from_env()
                 .with_bucket_name(bucket)
                 .with_region(s3.region.clone().unwrap_or_else(|| "us-east-1".into()));
+            if let Some((id, secret)) = &s3.credentials {
+                b = b
+                    .with_access_key_id(id.as_str())
+                    .with_secret_access_key(secret.as_str());
+            }
             if let Some(ep) = &s3.endpoint {
                 b = b
                     .with_endpoint(ep.trim_end_matches('/'))

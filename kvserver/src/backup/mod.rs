@@ -65,3 +65,6 @@ pub enum BackupError {
     #[error("cluster: {0}")]
     Cluster(#[from] crate::client::ClientError),
 }
+
+#[cfg(test)]
+mod tests;

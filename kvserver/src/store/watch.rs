@@ -138,21 +138,24 @@ pub(crate) fn reset_history(w: &mut WriteBatch, revision: u64) -> Result<(), Sto
     Ok(())
 }
 
+/// The commit time and events of one stored revision, in either stored form.
+fn decode_group(bytes: &[u8]) -> Result<(Option<u64>, Vec<StoredEvent>), StoreError> {
+    if bytes.get(..8) == Some(&TIMED.to_le_bytes()[..]) {
+        let timed: TimedGroup = decode("kv_events", bytes)?;
+        return Ok((timed.at_ms, timed.events));
+    }
+    let group: Vec<StoredEvent> = decode("kv_events", bytes)?;
+    // Written before commit times were kept: a put's own timestamp is its
+    // command's clock; a revision of deletes only has none.
+    let put_time = group
+        .iter()
+        .find_map(|e| e.kv.as_ref().map(|kv| kv.updated_at_ms));
+    Ok((put_time, group))
+}
+
 fn decode_row(row: &sqlx::any::AnyRow) -> Result<Vec<Change>, StoreError> {
     let revision = row.try_get::<i64, _>(0)? as u64;
-    let bytes = row.try_get::<Vec<u8>, _>(1)?;
-    let (at_ms, group) = if bytes.get(..8) == Some(&TIMED.to_le_bytes()[..]) {
-        let timed: TimedGroup = decode("kv_events", &bytes)?;
-        (timed.at_ms, timed.events)
-    } else {
-        let group: Vec<StoredEvent> = decode("kv_events", &bytes)?;
-        // Written before commit times were kept: a put's own timestamp is its
-        // command's clock; a revision of deletes only has none.
-        let put_time = group
-            .iter()
-            .find_map(|e| e.kv.as_ref().map(|kv| kv.updated_at_ms));
-        (put_time, group)
-    };
+    let (at_ms, group) = decode_group(&row.try_get::<Vec<u8>, _>(1)?)?;
     Ok(group
         .into_iter()
         .map(|e| Change {
@@ -220,5 +223,52 @@ impl Store {
         };
         tx.rollback().await?;
         Ok(History { compacted, events })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kv(key: &str) -> StoredKv {
+        StoredKv {
+            key: key.into(),
+            value: "v".into(),
+            create_revision: 3,
+            mod_revision: 3,
+            version: 1,
+            expires_at_ms: None,
+            created_at_ms: 500,
+            updated_at_ms: 700,
+        }
+    }
+
+    fn event(key: &str, put: bool) -> StoredEvent {
+        StoredEvent {
+            kind: if put { EventKind::Put } else { EventKind::Delete },
+            key: key.into(),
+            kv: put.then(|| kv(key)),
+            prev: (!put).then(|| kv(key)),
+        }
+    }
+
+    /// History rows written by releases before commit times were recorded still
+    /// read (a put's time is its own timestamp, a delete's is unknown), and rows
+    /// with the time read back with it.
+    #[test]
+    fn both_stored_forms_of_history_read() {
+        let old = encode(&vec![event("a", true), event("b", false)]).expect("encode");
+        let (at, group) = decode_group(&old).expect("old form");
+        assert_eq!((at, group.len()), (Some(700), 2));
+        let old_deletes = encode(&vec![event("b", false)]).expect("encode");
+        assert_eq!(decode_group(&old_deletes).expect("old form").0, None);
+        let new = encode(&TimedGroup {
+            marker: TIMED,
+            at_ms: Some(1234),
+            events: vec![event("b", false)],
+        })
+        .expect("encode");
+        let (at, group) = decode_group(&new).expect("new form");
+        assert_eq!((at, group.len(), group[0].key.as_str()), (Some(1234), 1, "b"));
     }
 }

@@ -7,6 +7,7 @@
 #![allow(dead_code)]
 
 pub mod pg;
+pub mod s3;
 pub mod sse;
 
 use std::collections::BTreeMap;
@@ -220,6 +221,19 @@ impl Cluster {
             .build()
             .expect("cluster harness");
         Self { inner }
+    }
+
+    /// A cluster with its own `cluster_id` (a restored cluster, say), on `pg` when given.
+    pub fn with_id(cluster_id: &str, pg: Option<&pg::Postgres>, extra_args: &[&str]) -> Self {
+        let mut b = Self::builder(extra_args).cluster_id(cluster_id);
+        if let Some(pg) = pg {
+            b = b
+                .args(["--set", "storage.backend=postgres"])
+                .env("KV_STORAGE_POSTGRES_URL", pg.url());
+        }
+        Self {
+            inner: b.build().expect("cluster harness"),
+        }
     }
 
     /// Creates node `id` (fresh ports and data dir) and starts it.

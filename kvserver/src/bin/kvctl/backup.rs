@@ -37,6 +37,7 @@ impl DestOpts {
             &S3Options {
                 endpoint: self.s3_endpoint.clone(),
                 region: self.s3_region.clone(),
+                credentials: None,
             },
         )?)
     }
