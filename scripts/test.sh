@@ -6,7 +6,8 @@
 # PostgreSQL server from Debian packages when it is missing (the tests start
 # private, throwaway PostgreSQL instances of their own, on free ports of
 # 127.0.0.1, and stop them). If PostgreSQL cannot be had, this fails: the
-# PostgreSQL tests are never skipped.
+# PostgreSQL tests are never skipped. The same for the S3-protocol server the
+# backup tests run against (moto, from PyPI).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # CI builds each crate once: incremental state would only double the size of
@@ -33,6 +34,11 @@ fi
 if ! python3 -c "import helm_sdkpy" 2> /dev/null; then
   echo "==> installing the Helm library for Python (PyPI helm-sdkpy) to lint the chart"
   python3 -m pip install -q --ignore-requires-python "helm-sdkpy==0.1.32"
+fi
+if ! command -v moto_server > /dev/null && [ -z "${KV_TEST_S3_BIN:-}" ]; then
+  echo "==> installing the S3-protocol test server (PyPI moto[server]; the backup tests start private instances on loopback)"
+  python3 -m pip install -q "moto[server]==5.2.1"
+  command -v moto_server > /dev/null || { echo "error: moto installed but moto_server is not on PATH" >&2; exit 1; }
 fi
 if ! python3 -c "import yaml" 2> /dev/null; then
   echo "==> installing PyYAML (the chart lint writes a namespace-scoped values file)"

@@ -34,9 +34,13 @@ fn header(revision: u64) -> BackupHeader {
 }
 
 async fn write(n: usize) -> Vec<u8> {
-    let mut w = BackupWriter::new(Vec::new(), header(99)).await.expect("new");
+    let mut w = BackupWriter::new(Vec::new(), header(99))
+        .await
+        .expect("new");
     for i in 0..n {
-        w.kv(&kv(&format!("k{i:04}"), i as u64 + 1)).await.expect("kv");
+        w.kv(&kv(&format!("k{i:04}"), i as u64 + 1))
+            .await
+            .expect("kv");
     }
     w.finish().await.expect("finish").0
 }
@@ -76,7 +80,9 @@ async fn newer_formats_and_other_files_are_refused_by_name() {
         e.to_string().contains("format 2") && e.to_string().contains("reads up to 1"),
         "{e}"
     );
-    let e = read_all(b"SQLite format 3\0....").await.expect_err("not a backup");
+    let e = read_all(b"SQLite format 3\0....")
+        .await
+        .expect_err("not a backup");
     assert!(e.to_string().contains("not a backup"), "{e}");
 }
 
@@ -145,7 +151,10 @@ fn segment(after: u64, n: u64) -> Segment {
             .map(|r| Revision {
                 revision: r,
                 at_ms: Some(1000 + r),
-                changes: vec![(format!("k{r}"), (r % 3 != 0).then(|| kv(&format!("k{r}"), r)))],
+                changes: vec![(
+                    format!("k{r}"),
+                    (r % 3 != 0).then(|| kv(&format!("k{r}"), r)),
+                )],
             })
             .collect(),
     }

@@ -34,6 +34,7 @@ impl Client {
     /// resumed (a broken download is started again by the caller).
     pub async fn backup(&self) -> Result<BackupDownload, ClientError> {
         let mut last = None;
+        let mut delay = self.inner.backoff;
         for _ in 0..self.inner.attempts.max(1) {
             let endpoint = self.current();
             let req = self.inner.stream_http.get(format!("{endpoint}/v1/backup"));
@@ -44,7 +45,8 @@ impl Client {
                     Err(e) if e.is_retryable() => {
                         self.rotate(&endpoint);
                         last = Some(e);
-                        tokio::time::sleep(self.inner.backoff).await;
+                        tokio::time::sleep(delay).await;
+                        delay = (delay * 2).min(std::time::Duration::from_secs(2));
                         continue;
                     }
                     Err(e) => return Err(e),
@@ -59,7 +61,8 @@ impl Client {
                     let e = ClientError::transport(&endpoint, &e);
                     self.rotate(&endpoint);
                     last = Some(e);
-                    tokio::time::sleep(self.inner.backoff).await;
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(std::time::Duration::from_secs(2));
                     continue;
                 }
             };

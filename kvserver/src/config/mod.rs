@@ -284,7 +284,7 @@ impl Config {
         {
             return Err(field_err(
                 "restore_from",
-                &format!("{} is not a readable file", p.display()),
+                format!("{} is not a readable file", p.display()),
             ));
         }
         if !valid_id(&self.cluster_id) {

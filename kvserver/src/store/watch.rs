@@ -245,7 +245,11 @@ mod tests {
 
     fn event(key: &str, put: bool) -> StoredEvent {
         StoredEvent {
-            kind: if put { EventKind::Put } else { EventKind::Delete },
+            kind: if put {
+                EventKind::Put
+            } else {
+                EventKind::Delete
+            },
             key: key.into(),
             kv: put.then(|| kv(key)),
             prev: (!put).then(|| kv(key)),
@@ -269,6 +273,9 @@ mod tests {
         })
         .expect("encode");
         let (at, group) = decode_group(&new).expect("new form");
-        assert_eq!((at, group.len(), group[0].key.as_str()), (Some(1234), 1, "b"));
+        assert_eq!(
+            (at, group.len(), group[0].key.as_str()),
+            (Some(1234), 1, "b")
+        );
     }
 }

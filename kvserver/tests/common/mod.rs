@@ -6,6 +6,7 @@
 
 #![allow(dead_code)]
 
+pub mod backup;
 pub mod pg;
 pub mod s3;
 pub mod sse;
