@@ -47,7 +47,7 @@ impl S3Server {
             port,
             _dir: dir,
         };
-        let http = reqwest::Client::builder().no_proxy().build()?;
+        let http = kvserver::tls::http_builder().no_proxy().build()?;
         let bucket = format!("{}/{BUCKET}", s.endpoint());
         super::wait_for("the S3 test server", Duration::from_secs(30), || {
             let req = http.put(&bucket);
