@@ -12,7 +12,8 @@
 //! Layout under the destination, per cluster id (a restored cluster has a new
 //! id, so its revisions, which continue from the backup's, never mix with the
 //! old cluster's chain):
-//! - `<cluster>/full/<revision:020>-<taken_at_ms:013>.kvbak`: full backups;
+//! - `<cluster>/full/<revision:020>-<taken_at_ms:013>[-<label>].kvbak`: full backups
+//!   (labelled when something other than the schedule asked for them);
 //! - `<cluster>/segments/<after:020>-<upto:020>.kvseg`: continuous-backup segments;
 //! - `<cluster>/position.json`: how far continuous backup is known complete.
 
@@ -56,6 +57,9 @@ pub struct FullEntry {
     pub revision: u64,
     pub taken_at_ms: u64,
     pub size: u64,
+    /// What asked for it, when not the schedule (e.g. a `KVClusterBackup`'s name):
+    /// retention leaves labelled backups to whoever made them.
+    pub label: Option<String>,
 }
 
 /// A segment found in a destination.
@@ -181,6 +185,16 @@ impl Destination {
         format!("{cluster}/full/{revision:020}-{taken_at_ms:013}.kvbak")
     }
 
+    /// [`Destination::full_name`] with a label (`[a-z0-9-]`, e.g. a resource's name).
+    pub fn labelled_full_name(
+        cluster: &str,
+        revision: u64,
+        taken_at_ms: u64,
+        label: &str,
+    ) -> String {
+        format!("{cluster}/full/{revision:020}-{taken_at_ms:013}-{label}.kvbak")
+    }
+
     /// Name of the segment of `cluster` covering `after+1..=upto`.
     pub fn segment_name(cluster: &str, after: u64, upto: u64) -> String {
         format!("{cluster}/segments/{after:020}-{upto:020}.kvseg")
@@ -282,15 +296,18 @@ impl Destination {
             else {
                 continue;
             };
-            let Some((rev, at)) = stem.split_once('-') else {
+            let mut parts = stem.splitn(3, '-');
+            let (Some(rev), Some(at)) = (parts.next(), parts.next()) else {
                 continue;
             };
+            let label = parts.next().map(str::to_string);
             if let (Ok(revision), Ok(taken_at_ms)) = (rev.parse(), at.parse()) {
                 out.push(FullEntry {
                     name,
                     revision,
                     taken_at_ms,
                     size,
+                    label,
                 });
             }
         }

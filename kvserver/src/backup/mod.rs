@@ -5,6 +5,7 @@
 //! - [`segment`]: a run of committed changes for point-in-time restore.
 //! - [`dest`]: a destination (a directory, e.g. a mounted PVC, or an S3-compatible
 //!   bucket) and the layout of backups in it, per cluster id.
+//! - [`retention`]: which backups and segments to delete, by count and age.
 //! - [`save`]: taking a full backup from a cluster into a file or a destination.
 //! - [`follow`]: continuous backup: follows a cluster's watch feed and ships segments.
 //! - [`point`]: composes a backup at a revision or time from a full backup plus segments,
@@ -17,6 +18,7 @@ pub mod dest;
 pub mod follow;
 pub mod format;
 pub mod point;
+pub mod retention;
 pub mod save;
 pub mod segment;
 

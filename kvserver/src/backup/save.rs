@@ -46,15 +46,25 @@ pub async fn save_to_destination(
     dest: &Destination,
     scratch: &Path,
 ) -> Result<(String, BackupSummary), BackupError> {
+    save_labelled(client, dest, scratch, None).await
+}
+
+/// [`save_to_destination`] under a labelled name (see [`Destination::labelled_full_name`]).
+pub async fn save_labelled(
+    client: &Client,
+    dest: &Destination,
+    scratch: &Path,
+    label: Option<&str>,
+) -> Result<(String, BackupSummary), BackupError> {
     tokio::fs::create_dir_all(scratch).await?;
     let tmp = scratch.join(format!(".{}.partial", uuid::Uuid::new_v4()));
     let result = async {
         let summary = download(client, &tmp).await?;
-        let name = Destination::full_name(
-            &summary.header.cluster_id,
-            summary.header.revision,
-            summary.header.taken_at_ms,
-        );
+        let h = &summary.header;
+        let name = match label {
+            Some(l) => Destination::labelled_full_name(&h.cluster_id, h.revision, h.taken_at_ms, l),
+            None => Destination::full_name(&h.cluster_id, h.revision, h.taken_at_ms),
+        };
         upload_file(dest, &tmp, &name).await?;
         Ok((name, summary))
     }

@@ -79,6 +79,23 @@ pub enum BackupCmd {
         #[arg(long)]
         cluster: Option<String>,
     },
+    /// Delete full backups beyond the newest --keep or older than --max-age (never the
+    /// newest, never labelled ones), and the segments only they could use.
+    Prune {
+        #[command(flatten)]
+        dest: DestOpts,
+        #[arg(long)]
+        cluster: Option<String>,
+        /// Keep at most this many full backups (0 = no count limit).
+        #[arg(long, default_value_t = 7)]
+        keep: u32,
+        /// Delete full backups older than this (e.g. 36h, 30d).
+        #[arg(long)]
+        max_age: Option<String>,
+        /// Say what would go, delete nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Compose the state at a revision or time into a backup file, from the newest full
     /// backup before it plus continuous-backup segments; refuses any gap.
     RestorePoint {
@@ -97,6 +114,13 @@ pub enum BackupCmd {
         #[arg(long)]
         out: PathBuf,
     },
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 pub async fn run(client: Client, cmd: BackupCmd) -> anyhow::Result<bool> {
@@ -230,6 +254,40 @@ pub async fn run(client: Client, cmd: BackupCmd) -> anyhow::Result<bool> {
                     })
                 );
             }
+            Ok(true)
+        }
+        BackupCmd::Prune {
+            dest,
+            cluster,
+            keep,
+            max_age,
+            dry_run,
+        } => {
+            let dest = dest.open()?;
+            let cluster = kvserver::backup::point::pick_cluster(&dest, cluster.as_deref()).await?;
+            let max_age_ms = max_age
+                .as_deref()
+                .map(kvserver::backup::retention::parse_age)
+                .transpose()
+                .map_err(|e| anyhow::anyhow!("--max-age {e}"))?;
+            let plan = kvserver::backup::retention::plan(
+                &dest.full_backups(&cluster).await?,
+                &dest.segments(&cluster).await?,
+                kvserver::backup::retention::Retention { keep, max_age_ms },
+                now_ms(),
+            );
+            if !dry_run {
+                // Segments first: a crash in between leaves only backups that still
+                // restore (old bases with fewer segments after them).
+                for name in plan.segments.iter().chain(&plan.full) {
+                    dest.delete(name).await?;
+                }
+            }
+            println!(
+                "{}",
+                json!({"kind": "prune", "cluster": cluster, "dry_run": dry_run,
+                       "full": plan.full, "segments": plan.segments.len()})
+            );
             Ok(true)
         }
         BackupCmd::RestorePoint {
