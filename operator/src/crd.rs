@@ -129,6 +129,15 @@ pub struct KVClusterSpec {
     /// listed here.
     #[serde(default)]
     pub network: NetworkSpec,
+    /// Backups: full backups on a schedule and on demand (`KVClusterBackup`), and
+    /// continuous backup for point-in-time restore, to a volume or S3-compatible
+    /// storage (docs/backup.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup: Option<crate::backup::crd::BackupSpec>,
+    /// Form this new cluster from a backup (at a chosen revision or time) instead of
+    /// empty; refused for a cluster that has data.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restore: Option<crate::backup::crd::RestoreSpec>,
 }
 
 /// Whether the client API requires credentials.
@@ -505,9 +514,12 @@ pub struct KVClusterStatus {
     /// The membership change in flight, if any; a restarted operator resumes it from here.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub operation: Option<MembershipOperation>,
-    /// Available, Progressing, Degraded, ScalingBlocked.
+    /// Available, Progressing, Degraded, ScalingBlocked, BackupFailing.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
+    /// Backups, as the backup agent reports them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup: Option<crate::backup::crd::BackupStatus>,
 }
 
 /// One Raft member.

@@ -5,6 +5,7 @@
 //! - [`crd`]: the `KVCluster` custom resource (spec, status), documented for `kubectl explain`.
 //! - [`build`]: pure builders of the owned objects (ConfigMap, Services, StatefulSet, PDB,
 //!   ServiceAccount, NetworkPolicy).
+//! - [`backup`]: `spec.backup`, `spec.restore`, `KVClusterBackup`, and the backup agent.
 //! - [`auth`]: `spec.auth`: the operator's own admin token Secret and the members' token files.
 //! - [`reviewers`]: the ClusterRoleBinding that lets members check ServiceAccount tokens.
 //! - [`tls`]: the cluster's certificates (`spec.tls`): which to keep, issue or renew, as
@@ -17,6 +18,7 @@
 //! - [`crdgen`]: renders the CRD YAML (used by the `crdgen` binary and the drift test).
 
 pub mod auth;
+pub mod backup;
 pub mod build;
 pub mod controller;
 pub mod crd;

@@ -53,6 +53,10 @@ struct Cli {
     /// Log format: json or pretty.
     #[arg(long, env = "OPERATOR_LOG_FORMAT", default_value = "json")]
     log_format: String,
+    /// Run as a cluster's backup agent with this configuration file (JSON, from the
+    /// agent's ConfigMap) instead of as the operator.
+    #[arg(long, env = "KVC_BACKUP_AGENT", value_name = "FILE")]
+    backup_agent: Option<std::path::PathBuf>,
     /// Check the operator serving at this base URL (`/healthz` answers, `/metrics`
     /// has the operator's metrics) and exit: the chart's `helm test` runs this.
     #[arg(long, value_name = "URL")]
@@ -103,6 +107,13 @@ async fn main() -> anyhow::Result<()> {
             .flatten_event(true)
             .with_env_filter(filter)
             .init();
+    }
+    if let Some(file) = &cli.backup_agent {
+        let text = std::fs::read_to_string(file)
+            .with_context(|| format!("reading the backup agent's configuration {}", file.display()))?;
+        let cfg: operator::backup::config::AgentConfig = serde_json::from_str(&text)
+            .with_context(|| format!("the backup agent's configuration {}", file.display()))?;
+        return operator::backup::agent::run(cfg, &cli.metrics_addr).await;
     }
     let client = Client::try_default()
         .await

@@ -66,6 +66,14 @@ pub enum BuildError {
     UnsafeExposure,
     #[error("spec.auth.{0}")]
     Auth(String),
+    /// A field of the spec is invalid; the message starts with the field's path.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// Whether the client port serves HTTPS.
+pub fn client_tls_enabled(kvc: &KVCluster) -> bool {
+    kvc.spec.tls.client.mode != crate::crd::TlsMode::Disabled
 }
 
 /// Bytes in a Kubernetes quantity without fractions (`512`, `64Mi`, `1G`, `0`),

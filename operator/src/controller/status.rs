@@ -178,6 +178,24 @@ pub(super) fn status_of(
             gen_,
         ),
     ];
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    if let Some((failing, reason, message)) = crate::backup::health::backup_failing(
+        kvc.spec.backup.as_ref(),
+        old.backup.as_ref(),
+        now_ms,
+    ) {
+        conditions.push(condition(
+            &old.conditions,
+            "BackupFailing",
+            failing,
+            reason,
+            &message,
+            gen_,
+        ));
+    }
     conditions.sort_by(|a, b| a.type_.cmp(&b.type_));
     KVClusterStatus {
         observed_generation: gen_,
@@ -190,6 +208,8 @@ pub(super) fn status_of(
         members,
         operation,
         conditions,
+        // Written by the backup agent under its own field manager, never here.
+        backup: None,
     }
 }
 

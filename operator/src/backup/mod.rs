@@ -1,0 +1,13 @@
+//! Backups of KVClusters: what users write (`spec.backup`, `spec.restore`,
+//! `KVClusterBackup`), the backup agent that takes them, and the objects the
+//! operator builds for it.
+//!
+//! - [`crd`]: the types (documented for `kubectl explain`).
+//! - [`config`]: the agent's configuration rendered from a KVCluster, with validation.
+//! - [`agent`]: the agent itself (`kvcluster-operator --backup-agent`).
+//! - [`health`]: the `BackupFailing` condition, from what the agent reports.
+
+pub mod agent;
+pub mod config;
+pub mod crd;
+pub mod health;
