@@ -109,8 +109,12 @@ async fn main() -> anyhow::Result<()> {
             .init();
     }
     if let Some(file) = &cli.backup_agent {
-        let text = std::fs::read_to_string(file)
-            .with_context(|| format!("reading the backup agent's configuration {}", file.display()))?;
+        let text = std::fs::read_to_string(file).with_context(|| {
+            format!(
+                "reading the backup agent's configuration {}",
+                file.display()
+            )
+        })?;
         let cfg: operator::backup::config::AgentConfig = serde_json::from_str(&text)
             .with_context(|| format!("the backup agent's configuration {}", file.display()))?;
         return operator::backup::agent::run(cfg, &cli.metrics_addr).await;

@@ -66,6 +66,31 @@ pub fn rbac_rules() -> Vec<PolicyRule> {
         ),
         rule(&["apps"], &["statefulsets"], OWN),
         rule(&[""], &["services", "configmaps"], OWN),
+        // Each cluster's backup agent (crate::backup): its Deployment, ConfigMap,
+        // ServiceAccount, Role and RoleBinding, deleted when spec.backup goes. The
+        // operator holds what the agent's Role grants (Kubernetes lets one grant
+        // only rights one has): KVClusterBackups and their status.
+        rule(
+            &["apps"],
+            &["deployments"],
+            &["get", "create", "patch", "delete"],
+        ),
+        rule(
+            &["rbac.authorization.k8s.io"],
+            &["roles", "rolebindings"],
+            &["get", "create", "patch", "delete"],
+        ),
+        rule(&[""], &["configmaps", "serviceaccounts"], &["delete"]),
+        rule(
+            &["kvcluster.io"],
+            &["kvclusterbackups"],
+            &["get", "list", "watch", "patch"],
+        ),
+        rule(
+            &["kvcluster.io"],
+            &["kvclusterbackups/status"],
+            &["get", "patch"],
+        ),
         // Certificates: the operator's CA and the member and client-port Secrets it
         // writes, its own token Secret (spec.auth), and the user's Secrets spec.tls,
         // spec.auth and spec.storage.postgres name (read).
@@ -415,7 +440,21 @@ mod tests {
                 }
             }
             if r.verbs.iter().any(|v| v == "delete") {
-                assert_eq!(res, vec!["persistentvolumeclaims".to_string()]);
+                // Removed members' volumes, and a backup agent's objects.
+                for x in &res {
+                    assert!(
+                        [
+                            "persistentvolumeclaims",
+                            "deployments",
+                            "roles",
+                            "rolebindings",
+                            "configmaps",
+                            "serviceaccounts"
+                        ]
+                        .contains(&x.as_str()),
+                        "{r:?}"
+                    );
+                }
             }
         }
         assert!(rules.iter().any(|r| {

@@ -29,11 +29,11 @@ use kube::Resource;
 use kube::ResourceExt;
 use kube::api::Patch;
 use kube::api::PatchParams;
+use kube::runtime::WatchStreamExt;
 use kube::runtime::events::Event;
 use kube::runtime::events::EventType;
 use kube::runtime::events::Recorder;
 use kube::runtime::events::Reporter;
-use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher;
 use kvserver::backup::Destination;
 use kvserver::backup::follow::FollowOptions;
@@ -231,10 +231,10 @@ impl Agent {
                 while status.changed().await.is_ok() {
                     let st = status.borrow_and_update().clone();
                     me.metrics.shipped.set(st.shipped as i64);
-                    if let Some(e) = &st.last_error {
-                        if st.failures == 1 {
-                            me.failed("continuous backup", e);
-                        }
+                    if let Some(e) = &st.last_error
+                        && st.failures == 1
+                    {
+                        me.failed("continuous backup", e);
                     }
                     let mut s = me.lock();
                     s.cluster_id = Some(st.cluster_id.clone());
@@ -303,7 +303,13 @@ impl Agent {
             label,
         )
         .await?;
-        tracing::info!(name, revision = s.header.revision, keys = s.keys, bytes = s.bytes, "full backup stored");
+        tracing::info!(
+            name,
+            revision = s.header.revision,
+            keys = s.keys,
+            bytes = s.bytes,
+            "full backup stored"
+        );
         self.metrics
             .last_success
             .set(s.header.taken_at_ms as f64 / 1000.0);
@@ -363,7 +369,10 @@ impl Agent {
                     continue;
                 }
             };
-            for b in objs.into_iter().filter(|b| b.spec.cluster == self.cfg.cluster) {
+            for b in objs
+                .into_iter()
+                .filter(|b| b.spec.cluster == self.cfg.cluster)
+            {
                 if let Err(e) = self.serve_request(&api, &b).await {
                     tracing::warn!(backup = %b.name_any(), error = %e, "KVClusterBackup");
                 }
@@ -447,7 +456,10 @@ impl Agent {
                     b,
                     EventType::Normal,
                     "BackupCompleted",
-                    format!("revision {}, {} keys, {} bytes: {object}", s.header.revision, s.keys, s.bytes),
+                    format!(
+                        "revision {}, {} keys, {} bytes: {object}",
+                        s.header.revision, s.keys, s.bytes
+                    ),
                 )
                 .await;
             }
@@ -542,6 +554,12 @@ impl Agent {
 /// A resource name as an object-name label (`[a-z0-9-]`).
 fn sanitize_label(name: &str) -> String {
     name.chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '-' { c.to_ascii_lowercase() } else { '-' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c.to_ascii_lowercase()
+            } else {
+                '-'
+            }
+        })
         .collect()
 }

@@ -62,7 +62,10 @@ pub fn destination_url(
             }
             let sub = v.path.as_deref().unwrap_or("").trim_matches('/');
             if sub.split('/').any(|p| p == "..") {
-                return Err(invalid(&format!("{field}.volume.path"), "must not contain `..`"));
+                return Err(invalid(
+                    &format!("{field}.volume.path"),
+                    "must not contain `..`",
+                ));
             }
             let url = match sub {
                 "" => VOLUME_MOUNT.to_string(),
@@ -72,15 +75,24 @@ pub fn destination_url(
         }
         (None, Some(s)) => {
             if s.bucket.is_empty() || s.bucket.contains('/') {
-                return Err(invalid(&format!("{field}.s3.bucket"), "must be a bucket name"));
+                return Err(invalid(
+                    &format!("{field}.s3.bucket"),
+                    "must be a bucket name",
+                ));
             }
             if s.credentials_secret.is_empty() {
-                return Err(invalid(&format!("{field}.s3.credentialsSecret"), "must be set"));
+                return Err(invalid(
+                    &format!("{field}.s3.credentialsSecret"),
+                    "must be set",
+                ));
             }
             if let Some(ep) = &s.endpoint
                 && !(ep.starts_with("http://") || ep.starts_with("https://"))
             {
-                return Err(invalid(&format!("{field}.s3.endpoint"), "must start with http:// or https://"));
+                return Err(invalid(
+                    &format!("{field}.s3.endpoint"),
+                    "must start with http:// or https://",
+                ));
             }
             let prefix = match &s.prefix {
                 Some(p) => p.trim_matches('/').to_string(),
@@ -104,8 +116,12 @@ pub fn agent_config(kvc: &KVCluster) -> Result<Option<AgentConfig>, BuildError> 
     let (destination, s3_endpoint, s3_region) =
         destination_url(kvc, &b.destination, "spec.backup.destination")?;
     if let Some(s) = &b.schedule {
-        s.parse::<croner::Cron>()
-            .map_err(|e| invalid("spec.backup.schedule", format!("{s:?} is not a cron schedule: {e}")))?;
+        s.parse::<croner::Cron>().map_err(|e| {
+            invalid(
+                "spec.backup.schedule",
+                format!("{s:?} is not a cron schedule: {e}"),
+            )
+        })?;
     }
     let retention_max_age_ms = b
         .retention

@@ -5,6 +5,9 @@
 //! Every field carries a doc comment (`kubectl explain`); defaults live in the
 //! schema so the API server fills them in.
 
+// Several printcolumn(...) entries repeat `type_ = ...`, which clippy takes for duplicates.
+#![allow(clippy::duplicated_attributes)]
+
 use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::Deserialize;
@@ -166,7 +169,11 @@ pub enum DeletionPolicy {
     printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
     printcolumn(name = "Revision", type_ = "integer", json_path = ".status.revision"),
     printcolumn(name = "Size", type_ = "integer", json_path = ".status.sizeBytes"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[serde(rename_all = "camelCase")]
 pub struct KVClusterBackupSpec {

@@ -16,7 +16,11 @@ pub fn backup_failing(
 ) -> Option<(bool, &'static str, String)> {
     spec?;
     let Some(s) = status else {
-        return Some((false, "NotYetReported", "the backup agent has not reported yet".into()));
+        return Some((
+            false,
+            "NotYetReported",
+            "the backup agent has not reported yet".into(),
+        ));
     };
     let reported = s
         .reported_at
@@ -45,8 +49,13 @@ pub fn backup_failing(
             false,
             "BackupsHealthy",
             match (&s.last_success, s.shipped_revision) {
-                (Some(l), Some(r)) => format!("last full backup at revision {} ({}); continuous backup at revision {r}", l.revision, l.time),
-                (Some(l), None) => format!("last full backup at revision {} ({})", l.revision, l.time),
+                (Some(l), Some(r)) => format!(
+                    "last full backup at revision {} ({}); continuous backup at revision {r}",
+                    l.revision, l.time
+                ),
+                (Some(l), None) => {
+                    format!("last full backup at revision {} ({})", l.revision, l.time)
+                }
                 (None, Some(r)) => format!("continuous backup at revision {r}"),
                 (None, None) => "no backup taken yet".into(),
             },
@@ -74,12 +83,21 @@ mod tests {
             .expect("time")
             .timestamp_millis() as u64;
         assert_eq!(backup_failing(None, None, t), None);
-        assert_eq!(backup_failing(Some(&spec), None, t).map(|c| c.0), Some(false));
+        assert_eq!(
+            backup_failing(Some(&spec), None, t).map(|c| c.0),
+            Some(false)
+        );
         let ok = status(0, "2026-12-03T07:00:00.000Z");
-        assert_eq!(backup_failing(Some(&spec), Some(&ok), t + 1000).map(|c| c.1), Some("BackupsHealthy"));
+        assert_eq!(
+            backup_failing(Some(&spec), Some(&ok), t + 1000).map(|c| c.1),
+            Some("BackupsHealthy")
+        );
         let bad = status(3, "2026-12-03T07:00:00.000Z");
         let c = backup_failing(Some(&spec), Some(&bad), t + 1000).expect("condition");
-        assert!(c.0 && c.1 == "BackupErrors" && c.2.contains("access denied"), "{c:?}");
+        assert!(
+            c.0 && c.1 == "BackupErrors" && c.2.contains("access denied"),
+            "{c:?}"
+        );
         let c = backup_failing(Some(&spec), Some(&ok), t + REPORT_STALE_MS + 1).expect("condition");
         assert!(c.0 && c.1 == "AgentNotReporting", "{c:?}");
     }

@@ -5,9 +5,14 @@
 //! - [`crd`]: the types (documented for `kubectl explain`).
 //! - [`config`]: the agent's configuration rendered from a KVCluster, with validation.
 //! - [`agent`]: the agent itself (`kvcluster-operator --backup-agent`).
+//! - [`build`]: the agent's objects (ConfigMap, ServiceAccount, Role, RoleBinding, Deployment).
 //! - [`health`]: the `BackupFailing` condition, from what the agent reports.
 
 pub mod agent;
+pub mod build;
 pub mod config;
 pub mod crd;
 pub mod health;
+
+#[cfg(test)]
+mod tests;

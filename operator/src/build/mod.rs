@@ -435,4 +435,6 @@ pub mod statefulset;
 #[cfg(test)]
 mod tests;
 
+pub(crate) use statefulset::container_security;
+pub(crate) use statefulset::pod_security;
 pub use statefulset::statefulset;

@@ -59,8 +59,8 @@ fn tcp(port: i32) -> NetworkPolicyPort {
 /// - the peer port only from the cluster's own pods (with the client port, which
 ///   members use to relay requests to the leader);
 /// - the client port from the operator's pods (in `operator_namespace` when it is
-///   known, else in any namespace) and from `spec.network.allowedClients`, or from
-///   anywhere when that is unset.
+///   known, else in any namespace), the cluster's backup agent, and from
+///   `spec.network.allowedClients`, or from anywhere when that is unset.
 pub fn network_policy(
     kvc: &KVCluster,
     operator_namespace: Option<&str>,
@@ -98,6 +98,19 @@ pub fn network_policy(
             ports: Some(vec![tcp(API_PORT)]),
         },
     ];
+    if kvc.spec.backup.is_some() {
+        // The cluster's backup agent (crate::backup) reads backups and the watch feed.
+        ingress.push(NetworkPolicyIngressRule {
+            from: Some(vec![NetworkPolicyPeer {
+                pod_selector: Some(LabelSelector {
+                    match_labels: Some(crate::backup::build::agent_labels(kvc)),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }]),
+            ports: Some(vec![tcp(API_PORT)]),
+        });
+    }
     // `from` absent admits every source; an empty list would admit none.
     match &kvc.spec.network.allowed_clients {
         None => ingress.push(NetworkPolicyIngressRule {

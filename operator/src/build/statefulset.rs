@@ -218,7 +218,7 @@ const KVSERVER_UID: i64 = 10001;
 
 /// The `restricted` Pod Security Standard, pod level: non-root, the runtime's
 /// default seccomp profile, and the volume group kvserver writes as.
-fn pod_security() -> PodSecurityContext {
+pub(crate) fn pod_security() -> PodSecurityContext {
     use k8s_openapi::api::core::v1::SeccompProfile;
     PodSecurityContext {
         run_as_non_root: Some(true),

@@ -80,3 +80,63 @@ pub(super) async fn apply_pdb(
         Err(e) => Err(e),
     }
 }
+
+/// Deletes the backup agent's objects named `name` (`spec.backup` was removed);
+/// nothing to do when its Deployment is absent.
+pub(super) async fn remove_backup_agent(
+    client: &Client,
+    ns: &str,
+    name: &str,
+) -> Result<(), ReconcileError> {
+    use k8s_openapi::api::apps::v1::Deployment;
+    use k8s_openapi::api::core::v1::ConfigMap;
+    use k8s_openapi::api::core::v1::ServiceAccount;
+    use k8s_openapi::api::rbac::v1::Role;
+    use k8s_openapi::api::rbac::v1::RoleBinding;
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), ns);
+    if deployments
+        .get_opt(name)
+        .await
+        .at("apply", format!("Deployment {name}"))?
+        .is_none()
+    {
+        return Ok(());
+    }
+    let dp = kube::api::DeleteParams::default();
+    let gone = |r: Result<_, kube::Error>| match r {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+        Err(e) => Err(e),
+    };
+    gone(deployments.delete(name, &dp).await.map(|_| ()))
+        .at("apply", format!("deleting Deployment {name}"))?;
+    gone(
+        Api::<RoleBinding>::namespaced(client.clone(), ns)
+            .delete(name, &dp)
+            .await
+            .map(|_| ()),
+    )
+    .at("apply", format!("deleting RoleBinding {name}"))?;
+    gone(
+        Api::<Role>::namespaced(client.clone(), ns)
+            .delete(name, &dp)
+            .await
+            .map(|_| ()),
+    )
+    .at("apply", format!("deleting Role {name}"))?;
+    gone(
+        Api::<ServiceAccount>::namespaced(client.clone(), ns)
+            .delete(name, &dp)
+            .await
+            .map(|_| ()),
+    )
+    .at("apply", format!("deleting ServiceAccount {name}"))?;
+    gone(
+        Api::<ConfigMap>::namespaced(client.clone(), ns)
+            .delete(name, &dp)
+            .await
+            .map(|_| ()),
+    )
+    .at("apply", format!("deleting ConfigMap {name}"))?;
+    Ok(())
+}

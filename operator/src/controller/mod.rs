@@ -304,6 +304,7 @@ async fn reconcile_inner(kvc: &KVCluster, ctx: &Context) -> Result<Action, Recon
         build::service_account(kvc)?,
         build::network_policy(kvc, ctx.operator_namespace.as_deref())?,
     );
+    let backup_agent = crate::backup::build::agent_objects(kvc)?;
     // apply: certificates before the pods that mount them
     apply::<Secret>(&ctx.client, &ns, &certs.ca_secret).await?;
     apply::<Secret>(&ctx.client, &ns, &certs.peer_secret).await?;
@@ -349,6 +350,21 @@ async fn reconcile_inner(kvc: &KVCluster, ctx: &Context) -> Result<Action, Recon
     apply::<Service>(&ctx.client, &ns, &objects.2).await?;
     apply::<StatefulSet>(&ctx.client, &ns, &objects.3).await?;
     let pdb_problem = apply_pdb(&ctx.client, &ns, &objects.4).await?;
+    match &backup_agent {
+        Some(a) => {
+            apply::<ConfigMap>(&ctx.client, &ns, &a.config_map).await?;
+            apply::<ServiceAccount>(&ctx.client, &ns, &a.service_account).await?;
+            apply::<k8s_openapi::api::rbac::v1::Role>(&ctx.client, &ns, &a.role).await?;
+            apply::<k8s_openapi::api::rbac::v1::RoleBinding>(&ctx.client, &ns, &a.role_binding)
+                .await?;
+            apply::<k8s_openapi::api::apps::v1::Deployment>(&ctx.client, &ns, &a.deployment)
+                .await?;
+        }
+        None => {
+            apply::remove_backup_agent(&ctx.client, &ns, &crate::backup::build::agent_name(kvc))
+                .await?
+        }
+    }
     let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &ns);
     for (name, rv, refs) in &seen.volumes {
         if let Some(refs) = build::pvc_owner_references(kvc, refs)? {

@@ -182,11 +182,9 @@ pub(super) fn status_of(
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0);
-    if let Some((failing, reason, message)) = crate::backup::health::backup_failing(
-        kvc.spec.backup.as_ref(),
-        old.backup.as_ref(),
-        now_ms,
-    ) {
+    if let Some((failing, reason, message)) =
+        crate::backup::health::backup_failing(kvc.spec.backup.as_ref(), old.backup.as_ref(), now_ms)
+    {
         conditions.push(condition(
             &old.conditions,
             "BackupFailing",
