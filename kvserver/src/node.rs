@@ -352,6 +352,7 @@ pub async fn start_node(config: Config) -> Result<NodeHandle, NodeError> {
         auth,
         gates,
         backup_slot: Arc::default(),
+        init_lock: Arc::default(),
         tls_certs,
         shutdown: api_stop_rx.clone(),
     });

@@ -520,6 +520,9 @@ pub struct KVClusterStatus {
     /// Backups, as the backup agent reports them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backup: Option<crate::backup::crd::BackupStatus>,
+    /// The restore of `spec.restore`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restore: Option<crate::backup::crd::RestoreStatus>,
 }
 
 /// One Raft member.

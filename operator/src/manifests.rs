@@ -106,8 +106,11 @@ pub fn rbac_rules() -> Vec<PolicyRule> {
         rule(
             &[""],
             &["persistentvolumeclaims"],
-            &["get", "list", "watch", "patch", "delete"],
+            &["get", "list", "watch", "create", "patch", "delete"],
         ),
+        // spec.restore: the Job that writes the restore point into the first
+        // member's volume (created before the StatefulSet, which adopts it).
+        rule(&["batch"], &["jobs"], &["get", "create", "patch"]),
         rule(&["events.k8s.io"], &["events"], &["create", "patch"]),
         rule(
             &["coordination.k8s.io"],

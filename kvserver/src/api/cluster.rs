@@ -201,6 +201,7 @@ pub async fn init(
             ),
         ));
     }
+    let _forming = state.init_lock.lock().await;
     if state.initialized() {
         let info = cluster_info(&state);
         let current: BTreeSet<NodeId> = info.members.iter().map(|m| m.id).collect();

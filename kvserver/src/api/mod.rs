@@ -85,6 +85,9 @@ pub struct NodeState {
     pub gates: limits::Gates,
     /// Held while a backup is taken (one at a time per node).
     pub backup_slot: Arc<tokio::sync::Mutex<()>>,
+    /// Held while the cluster is being formed here: a repeated init (a client that
+    /// timed out while a large backup was restored) waits, then finds it done.
+    pub init_lock: Arc<tokio::sync::Mutex<()>>,
 }
 
 pub type AppState = Arc<NodeState>;

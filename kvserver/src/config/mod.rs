@@ -279,7 +279,10 @@ impl Config {
                 && s.chars()
                     .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
         };
+        // Checked here only when this start forms the cluster; otherwise at init (in
+        // Kubernetes only the member that forms the cluster has the file).
         if let Some(p) = &self.restore_from
+            && self.bootstrap
             && !p.is_file()
         {
             return Err(field_err(

@@ -449,6 +449,7 @@ impl Agent {
                 status.sha256 = Some(s.sha256.clone());
                 status.location = Some(format!("{}/{object}", self.dest));
                 status.object = Some(object.clone());
+                status.destination = Some(self.cfg.destination_spec.clone());
                 status.completion_time = Some(rfc3339(done));
                 status.duration_seconds = Some(done.saturating_sub(started) as f64 / 1000.0);
                 self.set_backup_status(api, &name, &status).await?;

@@ -29,6 +29,8 @@ pub struct AgentConfig {
     pub cluster: String,
     /// Destination URL (a directory or `s3://bucket/prefix`).
     pub destination: String,
+    /// The destination as the spec says (recorded in `KVClusterBackup` statuses).
+    pub destination_spec: BackupDestination,
     pub s3_endpoint: Option<String>,
     pub s3_region: Option<String>,
     /// The cluster's client Service.
@@ -136,6 +138,7 @@ pub fn agent_config(kvc: &KVCluster) -> Result<Option<AgentConfig>, BuildError> 
         namespace: ns.clone(),
         cluster: kvc.name_any(),
         destination,
+        destination_spec: b.destination.clone(),
         s3_endpoint,
         s3_region,
         endpoints: vec![format!(

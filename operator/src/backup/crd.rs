@@ -212,6 +212,10 @@ pub struct KVClusterBackupStatus {
     /// The object's name relative to the destination.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub object: Option<String>,
+    /// The destination it is in (copied from the cluster's `spec.backup`, so a
+    /// restore can find it after the cluster is gone).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub destination: Option<BackupDestination>,
     /// When the agent started it (RFC 3339).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub start_time: Option<String>,
@@ -263,4 +267,15 @@ pub struct BackupRecord {
     /// The object's name relative to the destination.
     pub object: String,
     pub size_bytes: u64,
+}
+
+/// How the restore of `spec.restore` went (written by the operator).
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RestoreStatus {
+    /// Running, Completed, Failed or Refused.
+    pub phase: String,
+    /// What happened.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
 }

@@ -6,6 +6,7 @@
 //! - [`config`]: the agent's configuration rendered from a KVCluster, with validation.
 //! - [`agent`]: the agent itself (`kvcluster-operator --backup-agent`).
 //! - [`build`]: the agent's objects (ConfigMap, ServiceAccount, Role, RoleBinding, Deployment).
+//! - [`restore`]: `spec.restore`: the plan, the first member's volume and the restore Job.
 //! - [`health`]: the `BackupFailing` condition, from what the agent reports.
 
 pub mod agent;
@@ -13,6 +14,7 @@ pub mod build;
 pub mod config;
 pub mod crd;
 pub mod health;
+pub mod restore;
 
 #[cfg(test)]
 mod tests;

@@ -340,7 +340,7 @@ pub fn config_yaml(kvc: &KVCluster) -> Result<String, BuildError> {
             auth["service_accounts"] = sa;
         }
     }
-    let cfg = serde_json::json!({
+    let mut cfg = serde_json::json!({
         "cluster_id": cluster_id(kvc)?,
         "tls": tls,
         "auth": auth,
@@ -351,6 +351,11 @@ pub fn config_yaml(kvc: &KVCluster) -> Result<String, BuildError> {
         "raft": raft_cfg,
         "storage": storage,
     });
+    if kvc.spec.restore.is_some() {
+        // Written by the restore Job into the first member's volume; used only when
+        // that member forms the cluster (crate::backup::restore).
+        cfg["restore_from"] = crate::backup::restore::RESTORE_FILE.into();
+    }
     serde_yaml::to_string(&cfg).map_err(|e| BuildError::Config(e.to_string()))
 }
 

@@ -17,6 +17,7 @@
 mod apply;
 mod execute;
 mod observe;
+mod restore;
 mod status;
 
 use self::apply::apply;
@@ -348,6 +349,19 @@ async fn reconcile_inner(kvc: &KVCluster, ctx: &Context) -> Result<Action, Recon
     apply::<ConfigMap>(&ctx.client, &ns, &objects.0).await?;
     apply::<Service>(&ctx.client, &ns, &objects.1).await?;
     apply::<Service>(&ctx.client, &ns, &objects.2).await?;
+    // A restore (spec.restore) fills the first member's volume before any member starts.
+    let cluster_exists =
+        seen.obs.sts_replicas > 0 || seen.obs.formed_before || seen.obs.raft.is_some();
+    let gate = restore::gate(kvc, ctx, cluster_exists).await?;
+    if gate.hold {
+        let mut status = status_of(kvc, &seen, &step, None);
+        status.phase = Some("Restoring".into());
+        if gate.status.is_some() {
+            status.restore = gate.status;
+        }
+        write_status(ctx, kvc, &status).await?;
+        return Ok(Action::requeue(Duration::from_secs(3)));
+    }
     apply::<StatefulSet>(&ctx.client, &ns, &objects.3).await?;
     let pdb_problem = apply_pdb(&ctx.client, &ns, &objects.4).await?;
     match &backup_agent {
@@ -399,16 +413,11 @@ async fn reconcile_inner(kvc: &KVCluster, ctx: &Context) -> Result<Action, Recon
         tracing::warn!(problem = %p, "degraded");
     }
     // status
-    let status = status_of(kvc, &seen, &step, pdb_problem.as_deref());
-    let api: Api<KVCluster> = Api::namespaced(ctx.client.clone(), &ns);
-    let patch = serde_json::json!({"apiVersion": "kvcluster.io/v1alpha1", "kind": "KVCluster", "status": status});
-    api.patch_status(
-        &kvc.name_any(),
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(&patch),
-    )
-    .await
-    .at("status", format!("KVCluster {}", kvc.name_any()))?;
+    let mut status = status_of(kvc, &seen, &step, pdb_problem.as_deref());
+    if gate.status.is_some() {
+        status.restore = gate.status;
+    }
+    write_status(ctx, kvc, &status).await?;
     Ok(match step {
         Step::Idle => Action::requeue(Duration::from_secs(30)),
         // Refusals are re-checked every 10 s (and at once on any pod change): no
@@ -417,6 +426,24 @@ async fn reconcile_inner(kvc: &KVCluster, ctx: &Context) -> Result<Action, Recon
         Step::Wait(_) => Action::requeue(Duration::from_secs(2)),
         _ => Action::requeue(Duration::from_millis(500)),
     })
+}
+
+async fn write_status(
+    ctx: &Context,
+    kvc: &KVCluster,
+    status: &crate::crd::KVClusterStatus,
+) -> Result<(), ReconcileError> {
+    let api: Api<KVCluster> =
+        Api::namespaced(ctx.client.clone(), &kvc.namespace().unwrap_or_default());
+    let patch = serde_json::json!({"apiVersion": "kvcluster.io/v1alpha1", "kind": "KVCluster", "status": status});
+    api.patch_status(
+        &kvc.name_any(),
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await
+    .at("status", format!("KVCluster {}", kvc.name_any()))?;
+    Ok(())
 }
 
 /// Requeue with backoff on errors (the controller's own backoff applies on top).

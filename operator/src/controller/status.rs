@@ -208,6 +208,7 @@ pub(super) fn status_of(
         conditions,
         // Written by the backup agent under its own field manager, never here.
         backup: None,
+        restore: old.restore.clone(),
     }
 }
 

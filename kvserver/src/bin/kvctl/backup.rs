@@ -79,6 +79,16 @@ pub enum BackupCmd {
         #[arg(long)]
         cluster: Option<String>,
     },
+    /// Copy one backup object out of a destination into a file, checked end to end.
+    Fetch {
+        #[command(flatten)]
+        dest: DestOpts,
+        /// The object's name in the destination (`<cluster>/full/...kvbak`).
+        #[arg(long)]
+        object: String,
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Delete full backups beyond the newest --keep or older than --max-age (never the
     /// newest, never labelled ones), and the segments only they could use.
     Prune {
@@ -255,6 +265,33 @@ pub async fn run(client: Client, cmd: BackupCmd) -> anyhow::Result<bool> {
                 );
             }
             Ok(true)
+        }
+        BackupCmd::Fetch { dest, object, out } => {
+            let dest = dest.open()?;
+            let tmp = out.with_extension("partial");
+            let fetched = async {
+                let mut r = dest.reader(&object).await?;
+                let mut f = tokio::fs::File::create(&tmp).await?;
+                tokio::io::copy(&mut r, &mut f).await?;
+                f.sync_all().await?;
+                kvserver::backup::save::verify_file(&tmp).await
+            }
+            .await;
+            match fetched {
+                Ok(s) => {
+                    tokio::fs::rename(&tmp, &out).await?;
+                    println!("{}", json!({"kind": "fetch", "file": out, "summary": s}));
+                    Ok(true)
+                }
+                Err(e) => {
+                    let _ = tokio::fs::remove_file(&tmp).await;
+                    println!(
+                        "{}",
+                        json!({"kind": "fetch", "ok": false, "error": e.to_string()})
+                    );
+                    Ok(false)
+                }
+            }
         }
         BackupCmd::Prune {
             dest,
