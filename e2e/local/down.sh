@@ -37,6 +37,7 @@ for pid in $(pgrep -f "containerd-shim-runc-v2 .*-address $KVC_CONTAINERD_SOCK" 
 done
 stop containerd
 stop postgres
+stop s3
 stop dnsmasq
 stop kube-scheduler
 stop kube-controller-manager

@@ -41,6 +41,8 @@ phase "build (packages + Kubernetes binaries, cached)" "$HERE/build.sh"
 phase "cluster up" "$HERE/up.sh"
 E2E_PG_URL=$("$HERE/postgres.sh")
 export E2E_PG_URL
+E2E_S3_ENDPOINT=$("$HERE/s3.sh")
+export E2E_S3_ENDPOINT
 phase "images" "$HERE/images.sh"
 export KUBECONFIG="$KUBECONFIG_OUT" KUBECTL="$KVC_BIN/kubectl"
 phase "suite" bash -c "cd '$ROOT' && cargo test --locked -p kvcluster-e2e --test suite -- --ignored --nocapture"

@@ -7,6 +7,9 @@
 //! Ignored by a plain `cargo test`: it needs a cluster, the images loaded into
 //! it, and `E2E_PG_URL` (a PostgreSQL URL reachable from pods).
 
+#[path = "suite/backup.rs"]
+mod backup;
+
 use std::time::Duration;
 use std::time::Instant;
 
@@ -1203,7 +1206,7 @@ async fn postgres_backed(ctx: &mut Ctx) -> anyhow::Result<()> {
 async fn delete_and_uninstall(ctx: &mut Ctx) -> anyhow::Result<()> {
     let started = Instant::now();
     let kvcs: Api<KVCluster> = Api::namespaced(ctx.client.clone(), NS);
-    for name in ["orders", "orders-pg"] {
+    for name in ["orders", "orders-pg", "orders-restored"] {
         kvcs.delete(name, &DeleteParams::default()).await?;
     }
     let sts: Api<StatefulSet> = Api::namespaced(ctx.client.clone(), NS);
@@ -1217,7 +1220,9 @@ async fn delete_and_uninstall(ctx: &mut Ctx) -> anyhow::Result<()> {
                 sts.list(&sel).await?.items.len(),
                 svcs.list(&sel).await?.items.len(),
                 cms.list(&sel).await?.items.len(),
-                pvc_names(ctx, "orders").await?.len() + pvc_names(ctx, "orders-pg").await?.len(),
+                pvc_names(ctx, "orders").await?.len()
+                    + pvc_names(ctx, "orders-pg").await?.len()
+                    + pvc_names(ctx, "orders-restored").await?.len(),
                 kvcs.list(&ListParams::default()).await?.items.len(),
             );
             Ok(if left == (0, 0, 0, 0, 0) {
@@ -1286,6 +1291,7 @@ async fn delete_and_uninstall(ctx: &mut Ctx) -> anyhow::Result<()> {
         "delete",
         "crd",
         "kvclusters.kvcluster.io",
+        "kvclusterbackups.kvcluster.io",
         "--ignore-not-found",
     ])
     .await?;
@@ -1312,6 +1318,7 @@ async fn e2e_suite() -> anyhow::Result<()> {
     leader_pod_deleted(&mut ctx, "orders", "f/", "scenario 4: leader pod deleted").await?;
     unsafe_scale_in_refused(&mut ctx).await?;
     postgres_backed(&mut ctx).await?;
+    backup::backups(&mut ctx).await?;
     delete_and_uninstall(&mut ctx).await?;
     ctx.report
         .add("suite", json!({"seconds": started.elapsed().as_secs()}));

@@ -266,7 +266,7 @@ impl Agent {
         let Some(schedule) = self.cfg.schedule.clone() else {
             return;
         };
-        let cron: croner::Cron = match schedule.parse() {
+        let cron: croner::Cron = match super::config::parse_schedule(&schedule) {
             Ok(c) => c,
             Err(e) => {
                 self.failed("schedule", &e);

@@ -46,6 +46,14 @@ pub struct AgentConfig {
     pub scratch: String,
 }
 
+/// Parses a backup schedule: 5 cron fields, or 6 with seconds first (UTC).
+pub fn parse_schedule(s: &str) -> Result<croner::Cron, croner::errors::CronError> {
+    croner::parser::CronParser::builder()
+        .seconds(croner::parser::Seconds::Optional)
+        .build()
+        .parse(s)
+}
+
 fn invalid(field: &str, msg: impl std::fmt::Display) -> BuildError {
     BuildError::Invalid(format!("{field}: {msg}"))
 }

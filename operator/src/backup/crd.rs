@@ -97,7 +97,8 @@ impl Default for RetentionSpec {
 pub struct BackupSpec {
     /// Where backups go.
     pub destination: BackupDestination,
-    /// Full backups on this cron schedule (5 fields, UTC, e.g. `0 */6 * * *`); unset = only
+    /// Full backups on this cron schedule (UTC; 5 fields, e.g. `0 */6 * * *`, or 6 with
+    /// seconds first); unset = only
     /// on demand (`KVClusterBackup`) and the base continuous backup takes itself.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub schedule: Option<String>,

@@ -102,6 +102,8 @@ enum Cmd {
     },
     /// Delete a key.
     Delete { key: String },
+    /// Delete every key that starts with PREFIX (non-empty).
+    DeletePrefix { prefix: String },
     /// Show the cluster as the answering node sees it.
     Cluster,
     /// Write keys `<prefix><n>` (n from 1, zero-padded) until --count is reached,
@@ -332,6 +334,11 @@ async fn main() -> anyhow::Result<()> {
         }
         Cmd::Delete { key } => {
             let r = client.delete(&key, None).await?;
+            println!("{}", serde_json::to_string(&r)?);
+            true
+        }
+        Cmd::DeletePrefix { prefix } => {
+            let r = client.delete_prefix(&prefix).await?;
             println!("{}", serde_json::to_string(&r)?);
             true
         }

@@ -1,0 +1,325 @@
+//! Scenario 8: backups. `orders` gets `spec.backup` to the S3-protocol server
+//! the run script started (continuous, every 10 s a full backup, keep 2); a
+//! prefix is deleted by mistake; a new KVCluster restores the state at the
+//! revision before the delete, and every key is back. The restored cluster
+//! backs itself up to a PersistentVolumeClaim on a schedule with retention, and
+//! an on-demand `KVClusterBackup` with `deletionPolicy: Delete` is taken, then
+//! deleted with its object.
+
+use std::time::Duration;
+use std::time::Instant;
+
+use anyhow::Context as _;
+use e2e::Ctx;
+use k8s_openapi::api::core::v1::PersistentVolumeClaim;
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::Secret;
+use kube::Api;
+use kube::api::DeleteParams;
+use kube::api::Patch;
+use kube::api::PatchParams;
+use kube::api::PostParams;
+use operator::backup::crd::KVClusterBackup;
+use operator::crd::KVCluster;
+use serde_json::Value;
+use serde_json::json;
+
+use super::MIN;
+use super::NS;
+
+const BUCKET: &str = "kvc-e2e-backups";
+const KEYS: u64 = 300;
+
+fn s3_endpoint() -> anyhow::Result<String> {
+    std::env::var("E2E_S3_ENDPOINT")
+        .context("E2E_S3_ENDPOINT (an S3-protocol server reachable from pods) is required")
+}
+
+/// The S3 destination as the test process reaches it.
+fn s3_dest(prefix: &str) -> anyhow::Result<kvserver::backup::Destination> {
+    Ok(kvserver::backup::Destination::open(
+        &format!("s3://{BUCKET}/{prefix}"),
+        &kvserver::backup::dest::S3Options {
+            endpoint: Some(s3_endpoint()?),
+            region: None,
+            credentials: Some(("e2e-key".into(), "e2e-secret".into())),
+        },
+    )?)
+}
+
+async fn backup_status(
+    ctx: &Ctx,
+    name: &str,
+) -> anyhow::Result<operator::backup::crd::BackupStatus> {
+    Ok(ctx
+        .kvc(NS, name)
+        .await?
+        .status
+        .and_then(|s| s.backup)
+        .unwrap_or_default())
+}
+
+/// Waits until the agent of `name` shipped `revision` (continuous backup).
+async fn wait_shipped(ctx: &Ctx, name: &str, revision: u64) -> anyhow::Result<Duration> {
+    let (_, took) = ctx
+        .wait_for(
+            &format!("{name}: revision {revision} backed up"),
+            2 * MIN,
+            || async {
+                let b = backup_status(ctx, name).await?;
+                Ok(match b.shipped_revision {
+                    Some(r) if r >= revision => Ok(()),
+                    other => Err(format!(
+                        "shipped {other:?}, failures {}, {:?}",
+                        b.consecutive_failures, b.last_error
+                    )),
+                })
+            },
+        )
+        .await?;
+    Ok(took)
+}
+
+/// `kvctl backup list` in a pod mounting the claim: the unlabelled full backups.
+async fn list_volume(ctx: &Ctx, pod: &str, claim: &str) -> anyhow::Result<Value> {
+    let p: Pod = serde_json::from_value(json!({
+        "metadata": {"name": pod, "namespace": NS},
+        "spec": {
+            "restartPolicy": "Never",
+            "securityContext": {"runAsNonRoot": true, "runAsUser": 10001, "fsGroup": 10001,
+                                "seccompProfile": {"type": "RuntimeDefault"}},
+            "containers": [{
+                "name": "list", "image": e2e::KVSERVER_IMAGE, "imagePullPolicy": "IfNotPresent",
+                "command": ["/usr/local/bin/kvctl", "backup", "list", "--dest", "/backup"],
+                "volumeMounts": [{"name": "b", "mountPath": "/backup", "readOnly": true}],
+                "securityContext": {"allowPrivilegeEscalation": false, "capabilities": {"drop": ["ALL"]}},
+            }],
+            "volumes": [{"name": "b", "persistentVolumeClaim": {"claimName": claim, "readOnly": true}}],
+        }
+    }))?;
+    Api::<Pod>::namespaced(ctx.client.clone(), NS)
+        .create(&PostParams::default(), &p)
+        .await?;
+    let (ok, out) = ctx.finish_kvctl(NS, pod, 2 * MIN).await?;
+    anyhow::ensure!(ok, "kvctl backup list: {out}");
+    Ok(out)
+}
+
+pub(super) async fn backups(ctx: &mut Ctx) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let endpoint = s3_endpoint()?;
+    let secret: Secret = serde_json::from_value(json!({
+        "metadata": {"name": "backup-s3", "namespace": NS},
+        "stringData": {"AWS_ACCESS_KEY_ID": "e2e-key", "AWS_SECRET_ACCESS_KEY": "e2e-secret"},
+    }))?;
+    Api::<Secret>::namespaced(ctx.client.clone(), NS)
+        .create(&PostParams::default(), &secret)
+        .await?;
+    let kvcs: Api<KVCluster> = Api::namespaced(ctx.client.clone(), NS);
+    kvcs.patch(
+        "orders",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"backup": {
+            "destination": {"s3": {"endpoint": endpoint, "bucket": BUCKET, "credentialsSecret": "backup-s3"}},
+            "schedule": "*/10 * * * * *",
+            "retention": {"keep": 2},
+            "flushIntervalSeconds": 1,
+        }}})),
+    )
+    .await?;
+    super::operator_available(ctx, NS, "orders-backup").await?;
+
+    // Keys, a mistake, and the continuous backup of both.
+    super::write_keys(ctx, "bk-load", "orders", "bk/", KEYS).await?;
+    let (ok, del) = ctx
+        .kvctl(NS, "bk-mistake", "orders", &["delete-prefix", "bk/"])
+        .await?;
+    anyhow::ensure!(ok && del["deleted"] == KEYS, "prefix delete: {del}");
+    let deleted_at = del["revision"].as_u64().context("revision of the delete")?;
+    let shipped_after = wait_shipped(ctx, "orders", deleted_at).await?;
+    let cluster_id = backup_status(ctx, "orders")
+        .await?
+        .cluster_id
+        .context("status.backup.clusterId")?;
+
+    // Scheduled full backups to S3, with retention (keep 2).
+    let dest = s3_dest(&format!("{NS}/orders"))?;
+    let (fulls, _) = ctx
+        .wait_for("three scheduled backups, two kept", 2 * MIN, || async {
+            let st = backup_status(ctx, "orders").await?;
+            let kept = dest.full_backups(&cluster_id).await?;
+            let newest = st.last_success.as_ref().map(|l| l.revision).unwrap_or(0);
+            Ok(if kept.len() == 2 && newest >= deleted_at {
+                Ok(kept)
+            } else {
+                Err(format!(
+                    "{} kept, last success {:?}",
+                    kept.len(),
+                    st.last_success
+                ))
+            })
+        })
+        .await?;
+
+    // Restore a new cluster to the revision before the mistake.
+    let restored: KVCluster = serde_json::from_value(json!({
+        "apiVersion": "kvcluster.io/v1alpha1", "kind": "KVCluster",
+        "metadata": {"name": "orders-restored", "namespace": NS},
+        "spec": {
+            "replicas": 3,
+            "storage": {"backend": "sqlite", "size": "64Mi", "reclaimPolicy": "Delete"},
+            "resources": {"requests": {"cpu": "50m", "memory": "32Mi"}, "limits": {"memory": "256Mi"}},
+            "restore": {
+                "destination": {"s3": {"endpoint": endpoint, "bucket": BUCKET, "prefix": format!("{NS}/orders"),
+                                        "credentialsSecret": "backup-s3"}},
+                "clusterId": cluster_id,
+                "toRevision": deleted_at - 1,
+            },
+        }
+    }))?;
+    let t0 = Instant::now();
+    super::create_kvc(ctx, &restored).await?;
+    let converged = ctx
+        .wait_converged(NS, "orders-restored", 3, 5 * MIN)
+        .await?;
+    super::read_keys(ctx, "bk-verify", "orders-restored", "bk/", KEYS).await?;
+    let st = ctx
+        .kvc(NS, "orders-restored")
+        .await?
+        .status
+        .unwrap_or_default();
+    anyhow::ensure!(
+        st.restore.as_ref().map(|r| r.phase.as_str()) == Some("Completed"),
+        "status.restore: {:?}",
+        st.restore
+    );
+    let restore_s = t0.elapsed();
+
+    // The restored cluster backs up to a volume, on a schedule, keeping 2.
+    let pvc: PersistentVolumeClaim = serde_json::from_value(json!({
+        "metadata": {"name": "restored-backups", "namespace": NS},
+        "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "64Mi"}}},
+    }))?;
+    Api::<PersistentVolumeClaim>::namespaced(ctx.client.clone(), NS)
+        .create(&PostParams::default(), &pvc)
+        .await?;
+    kvcs.patch(
+        "orders-restored",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"backup": {
+            "destination": {"volume": {"claimName": "restored-backups"}},
+            "schedule": "*/10 * * * * *",
+            "retention": {"keep": 2},
+            "continuous": false,
+        }}})),
+    )
+    .await?;
+    super::operator_available(ctx, NS, "orders-restored-backup").await?;
+    // An on-demand backup, deleted with its object.
+    let kvcbs: Api<KVClusterBackup> = Api::namespaced(ctx.client.clone(), NS);
+    let b: KVClusterBackup = serde_json::from_value(json!({
+        "apiVersion": "kvcluster.io/v1alpha1", "kind": "KVClusterBackup",
+        "metadata": {"name": "before-upgrade", "namespace": NS},
+        "spec": {"cluster": "orders-restored", "deletionPolicy": "Delete"},
+    }))?;
+    kvcbs.create(&PostParams::default(), &b).await?;
+    let (done, _) = ctx
+        .wait_for(
+            "KVClusterBackup before-upgrade completed",
+            2 * MIN,
+            || async {
+                let st = kvcbs
+                    .get("before-upgrade")
+                    .await?
+                    .status
+                    .unwrap_or_default();
+                Ok(match st.phase.as_deref() {
+                    Some("Completed") => Ok(st),
+                    Some("Failed") => Ok(st),
+                    other => Err(format!("phase {other:?}")),
+                })
+            },
+        )
+        .await?;
+    anyhow::ensure!(
+        done.phase.as_deref() == Some("Completed") && done.revision == Some(deleted_at),
+        "on-demand backup: {done:?}"
+    );
+    let (_, scheduled) = ctx
+        .wait_for(
+            "orders-restored: scheduled backups pruned to 2",
+            2 * MIN,
+            || async {
+                let l = list_volume(
+                    ctx,
+                    &format!("bk-list-{}", rand_suffix()),
+                    "restored-backups",
+                )
+                .await?;
+                let full = l["full"].as_array().cloned().unwrap_or_default();
+                let scheduled = full
+                    .iter()
+                    .filter(|f| !f["name"].as_str().unwrap_or("").contains("before-upgrade"))
+                    .count();
+                let labelled = full.len() - scheduled;
+                let st = backup_status(ctx, "orders-restored").await?;
+                Ok(
+                    if scheduled == 2 && labelled == 1 && st.last_success.is_some() {
+                        Ok(())
+                    } else {
+                        Err(format!(
+                            "{scheduled} scheduled, {labelled} on-demand in the volume"
+                        ))
+                    },
+                )
+            },
+        )
+        .await?;
+    kvcbs
+        .delete("before-upgrade", &DeleteParams::default())
+        .await?;
+    ctx.wait_for("before-upgrade and its object deleted", 2 * MIN, || async {
+        let gone = kvcbs.get_opt("before-upgrade").await?.is_none();
+        let l = list_volume(
+            ctx,
+            &format!("bk-list-{}", rand_suffix()),
+            "restored-backups",
+        )
+        .await?;
+        let left = l["full"]
+            .as_array()
+            .map(|f| {
+                f.iter()
+                    .filter(|x| x["name"].as_str().unwrap_or("").contains("before-upgrade"))
+                    .count()
+            })
+            .unwrap_or(0);
+        Ok(if gone && left == 0 {
+            Ok(())
+        } else {
+            Err(format!("resource gone {gone}, objects left {left}"))
+        })
+    })
+    .await?;
+    let failing = e2e::condition(&ctx.kvc(NS, "orders").await?, "BackupFailing");
+    anyhow::ensure!(failing.0 == "False", "BackupFailing on orders: {failing:?}");
+    ctx.report.add(
+        "scenario 8: backups, point-in-time restore",
+        json!({"seconds": started.elapsed().as_secs(),
+               "delete_backed_up_after_s": shipped_after.as_secs_f64(),
+               "s3_full_backups_kept": fulls.len(),
+               "restored_and_converged_s": converged.as_secs_f64(), "restore_total_s": restore_s.as_secs_f64(),
+               "volume_retention_observed_after_s": scheduled.as_secs()}),
+    );
+    Ok(())
+}
+
+fn rand_suffix() -> String {
+    format!(
+        "{:x}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0)
+    )
+}
