@@ -125,10 +125,20 @@ impl Destination {
                     .with_secret_access_key(secret.as_str());
             }
             if let Some(ep) = &s3.endpoint {
+                let plain = ep.starts_with("http://");
                 b = b
                     .with_endpoint(ep.trim_end_matches('/'))
-                    .with_allow_http(ep.starts_with("http://"))
+                    .with_allow_http(plain)
                     .with_virtual_hosted_style_request(false);
+                if plain {
+                    // No TLS to verify: do not require the system's CA store (minimal
+                    // images have none, and reqwest refuses to build without one).
+                    b = b.with_client_options(
+                        object_store::ClientOptions::new()
+                            .with_allow_http(true)
+                            .with_no_system_certificates(true),
+                    );
+                }
             }
             let store = b.build().map_err(|e| BackupError::Store {
                 dest: url.to_string(),
