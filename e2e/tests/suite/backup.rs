@@ -242,7 +242,7 @@ pub(super) async fn backups(ctx: &mut Ctx) -> anyhow::Result<()> {
         )
         .await?;
     anyhow::ensure!(
-        done.phase.as_deref() == Some("Completed") && done.revision == Some(deleted_at),
+        done.phase.as_deref() == Some("Completed") && done.revision == Some(deleted_at - 1),
         "on-demand backup: {done:?}"
     );
     let (_, scheduled) = ctx
