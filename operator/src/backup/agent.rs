@@ -360,6 +360,10 @@ impl Agent {
         let mut stream = watcher::watcher(api.clone(), watcher::Config::default())
             .default_backoff()
             .boxed();
+        // Backups this process took (by uid): the watch delivers our own status
+        // updates back, and a `Running` we wrote is not an earlier agent's
+        // interrupted run to take again.
+        let mut taken = std::collections::HashSet::new();
         while let Some(ev) = stream.next().await {
             let objs = match ev {
                 Ok(watcher::Event::Apply(o) | watcher::Event::InitApply(o)) => vec![o],
@@ -373,6 +377,16 @@ impl Agent {
                 .into_iter()
                 .filter(|b| b.spec.cluster == self.cfg.cluster)
             {
+                let done = matches!(
+                    b.status.as_ref().and_then(|s| s.phase.as_deref()),
+                    Some("Completed" | "Failed")
+                );
+                if b.metadata.deletion_timestamp.is_none()
+                    && !done
+                    && !taken.insert(b.uid().unwrap_or_default())
+                {
+                    continue;
+                }
                 if let Err(e) = self.serve_request(&api, &b).await {
                     tracing::warn!(backup = %b.name_any(), error = %e, "KVClusterBackup");
                 }
@@ -511,9 +525,13 @@ impl Agent {
         }
     }
 
-    /// Writes `status.backup` of the KVCluster every few seconds.
+    /// Writes `status.backup` of the KVCluster: at once when a full backup or a
+    /// failure happened, else every 10 s (the operator counts an agent silent for
+    /// 2 min as failing). Every write wakes the operator's reconcile of the cluster,
+    /// so not more often.
     async fn report(self: Arc<Self>) {
         let api: Api<KVCluster> = Api::namespaced(self.kube.clone(), &self.cfg.namespace);
+        let mut last: Option<(BackupStatus, std::time::Instant)> = None;
         loop {
             let status = {
                 let s = self.lock();
@@ -532,6 +550,19 @@ impl Agent {
                     reported_at: Some(rfc3339(now_ms())),
                 }
             };
+            // Failures and full backups are reported at once; continuous backup's
+            // progress (which moves every flush under load) every 10 s.
+            let unchanged = last.as_ref().is_some_and(|(prev, at)| {
+                let mut p = prev.clone();
+                p.reported_at.clone_from(&status.reported_at);
+                p.continuous_lag_seconds = status.continuous_lag_seconds;
+                p.shipped_revision = status.shipped_revision;
+                p == status && at.elapsed() < Duration::from_secs(10)
+            });
+            if unchanged {
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                continue;
+            }
             let patch = serde_json::json!({
                 "apiVersion": "kvcluster.io/v1alpha1",
                 "kind": "KVCluster",
@@ -546,8 +577,10 @@ impl Agent {
                 .await
             {
                 tracing::debug!(error = %e, "reporting status.backup");
+            } else {
+                last = Some((status, std::time::Instant::now()));
             }
-            tokio::time::sleep(Duration::from_secs(5)).await;
+            tokio::time::sleep(Duration::from_secs(2)).await;
         }
     }
 }
