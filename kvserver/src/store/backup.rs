@@ -17,7 +17,7 @@ use super::Durability;
 use super::KV_COLUMNS;
 use super::Store;
 use super::StoreError;
-use super::apply::upsert_many;
+use super::apply::TableReplace;
 use super::encode;
 use super::get_meta;
 use super::put_metas;
@@ -110,22 +110,12 @@ impl Store {
         let mut reader = BackupReader::open(tokio::io::BufReader::new(file)).await?;
         let revision = reader.header().revision;
         let mut w = self.write_batch(Durability::Sync, true).await?;
-        w.push("DELETE FROM kv", Vec::new());
-        let mut rows = Vec::with_capacity(super::batch::MAX_ROWS);
-        loop {
-            // A key is provisional until the end checks out; nothing commits before.
-            let next = reader.next_kv().await?;
-            let done = next.is_none();
-            rows.extend(next);
-            if rows.len() == super::batch::MAX_ROWS || (done && !rows.is_empty()) {
-                upsert_many(&mut w, &rows.iter().collect::<Vec<_>>());
-                w.send().await?;
-                rows.clear();
-            }
-            if done {
-                break;
-            }
+        let mut table = TableReplace::new(&mut w);
+        // A key is provisional until the end checks out; nothing commits before.
+        while let Some(kv) = reader.next_kv().await? {
+            table.push(kv).await?;
         }
+        table.finish().await?;
         let summary = reader.summary()?;
         // History starts at the backup: watching from before it answers 410.
         super::watch::reset_history(&mut w, revision)?;

@@ -32,7 +32,7 @@ use super::KV_COLUMNS;
 use super::Store;
 use super::StoreError;
 use super::apply::ApplyCtx;
-use super::apply::upsert_many;
+use super::apply::TableReplace;
 use super::encode;
 use super::get_meta;
 use super::put_metas;
@@ -262,22 +262,11 @@ impl StateMachine {
         let mut reader = SnapshotFile::open(path).await?.reader();
         let revision = reader.header().await?;
         let mut w = self.store.write_batch(Durability::Sync, true).await?;
-        w.push("DELETE FROM kv", Vec::new());
-        let mut rows = Vec::with_capacity(super::batch::MAX_ROWS);
-        loop {
-            let next = reader.next_kv().await?;
-            let done = next.is_none();
-            rows.extend(next);
-            if rows.len() == super::batch::MAX_ROWS || (done && !rows.is_empty()) {
-                upsert_many(&mut w, &rows.iter().collect::<Vec<_>>());
-                // Sent per chunk: a snapshot may be larger than memory should hold.
-                w.send().await?;
-                rows.clear();
-            }
-            if done {
-                break;
-            }
+        let mut table = TableReplace::new(&mut w);
+        while let Some(kv) = reader.next_kv().await? {
+            table.push(kv).await?;
         }
+        table.finish().await?;
         // The event history does not travel with snapshots: it restarts at the snapshot.
         super::watch::reset_history(&mut w, revision)?;
         put_metas(
