@@ -35,7 +35,8 @@
 //! Submodules: `setup` opens the database (backend, schema, pools, identity),
 //! `read` serves reads, [`log`] implements openraft's log storage, [`sm`] the
 //! state machine and [`snapshot`] the on-disk snapshot format; `backup` full
-//! backups and restores of the state machine; `apply` the command
+//! backups and restores of the state machine; `replace` streaming a whole
+//! table in (snapshot installs, restores); `apply` the command
 //! semantics, `batch` multi-row statement shapes, `script` sending a write
 //! path's statements in one trip, `cache` the in-memory row cache.
 
@@ -45,6 +46,7 @@ mod batch;
 pub(crate) mod cache;
 pub mod log;
 mod read;
+mod replace;
 pub(crate) mod script;
 mod setup;
 pub mod sm;
