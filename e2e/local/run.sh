@@ -21,10 +21,12 @@ finish() {
     log "failed (rc $rc); state of the cluster and the last log lines:"
     kvc_kubectl get all -A -o wide 2>/dev/null | head -60 >&2 || true
     for f in "$KVC_STATE"/logs/*.log; do echo "--- $f" >&2; tail -n 15 "$f" >&2; done
-    kvc_kubectl get pods -A --no-headers 2>/dev/null | awk '$1 != "kube-system" {print $1, $2}' |
-      while read -r ns pod; do
+    # Failed pods last: CI shows the tail of this output.
+    kvc_kubectl get pods -A --no-headers 2>/dev/null |
+      awk '$1 != "kube-system" {print ($4 == "Running" || $4 == "Completed" ? 0 : 1), $1, $2}' |
+      sort -s -k1,1n | while read -r bad ns pod; do
         echo "--- pod $ns/$pod" >&2
-        kvc_kubectl -n "$ns" logs "$pod" --tail=25 --all-containers >&2 2>&1 || true
+        kvc_kubectl -n "$ns" logs "$pod" --tail=$((bad ? 40 : 25)) --all-containers >&2 2>&1 || true
       done
   fi
   local t0; t0=$(date +%s)

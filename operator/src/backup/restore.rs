@@ -240,6 +240,9 @@ pub fn job(kvc: &KVCluster, src: &Source) -> Result<Job, BuildError> {
                         "imagePullPolicy": kvc.spec.image_pull_policy,
                         "command": ["/usr/local/bin/kvctl"],
                         "args": src.args,
+                        // kvctl's error becomes the termination message, which
+                        // the operator copies into status.restore.message.
+                        "terminationMessagePolicy": "FallbackToLogsOnError",
                         "envFrom": env_from,
                         "volumeMounts": mounts,
                         "securityContext": crate::build::container_security(),

@@ -4,8 +4,11 @@
 
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::PersistentVolumeClaim;
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::Api;
 use kube::ResourceExt;
+use kube::api::ListParams;
 use kube::runtime::events::EventType;
 
 use super::At;
@@ -25,7 +28,48 @@ pub(super) struct Gate {
     pub status: Option<RestoreStatus>,
 }
 
-fn job_state(job: Option<Job>) -> JobState {
+/// Why the restore Job's last pod failed: its termination message (kvctl's
+/// error, by `FallbackToLogsOnError`), if the pod is still there.
+async fn failure_reason(ctx: &Context, ns: &str, job: &str) -> Option<String> {
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
+    let list = pods
+        .list(&ListParams::default().labels(&format!("job-name={job}")))
+        .await
+        .ok()?;
+    let mut failed: Vec<(Option<Time>, String)> = list
+        .items
+        .into_iter()
+        .flat_map(|p| {
+            p.status
+                .and_then(|s| s.container_statuses)
+                .unwrap_or_default()
+        })
+        .filter_map(|c| c.state.and_then(|s| s.terminated))
+        .filter(|t| t.exit_code != 0)
+        .filter_map(|t| Some((t.finished_at, t.message?)))
+        .collect();
+    failed.sort_by(|a, b| a.0.cmp(&b.0));
+    let (_, message) = failed.pop()?;
+    Some(condense(&message))
+}
+
+/// kvctl's `Error: …` and its causes on one line (earlier lines are its log).
+fn condense(message: &str) -> String {
+    let lines: Vec<&str> = message.lines().map(str::trim).collect();
+    let from = lines
+        .iter()
+        .rposition(|l| l.starts_with("Error: "))
+        .unwrap_or_else(|| lines.len().saturating_sub(1));
+    let text = lines[from..]
+        .iter()
+        .filter(|l| !l.is_empty() && **l != "Caused by:")
+        .map(|l| l.trim_start_matches("Error: "))
+        .collect::<Vec<_>>()
+        .join(": ");
+    text.chars().take(512).collect()
+}
+
+fn job_state(job: Option<Job>, reason: Option<String>) -> JobState {
     let Some(j) = job else {
         return JobState::Absent;
     };
@@ -40,9 +84,12 @@ fn job_state(job: Option<Job>) -> JobState {
         .find(|c| c.type_ == "Failed" && c.status == "True");
     match failed {
         Some(c) => JobState::Failed(format!(
-            "restore Job failed ({}): see `kubectl logs job/{}`",
+            "restore Job failed ({}): {}",
             c.message.unwrap_or_else(|| c.reason.unwrap_or_default()),
-            j.metadata.name.unwrap_or_default()
+            reason.unwrap_or_else(|| format!(
+                "see `kubectl logs job/{}`",
+                j.metadata.name.unwrap_or_default()
+            ))
         )),
         None => JobState::Running,
     }
@@ -71,11 +118,17 @@ pub(super) async fn gate(
         .get_opt(&name)
         .await
         .at("observe", format!("Job {name}"))?;
+    let reason = match &job {
+        Some(j) if j.status.as_ref().and_then(|s| s.failed).unwrap_or(0) > 0 => {
+            failure_reason(ctx, &ns, &name).await
+        }
+        _ => None,
+    };
     let step = crate::backup::restore::plan(
         Some(spec),
         recorded.as_deref(),
         cluster_exists,
-        &job_state(job),
+        &job_state(job, reason),
     );
     let status = |phase: &str, message: String| RestoreStatus {
         phase: phase.into(),
@@ -174,4 +227,18 @@ pub(super) async fn gate(
             }
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn kvctl_errors_are_condensed_to_one_line() {
+        let m = "2026-12-03T10:00:00Z INFO composing\nError: restore point\n\nCaused by:\n    0: no full backup at or before revision 41\n";
+        assert_eq!(
+            super::condense(m),
+            "restore point: 0: no full backup at or before revision 41"
+        );
+        assert_eq!(super::condense("panic\n"), "panic");
+        assert_eq!(super::condense(""), "");
+    }
 }
