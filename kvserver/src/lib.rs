@@ -17,6 +17,7 @@
 //! - [`store`]: SQLite (sqlx) persistence: Raft log and vote ([`store::log`]), the state
 //!   machine ([`store::sm`]) and snapshot files ([`store::snapshot`]).
 //! - [`restore`]: forming a cluster, from nothing or from a backup (`restore_from`).
+//! - [`recover`]: forced recovery from permanent quorum loss: a new cluster from a survivor.
 //! - [`raft`]: the Raft handle, its openraft configuration, membership look-ups, proposing.
 //! - [`peer`]: the binary Raft peer transport on its own port: [`peer::wire`],
 //!   [`peer::client`] (outbound), [`peer::server`] (inbound).
@@ -61,6 +62,8 @@ pub mod node;
 pub mod peer;
 #[cfg(feature = "server")]
 pub mod raft;
+#[cfg(feature = "server")]
+pub mod recover;
 #[cfg(feature = "server")]
 pub mod restore;
 #[cfg(feature = "server")]

@@ -46,6 +46,10 @@ struct Cli {
     /// initialize); only into an empty data dir, under a new --cluster-id.
     #[arg(long, value_name = "FILE")]
     restore_from: Option<PathBuf>,
+    /// Forced recovery: this node's data is of CLUSTER, whose majority is lost for
+    /// good; form the new cluster --cluster-id from it (docs/backup.md).
+    #[arg(long, value_name = "CLUSTER")]
+    force_new_cluster_from: Option<String>,
     /// Log format: json or pretty.
     #[arg(long)]
     log_format: Option<String>,
@@ -67,7 +71,7 @@ fn load(cli: &Cli) -> anyhow::Result<kvserver::Config> {
     let mut l = ConfigLoader::new()
         .file(cli.config.clone())
         .env(std::env::vars());
-    let flags: [(&str, Option<String>, &str); 10] = [
+    let flags: [(&str, Option<String>, &str); 11] = [
         (
             "node_id",
             cli.node_id.map(|v| v.to_string()),
@@ -95,6 +99,11 @@ fn load(cli: &Cli) -> anyhow::Result<kvserver::Config> {
             "restore_from",
             cli.restore_from.as_ref().map(|p| p.display().to_string()),
             "flag --restore-from",
+        ),
+        (
+            "recovery.force_new_cluster_from",
+            cli.force_new_cluster_from.clone(),
+            "flag --force-new-cluster-from",
         ),
         ("log.format", cli.log_format.clone(), "flag --log-format"),
         ("log.level", cli.log_level.clone(), "flag --log-level"),

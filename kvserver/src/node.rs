@@ -73,6 +73,8 @@ pub enum NodeError {
     Tokens(#[from] crate::auth::tokens::TokenError),
     #[error("config field `restore_from`: {0}")]
     Restore(#[from] crate::restore::InitError),
+    #[error("config field `recovery`: {0}")]
+    Recovery(#[from] crate::recover::RecoveryError),
 }
 
 fn tls_err(field: &'static str) -> impl Fn(crate::tls::TlsError) -> NodeError {
@@ -200,18 +202,19 @@ pub async fn start_node(config: Config) -> Result<NodeHandle, NodeError> {
     for c in &tls_certs {
         c.export(&metrics);
     }
-    let backend = match config.storage.backend {
+    let backend_of = |cluster_id: &str| match config.storage.backend {
         StorageBackend::Postgres => {
             let pg = &config.storage.postgres;
             Backend::Postgres {
                 url: pg.connect_url().unwrap_or_default(),
-                schema: pg.schema_for(&config.cluster_id, id),
+                schema: pg.schema_for(cluster_id, id),
                 max_connections: pg.max_connections,
                 acquire_timeout: Duration::from_millis(pg.acquire_timeout_ms),
             }
         }
         StorageBackend::Sqlite => Backend::Sqlite,
     };
+    let backend = backend_of(&config.cluster_id);
     tracing::info!(node_id = id, backend = ?backend, "opening storage");
     let store_opts = StoreOptions {
         data_dir: config.data_dir.clone(),
@@ -221,6 +224,13 @@ pub async fn start_node(config: Config) -> Result<NodeHandle, NodeError> {
         watch_history: config.watch.history_revisions,
         feed_capacity: config.watch.feed_capacity,
         cache_bytes: config.storage.cache_bytes,
+    };
+    // Forced recovery prepares the survivor's state before the new store opens.
+    let recovered = match config.recovery.recovering(id) {
+        Some(from) => {
+            crate::recover::prepare(from, backend_of(from), &store_opts, metrics.clone()).await?
+        }
+        None => None,
     };
     let store = Store::open(&store_opts, metrics.clone()).await?;
     let mut log_store = LogStore::new(store.clone());
@@ -380,23 +390,36 @@ pub async fn start_node(config: Config) -> Result<NodeHandle, NodeError> {
         stopped(&stop_rx),
     )));
 
-    if config.bootstrap
+    if (config.bootstrap || recovered.is_some())
         && !raft
             .is_initialized()
             .await
             .map_err(|e| NodeError::Raft(e.to_string()))?
     {
-        tracing::info!(
-            node_id = id,
-            "bootstrap: initializing a single-node cluster"
-        );
+        let restore_from = match &recovered {
+            Some(r) => {
+                tracing::warn!(
+                    node_id = id,
+                    entries_applied = r.entries_applied,
+                    "forced recovery: forming the new cluster from the survivor's state"
+                );
+                Some(r.backup.as_path())
+            }
+            None => {
+                tracing::info!(
+                    node_id = id,
+                    "bootstrap: initializing a single-node cluster"
+                );
+                config.restore_from.as_deref()
+            }
+        };
         crate::restore::initialize(
             &raft,
             &store,
             id,
             &config.cluster_id,
             BTreeMap::from([(id, advertise.clone())]),
-            config.restore_from.as_deref(),
+            restore_from,
         )
         .await?;
     }

@@ -12,7 +12,6 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::sync::atomic::Ordering;
@@ -158,26 +157,7 @@ async fn consistent_under_load(
     for id in 1..=3 {
         r.wait_applied(id, committed, Duration::from_secs(20))
             .await?;
-        let node = typed_client(&r, &[id])?;
-        let mut got = BTreeMap::new();
-        let mut start_after = None;
-        loop {
-            let page = node
-                .list(&kvserver::model::ListQuery {
-                    start_after: start_after.clone(),
-                    limit: Some(1000),
-                    consistency: kvserver::model::Consistency::Stale,
-                    ..Default::default()
-                })
-                .await?;
-            for kv in page.kvs {
-                got.insert(kv.key.clone(), StoredKv::from_api(kv));
-            }
-            if !page.more {
-                break;
-            }
-            start_after = page.next_start_after;
-        }
+        let got = list_all(&typed_client(&r, &[id])?).await?;
         same_state(&format!("restored member {id}"), &got, &want)?;
     }
     // Initializing again is idempotent; it never restores twice.

@@ -276,6 +276,19 @@ impl Cluster {
         Ok(())
     }
 
+    /// Gives the cluster a new id (forced recovery forms a new cluster): nodes
+    /// started from now on run under it, with member certificates reissued for it.
+    pub fn set_cluster_id(&mut self, cluster_id: &str) -> Result<(), ChaosError> {
+        self.cluster_id = cluster_id.to_string();
+        if let Some(tls) = &mut self.tls {
+            tls.set_cluster_id(cluster_id);
+            for id in self.nodes.keys() {
+                tls.issue_node(*id, None)?;
+            }
+        }
+        Ok(())
+    }
+
     /// Prepares node `id` (fresh ports, its proxies, a data directory path); not started.
     pub fn add_node(&mut self, id: u64) -> Result<(), ChaosError> {
         if self.nodes.contains_key(&id) {

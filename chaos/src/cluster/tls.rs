@@ -57,6 +57,12 @@ impl TestTls {
         Ok(tls)
     }
 
+    /// Issues member certificates for `cluster_id` from now on (a recovered
+    /// cluster's new identity).
+    pub fn set_cluster_id(&mut self, cluster_id: &str) {
+        self.cluster_id = cluster_id.to_string();
+    }
+
     /// The CA bundle every node and client trusts.
     pub fn ca_file(&self) -> PathBuf {
         self.dir.join("ca.pem")

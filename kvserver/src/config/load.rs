@@ -32,6 +32,12 @@ const ENV: &[(&str, &str, Kind)] = &[
     ("KV_ADVERTISE_API_ADDR", "advertise_api_addr", Kind::Str),
     ("KV_ADVERTISE_RAFT_ADDR", "advertise_raft_addr", Kind::Str),
     ("KV_BOOTSTRAP", "bootstrap", Kind::Scalar),
+    (
+        "KV_RECOVERY_FORCE_NEW_CLUSTER_FROM",
+        "recovery.force_new_cluster_from",
+        Kind::Str,
+    ),
+    ("KV_RECOVERY_NODE_ID", "recovery.node_id", Kind::Scalar),
     ("KV_MAX_VALUE_BYTES", "max_value_bytes", Kind::Scalar),
     (
         "KV_SHUTDOWN_TIMEOUT_MS",

@@ -15,6 +15,7 @@ mod auth;
 mod limits;
 mod load;
 mod postgres;
+mod recovery;
 #[cfg(test)]
 mod tests;
 mod tls;
@@ -25,6 +26,7 @@ pub use self::limits::LimitsConfig;
 pub use self::load::ConfigLoader;
 pub use self::postgres::PgSslMode;
 pub use self::postgres::PostgresConfig;
+pub use self::recovery::RecoveryConfig;
 pub use self::tls::TlsConfig;
 pub use self::tls::TlsFiles;
 
@@ -206,6 +208,9 @@ pub struct Config {
     /// starts with exactly the backup's keys and revision. Only into an empty store, and
     /// only under a `cluster_id` other than the backup's (docs/backup.md).
     pub restore_from: Option<PathBuf>,
+    /// Forced recovery from permanent quorum loss (docs/backup.md). Never set in
+    /// normal operation.
+    pub recovery: RecoveryConfig,
     /// Largest accepted value in bytes.
     pub max_value_bytes: usize,
     /// How long SIGTERM waits for in-flight requests before exiting.
@@ -233,6 +238,7 @@ impl Default for Config {
             advertise_raft_addr: None,
             bootstrap: false,
             restore_from: None,
+            recovery: RecoveryConfig::default(),
             max_value_bytes: 1024 * 1024,
             shutdown_timeout_ms: 10_000,
             ttl_reap_interval_ms: 1_000,
@@ -296,6 +302,7 @@ impl Config {
                 "must be 1-128 characters of [A-Za-z0-9._-]",
             ));
         }
+        self.recovery.validate(&self.cluster_id)?;
         if self.data_dir.as_os_str().is_empty() {
             return Err(field_err("data_dir", "must not be empty"));
         }

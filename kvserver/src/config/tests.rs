@@ -330,3 +330,32 @@ fn postgres_tls_becomes_url_parameters() {
         .unwrap_or_default();
     assert!(e.contains("storage.postgres.key_file"), "{e}");
 }
+
+#[test]
+fn forced_recovery_needs_a_new_cluster_id() {
+    let c = loader()
+        .env(vec![
+            ("KV_CLUSTER_ID".into(), "orders-1a2b3c4d-r1".into()),
+            (
+                "KV_RECOVERY_FORCE_NEW_CLUSTER_FROM".into(),
+                "orders-1a2b3c4d".into(),
+            ),
+            ("KV_RECOVERY_NODE_ID".into(), "0".into()),
+        ])
+        .load()
+        .expect("load");
+    assert_eq!(c.recovery.recovering(0), Some("orders-1a2b3c4d"));
+    assert_eq!(c.recovery.recovering(1), None);
+    let e = loader()
+        .set("recovery.force_new_cluster_from", "kvcluster", "flag")
+        .load()
+        .expect_err("the same id")
+        .to_string();
+    assert!(e.contains("recovery.force_new_cluster_from"), "{e}");
+    let e = loader()
+        .set("recovery.node_id", "2", "flag")
+        .load()
+        .expect_err("node without cluster")
+        .to_string();
+    assert!(e.contains("recovery.node_id"), "{e}");
+}

@@ -381,6 +381,17 @@ impl Store {
         Ok(())
     }
 
+    /// SQLite: copies the write-ahead log into the database file and empties it, so
+    /// the file alone holds everything (forced recovery moves it). PostgreSQL: nothing.
+    pub async fn checkpoint(&self) -> Result<(), StoreError> {
+        if self.backend_name == "sqlite" {
+            sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+                .execute(&self.writer)
+                .await?;
+        }
+        Ok(())
+    }
+
     /// Closes both pools (after Raft has shut down); pending retries give up.
     pub async fn close(&self) {
         self.closing.store(true, Ordering::Relaxed);

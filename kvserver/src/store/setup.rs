@@ -293,6 +293,30 @@ impl Store {
     /// Opens (creating if needed) the node's database, applies the schema and checks
     /// that it belongs to this node of this cluster.
     pub async fn open(opts: &StoreOptions, metrics: Arc<Metrics>) -> Result<Self, StoreError> {
+        let store = Self::open_unchecked(opts, metrics).await?;
+        store
+            .check_identity("node_id", &opts.node_id.to_string())
+            .await?;
+        store.check_identity("cluster_id", &opts.cluster_id).await?;
+        Ok(store)
+    }
+
+    /// The cluster a store at `opts` belongs to (`None`: never started), without
+    /// recording an identity in it. Used by forced recovery (`crate::recover`).
+    pub async fn stored_cluster_id(
+        opts: &StoreOptions,
+        metrics: Arc<Metrics>,
+    ) -> Result<Option<String>, StoreError> {
+        let store = Self::open_unchecked(opts, metrics).await?;
+        let id = store.meta_get("cluster_id").await;
+        store.close().await;
+        id
+    }
+
+    async fn open_unchecked(
+        opts: &StoreOptions,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, StoreError> {
         std::fs::create_dir_all(&opts.data_dir)?;
         let snapshot_dir = opts.data_dir.join("snapshots");
         std::fs::create_dir_all(&snapshot_dir)?;
@@ -319,10 +343,6 @@ impl Store {
             committed: Arc::new(std::sync::Mutex::new(None)),
             rows,
         };
-        store
-            .check_identity("node_id", &opts.node_id.to_string())
-            .await?;
-        store.check_identity("cluster_id", &opts.cluster_id).await?;
         let rev: Option<u64> = store.meta_get("sm_revision").await?;
         store.revision.store(rev.unwrap_or(0), Ordering::SeqCst);
         let compacted: Option<u64> = store.meta_get(watch::WATCH_COMPACTED).await?;

@@ -137,6 +137,29 @@ pub fn same_state(
     Ok(())
 }
 
+/// Every key `client`'s node holds (stale reads: that node's own state).
+pub async fn list_all(client: &Client) -> anyhow::Result<BTreeMap<String, StoredKv>> {
+    let mut got = BTreeMap::new();
+    let mut start_after = None;
+    loop {
+        let page = client
+            .list(&kvserver::model::ListQuery {
+                start_after: start_after.clone(),
+                limit: Some(1000),
+                consistency: kvserver::model::Consistency::Stale,
+                ..Default::default()
+            })
+            .await?;
+        for kv in page.kvs {
+            got.insert(kv.key.clone(), StoredKv::from_api(kv));
+        }
+        if !page.more {
+            return Ok(got);
+        }
+        start_after = page.next_start_after;
+    }
+}
+
 pub fn typed_client(c: &Cluster, ids: &[u64]) -> anyhow::Result<Client> {
     let endpoints: Vec<String> = ids.iter().map(|id| c.url(*id, "")).collect();
     Ok(c.access()
