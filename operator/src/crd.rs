@@ -138,6 +138,11 @@ pub struct KVClusterSpec {
     /// empty; refused for a cluster that has data.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub restore: Option<crate::backup::crd::RestoreSpec>,
+    /// Forced recovery from permanent quorum loss: form a new cluster from one
+    /// surviving member (docs/backup.md). Never automatic; leave it in place after
+    /// the recovery completed (the cluster's id depends on it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recovery: Option<crate::recovery::RecoverySpec>,
 }
 
 /// Whether the client API requires credentials.
@@ -523,6 +528,9 @@ pub struct KVClusterStatus {
     /// The restore of `spec.restore`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub restore: Option<crate::backup::crd::RestoreStatus>,
+    /// The forced recovery of `spec.recovery`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recovery: Option<crate::recovery::RecoveryStatus>,
 }
 
 /// One Raft member.

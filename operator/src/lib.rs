@@ -6,6 +6,7 @@
 //! - [`build`]: pure builders of the owned objects (ConfigMap, Services, StatefulSet, PDB,
 //!   ServiceAccount, NetworkPolicy).
 //! - [`backup`]: `spec.backup`, `spec.restore`, `KVClusterBackup`, and the backup agent.
+//! - [`recovery`]: `spec.recovery`: forced recovery from permanent quorum loss (pure plan).
 //! - [`auth`]: `spec.auth`: the operator's own admin token Secret and the members' token files.
 //! - [`reviewers`]: the ClusterRoleBinding that lets members check ServiceAccount tokens.
 //! - [`tls`]: the cluster's certificates (`spec.tls`): which to keep, issue or renew, as
@@ -26,5 +27,6 @@ pub mod crdgen;
 pub mod manifests;
 pub mod membership;
 pub mod metrics;
+pub mod recovery;
 pub mod reviewers;
 pub mod tls;

@@ -195,8 +195,17 @@ pub(crate) fn meta(kvc: &KVCluster, name: String) -> Result<ObjectMeta, BuildErr
 }
 
 /// The Raft cluster identity: name plus UID, so volumes left over from a deleted
-/// KVCluster of the same name are refused by kvserver instead of being merged in.
+/// KVCluster of the same name are refused by kvserver instead of being merged in;
+/// after a forced recovery, `-r<epoch>` too (`crate::recovery`).
 pub fn cluster_id(kvc: &KVCluster) -> Result<String, BuildError> {
+    Ok(crate::recovery::cluster_id_at(
+        &base_cluster_id(kvc)?,
+        crate::recovery::identity_epoch(kvc),
+    ))
+}
+
+/// The cluster id as first formed (name plus UID).
+pub fn base_cluster_id(kvc: &KVCluster) -> Result<String, BuildError> {
     let uid = kvc.uid().ok_or(BuildError::MissingMeta("uid"))?;
     Ok(format!("{}-{}", kvc.name_any(), &uid[..uid.len().min(8)]))
 }
@@ -233,6 +242,21 @@ pub fn tolerated_failures(voters: i32) -> i32 {
 
 /// The kvserver configuration file (env adds per-pod identity and secrets).
 pub fn config_yaml(kvc: &KVCluster) -> Result<String, BuildError> {
+    let mut cfg = config_value(kvc)?;
+    if let Some((from, member)) = crate::recovery::in_progress(kvc) {
+        // Read by members when they start during a forced recovery; left out of
+        // the pods' config hash, so dropping it afterwards restarts nobody.
+        cfg["recovery"] = serde_json::json!({"force_new_cluster_from": from, "node_id": member});
+    }
+    serde_yaml::to_string(&cfg).map_err(|e| BuildError::Config(e.to_string()))
+}
+
+/// The part of the configuration that, when it changes, must restart the pods.
+pub fn config_for_hash(kvc: &KVCluster) -> Result<String, BuildError> {
+    serde_yaml::to_string(&config_value(kvc)?).map_err(|e| BuildError::Config(e.to_string()))
+}
+
+fn config_value(kvc: &KVCluster) -> Result<serde_json::Value, BuildError> {
     let raft = kvc.spec.raft.clone().unwrap_or_default();
     let hb = raft.heartbeat_interval_ms.unwrap_or(100);
     let emin = raft.election_timeout_min_ms.unwrap_or(500.max(hb * 5));
@@ -356,7 +380,7 @@ pub fn config_yaml(kvc: &KVCluster) -> Result<String, BuildError> {
         // that member forms the cluster (crate::backup::restore).
         cfg["restore_from"] = crate::backup::restore::RESTORE_FILE.into();
     }
-    serde_yaml::to_string(&cfg).map_err(|e| BuildError::Config(e.to_string()))
+    Ok(cfg)
 }
 
 pub fn config_map(kvc: &KVCluster) -> Result<ConfigMap, BuildError> {

@@ -390,7 +390,7 @@ pub fn statefulset(
         annotations.insert("prometheus.io/path".into(), "/metrics".into());
     }
     // A config change must roll the pods: hash it into the template.
-    let config_hash = fnv(config_yaml(kvc)?.as_bytes());
+    let config_hash = fnv(super::config_for_hash(kvc)?.as_bytes());
     annotations.insert(
         "kvcluster.io/config-hash".into(),
         format!("{config_hash:016x}"),

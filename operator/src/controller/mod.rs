@@ -12,11 +12,14 @@
 //! Layout: this file holds the pipeline itself ([`reconcile`]); each stage
 //! that talks to the world has its own file: `observe` (objects, pods, the
 //! members' Raft view), `apply` (server-side apply), `execute` (one membership
-//! step), `status` (conditions and the status subresource, pure).
+//! step), `status` (conditions and the status subresource, pure); the gates
+//! `restore` (spec.restore) and `recovery` (spec.recovery) hold the StatefulSet
+//! back while they work.
 
 mod apply;
 mod execute;
 mod observe;
+mod recovery;
 mod restore;
 mod status;
 
@@ -266,6 +269,7 @@ async fn reconcile_inner(kvc: &KVCluster, ctx: &Context) -> Result<Action, Recon
     let secrets_digest = observe::postgres_digest(kvc, &ctx.client).await?;
     // A LoadBalancer without TLS and auth is refused before anything is applied.
     build::check_exposure(kvc)?;
+    crate::recovery::check(kvc)?;
     let auth_stored = match crate::auth::enabled(kvc) {
         true => {
             observe::secret_data(&ctx.client, &ns, &crate::auth::operator_secret_name(kvc)).await?
@@ -362,6 +366,19 @@ async fn reconcile_inner(kvc: &KVCluster, ctx: &Context) -> Result<Action, Recon
         write_status(ctx, kvc, &status).await?;
         return Ok(Action::requeue(Duration::from_secs(3)));
     }
+    // A forced recovery (spec.recovery) stops and restarts the members itself.
+    let recovery = recovery::gate(kvc, ctx, &seen).await?;
+    if recovery.hold {
+        if let Some(n) = recovery.scale {
+            let sts = build::statefulset(kvc, n as i32, secrets_digest.as_deref())?;
+            apply::<StatefulSet>(&ctx.client, &ns, &sts).await?;
+        }
+        let mut status = status_of(kvc, &seen, &step, None);
+        status.phase = Some("Recovering".into());
+        status.recovery = recovery.status;
+        write_status(ctx, kvc, &status).await?;
+        return Ok(Action::requeue(Duration::from_secs(2)));
+    }
     apply::<StatefulSet>(&ctx.client, &ns, &objects.3).await?;
     let pdb_problem = apply_pdb(&ctx.client, &ns, &objects.4).await?;
     match &backup_agent {
@@ -416,6 +433,9 @@ async fn reconcile_inner(kvc: &KVCluster, ctx: &Context) -> Result<Action, Recon
     let mut status = status_of(kvc, &seen, &step, pdb_problem.as_deref());
     if gate.status.is_some() {
         status.restore = gate.status;
+    }
+    if recovery.status.is_some() {
+        status.recovery = recovery.status;
     }
     write_status(ctx, kvc, &status).await?;
     Ok(match step {

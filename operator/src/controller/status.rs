@@ -209,6 +209,7 @@ pub(super) fn status_of(
         // Written by the backup agent under its own field manager, never here.
         backup: None,
         restore: old.restore.clone(),
+        recovery: old.recovery.clone(),
     }
 }
 
