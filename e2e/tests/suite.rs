@@ -9,6 +9,8 @@
 
 #[path = "suite/backup.rs"]
 mod backup;
+#[path = "suite/recovery.rs"]
+mod recovery;
 
 use std::time::Duration;
 use std::time::Instant;
@@ -1319,6 +1321,7 @@ async fn e2e_suite() -> anyhow::Result<()> {
     unsafe_scale_in_refused(&mut ctx).await?;
     postgres_backed(&mut ctx).await?;
     backup::backups(&mut ctx).await?;
+    recovery::quorum_loss(&mut ctx, backup::KEYS).await?;
     delete_and_uninstall(&mut ctx).await?;
     ctx.report
         .add("suite", json!({"seconds": started.elapsed().as_secs()}));

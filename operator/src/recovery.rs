@@ -163,6 +163,10 @@ pub struct RecoveryObs {
     pub pvcs: BTreeSet<u64>,
     /// The cluster id and node id of a member that leads a cluster, if any.
     pub leader: Option<(String, u64)>,
+    /// The current cluster works: a leader, and a majority of its voters serve
+    /// their data. A leader alone is not enough: one cut off from the others may
+    /// still call itself leader.
+    pub quorum: bool,
 }
 
 /// The next step.
@@ -205,8 +209,8 @@ pub fn plan(kvc: &KVCluster, base: &str, obs: &RecoveryObs) -> RecoveryStep {
     if req.epoch == identity + 1 {
         let current = cluster_id_at(base, identity);
         return match &obs.leader {
-            Some((id, node)) if *id == current => RecoveryStep::Refused(format!(
-                "member {node} leads cluster {current}: forced recovery is for a cluster that lost its majority for good; remove spec.recovery"
+            Some((id, node)) if *id == current && obs.quorum => RecoveryStep::Refused(format!(
+                "member {node} leads cluster {current} with a majority of its voters: forced recovery is for a cluster that lost its majority for good; remove spec.recovery"
             )),
             _ if !obs.pvcs.contains(&survivor) => RecoveryStep::Refused(format!(
                 "member {survivor} has no volume: nothing survives there; name another member, or restore from a backup"

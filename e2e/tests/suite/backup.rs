@@ -31,7 +31,7 @@ use super::MIN;
 use super::NS;
 
 const BUCKET: &str = "kvc-e2e-backups";
-const KEYS: u64 = 300;
+pub(super) const KEYS: u64 = 300;
 
 fn s3_endpoint() -> anyhow::Result<String> {
     std::env::var("E2E_S3_ENDPOINT")

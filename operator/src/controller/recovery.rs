@@ -49,7 +49,25 @@ pub(super) async fn gate(
         return Ok(pass);
     };
     let base = build::base_cluster_id(kvc)?;
+    let current = build::cluster_id(kvc)?;
+    let quorum = match (&seen.obs.raft, &seen.info) {
+        (Some(r), Some(i)) if r.leader.is_some() && i.cluster_id == current => {
+            let serving = r
+                .voters
+                .iter()
+                .filter(|v| {
+                    seen.obs
+                        .pods
+                        .get(v)
+                        .is_some_and(|p| p.exists && p.serving && !p.uninitialized)
+                })
+                .count();
+            serving > r.voters.len() / 2
+        }
+        _ => false,
+    };
     let obs = RecoveryObs {
+        quorum,
         desired: seen.obs.desired,
         sts_replicas: seen.obs.sts_replicas,
         pods: seen.obs.pods.keys().copied().collect(),

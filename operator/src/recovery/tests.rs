@@ -68,6 +68,7 @@ fn a_refused_request_changes_no_identity() {
         pods: [0, 1, 2].into(),
         pvcs: [0, 1, 2].into(),
         leader: Some(("orders-01234567".into(), 1)),
+        quorum: true,
     };
     assert!(matches!(
         plan(&k, "orders-01234567", &obs),
@@ -78,13 +79,19 @@ fn a_refused_request_changes_no_identity() {
     // The survivor has no volume: refused.
     let obs = RecoveryObs {
         pvcs: [1, 2].into(),
-        leader: None,
+        quorum: false,
         ..obs
     };
     assert!(matches!(
         plan(&k, "orders-01234567", &obs),
         RecoveryStep::Refused(_)
     ));
+    // A leader that lost its majority (it may still call itself leader): go.
+    let obs = RecoveryObs {
+        pvcs: [0, 1, 2].into(),
+        ..obs
+    };
+    assert_eq!(plan(&k, "orders-01234567", &obs), RecoveryStep::Start);
 }
 
 /// A simulated cluster the plan's steps act on.
@@ -122,6 +129,7 @@ impl Sim {
             pods: self.pods.keys().copied().collect(),
             pvcs: self.pvcs.clone(),
             leader: self.leader.clone(),
+            quorum: false,
         }
     }
 
