@@ -62,16 +62,12 @@ pub struct RecoveryStatus {
     /// The last recovery that started (0: none).
     pub epoch: u32,
     /// Its phase: Stopping, Starting or Completed.
-    #[serde(default)]
     pub phase: String,
     /// The surviving member.
-    #[serde(default)]
     pub from_member: u32,
     /// The lost cluster's id.
-    #[serde(default)]
     pub from_cluster_id: String,
     /// The new cluster's id.
-    #[serde(default)]
     pub cluster_id: String,
     /// Member volumes deleted (the survivor's is kept).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
