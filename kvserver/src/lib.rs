@@ -14,8 +14,10 @@
 //! Everything but `model` and `client` sits behind the default `server` feature; with
 //! `default-features = false` the crate builds without openraft and sqlx (for the operator).
 //! - [`command`]: the openraft type configuration and the replicated command language.
-//! - [`store`]: SQLite (sqlx) persistence: Raft log and vote ([`store::log`]), the state
-//!   machine ([`store::sm`]) and snapshot files ([`store::snapshot`]).
+//! - [`raftlog`]: the Raft log and vote, one log per node shared by its Raft groups
+//!   (`<data_dir>/raftlog/`), with group commit; openraft's log storage on top.
+//! - [`store`]: the state machine in SQLite or PostgreSQL (sqlx): the key-value data
+//!   ([`store::sm`]) and snapshot files ([`store::snapshot`]).
 //! - [`restore`]: forming a cluster, from nothing or from a backup (`restore_from`).
 //! - [`recover`]: forced recovery from permanent quorum loss: a new cluster from a survivor.
 //! - [`raft`]: the Raft handle, its openraft configuration, membership look-ups, proposing.
@@ -62,6 +64,8 @@ pub mod node;
 pub mod peer;
 #[cfg(feature = "server")]
 pub mod raft;
+#[cfg(feature = "server")]
+pub mod raftlog;
 #[cfg(feature = "server")]
 pub mod recover;
 #[cfg(feature = "server")]

@@ -35,8 +35,9 @@ use crate::peer::NetworkFactory;
 use crate::peer::PeerState;
 use crate::raft;
 use crate::raft::KvRaft;
+use crate::raftlog::LogOptions;
+use crate::raftlog::RaftLog;
 use crate::store::Backend;
-use crate::store::LogStore;
 use crate::store::StateMachine;
 use crate::store::Store;
 use crate::store::StoreError;
@@ -75,6 +76,8 @@ pub enum NodeError {
     Restore(#[from] crate::restore::InitError),
     #[error("config field `recovery`: {0}")]
     Recovery(#[from] crate::recover::RecoveryError),
+    #[error("raft log: {0}")]
+    Log(#[from] crate::raftlog::LogError),
 }
 
 fn tls_err(field: &'static str) -> impl Fn(crate::tls::TlsError) -> NodeError {
@@ -95,6 +98,7 @@ pub struct NodeHandle {
     api_task: JoinHandle<()>,
     tasks: Vec<JoinHandle<()>>,
     store: Store,
+    log: crate::raftlog::Engine,
     drain_timeout: Duration,
 }
 
@@ -233,7 +237,13 @@ pub async fn start_node(config: Config) -> Result<NodeHandle, NodeError> {
         None => None,
     };
     let store = Store::open(&store_opts, metrics.clone()).await?;
-    let mut log_store = LogStore::new(store.clone());
+    let log_opts = LogOptions {
+        sync_seconds: Some(metrics.storage_sync_seconds.clone()),
+        segment_bytes: config.raft.log_segment_bytes,
+        ..LogOptions::for_node(&config.cluster_id, id)
+    };
+    let engine = crate::raftlog::migrate::open_for_node(&store, &config.data_dir, log_opts).await?;
+    let mut log_store = RaftLog::new(engine.clone(), 0, store.clone());
     // A store with log entries (or a purge marker) holds a membership: its first
     // entry is one, or a snapshot carrying one was installed before the purge.
     let restored = openraft::storage::RaftLogStorage::get_log_state(&mut log_store)
@@ -441,6 +451,7 @@ pub async fn start_node(config: Config) -> Result<NodeHandle, NodeError> {
         api_task,
         tasks,
         store,
+        log: engine,
         drain_timeout: Duration::from_millis(config.shutdown_timeout_ms),
     })
 }
@@ -566,6 +577,8 @@ impl NodeHandle {
         for t in self.tasks {
             let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
         }
+        let log = self.log;
+        let _ = tokio::task::spawn_blocking(move || log.close()).await;
         self.store.close().await;
         raft_result.map_err(|e| NodeError::Raft(e.to_string()))?;
         tracing::info!(node_id = self.id, "kvserver stopped");

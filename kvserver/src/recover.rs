@@ -15,8 +15,9 @@
 //!    that a client could have been told was written (etcd does the same);
 //! 2. exports that state as a backup file (`<data_dir>/recovery/<old>.kvbak`,
 //!    checksummed like any backup);
-//! 3. moves the old store aside (SQLite: into `<data_dir>/recovery/<old>-store/`;
-//!    PostgreSQL: the old schema is left as it was), never deleting it;
+//! 3. moves the old store aside (its Raft log, and on SQLite the database, into
+//!    `<data_dir>/recovery/<old>-store/`; PostgreSQL: the old schema is left as
+//!    it was), never deleting it;
 //! 4. forms the new cluster from the file (see [`crate::restore`]) as its single
 //!    voter, sealed so members that join get the recovered keys by snapshot.
 //!
@@ -37,8 +38,10 @@ use openraft::storage::RaftStateMachine;
 
 use crate::backup::BackupError;
 use crate::metrics::Metrics;
+use crate::raftlog::LogError;
+use crate::raftlog::LogOptions;
+use crate::raftlog::RaftLog;
 use crate::store::Backend;
-use crate::store::LogStore;
 use crate::store::StateMachine;
 use crate::store::Store;
 use crate::store::StoreError;
@@ -58,6 +61,8 @@ pub enum RecoveryError {
     Backup(#[from] BackupError),
     #[error("forced recovery: {0}")]
     Io(#[from] std::io::Error),
+    #[error("forced recovery: {0}")]
+    Log(#[from] LogError),
 }
 
 /// What the survivor recovered.
@@ -125,7 +130,18 @@ pub async fn prepare(
         }
     }
     let store = Store::open(&old, metrics.clone()).await?;
-    let mut result = export(&store, old_cluster, new.node_id, &file).await;
+    let log_opts = LogOptions::for_node(old_cluster, old.node_id);
+    let engine = match crate::raftlog::migrate::open_for_node(&store, &old.data_dir, log_opts).await
+    {
+        Ok(e) => e,
+        Err(e) => {
+            store.close().await;
+            return Err(e.into());
+        }
+    };
+    let mut result = export(&store, &engine, old_cluster, new.node_id, &file).await;
+    let log = engine.clone();
+    let _ = tokio::task::spawn_blocking(move || log.close()).await;
     if result.is_ok() {
         // The database file alone then holds the old store: it moves as one file.
         result = store
@@ -147,11 +163,12 @@ pub async fn prepare(
 /// Applies the log tail and writes the state to `file` (via a temp file, synced).
 async fn export(
     store: &Store,
+    engine: &crate::raftlog::Engine,
     old_cluster: &str,
     node_id: u64,
     file: &Path,
 ) -> Result<u64, RecoveryError> {
-    let entries_applied = apply_log_tail(store).await?;
+    let entries_applied = apply_log_tail(store, engine).await?;
     let dir = file.parent().unwrap_or(Path::new("."));
     tokio::fs::create_dir_all(dir).await?;
     let tmp = file.with_extension("kvbak.tmp");
@@ -173,8 +190,11 @@ async fn export(
 }
 
 /// Applies every log entry after the state machine's applied position.
-async fn apply_log_tail(store: &Store) -> Result<u64, RecoveryError> {
-    let mut log = LogStore::new(store.clone());
+async fn apply_log_tail(
+    store: &Store,
+    engine: &crate::raftlog::Engine,
+) -> Result<u64, RecoveryError> {
+    let mut log = RaftLog::new(engine.clone(), 0, store.clone());
     let last = log
         .get_log_state()
         .await
@@ -209,6 +229,18 @@ async fn apply_log_tail(store: &Store) -> Result<u64, RecoveryError> {
 /// Moves the old cluster's SQLite database (and snapshots) out of the way of the
 /// new one; PostgreSQL keeps the old schema where it is.
 async fn set_aside(old: &StoreOptions, metrics: Arc<Metrics>) -> Result<(), RecoveryError> {
+    let aside = old
+        .data_dir
+        .join("recovery")
+        .join(format!("{}-store", old.cluster_id));
+    // The old cluster's Raft log, whatever the backend (a new one starts in its place).
+    let log_dir = old.data_dir.join(crate::raftlog::DIR);
+    let old_log = LogOptions::identity_of(&old.cluster_id, old.node_id);
+    if crate::raftlog::stored_identity(&log_dir)?.as_deref() == Some(old_log.as_str()) {
+        std::fs::create_dir_all(&aside)?;
+        std::fs::rename(&log_dir, aside.join(crate::raftlog::DIR))?;
+        std::fs::File::open(&old.data_dir)?.sync_all()?;
+    }
     if !matches!(old.backend, Backend::Sqlite) {
         return Ok(());
     }
@@ -221,10 +253,6 @@ async fn set_aside(old: &StoreOptions, metrics: Arc<Metrics>) -> Result<(), Reco
         // The new cluster's, or empty: nothing of the old one left here.
         _ => return Ok(()),
     }
-    let aside = old
-        .data_dir
-        .join("recovery")
-        .join(format!("{}-store", old.cluster_id));
     std::fs::create_dir_all(&aside)?;
     // The write-ahead log was checkpointed into the file before (see `prepare`),
     // so the order does not lose anything; the database file goes last: until it

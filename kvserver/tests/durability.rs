@@ -1,6 +1,7 @@
 //! Crash safety and concurrency on real processes:
 //! - `kill -9` in the middle of a write burst (the leader, then a follower),
-//!   restart, and every acknowledged write is present on every node;
+//!   restart, and every acknowledged write is present on every node; again
+//!   with the log purged and its segments deleted all along;
 //! - many concurrent clients doing compare-and-set increments on overlapping
 //!   keys: the final counters equal the number of acknowledged increments.
 
@@ -107,6 +108,24 @@ async fn crash_mid_burst(c: &mut Cluster) -> anyhow::Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_mid_burst_loses_no_acknowledged_write() {
     let mut c = Cluster::new(&[]);
+    if let Err(e) = crash_mid_burst(&mut c).await {
+        c.fail(e);
+    }
+}
+
+/// The same crashes while the log is purged every few dozen entries behind a
+/// snapshot and its 64 KiB segments rotate and are deleted: a crash can land in
+/// a purge, a rotation or a segment deletion (`raftlog/engine.rs`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_mid_burst_while_the_log_is_purged_and_segments_deleted() {
+    let mut c = Cluster::new(&[
+        "--set",
+        "raft.snapshot_after_entries=40",
+        "--set",
+        "raft.keep_entries_after_snapshot=5",
+        "--set",
+        "raft.log_segment_bytes=65536",
+    ]);
     if let Err(e) = crash_mid_burst(&mut c).await {
         c.fail(e);
     }

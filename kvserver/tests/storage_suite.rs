@@ -1,7 +1,11 @@
-//! openraft's storage conformance suite against both backends, SQLite and
-//! PostgreSQL: log, vote, committed index, purge, truncation, state machine
-//! apply and snapshots. The PostgreSQL run uses a private server and a fresh
-//! schema per store the suite builds.
+//! openraft's storage conformance suite against the Raft log (`raftlog`) and
+//! both state-machine backends, SQLite and PostgreSQL: log, vote, committed
+//! index, purge, truncation, state machine apply and snapshots. The PostgreSQL
+//! run uses a private server and a fresh schema per store the suite builds.
+//!
+//! The log runs with tiny segments (rotation and segment deletion happen within
+//! the suite) and the group under test shares it with another group that holds
+//! entries of its own, as partitions will: nothing of one may show in the other.
 
 mod common;
 
@@ -9,8 +13,9 @@ use std::sync::Arc;
 
 use kvserver::command::TypeConfig;
 use kvserver::metrics::Metrics;
+use kvserver::raftlog::LogOptions;
+use kvserver::raftlog::RaftLog;
 use kvserver::store::Backend;
-use kvserver::store::LogStore;
 use kvserver::store::StateMachine;
 use kvserver::store::Store;
 use kvserver::store::StoreOptions;
@@ -23,15 +28,18 @@ fn fail<E: std::error::Error + 'static>(e: &E) -> StorageError<TypeConfig> {
     StorageError::read(openraft::impls::BoxedErrorSource::from_error(e))
 }
 
+/// The group under test (not 0: nothing may assume the node's first group).
+const GROUP: u64 = 3;
+
 /// Builds empty stores; `pg_url` selects PostgreSQL (each build gets its own schema).
 struct Builder {
     pg_url: Option<String>,
 }
 
-impl StoreBuilder<TypeConfig, LogStore, StateMachine, tempfile::TempDir> for Builder {
+impl StoreBuilder<TypeConfig, RaftLog, StateMachine, tempfile::TempDir> for Builder {
     async fn build(
         &self,
-    ) -> Result<(tempfile::TempDir, LogStore, StateMachine), StorageError<TypeConfig>> {
+    ) -> Result<(tempfile::TempDir, RaftLog, StateMachine), StorageError<TypeConfig>> {
         let dir = tempfile::tempdir().map_err(|e| fail(&e))?;
         let metrics = Arc::new(Metrics::new().map_err(|e| fail(&e))?);
         let backend = match &self.pg_url {
@@ -57,7 +65,22 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachine, tempfile::TempDir> for Bui
         let sm = StateMachine::new(store.clone())
             .await
             .map_err(|e| fail(&e))?;
-        Ok((dir, LogStore::new(store), sm))
+        let log_opts = LogOptions {
+            segment_bytes: 16 * 1024,
+            cache_bytes_per_group: 2 * 1024,
+            ..LogOptions::for_node("suite", 0)
+        };
+        let engine = kvserver::raftlog::migrate::open_for_node(&store, dir.path(), log_opts)
+            .await
+            .map_err(|e| fail(&e))?;
+        // Another group's entries in the same log (a neighbour partition).
+        let neighbour: Vec<(u64, bytes::Bytes)> = (1..=50)
+            .map(|i| (i, bytes::Bytes::from(vec![7u8; 300])))
+            .collect();
+        engine
+            .append(GROUP + 1, neighbour, Box::new(|_| {}))
+            .map_err(|e| fail(&e))?;
+        Ok((dir, RaftLog::new(engine, GROUP, store), sm))
     }
 }
 

@@ -82,6 +82,11 @@ const ENV: &[(&str, &str, Kind)] = &[
         Kind::Scalar,
     ),
     (
+        "KV_RAFT_LOG_SEGMENT_BYTES",
+        "raft.log_segment_bytes",
+        Kind::Scalar,
+    ),
+    (
         "KV_WATCH_HISTORY_REVISIONS",
         "watch.history_revisions",
         Kind::Scalar,

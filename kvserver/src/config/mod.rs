@@ -110,6 +110,9 @@ pub struct RaftConfig {
     pub keep_entries_after_snapshot: u64,
     /// Most entries sent in one AppendEntries RPC.
     pub max_payload_entries: u64,
+    /// Size of the Raft log's segment files (`<data_dir>/raftlog/`), preallocated;
+    /// a segment is deleted once every entry in it is purged behind a snapshot.
+    pub log_segment_bytes: u64,
 }
 
 impl Default for RaftConfig {
@@ -121,6 +124,7 @@ impl Default for RaftConfig {
             snapshot_after_entries: 10_000,
             keep_entries_after_snapshot: 1_000,
             max_payload_entries: 256,
+            log_segment_bytes: 64 << 20,
         }
     }
 }
@@ -360,6 +364,12 @@ impl Config {
         }
         if r.max_payload_entries == 0 {
             return Err(field_err("raft.max_payload_entries", "must be > 0"));
+        }
+        if !(64 << 10..=1 << 30).contains(&r.log_segment_bytes) {
+            return Err(field_err(
+                "raft.log_segment_bytes",
+                "must be between 65536 (64 KiB) and 1073741824 (1 GiB)",
+            ));
         }
         let w = &self.watch;
         if w.history_revisions == 0 {

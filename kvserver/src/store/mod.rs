@@ -1,29 +1,27 @@
-//! Persistent storage of one node: Raft log, vote, committed index, snapshot
-//! metadata and the key-value state machine, in one database reached through
-//! sqlx: an embedded SQLite file (default) or a PostgreSQL schema per node.
+//! The state machine of one node: the key-value data, its watch history and the
+//! snapshot files, in one database reached through sqlx: an embedded SQLite
+//! file (default) or a PostgreSQL schema per node. The Raft log and vote live
+//! beside it in `crate::raftlog` (releases before kept them here too; `legacy`
+//! reads what they left so it can be moved).
 //!
 //! Both backends run the *same* code through sqlx's `Any` driver: every
 //! statement is written once with `$N` placeholders (which both understand);
 //! only the schema DDL and the connection set-up differ ([`Backend`]).
 //!
 //! Each store has two pools: a single *writer* connection that every mutation
-//! (log append, vote, apply) goes through, so writes of one node never contend
-//! with each other, and a small *reader* pool for replication reads, client
-//! reads and snapshot builds, which see committed state only. Raft log, vote
-//! and purge commits are durable when they return (SQLite WAL with
-//! `synchronous=FULL`; PostgreSQL with its default `synchronous_commit=on`), so
-//! a log append is on disk before openraft is told it is flushed; one
-//! transaction covers a whole batch of entries, so one sync serves many writes.
+//! goes through, so writes of one node never contend with each other, and a
+//! small *reader* pool for client reads and snapshot builds, which see committed
+//! state only.
 //!
-//! On SQLite, state-machine applies and the advisory committed index are
-//! committed without their own fsync ([`Durability::Deferred`]): they are
-//! derived from the durable log, so a power loss can only roll them back to an
-//! earlier position, from which openraft re-applies the log on restart. They
-//! share the WAL with the log, and the next durable log commit syncs them too;
-//! a log purge (which follows a snapshot) is durable, so applied state is never
-//! behind a purged log. A process crash loses nothing (the WAL is in the OS
-//! cache). On PostgreSQL every commit stays synchronous: the database can crash
-//! while kvserver keeps running, and a rolled-back apply would then go unnoticed.
+//! On SQLite, state-machine applies are committed without a sync of their own
+//! ([`Durability::Deferred`], WAL with `synchronous=NORMAL`): they are derived
+//! from the durable Raft log, so a power loss can only roll them back to an
+//! earlier applied position, from which the node re-applies the log on restart.
+//! Before the log drops entries (a purge behind a snapshot), [`Store::sync`]
+//! makes the database durable, so applied state is never behind a purged log. A
+//! process crash loses nothing (the WAL is in the OS cache). On PostgreSQL every
+//! commit stays synchronous: the database can crash while kvserver keeps
+//! running, and a rolled-back apply would then go unnoticed.
 //!
 //! When the database is unreachable, mutations are retried with backoff
 //! instead of failing (a storage error is fatal to openraft), the store is
@@ -33,8 +31,7 @@
 //! applied position inside its transaction and skips entries already applied.
 //!
 //! Submodules: `setup` opens the database (backend, schema, pools, identity),
-//! `read` serves reads, [`log`] implements openraft's log storage, [`sm`] the
-//! state machine and [`snapshot`] the on-disk snapshot format; `backup` full
+//! `read` serves reads, [`sm`] the state machine and [`snapshot`] the on-disk snapshot format; `backup` full
 //! backups and restores of the state machine; `replace` streaming a whole
 //! table in (snapshot installs, restores); `apply` the command
 //! semantics, `batch` multi-row statement shapes, `script` sending a write
@@ -44,7 +41,7 @@ mod apply;
 mod backup;
 mod batch;
 pub(crate) mod cache;
-pub mod log;
+mod legacy;
 mod read;
 mod replace;
 pub(crate) mod script;
@@ -76,7 +73,6 @@ use sqlx::Row;
 
 use crate::metrics::Metrics;
 
-pub use self::log::LogStore;
 pub use self::sm::StateMachine;
 
 /// Errors at the storage boundary.
@@ -144,7 +140,8 @@ impl From<StoreError> for std::io::Error {
 pub(crate) enum Durability {
     /// On disk before the commit returns: Raft log, vote, purge marker, snapshot install.
     Sync,
-    /// SQLite: committed to the WAL, synced by the next `Sync` commit (see the module docs).
+    /// SQLite: committed to the WAL, synced by the next `Sync` commit or checkpoint (see
+    /// the module docs).
     /// PostgreSQL: the same as `Sync`.
     Deferred,
 }
@@ -210,8 +207,6 @@ pub struct Store {
     pub(crate) watch_history: u64,
     /// Watch history at or below this revision is deleted (mirrors `raft_meta.watch_compacted`).
     pub(crate) compacted: Arc<AtomicU64>,
-    /// The committed log id openraft last reported (encoded), written with the next apply.
-    committed: Arc<std::sync::Mutex<Option<Vec<u8>>>>,
     /// Recently read or written rows (see `cache.rs`).
     pub(crate) rows: Arc<cache::RowCache>,
 }
@@ -294,18 +289,6 @@ impl Store {
                 Err(e) => return Err(e),
             }
         }
-    }
-
-    /// Remembers the committed log id (encoded) for the next apply transaction.
-    pub(crate) fn set_pending_committed(&self, encoded: Vec<u8>) {
-        if let Ok(mut c) = self.committed.lock() {
-            *c = Some(encoded);
-        }
-    }
-
-    /// The committed log id to record with the next apply, if openraft reported one.
-    pub(crate) fn pending_committed(&self) -> Option<Vec<u8>> {
-        self.committed.lock().ok().and_then(|c| c.clone())
     }
 
     /// Reads one value from `raft_meta` (bincode encoded).

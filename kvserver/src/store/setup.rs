@@ -340,7 +340,6 @@ impl Store {
             feed: tokio::sync::broadcast::channel(opts.feed_capacity.max(1)).0,
             watch_history: opts.watch_history.max(1),
             compacted: Arc::new(AtomicU64::new(0)),
-            committed: Arc::new(std::sync::Mutex::new(None)),
             rows,
         };
         let rev: Option<u64> = store.meta_get("sm_revision").await?;

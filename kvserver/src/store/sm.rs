@@ -181,10 +181,6 @@ impl StateMachine {
         if let Some(horizon) = compacted {
             meta.push((super::watch::WATCH_COMPACTED, encode(&horizon)?));
         }
-        // The committed index openraft last reported (advisory, see `LogStore::save_committed`).
-        if let Some(committed) = self.store.pending_committed() {
-            meta.push((super::log::COMMITTED, committed));
-        }
         put_metas(&mut w, &meta);
         // One trip on SQLite: PRAGMA, BEGIN, the batch's writes, COMMIT.
         w.commit().await?;
