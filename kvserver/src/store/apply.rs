@@ -1,6 +1,8 @@
-//! Applying commands to the `kv` table inside the state machine's transaction:
-//! the etcd-like revision rules, compare-and-set, transactions, expiry, and
-//! the watch events each change produces.
+//! Applying commands to the key-value state in memory: the etcd-like revision
+//! rules, compare-and-set, transactions, expiry, and the watch events each
+//! change produces. Rows are read through the overlay of applied but not yet
+//! persisted rows, then the row cache, then the database; the batch's changes
+//! go to the overlay and from there to the database (`persist.rs`).
 //!
 //! A command changes the store at most once per revision: every write of one
 //! command (a put, a prefix delete, all writes of a transaction) carries the
@@ -13,15 +15,13 @@ use std::collections::HashMap;
 use sqlx::AnyConnection;
 
 use super::KV_COLUMNS;
+use super::Store;
 use super::StoreError;
-use super::WriteBatch;
 use super::batch;
 use super::batch::Shapes;
 use super::cache::Row;
-use super::cache::RowCache;
 use super::is_expired;
 use super::row_to_kv;
-use super::script::Arg;
 use crate::command::Change;
 use crate::command::Command;
 use crate::command::Condition;
@@ -39,49 +39,6 @@ static SELECT_KEYS: Shapes = Shapes::new(|n| {
         batch::params(n)
     )
 });
-static DELETE_KEYS: Shapes =
-    Shapes::new(|n| format!("DELETE FROM kv WHERE key IN ({})", batch::params(n)));
-static UPSERT_KV: Shapes = Shapes::new(|n| {
-    format!(
-        "INSERT INTO kv ({KV_COLUMNS}) VALUES {} ON CONFLICT (key) DO UPDATE SET value = excluded.value, \
-         create_revision = excluded.create_revision, mod_revision = excluded.mod_revision, version = excluded.version, \
-         expires_at_ms = excluded.expires_at_ms, created_at_ms = excluded.created_at_ms, updated_at_ms = excluded.updated_at_ms",
-        batch::values(n, 8)
-    )
-});
-
-/// Queues writes of `rows` (distinct keys) in as few statements as their count allows.
-pub(crate) fn upsert_many(w: &mut WriteBatch, rows: &[&StoredKv]) {
-    let mut rest = rows;
-    for n in batch::insert_chunks(rows.len()) {
-        let (chunk, tail) = rest.split_at(n);
-        rest = tail;
-        let mut args = Vec::with_capacity(8 * n);
-        for kv in chunk {
-            args.extend([
-                Arg::Text(kv.key.clone()),
-                Arg::Text(kv.value.clone()),
-                Arg::Int(kv.create_revision as i64),
-                Arg::Int(kv.mod_revision as i64),
-                Arg::Int(kv.version as i64),
-                Arg::OptInt(kv.expires_at_ms.map(|v| v as i64)),
-                Arg::Int(kv.created_at_ms as i64),
-                Arg::Int(kv.updated_at_ms as i64),
-            ]);
-        }
-        w.push(UPSERT_KV.get(n), args);
-    }
-}
-
-/// The arguments of an `IN` list statement for `chunk`, padded to its shape.
-fn in_list(chunk: &[&str]) -> (usize, Vec<Arg>) {
-    let shape = batch::padded(chunk.len());
-    let args = (0..shape)
-        .map(|i| Arg::Text(chunk[i.min(chunk.len() - 1)].to_string()))
-        .collect();
-    (shape, args)
-}
-
 /// Runs the query `statement` (an `IN` list of keys) over `keys` in padded chunks.
 async fn for_keys_in(
     conn: &mut AnyConnection,
@@ -104,16 +61,11 @@ async fn for_keys_in(
 
 /// State threaded through the application of one batch.
 ///
-/// Rows are read and written through a cache of the keys the batch touches: the
-/// batch's keys are read up front with a few multi-row statements
-/// ([`ApplyCtx::prefetch`]), commands then work on the cache, and the changes go
-/// to the database at the end ([`ApplyCtx::flush`]). Commands that scan the table
-/// (prefix deletes) flush first, so the table they scan is the batch's state.
+/// The batch's keys are read up front ([`ApplyCtx::prefetch`]: overlay, row
+/// cache, then a few multi-row statements for the rest), commands then work on
+/// the batch's own map, and [`ApplyCtx::finish`] hands over the changed rows.
 pub(crate) struct ApplyCtx<'t> {
-    /// The batch's writes are queued here and go out with its commit.
-    pub w: &'t mut WriteBatch,
-    /// The node's row cache: rows found there are not read from the table.
-    rows: &'t RowCache,
+    store: &'t Store,
     /// Revision after the last applied command.
     pub rev: u64,
     /// Leader clock of the command being applied (stamped on its changes).
@@ -123,15 +75,14 @@ pub(crate) struct ApplyCtx<'t> {
     /// Stored row of every key read or written so far (`None`: absent), as the batch
     /// has left it; expired rows included (readers filter by their own time).
     cache: HashMap<String, Option<StoredKv>>,
-    /// Keys changed in the cache and not yet written to the table.
+    /// Keys the batch changed.
     dirty: BTreeSet<String>,
 }
 
 impl<'t> ApplyCtx<'t> {
-    pub fn new(w: &'t mut WriteBatch, rows: &'t RowCache, rev: u64) -> Self {
+    pub fn new(store: &'t Store, rev: u64) -> Self {
         Self {
-            w,
-            rows,
+            store,
             rev,
             now_ms: 0,
             events: Vec::new(),
@@ -140,14 +91,46 @@ impl<'t> ApplyCtx<'t> {
         }
     }
 
-    /// Reads the stored rows of `cmds`' keys that are not cached yet.
+    /// The row of `k` if the overlay or the row cache knows it.
+    fn known(&self, k: &str) -> Option<Row> {
+        self.store.overlay.get(k).or_else(|| self.store.rows.get(k))
+    }
+
+    /// Reads `keys` from the database (committed state), filling the row cache.
+    async fn fetch(&mut self, keys: &[&str]) -> Result<(), StoreError> {
+        let generation = self.store.rows.generation();
+        let mut conn = self.store.reader.acquire().await?;
+        let mut found = HashMap::with_capacity(keys.len());
+        for_keys_in(&mut conn, &SELECT_KEYS, keys, |row| {
+            let kv = row_to_kv(row, true)?;
+            found.insert(kv.key.clone(), kv);
+            Ok(())
+        })
+        .await?;
+        for k in keys {
+            let row = found.remove(*k);
+            // A row the overlay took meanwhile is not this read's to cache or use.
+            match self.store.overlay.get(k) {
+                Some(newer) => {
+                    self.cache.insert(k.to_string(), newer);
+                }
+                None => {
+                    self.store.rows.fill(generation, k, &row);
+                    self.cache.insert(k.to_string(), row);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads the stored rows of `cmds`' keys that are not known yet.
     pub async fn prefetch(&mut self, cmds: &[&Command]) -> Result<(), StoreError> {
         let mut keys: Vec<&str> = Vec::new();
         let mut seen = std::collections::HashSet::new();
         for cmd in cmds {
             for_each_key(cmd, |k| {
                 if !self.cache.contains_key(k) && seen.insert(k) {
-                    match self.rows.get(k) {
+                    match self.known(k) {
                         Some(row) => {
                             self.cache.insert(k.to_string(), row);
                         }
@@ -159,18 +142,7 @@ impl<'t> ApplyCtx<'t> {
         if keys.is_empty() {
             return Ok(());
         }
-        let mut found = HashMap::with_capacity(keys.len());
-        for_keys_in(&mut self.w.conn, &SELECT_KEYS, &keys, |row| {
-            let kv = row_to_kv(row, true)?;
-            found.insert(kv.key.clone(), kv);
-            Ok(())
-        })
-        .await?;
-        for k in keys {
-            let row = found.remove(k);
-            self.cache.insert(k.to_string(), row);
-        }
-        Ok(())
+        self.fetch(&keys).await
     }
 
     /// The stored row of `key` (expired or not).
@@ -178,18 +150,12 @@ impl<'t> ApplyCtx<'t> {
         if let Some(row) = self.cache.get(key) {
             return Ok(row.clone());
         }
-        if let Some(row) = self.rows.get(key) {
+        if let Some(row) = self.known(key) {
             self.cache.insert(key.to_string(), row.clone());
             return Ok(row);
         }
-        let mut row = None;
-        for_keys_in(&mut self.w.conn, &SELECT_KEYS, &[key], |r| {
-            row = Some(row_to_kv(r, true)?);
-            Ok(())
-        })
-        .await?;
-        self.cache.insert(key.to_string(), row.clone());
-        Ok(row)
+        self.fetch(&[key]).await?;
+        Ok(self.cache.get(key).cloned().flatten())
     }
 
     /// The live (stored and not expired at `now_ms`) value of `key`.
@@ -202,31 +168,16 @@ impl<'t> ApplyCtx<'t> {
         self.cache.insert(key, row);
     }
 
-    /// Queues the staged changes for the table.
-    pub fn flush(&mut self) {
-        if self.dirty.is_empty() {
-            return;
-        }
-        let dirty = std::mem::take(&mut self.dirty);
-        let mut upserts = Vec::new();
-        let mut deletes = Vec::new();
-        for key in &dirty {
-            match self.cache.get(key) {
-                Some(Some(kv)) => upserts.push(kv),
-                _ => deletes.push(key.as_str()),
-            }
-        }
-        upsert_many(self.w, &upserts);
-        for chunk in deletes.chunks(batch::MAX_ROWS) {
-            let (shape, args) = in_list(chunk);
-            self.w.push(DELETE_KEYS.get(shape), args);
-        }
-    }
-
-    /// The batch's revision and events, and the final stored row of every key it
-    /// read or wrote (for the row cache, once the batch has committed).
-    pub fn finish(self) -> (u64, Vec<Change>, HashMap<String, Row>) {
-        (self.rev, self.events, self.cache)
+    /// The batch's revision and events, and the final row of every key it changed.
+    pub fn finish(mut self) -> (u64, Vec<Change>, Vec<(String, Row)>) {
+        let changed = std::mem::take(&mut self.dirty)
+            .into_iter()
+            .map(|k| {
+                let row = self.cache.remove(&k).flatten();
+                (k, row)
+            })
+            .collect();
+        (self.rev, self.events, changed)
     }
 
     /// Writes `key` at revision `at` given its live previous state.
@@ -331,24 +282,14 @@ impl<'t> ApplyCtx<'t> {
                 })
             }
             Command::DeletePrefix { prefix, now_ms } => {
-                // The scan reads the table: it must hold this batch's changes so far.
-                self.flush();
-                self.w.send().await?;
-                // Keys with the prefix are contiguous from the prefix on, in byte order.
-                let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-                    "SELECT {} FROM kv WHERE key >= $1 ORDER BY key",
-                    super::KV_COLUMNS
-                )))
-                .bind(prefix.clone())
-                .fetch_all(&mut *self.w.conn)
-                .await?;
                 let mut doomed = Vec::new();
-                for row in &rows {
-                    let kv = row_to_kv(row, true)?;
-                    if !kv.key.starts_with(&prefix) {
-                        break;
-                    }
-                    if !is_expired(&kv, now_ms) {
+                for (key, row) in self.scan_prefix(&prefix).await? {
+                    // The batch's own changes so far win over what was there before.
+                    let row = match self.cache.get(&key) {
+                        Some(mine) => mine.clone(),
+                        None => row,
+                    };
+                    if let Some(kv) = row.filter(|kv| !is_expired(kv, now_ms)) {
                         doomed.push(kv);
                     }
                 }
@@ -433,6 +374,39 @@ impl<'t> ApplyCtx<'t> {
                 Ok(Outcome::Txn { succeeded, results })
             }
         }
+    }
+}
+
+impl ApplyCtx<'_> {
+    /// Every key with `prefix` as the state stands before this batch, with its row
+    /// (`None`: deleted, still pinned in the overlay), in key order, plus keys only
+    /// this batch knows. The overlay is read before the table: a row leaves the
+    /// overlay only after its commit, and nothing else applies while this runs, so
+    /// every key is in one or the other.
+    async fn scan_prefix(&mut self, prefix: &str) -> Result<Vec<(String, Row)>, StoreError> {
+        let pinned = self.store.overlay.scan_prefix(prefix);
+        // Keys with the prefix are contiguous from the prefix on, in byte order.
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {KV_COLUMNS} FROM kv WHERE key >= $1 ORDER BY key"
+        )))
+        .bind(prefix.to_string())
+        .fetch_all(&self.store.reader)
+        .await?;
+        let mut all: std::collections::BTreeMap<String, Row> = std::collections::BTreeMap::new();
+        for row in &rows {
+            let kv = row_to_kv(row, true)?;
+            if !kv.key.starts_with(prefix) {
+                break;
+            }
+            all.insert(kv.key.clone(), Some(kv));
+        }
+        all.extend(pinned);
+        for (k, row) in &self.cache {
+            if k.starts_with(prefix) {
+                all.insert(k.clone(), row.clone());
+            }
+        }
+        Ok(all.into_iter().collect())
     }
 }
 

@@ -40,6 +40,8 @@ impl Store {
         cluster_id: &str,
         node_id: u64,
     ) -> Result<(W, BackupSummary), StoreError> {
+        // Everything applied when the backup was asked for is in it.
+        self.caught_up().await?;
         let mut tx = self.consistent_read().await?;
         let revision: u64 = get_meta(&mut tx, SM_REVISION).await?.unwrap_or(0);
         let header = BackupHeader {

@@ -42,6 +42,8 @@ mod backup;
 mod batch;
 pub(crate) mod cache;
 mod legacy;
+pub(crate) mod overlay;
+mod persist;
 mod read;
 mod replace;
 pub(crate) mod script;
@@ -101,6 +103,8 @@ pub enum StoreError {
     Backup(#[from] crate::backup::BackupError),
     #[error("restore refused: {0}")]
     RestoreRefused(String),
+    #[error("the database is behind the applied state and not catching up (is it reachable?)")]
+    Lagging,
 }
 
 impl StoreError {
@@ -120,7 +124,7 @@ impl StoreError {
                 }),
                 _ => false,
             },
-            StoreError::Io(_) => true,
+            StoreError::Io(_) | StoreError::Lagging => true,
             _ => false,
         }
     }
@@ -134,6 +138,9 @@ impl From<StoreError> for std::io::Error {
         }
     }
 }
+
+/// How long a read that scans the table waits for the database to catch up.
+const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How a write transaction must reach the disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -209,6 +216,8 @@ pub struct Store {
     pub(crate) compacted: Arc<AtomicU64>,
     /// Recently read or written rows (see `cache.rs`).
     pub(crate) rows: Arc<cache::RowCache>,
+    /// Applied rows the database does not hold yet (see `overlay.rs`).
+    pub(crate) overlay: Arc<overlay::Overlay>,
 }
 
 impl Store {
@@ -375,8 +384,31 @@ impl Store {
         Ok(())
     }
 
-    /// Closes both pools (after Raft has shut down); pending retries give up.
+    /// Waits (a while) until the database holds everything applied so far, for reads
+    /// that scan the table; `Lagging` (a 503) if it does not get there.
+    pub(crate) async fn caught_up(&self) -> Result<(), StoreError> {
+        match tokio::time::timeout(CATCH_UP_TIMEOUT, self.overlay.drain()).await {
+            Ok(true) => Ok(()),
+            _ => Err(StoreError::Lagging),
+        }
+    }
+
+    pub(crate) fn set_healthy(&self, healthy: bool) {
+        self.healthy.store(healthy, Ordering::Relaxed);
+    }
+
+    /// Closes both pools (after Raft has shut down): applied writes are persisted
+    /// first (for a while: what is left stays in the log); pending retries give up.
     pub async fn close(&self) {
+        if tokio::time::timeout(CATCH_UP_TIMEOUT, self.overlay.drain())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "stopping with applied writes not yet in the database; the Raft log has them and they are applied again on start"
+            );
+        }
+        self.overlay.close();
         self.closing.store(true, Ordering::Relaxed);
         self.reader.close().await;
         self.writer.close().await;

@@ -1,7 +1,9 @@
-//! The read path of the state machine: point reads (through the row cache),
-//! consistent batch reads, paginated prefix listings, and the scans the node
-//! itself needs (expired keys, key count). Reads use the reader pool and see
-//! committed state only.
+//! The read path of the state machine: point reads (through the overlay of
+//! applied rows not yet persisted, then the row cache), consistent batch reads,
+//! paginated prefix listings, and the scans the node itself needs (expired
+//! keys, key count). Reads that go to the database use the reader pool; the
+//! ones that scan it first wait until it holds everything applied so far
+//! (`Store::caught_up`), so they too see every acknowledged write.
 
 use sqlx::Row;
 use sqlx::any::AnyRow;
@@ -16,9 +18,10 @@ impl Store {
         // While the database is known to be down, reads answer 503 like uncached ones
         // (one behaviour for every key; the outage is visible to clients and probes).
         let cached = if self.healthy() {
-            self.rows.get(key)
+            self.overlay.get(key).or_else(|| self.rows.get(key))
         } else {
-            None
+            // Applied but not persisted: only here, whatever the database does.
+            self.overlay.get(key)
         };
         let row = match cached {
             Some(row) => row,
@@ -46,6 +49,7 @@ impl Store {
         now_ms: u64,
         max_bytes: usize,
     ) -> Result<Option<(Vec<StoredKv>, Vec<String>)>, StoreError> {
+        self.caught_up().await?;
         let mut tx = self.reader.begin().await?;
         let mut found = Vec::new();
         let mut missing = Vec::new();
@@ -93,6 +97,7 @@ impl Store {
         max_bytes: usize,
     ) -> Result<(Vec<StoredKv>, bool), StoreError> {
         use futures_util::TryStreamExt;
+        self.caught_up().await?;
         // Keys with a common prefix are contiguous in key order, so the scan starts at the
         // prefix (or just after the cursor) and stops at the first key without it.
         let (op, from) = match start_after {
@@ -134,6 +139,7 @@ impl Store {
 
     /// Keys whose expiry is at or before `now_ms` (for the leader's reaper).
     pub async fn expired_keys(&self, now_ms: u64, limit: usize) -> Result<Vec<String>, StoreError> {
+        self.caught_up().await?;
         let rows = sqlx::query(
             "SELECT key FROM kv WHERE expires_at_ms IS NOT NULL AND expires_at_ms <= $1 ORDER BY expires_at_ms LIMIT $2",
         )
@@ -148,6 +154,7 @@ impl Store {
 
     /// Number of live keys (for `/status`).
     pub async fn key_count(&self) -> Result<u64, StoreError> {
+        self.caught_up().await?;
         let row = sqlx::query("SELECT COUNT(*) FROM kv")
             .fetch_one(&self.reader)
             .await?;

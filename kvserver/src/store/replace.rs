@@ -3,8 +3,8 @@
 
 use super::StoreError;
 use super::WriteBatch;
-use super::apply::upsert_many;
 use super::batch;
+use super::persist::upsert_many;
 use crate::command::StoredKv;
 
 /// Replaces the whole `kv` table in `w`'s transaction with keys streamed in

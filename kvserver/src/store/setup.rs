@@ -341,6 +341,7 @@ impl Store {
             watch_history: opts.watch_history.max(1),
             compacted: Arc::new(AtomicU64::new(0)),
             rows,
+            overlay: Arc::new(super::overlay::Overlay::new(0)),
         };
         let rev: Option<u64> = store.meta_get("sm_revision").await?;
         store.revision.store(rev.unwrap_or(0), Ordering::SeqCst);
@@ -349,6 +350,7 @@ impl Store {
             .compacted
             .store(compacted.unwrap_or(0), Ordering::SeqCst);
         snapshot::remove_temp_files(&store.snapshot_dir);
+        tokio::spawn(super::persist::run(store.clone()));
         Ok(store)
     }
 

@@ -72,20 +72,23 @@ static INSERT_EVENTS: Shapes = Shapes::new(|n| {
     )
 });
 
-/// Writes the batch's events (grouped per revision) and compacts history older than
-/// `keep` revisions behind `rev`, given the current horizon `compacted`. Returns the
-/// new horizon when it moved (the caller records it with the batch).
-///
-/// Compaction runs in steps of `keep / 16` revisions (at least 1, at most 1,024), so
-/// a write does not pay for a delete every time; between steps up to one step more
-/// than `keep` revisions of history are kept.
-pub(crate) fn record_events(
+/// The new compaction horizon after a batch that reached `rev`, given the current
+/// one `compacted`, if it moves: history older than `keep` revisions behind `rev`
+/// goes, in steps of `keep / 16` revisions (at least 1, at most 1,024), so a write
+/// does not pay for a delete every time; between steps up to one step more than
+/// `keep` revisions of history are kept.
+pub(crate) fn horizon(rev: u64, keep: u64, compacted: u64) -> Option<u64> {
+    let step = (keep / 16).clamp(1, 1024);
+    (rev > keep && rev - keep >= compacted + step).then(|| rev - keep)
+}
+
+/// Writes events (grouped per revision) and deletes history at or below
+/// `compact_to`.
+pub(crate) fn write_events(
     w: &mut WriteBatch,
     events: &[Change],
-    rev: u64,
-    keep: u64,
-    compacted: u64,
-) -> Result<Option<u64>, StoreError> {
+    compact_to: Option<u64>,
+) -> Result<(), StoreError> {
     let mut rows: Vec<(i64, Vec<u8>)> = Vec::new();
     let mut i = 0;
     while i < events.len() {
@@ -119,16 +122,13 @@ pub(crate) fn record_events(
         }
         w.push(INSERT_EVENTS.get(n), args);
     }
-    let step = (keep / 16).clamp(1, 1024);
-    if rev > keep && rev - keep >= compacted + step {
-        let horizon = rev - keep;
+    if let Some(horizon) = compact_to {
         w.push(
             "DELETE FROM kv_events WHERE revision <= $1",
             vec![Arg::Int(horizon as i64)],
         );
-        return Ok(Some(horizon));
     }
-    Ok(None)
+    Ok(())
 }
 
 /// Drops all history; the oldest watchable revision becomes `revision + 1`.
@@ -214,6 +214,7 @@ impl Store {
     /// History after `after` up to `upto` (at most `limit` revisions), and the compaction
     /// horizon, read in one transaction so both agree.
     pub async fn history(&self, after: u64, upto: u64, limit: u64) -> Result<History, StoreError> {
+        self.caught_up().await?;
         let mut tx = self.reader.begin().await?;
         let compacted: u64 = get_meta(&mut tx, WATCH_COMPACTED).await?.unwrap_or(0);
         let events = if after < compacted {
