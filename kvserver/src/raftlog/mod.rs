@@ -10,7 +10,8 @@
 //! engine (`engine.rs`) is one writer thread doing group commit.
 //!
 //! Parts: [`frame`] the format, [`segment`] files and start-up checks, [`group`]
-//! one group's in-memory log, [`engine`] the shared log and its writer,
+//! one group's in-memory log, `replay` rebuilding it on start, [`engine`] the
+//! shared log, `writer` its writer thread,
 //! [`storage`] openraft's log storage for one group on top of it, [`migrate`]
 //! moving the log of a data directory written before out of its database.
 
@@ -18,10 +19,12 @@ pub mod engine;
 pub mod frame;
 pub mod group;
 pub mod migrate;
+mod replay;
 pub mod segment;
 pub mod storage;
 #[cfg(test)]
 mod tests;
+mod writer;
 
 use std::path::Path;
 use std::path::PathBuf;
