@@ -12,7 +12,6 @@ use anyhow::Context;
 use anyhow::ensure;
 use kvserver::raftlog::frame::FRAME_HEADER;
 use kvserver::raftlog::segment;
-use reqwest::Method;
 use serde_json::json;
 
 fn config(dir: &Path) -> kvserver::Config {
@@ -23,18 +22,7 @@ fn config(dir: &Path) -> kvserver::Config {
 }
 
 async fn start(dir: &Path) -> anyhow::Result<(kvserver::NodeHandle, String)> {
-    let h = kvserver::start_node(config(dir)).await?;
-    let base = format!("http://{}", h.api_addr);
-    common::wait_status(
-        &common::client(),
-        "node ready",
-        Method::GET,
-        &format!("{base}/readyz"),
-        None,
-        200,
-    )
-    .await?;
-    Ok((h, base))
+    common::start_ready(config(dir)).await
 }
 
 /// The last segment of the node's log and its frames' offsets.

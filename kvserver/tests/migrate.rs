@@ -12,7 +12,6 @@ use std::path::Path;
 
 use anyhow::Context;
 use anyhow::ensure;
-use reqwest::Method;
 use serde_json::Value;
 use serde_json::json;
 
@@ -93,19 +92,7 @@ async fn check_all(http: &reqwest::Client, base: &str) -> anyhow::Result<()> {
 }
 
 async fn start(dir: &Path) -> anyhow::Result<(kvserver::NodeHandle, String)> {
-    let h = kvserver::start_node(config(dir)).await?;
-    let base = format!("http://{}", h.api_addr);
-    let http = common::client();
-    common::wait_status(
-        &http,
-        "migrated node ready",
-        Method::GET,
-        &format!("{base}/readyz"),
-        None,
-        200,
-    )
-    .await?;
-    Ok((h, base))
+    common::start_ready(config(dir)).await
 }
 
 async fn old_log_rows(db: &Path) -> anyhow::Result<(i64, i64)> {

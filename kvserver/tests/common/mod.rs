@@ -31,6 +31,23 @@ pub fn local_config(dir: &std::path::Path, bootstrap: bool) -> kvserver::Config 
     }
 }
 
+/// Starts an in-process node with `start_node()` and waits until it is ready;
+/// returns it with its `http://` base URL.
+pub async fn start_ready(cfg: kvserver::Config) -> anyhow::Result<(kvserver::NodeHandle, String)> {
+    let h = kvserver::start_node(cfg).await?;
+    let base = format!("http://{}", h.api_addr);
+    wait_status(
+        &client(),
+        "node ready",
+        reqwest::Method::GET,
+        &format!("{base}/readyz"),
+        None,
+        200,
+    )
+    .await?;
+    Ok((h, base))
+}
+
 /// A free loopback port not handed out before in this process (shared with kvchaos's harness).
 pub fn free_port() -> u16 {
     kvchaos::cluster::free_port().expect("bind port 0")
