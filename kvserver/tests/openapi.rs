@@ -44,18 +44,8 @@ fn check_body(doc: &Value, schema: &Value, body: &Value, what: &str) -> anyhow::
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_documented_operation_answers_as_documented() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let node = kvserver::start_node(common::local_config(dir.path(), true)).await?;
-    let base = format!("http://{}", node.api_addr);
+    let (node, base) = common::start_ready(common::local_config(dir.path(), true)).await?;
     let http = common::client();
-    common::wait_status(
-        &http,
-        "ready",
-        reqwest::Method::GET,
-        &format!("{base}/readyz"),
-        None,
-        200,
-    )
-    .await?;
 
     // The served document is the committed one.
     let doc: Value = http

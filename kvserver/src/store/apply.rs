@@ -107,18 +107,12 @@ impl<'t> ApplyCtx<'t> {
             Ok(())
         })
         .await?;
+        // Only the state machine (this batch) adds rows to the overlay, and `keys`
+        // were not there: the table's rows are current.
         for k in keys {
             let row = found.remove(*k);
-            // A row the overlay took meanwhile is not this read's to cache or use.
-            match self.store.overlay.get(k) {
-                Some(newer) => {
-                    self.cache.insert(k.to_string(), newer);
-                }
-                None => {
-                    self.store.rows.fill(generation, k, &row);
-                    self.cache.insert(k.to_string(), row);
-                }
-            }
+            self.store.rows.fill(generation, k, &row);
+            self.cache.insert(k.to_string(), row);
         }
         Ok(())
     }
@@ -283,12 +277,8 @@ impl<'t> ApplyCtx<'t> {
             }
             Command::DeletePrefix { prefix, now_ms } => {
                 let mut doomed = Vec::new();
-                for (key, row) in self.scan_prefix(&prefix).await? {
-                    // The batch's own changes so far win over what was there before.
-                    let row = match self.cache.get(&key) {
-                        Some(mine) => mine.clone(),
-                        None => row,
-                    };
+                // `scan_prefix` already lays this batch's own changes over the table.
+                for (_, row) in self.scan_prefix(&prefix).await? {
                     if let Some(kv) = row.filter(|kv| !is_expired(kv, now_ms)) {
                         doomed.push(kv);
                     }
