@@ -1,8 +1,13 @@
 //! Naming the caller of a connection the proxy cannot read: with TLS, the
 //! first bytes are a ClientHello, not a hello frame or an HTTP head. The
 //! harness registers each node's process id; the proxy finds the socket whose
-//! local address is the connection's source in `/proc/net/tcp`, and the process
-//! holding that socket among the registered ones. Linux only, as the harness
+//! local address is the connection's source and whose remote address is the
+//! proxy's end in `/proc/net/tcp`, and the process holding that socket among the
+//! registered ones. Both ends, because Linux gives one local port to several
+//! connections to different destinations: matched by its source alone, a
+//! connection was once traced to another node's socket and the wrong link cut
+//! (`tests/durability.rs`, run beside the other crash tests: the two majority
+//! nodes could not reach each other). Linux only, as the harness
 //! is, and test-side only: kvserver needs no knowledge of the proxy.
 
 use std::collections::HashMap;
@@ -31,9 +36,9 @@ impl Callers {
         self.lock().remove(&pid);
     }
 
-    /// The node whose process owns the socket bound to `source`.
-    pub fn lookup(&self, source: SocketAddr) -> Option<u64> {
-        let inode = socket_inode(source)?;
+    /// The node whose process owns the socket from `source` to `dest`.
+    pub fn lookup(&self, source: SocketAddr, dest: SocketAddr) -> Option<u64> {
+        let inode = socket_inode(source, dest)?;
         let pids: Vec<(u32, u64)> = self.lock().iter().map(|(p, i)| (*p, *i)).collect();
         pids.into_iter()
             .find(|(pid, _)| holds_socket(*pid, inode))
@@ -53,15 +58,15 @@ fn proc_format(addr: SocketAddr) -> Option<String> {
     }
 }
 
-/// The inode of the open TCP socket whose local address is `addr`. Closed
-/// sockets linger in the table with inode 0 (TIME_WAIT, say), also under a port
-/// a new connection reuses: those are skipped.
-fn socket_inode(addr: SocketAddr) -> Option<u64> {
-    let wanted = proc_format(addr)?;
+/// The inode of the open TCP socket from `local` to `remote`. Closed sockets
+/// linger in the table with inode 0 (TIME_WAIT, say), also under a port a new
+/// connection reuses: those are skipped.
+fn socket_inode(local: SocketAddr, remote: SocketAddr) -> Option<u64> {
+    let (local, remote) = (proc_format(local)?, proc_format(remote)?);
     let table = std::fs::read_to_string("/proc/net/tcp").ok()?;
     table.lines().skip(1).find_map(|line| {
         let cols: Vec<&str> = line.split_whitespace().collect();
-        if cols.get(1) != Some(&wanted.as_str()) {
+        if cols.get(1) != Some(&local.as_str()) || cols.get(2) != Some(&remote.as_str()) {
             return None;
         }
         cols.get(9)?.parse().ok().filter(|inode| *inode != 0)
@@ -95,14 +100,18 @@ mod tests {
     fn a_connection_is_traced_to_the_process_that_opened_it() -> std::io::Result<()> {
         let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
         let client = std::net::TcpStream::connect(listener.local_addr()?)?;
-        let (_server, source) = listener.accept()?;
+        let (server, source) = listener.accept()?;
+        let dest = server.local_addr()?;
         assert_eq!(source, client.local_addr()?);
         let callers = Callers::default();
-        assert_eq!(callers.lookup(source), None, "nobody registered");
+        assert_eq!(callers.lookup(source, dest), None, "nobody registered");
         callers.register(std::process::id(), 7);
-        assert_eq!(callers.lookup(source), Some(7));
+        assert_eq!(callers.lookup(source, dest), Some(7));
+        // The same source towards another destination is another socket.
+        let elsewhere = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+        assert_eq!(callers.lookup(source, elsewhere), None);
         callers.forget(std::process::id());
-        assert_eq!(callers.lookup(source), None);
+        assert_eq!(callers.lookup(source, dest), None);
         Ok(())
     }
 }

@@ -193,12 +193,12 @@ pub async fn serve(
 /// retries. (`tests/chaos.rs` once failed with more than 2 % of links unnamed
 /// in one of about eight runs; a caller that is really gone, a killed node's
 /// last dial, stays unnamed.)
-async fn name_tls_caller(links: &Links, source: SocketAddr) -> Option<u64> {
+async fn name_tls_caller(links: &Links, source: SocketAddr, dest: SocketAddr) -> Option<u64> {
     for attempt in 0..4 {
         if attempt > 0 {
             tokio::time::sleep(std::time::Duration::from_millis(5)).await;
         }
-        if let Some(id) = links.callers.lookup(source) {
+        if let Some(id) = links.callers.lookup(source, dest) {
             return Some(id);
         }
     }
@@ -217,8 +217,8 @@ async fn relay(
     down.peek(&mut first).await?;
     // 0x16: a TLS handshake record, which names nobody; the socket's owner does.
     let (pre, from) = if first[0] == 0x16 {
-        let source = down.peer_addr()?;
-        (Vec::new(), name_tls_caller(&links, source).await)
+        let (source, dest) = (down.peer_addr()?, down.local_addr()?);
+        (Vec::new(), name_tls_caller(&links, source, dest).await)
     } else {
         preamble(&mut down, channel).await?
     };
