@@ -15,12 +15,19 @@ use prometheus::Opts;
 use prometheus::Registry;
 use prometheus::TextEncoder;
 
+/// Buckets of the storage sync histograms: from 100 µs (a batch on a fast disk) up.
+const SYNC_BUCKETS: [f64; 12] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0,
+];
+
 /// All metrics of one node.
 pub struct Metrics {
     pub registry: Registry,
     pub http_requests: IntCounterVec,
     pub http_duration: HistogramVec,
     pub storage_sync_seconds: prometheus::Histogram,
+    /// What the Raft log records (its batches' write + sync, bytes, truncations, segments).
+    pub raft_log: crate::raftlog::LogMetrics,
     pub backup_seconds: prometheus::Histogram,
     pub raft_term: IntGauge,
     pub raft_leader: IntGauge,
@@ -113,13 +120,39 @@ impl Metrics {
         let storage_sync_seconds = prometheus::Histogram::with_opts(
             HistogramOpts::new(
                 "kv_storage_sync_seconds",
-                "Duration of durable storage commits (log appends, applies)",
+                "Duration of database commits: the batched persistence of applied entries, and metadata writes",
             )
-            .buckets(vec![
-                0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0,
-            ]),
+            .buckets(SYNC_BUCKETS.to_vec()),
         )?;
         registry.register(Box::new(storage_sync_seconds.clone()))?;
+        let log_sync_seconds = prometheus::Histogram::with_opts(
+            HistogramOpts::new(
+                "kv_raft_log_sync_seconds",
+                "Duration of one Raft log batch's write and fdatasync (one per batch, covering every entry and group in it)",
+            )
+            .buckets(SYNC_BUCKETS.to_vec()),
+        )?;
+        registry.register(Box::new(log_sync_seconds.clone()))?;
+        let log_written_bytes = prometheus::IntCounter::new(
+            "kv_raft_log_written_bytes_total",
+            "Bytes written to Raft log segments (frames and segment headers)",
+        )?;
+        registry.register(Box::new(log_written_bytes.clone()))?;
+        let log_truncations = prometheus::IntCounter::new(
+            "kv_raft_log_truncations_total",
+            "Raft log suffixes dropped: entries of a deposed leader that the new leader replaced",
+        )?;
+        registry.register(Box::new(log_truncations.clone()))?;
+        let raft_log = crate::raftlog::LogMetrics {
+            sync_seconds: log_sync_seconds,
+            written_bytes: log_written_bytes,
+            truncations: log_truncations,
+            segments: gauge(
+                &registry,
+                "kv_raft_log_segments",
+                "Raft log segment files on disk",
+            )?,
+        };
         let backup_seconds = prometheus::Histogram::with_opts(
             HistogramOpts::new(
                 "kv_backup_seconds",
@@ -265,6 +298,7 @@ impl Metrics {
             http_requests,
             http_duration,
             storage_sync_seconds,
+            raft_log,
             backup_seconds,
             raft_replication_lag,
             peer_refused,

@@ -238,7 +238,7 @@ pub async fn start_node(config: Config) -> Result<NodeHandle, NodeError> {
     };
     let store = Store::open(&store_opts, metrics.clone()).await?;
     let log_opts = LogOptions {
-        sync_seconds: Some(metrics.storage_sync_seconds.clone()),
+        metrics: Some(metrics.raft_log.clone()),
         segment_bytes: config.raft.log_segment_bytes,
         ..LogOptions::for_node(&config.cluster_id, id)
     };

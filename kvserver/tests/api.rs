@@ -652,6 +652,10 @@ async fn cluster_and_ops_endpoints() -> anyhow::Result<()> {
         "kv_raft_applied_index",
         "kv_raft_replication_lag_entries{follower=\"1\"} 0",
         "kv_storage_sync_seconds_count",
+        "kv_raft_log_sync_seconds_count",
+        "kv_raft_log_written_bytes_total",
+        "kv_raft_log_truncations_total 0",
+        "kv_raft_log_segments 1",
         "kv_revision 1",
     ] {
         ensure!(text.contains(m), "metrics lack {m}:\n{text}");

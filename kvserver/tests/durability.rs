@@ -2,6 +2,8 @@
 //! - `kill -9` in the middle of a write burst (the leader, then a follower),
 //!   restart, and every acknowledged write is present on every node; again
 //!   with the log purged and its segments deleted all along, and on PostgreSQL;
+//! - `kill -9` of a deposed leader as it truncates the entries it appended
+//!   alone, and the node rejoins with exactly the cluster's state;
 //! - many concurrent clients doing compare-and-set increments on overlapping
 //!   keys: the final counters equal the number of acknowledged increments.
 
@@ -237,6 +239,140 @@ async fn cas_increments(c: &mut Cluster) -> anyhow::Result<()> {
 async fn concurrent_cas_increments_are_exact() {
     let mut c = Cluster::new(&[]);
     if let Err(e) = cas_increments(&mut c).await {
+        c.fail(e);
+    }
+}
+
+/// When the deposed leader of [`crash_after_truncation`] is killed.
+#[derive(Debug, Clone, Copy)]
+enum KillAt {
+    /// As soon as its metrics show the truncation (the new leader's entries that
+    /// replace the dropped ones are being appended then).
+    Truncated,
+    /// As the partition heals: before or during the truncation, which is then
+    /// redone against the log the restart finds.
+    Heal,
+}
+
+/// Rounds of: isolate the leader, have it append writes no quorum will accept,
+/// let the others elect a leader and acknowledge writes at the same log
+/// indexes, heal, and `kill -9` the deposed leader around the truncation its
+/// log then needs (`Engine::truncate`). After its restart every node holds
+/// every acknowledged write and all three hold the same keys.
+async fn crash_after_truncation(c: &mut Cluster) -> anyhow::Result<()> {
+    use common::metric;
+    c.form(3).await?;
+    let mut acked: Vec<String> = Vec::new();
+    for (round, kill_at) in [KillAt::Truncated, KillAt::Heal, KillAt::Truncated]
+        .into_iter()
+        .enumerate()
+    {
+        let old = c.wait_leader(Duration::from_secs(10)).await?;
+        let others: Vec<u64> = (1..=3).filter(|id| *id != old).collect();
+        let page = c.metrics_text(old).await?;
+        let last_before = metric(&page, "kv_raft_last_log_index");
+        let truncations = metric(&page, "kv_raft_log_truncations_total");
+        c.links.partition(&[old], &others);
+        // Appended to the isolated leader's log, never accepted by a quorum: the
+        // clients give up, so whether a write later lands is theirs to find out.
+        let orphans: Vec<_> = (0..10)
+            .map(|i| {
+                let put = c
+                    .http
+                    .put(c.url(old, &format!("/v1/kv/orphan/{round}/{i}")))
+                    .timeout(Duration::from_millis(1500))
+                    .json(&json!({"value": "orphan"}));
+                tokio::spawn(async move { put.send().await.map(|r| r.status().as_u16()) })
+            })
+            .collect();
+        let cr = &*c;
+        common::wait_for(
+            "the isolated leader appends entries it cannot commit",
+            Duration::from_secs(10),
+            || async move {
+                let page = cr.metrics_text(old).await.ok()?;
+                (metric(&page, "kv_raft_last_log_index") >= last_before + 10.0).then_some(())
+            },
+        )
+        .await?;
+        // The others name the old leader until their election timeout: wait for one of theirs.
+        let cr = &*c;
+        let new = common::wait_for(
+            "the others elect a leader of their own",
+            Duration::from_secs(15),
+            || {
+                let others = others.clone();
+                async move {
+                    let l = cr
+                        .wait_leader_among(&others, Duration::from_millis(200))
+                        .await
+                        .ok()?;
+                    (l != old).then_some(l)
+                }
+            },
+        )
+        .await?;
+        for i in 0..30 {
+            let key = format!("burst/{round}/{i}");
+            let (st, body) = c.put_kv(new, &key, &key).await?;
+            ensure!(
+                st == 200 || st == 201,
+                "PUT {key} on the new leader {new}: {st} {body}"
+            );
+            acked.push(key);
+        }
+        c.links.heal_all();
+        if let KillAt::Truncated = kill_at {
+            let cr = &*c;
+            common::wait_for(
+                "the deposed leader truncates its log",
+                Duration::from_secs(10),
+                || async move {
+                    let page = cr.metrics_text(old).await.ok()?;
+                    (metric(&page, "kv_raft_log_truncations_total") > truncations).then_some(())
+                },
+            )
+            .await?;
+        }
+        c.kill(old);
+        for o in orphans {
+            let _ = o.await?;
+        }
+        c.start(old)?;
+        c.wait_up(old).await?;
+        let leader = c.wait_leader(Duration::from_secs(10)).await?;
+        let target = c.committed_index(leader).await?;
+        for id in 1..=3 {
+            c.wait_applied(id, target, Duration::from_secs(20)).await?;
+        }
+        for id in 1..=3 {
+            c.ensure_all_present(id, "burst/", &acked).await?;
+        }
+        let reference = c.keys(leader, "").await?;
+        for id in (1..=3).filter(|id| *id != leader) {
+            let keys = c.keys(id, "").await?;
+            ensure!(
+                keys == reference,
+                "round {round} ({kill_at:?}): node {id} holds {} keys, the leader {leader} {}; \
+                 only on {id}: {:?}; only on the leader: {:?}",
+                keys.len(),
+                reference.len(),
+                keys.difference(&reference).take(5).collect::<Vec<_>>(),
+                reference.difference(&keys).take(5).collect::<Vec<_>>(),
+            );
+        }
+        eprintln!(
+            "round {round}: node {old} killed at {kill_at:?}; after its restart, {} keys on every node",
+            reference.len()
+        );
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_around_a_deposed_leaders_log_truncation_loses_nothing() {
+    let mut c = Cluster::partitionable(&[]);
+    if let Err(e) = crash_after_truncation(&mut c).await {
         c.fail(e);
     }
 }

@@ -119,6 +119,13 @@ impl Shared {
         // panic, so a poisoned lock still guards usable state.
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
+
+    /// Reports the number of segment files on disk.
+    pub(super) fn count_segments(&self, n: usize) {
+        if let Some(m) = &self.opts.metrics {
+            m.segments.set(n as i64);
+        }
+    }
 }
 
 impl Inner {
@@ -235,6 +242,8 @@ impl Engine {
             syncs: Default::default(),
             written_bytes: Default::default(),
         });
+        let segments = shared.lock().live.len();
+        shared.count_segments(segments);
         let mut writer = Writer {
             shared: shared.clone(),
             active,
@@ -367,6 +376,9 @@ impl Engine {
 
     /// Drops `group`'s entries at `from` and after; returns once that is durable.
     pub async fn truncate(&self, group: u64, from: u64) -> Result<(), LogError> {
+        if let Some(m) = &self.shared.opts.metrics {
+            m.truncations.inc();
+        }
         self.meta(
             Kind::Truncate,
             group,

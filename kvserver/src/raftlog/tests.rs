@@ -17,7 +17,7 @@ fn opts(segment_bytes: u64) -> LogOptions {
         segment_bytes,
         cache_bytes_per_group: 1024,
         identity: LogOptions::identity_of("test", 1),
-        sync_seconds: None,
+        metrics: None,
     }
 }
 

@@ -150,8 +150,8 @@ impl Writer {
             dones.extend(op.done);
         }
         let result = self.write_frames(frames);
-        if let Some(h) = &self.shared.opts.sync_seconds {
-            h.observe(started.elapsed().as_secs_f64());
+        if let Some(m) = &self.shared.opts.metrics {
+            m.sync_seconds.observe(started.elapsed().as_secs_f64());
         }
         let outcome = match result {
             Ok(placed) => {
@@ -217,6 +217,9 @@ impl Writer {
             self.shared
                 .written_bytes
                 .fetch_add(len, std::sync::atomic::Ordering::Relaxed);
+            if let Some(m) = &self.shared.opts.metrics {
+                m.written_bytes.inc_by(len);
+            }
         }
         self.active.sync_data()?;
         self.shared
@@ -255,7 +258,12 @@ impl Writer {
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .insert(next, file.clone());
-        self.shared.lock().live.insert(next, 0);
+        let segments = {
+            let mut inner = self.shared.lock();
+            inner.live.insert(next, 0);
+            inner.live.len()
+        };
+        self.shared.count_segments(segments);
         self.active = file;
         self.number = next;
         self.offset = 0;
@@ -352,6 +360,8 @@ impl Writer {
             files.remove(n);
         }
         drop(files);
+        let segments = self.shared.lock().live.len();
+        self.shared.count_segments(segments);
         for n in dead {
             let path = segment::path(&self.shared.dir, n);
             if let Err(e) = std::fs::remove_file(&path) {

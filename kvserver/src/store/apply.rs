@@ -374,22 +374,25 @@ impl ApplyCtx<'_> {
     /// overlay only after its commit, and nothing else applies while this runs, so
     /// every key is in one or the other.
     async fn scan_prefix(&mut self, prefix: &str) -> Result<Vec<(String, Row)>, StoreError> {
+        use futures_util::TryStreamExt;
         let pinned = self.store.overlay.scan_prefix(prefix);
-        // Keys with the prefix are contiguous from the prefix on, in byte order.
-        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+        // Keys with the prefix are contiguous from the prefix on, in byte order: the
+        // rows are streamed and the scan stops at the first key without the prefix
+        // (fetching them all read the whole rest of the table).
+        let mut rows = sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT {KV_COLUMNS} FROM kv WHERE key >= $1 ORDER BY key"
         )))
         .bind(prefix.to_string())
-        .fetch_all(&self.store.reader)
-        .await?;
+        .fetch(&self.store.reader);
         let mut all: std::collections::BTreeMap<String, Row> = std::collections::BTreeMap::new();
-        for row in &rows {
-            let kv = row_to_kv(row, true)?;
+        while let Some(row) = rows.try_next().await? {
+            let kv = row_to_kv(&row, true)?;
             if !kv.key.starts_with(prefix) {
                 break;
             }
             all.insert(kv.key.clone(), Some(kv));
         }
+        drop(rows);
         all.extend(pinned);
         for (k, row) in &self.cache {
             if k.starts_with(prefix) {

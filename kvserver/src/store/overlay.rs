@@ -14,11 +14,24 @@
 //! Order matters for readers that look here and then at the database: a row
 //! leaves the overlay only after the commit that wrote it, so a reader that
 //! misses it here finds it there.
+//!
+//! **When the persister commits.** Not after every batch: it lingers up to
+//! [`LINGER`] after the first queued batch, so at low load one commit covers
+//! many writes (etcd's backend does the same every 100 ms). Waking it per
+//! batch cost two thread hand-offs per put per node and a SQLite commit each,
+//! on the cores the write path needs (`bench/handoffs.sh`: sqlx's thread parked
+//! 2.1 times per put on a 1-node cluster). It commits at once when the queue
+//! reaches [`COMMIT_ENTRIES`] / [`COMMIT_BYTES`], when someone waits for the
+//! database to catch up (a listing, a backup, a snapshot), and when closing.
 
 use std::collections::BTreeMap;
 use std::collections::VecDeque;
 use std::sync::Mutex;
 use std::sync::MutexGuard;
+use std::time::Duration;
+
+// tokio's clock, so a test can hold time still (`tokio::time::pause`).
+use tokio::time::Instant;
 
 use super::cache::Row;
 use crate::command::Change;
@@ -28,6 +41,13 @@ use crate::command::Change;
 pub(crate) const MAX_PENDING_ENTRIES: u64 = 20_000;
 /// Most row bytes waiting for the persister before applies wait for it.
 pub(crate) const MAX_PENDING_BYTES: usize = 64 << 20;
+
+/// How long the persister lets applied batches gather before it commits them.
+pub(crate) const LINGER: Duration = Duration::from_millis(10);
+/// Queued entries that make the persister commit without lingering.
+pub(crate) const COMMIT_ENTRIES: u64 = 2_000;
+/// Queued row bytes that make the persister commit without lingering.
+pub(crate) const COMMIT_BYTES: usize = 8 << 20;
 
 /// One applied batch, waiting to be written.
 #[derive(Debug, Clone, Default)]
@@ -60,7 +80,40 @@ struct Inner {
     next_seq: u64,
     /// `applied_index` of the last batch pushed (one past its last entry).
     applied_index: u64,
+    /// When the oldest batch of `queue` was pushed.
+    queued_since: Option<Instant>,
+    /// Callers waiting for the database to catch up: the persister does not linger.
+    waiters: usize,
     closed: bool,
+}
+
+impl Inner {
+    /// Whether the persister should commit what is queued now.
+    fn due(&self) -> bool {
+        self.closed
+            || self.waiters > 0
+            || self.queued_entries >= COMMIT_ENTRIES
+            || self.queued_bytes >= COMMIT_BYTES
+            || self.queued_since.is_some_and(|t| t.elapsed() >= LINGER)
+    }
+}
+
+/// Counts a caller waiting for the database while it lives.
+struct Waiter<'a>(&'a Overlay);
+
+impl<'a> Waiter<'a> {
+    fn new(o: &'a Overlay) -> Self {
+        o.lock().waiters += 1;
+        o.work.notify_one();
+        Waiter(o)
+    }
+}
+
+impl Drop for Waiter<'_> {
+    fn drop(&mut self) {
+        let mut i = self.0.lock();
+        i.waiters = i.waiters.saturating_sub(1);
+    }
 }
 
 /// The overlay of one node's state machine.
@@ -129,8 +182,14 @@ impl Overlay {
 
     /// Pins a batch's rows and queues it for the persister.
     pub fn push(&self, mut p: Pending) {
-        {
+        let wake = {
             let mut i = self.lock();
+            // The persister waits without a deadline only while the queue is empty;
+            // otherwise it wakes at its deadline and needs no hand-off per batch.
+            let first = i.queue.is_empty();
+            if first {
+                i.queued_since = Some(Instant::now());
+            }
             p.seq = i.next_seq;
             i.next_seq += 1;
             for (k, r) in &p.rows {
@@ -140,25 +199,38 @@ impl Overlay {
             i.queued_entries += p.entries;
             i.queued_bytes += p.bytes;
             i.queue.push_back(p);
+            first || i.due()
+        };
+        if wake {
+            self.work.notify_one();
         }
-        self.work.notify_one();
     }
 
-    /// Takes every queued batch (persister); waits while there is none. `None` once
-    /// closed and drained.
+    /// Takes every queued batch (persister) once they are due (see the module
+    /// docs); waits while there is none. `None` once closed and drained.
     pub async fn take(&self) -> Option<Vec<Pending>> {
         loop {
             let notified = self.work.notified();
-            {
+            let deadline = {
                 let mut i = self.lock();
-                if !i.queue.is_empty() {
+                if i.queue.is_empty() {
+                    if i.closed {
+                        return None;
+                    }
+                    None
+                } else if i.due() {
+                    i.queued_since = None;
                     return Some(i.queue.drain(..).collect());
+                } else {
+                    i.queued_since.map(|t| t + LINGER)
                 }
-                if i.closed {
-                    return None;
+            };
+            match deadline {
+                Some(at) => {
+                    let _ = tokio::time::timeout_at(at, notified).await;
                 }
+                None => notified.await,
             }
-            notified.await;
         }
     }
 
@@ -197,6 +269,10 @@ impl Overlay {
     /// overlay closed first.
     pub async fn wait_persisted(&self, index: u64) -> bool {
         let mut rx = self.persisted.subscribe();
+        if *rx.borrow() >= index {
+            return true;
+        }
+        let _waiting = Waiter::new(self);
         let reached = rx.wait_for(|p| *p >= index).await.is_ok();
         reached || *rx.borrow() >= index
     }
@@ -216,6 +292,7 @@ impl Overlay {
             i.queue.clear();
             i.queued_entries = 0;
             i.queued_bytes = 0;
+            i.queued_since = None;
             i.applied_index = index;
         }
         self.persisted.send_replace(index);
@@ -304,5 +381,59 @@ mod tests {
         waiting.await.expect("room");
         o.close();
         assert!(o.take().await.is_none());
+    }
+
+    /// The clock stands still here (`start_paused`): only the linger, a full queue,
+    /// a waiter or closing can make the persister commit.
+    #[tokio::test(start_paused = true)]
+    async fn the_persister_lingers_unless_someone_waits_or_the_queue_is_full() {
+        let o = std::sync::Arc::new(Overlay::new(0));
+        let take = |o: &std::sync::Arc<Overlay>| {
+            let o = o.clone();
+            tokio::spawn(async move { o.take().await })
+        };
+        // Lingers: nothing is taken before LINGER has passed since the first batch.
+        o.push(batch(1, vec![row("a", 1)]));
+        let t = take(&o);
+        tokio::time::sleep(LINGER / 2).await;
+        o.push(batch(2, vec![row("b", 2)]));
+        tokio::task::yield_now().await;
+        assert!(!t.is_finished(), "taken before the linger ran out");
+        tokio::time::sleep(LINGER / 2).await;
+        let taken = t.await.expect("task").expect("batches");
+        assert_eq!(taken.len(), 2, "one commit covers both batches");
+        o.persisted(&taken);
+
+        // A reader waiting for the database cuts the linger short.
+        o.push(batch(3, vec![row("c", 3)]));
+        let started = tokio::time::Instant::now();
+        let t = take(&o);
+        let reader = tokio::spawn({
+            let o = o.clone();
+            async move { o.wait_persisted(3).await }
+        });
+        let taken = t.await.expect("task").expect("batch");
+        // Paused, the clock jumps to the next timer once every task waits: had the
+        // reader not cut the linger short, the take would end LINGER later.
+        assert!(
+            started.elapsed() < LINGER,
+            "the reader waited for the linger"
+        );
+        o.persisted(&taken);
+        assert!(reader.await.expect("reader"));
+
+        // So does a full queue.
+        o.push(Pending {
+            applied_index: 4,
+            entries: COMMIT_ENTRIES,
+            ..Pending::default()
+        });
+        let started = tokio::time::Instant::now();
+        let taken = take(&o).await.expect("task").expect("batch");
+        assert!(
+            started.elapsed() < LINGER,
+            "a full queue waited for the linger"
+        );
+        o.persisted(&taken);
     }
 }

@@ -1,9 +1,10 @@
 //! The persister: writes what the state machine applied in memory (`overlay.rs`)
 //! to the database, every batch queued since its last commit in one transaction
 //! — the final row of each key, the watch events, the applied position — then
-//! unpins the rows. Under load one commit covers many applied batches (etcd's
-//! backend commits its batch every 100 ms or 10,000 writes; this commits as soon
-//! as the previous commit is done), and the write path never waits for it.
+//! unpins the rows. One commit covers every batch applied while it lingered or
+//! while the previous commit ran (etcd's backend commits its batch every 100 ms
+//! or 10,000 writes; when this one commits: `overlay.rs`), and the write path
+//! never waits for it.
 //!
 //! The writes are idempotent (upserts of final rows, events keyed by revision,
 //! meta rows), so a commit whose outcome is unknown is simply written again. A

@@ -219,6 +219,17 @@ impl Cluster {
         }
     }
 
+    /// A cluster whose node-to-node links run through kvchaos's proxies, so a test can
+    /// cut them (`links.partition`) while it still reaches every node directly.
+    pub fn partitionable(extra_args: &[&str]) -> Self {
+        Self {
+            inner: Self::builder(extra_args)
+                .proxies(true)
+                .build()
+                .expect("cluster harness"),
+        }
+    }
+
     /// A cluster with plaintext ports, for tests that speak raw HTTP over their own
     /// sockets (what they test is not the transport).
     pub fn plaintext(extra_args: &[&str]) -> Self {
