@@ -187,18 +187,22 @@ pub async fn serve(
     }
 }
 
-/// The node behind a TLS connection from `source`. `/proc/net/tcp` is read in
-/// pages while sockets come and go, so one read can miss a live entry, and the
-/// caller's process may not have its fd table settled yet: a few quick
-/// retries. (`tests/chaos.rs` once failed with more than 2 % of links unnamed
-/// in one of about eight runs; a caller that is really gone, a killed node's
-/// last dial, stays unnamed.)
-async fn name_tls_caller(links: &Links, source: SocketAddr, dest: SocketAddr) -> Option<u64> {
+/// The node behind a TLS connection from `source` to the proxy's `dest`. The
+/// caller's socket may not be visible yet when its first bytes arrive (its
+/// process may not have its fd table settled): a few quick retries. (`tests/chaos.rs`
+/// once failed with more than 2 % of links unnamed in one of about eight runs; a
+/// caller that is really gone, a killed node's last dial, stays unnamed.) The
+/// lookups read `/proc` synchronously, so they run beside the runtime that pumps
+/// the links' bytes, never on it (see `callers`).
+async fn name_tls_caller(links: Arc<Links>, source: SocketAddr, dest: SocketAddr) -> Option<u64> {
     for attempt in 0..4 {
         if attempt > 0 {
             tokio::time::sleep(std::time::Duration::from_millis(5)).await;
         }
-        if let Some(id) = links.callers.lookup(source, dest) {
+        let l = links.clone();
+        if let Ok(Some(id)) =
+            tokio::task::spawn_blocking(move || l.callers.lookup(source, dest)).await
+        {
             return Some(id);
         }
     }
@@ -218,7 +222,10 @@ async fn relay(
     // 0x16: a TLS handshake record, which names nobody; the socket's owner does.
     let (pre, from) = if first[0] == 0x16 {
         let (source, dest) = (down.peer_addr()?, down.local_addr()?);
-        (Vec::new(), name_tls_caller(&links, source, dest).await)
+        (
+            Vec::new(),
+            name_tls_caller(links.clone(), source, dest).await,
+        )
     } else {
         preamble(&mut down, channel).await?
     };
