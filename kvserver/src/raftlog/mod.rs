@@ -149,7 +149,7 @@ impl LogOptions {
         format!("kvcluster raft log; cluster {cluster_id}; node {node_id}")
     }
 
-    /// Defaults for a node: 64 MiB segments (as etcd), 2 MiB of cached entries per group (replication reads only need the recent tail; 8 MiB cost ~20 MiB of RSS in compare.sh).
+    /// Defaults for a node: 64 MiB segments (as etcd), 2 MiB of cached entries per group (replication reads only need the recent tail; 8 MiB was more than they use, though lowering it did not move peak RSS in compare.sh: docs/performance.md).
     pub fn for_node(cluster_id: &str, node_id: u64) -> LogOptions {
         LogOptions {
             segment_bytes: 64 << 20,
