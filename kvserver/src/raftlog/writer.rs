@@ -348,6 +348,9 @@ impl Writer {
                 dead.push(n);
             }
         }
+        if !dead.is_empty() {
+            self.shared.count_segments(inner.live.len());
+        }
         dead
     }
 
@@ -360,8 +363,6 @@ impl Writer {
             files.remove(n);
         }
         drop(files);
-        let segments = self.shared.lock().live.len();
-        self.shared.count_segments(segments);
         for n in dead {
             let path = segment::path(&self.shared.dir, n);
             if let Err(e) = std::fs::remove_file(&path) {
