@@ -18,6 +18,8 @@
 //!   (`<data_dir>/raftlog/`), with group commit; openraft's log storage on top.
 //! - [`store`]: the state machine in SQLite or PostgreSQL (sqlx): the key-value data
 //!   ([`store::sm`]) and snapshot files ([`store::snapshot`]).
+//! - [`catchup`]: a node that started empty neither campaigns nor votes until it
+//!   holds an entry of the current leader's term (its replayed membership may be stale).
 //! - [`restore`]: forming a cluster, from nothing or from a backup (`restore_from`).
 //! - [`recover`]: forced recovery from permanent quorum loss: a new cluster from a survivor.
 //! - [`raft`]: the Raft handle, its openraft configuration, membership look-ups, proposing.
@@ -52,6 +54,8 @@ pub mod tls;
 pub mod api;
 #[cfg(feature = "server")]
 pub mod auth;
+#[cfg(feature = "server")]
+pub mod catchup;
 #[cfg(feature = "server")]
 pub mod command;
 #[cfg(feature = "server")]

@@ -20,6 +20,7 @@ use tokio::task::JoinHandle;
 
 use crate::api;
 use crate::api::NodeState;
+use crate::catchup::CatchUp;
 use crate::command::Command;
 use crate::command::KvNode;
 use crate::command::NodeId;
@@ -78,6 +79,8 @@ pub enum NodeError {
     Recovery(#[from] crate::recover::RecoveryError),
     #[error("raft log: {0}")]
     Log(#[from] crate::raftlog::LogError),
+    #[error("data_dir: the catch-up marker: {0}")]
+    CatchUp(std::io::Error),
 }
 
 fn tls_err(field: &'static str) -> impl Fn(crate::tls::TlsError) -> NodeError {
@@ -252,8 +255,11 @@ pub async fn start_node(config: Config) -> Result<NodeHandle, NodeError> {
         .last_log_id
         .is_some();
     let sm = StateMachine::new(store.clone()).await?;
+    let catch_up = CatchUp::open(&config.data_dir, !restored).map_err(NodeError::CatchUp)?;
 
-    let raft_config = raft::openraft_config(&config).map_err(|e| NodeError::Raft(e.to_string()))?;
+    let mut raft_config =
+        raft::openraft_config(&config).map_err(|e| NodeError::Raft(e.to_string()))?;
+    raft_config.enable_elect = catch_up.may_elect();
     let cluster_id: Arc<str> = Arc::from(config.cluster_id.as_str());
     let raft_cell = Arc::new(std::sync::OnceLock::new());
     let dialer = Dialer {
@@ -285,7 +291,7 @@ pub async fn start_node(config: Config) -> Result<NodeHandle, NodeError> {
 
     let (api_stop, api_stop_rx) = watch::channel(false);
     let (stop, stop_rx) = watch::channel(false);
-    let peer_state = Arc::new(PeerState::default());
+    let peer_state = Arc::new(PeerState::new(catch_up));
     let mut tasks = Vec::new();
     let peer_server = Arc::new(peer::PeerServer {
         raft: raft.clone(),
@@ -426,6 +432,7 @@ pub async fn start_node(config: Config) -> Result<NodeHandle, NodeError> {
         crate::restore::initialize(
             &raft,
             &store,
+            &state.peer_state.catch_up,
             id,
             &config.cluster_id,
             BTreeMap::from([(id, advertise.clone())]),

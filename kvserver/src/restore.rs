@@ -22,6 +22,7 @@ use openraft::error::InitializeError;
 use openraft::error::RaftError;
 
 use crate::backup::BackupSummary;
+use crate::catchup::CatchUp;
 use crate::command::KvNode;
 use crate::command::NodeId;
 use crate::command::TypeConfig;
@@ -41,13 +42,17 @@ pub enum InitError {
     Raft(#[from] RaftError<TypeConfig, InitializeError<TypeConfig>>),
     #[error("the restored cluster was formed but could not be sealed: {0}")]
     Seal(String),
+    #[error("the catch-up marker: {0}")]
+    Guard(std::io::Error),
 }
 
 /// Initializes `members` (this node alone) as a new cluster; with `restore_from`,
-/// from that backup. Returns the backup installed, if any.
+/// from that backup. Returns the backup installed, if any. The catch-up guard
+/// of the empty store is lifted around it (see [`CatchUp::forming`]).
 pub async fn initialize(
     raft: &KvRaft,
     store: &Store,
+    catch_up: &CatchUp,
     id: NodeId,
     cluster_id: &str,
     members: BTreeMap<NodeId, KvNode>,
@@ -67,7 +72,13 @@ pub async fn initialize(
         }
         None => None,
     };
-    raft.initialize(members).await?;
+    catch_up.forming().await.map_err(InitError::Guard)?;
+    let formed = raft.initialize(members).await;
+    catch_up
+        .formed(raft, formed.is_ok())
+        .await
+        .map_err(InitError::Guard)?;
+    formed?;
     if restored.is_some() {
         seal(raft, id).await.map_err(InitError::Seal)?;
     }

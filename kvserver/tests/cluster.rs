@@ -811,6 +811,19 @@ async fn wiped_member_stays_out_until_readded_as_learner() {
     }
 }
 
+/// The same, with the leader sending one entry per append: the wiped node replays the
+/// log from its first entry, whose membership names node 1 its sole voter and lists
+/// none of the others. Before `kvserver::catchup`, with peer TLS it refused the leader
+/// as "not a member" and never caught up; admitted, it elected itself alone from that
+/// entry and overwrote committed entries (TLS campaign seeds 1045, 1081, 1174, 1192).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wiped_member_replaying_its_log_one_entry_at_a_time_rejoins() {
+    let mut c = Cluster::new(&["--set", "raft.max_payload_entries=1"]);
+    if let Err(e) = wiped_member(&mut c).await {
+        c.fail(e);
+    }
+}
+
 async fn wiped_member(c: &mut Cluster) -> anyhow::Result<()> {
     let leader = c.form(3).await?;
     let mut acked = Vec::new();

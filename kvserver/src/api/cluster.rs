@@ -223,6 +223,7 @@ pub async fn init(
     match crate::restore::initialize(
         &state.raft,
         &state.store,
+        &state.peer_state.catch_up,
         state.id,
         &state.cluster_id,
         members,
@@ -245,7 +246,9 @@ pub async fn init(
                 message: e.to_string(),
             });
         }
-        Err(e @ InitError::Seal(_)) => return Err(ApiError::Internal(e.to_string())),
+        Err(e @ (InitError::Seal(_) | InitError::Guard(_))) => {
+            return Err(ApiError::Internal(e.to_string()));
+        }
     }
     tracing::info!(node_id = state.id, "cluster initialized");
     Ok((

@@ -36,6 +36,7 @@ use super::wire::WriteRejected;
 use super::wire::read_frame;
 use super::wire::read_frame_capped;
 use super::wire::write_frame;
+use crate::catchup::CatchUp;
 use crate::command::NodeId;
 use crate::command::TypeConfig;
 use crate::raft::CONFIRM_WAIT;
@@ -46,12 +47,24 @@ use crate::store::snapshot::SnapshotFile;
 use crate::store::snapshot::temp_path;
 
 /// What the peer server shares with the rest of the node.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct PeerState {
     /// Wall-clock ms of the last accepted append-entries (for `/status`).
     pub last_append_ms: AtomicU64,
     /// Wall-clock ms of the last time a peer addressed this empty node as a voter (0: never).
     pub lost_data_ms: AtomicU64,
+    /// Whether this node may hold a stale replay of the log (it started empty).
+    pub catch_up: CatchUp,
+}
+
+impl PeerState {
+    pub fn new(catch_up: CatchUp) -> PeerState {
+        PeerState {
+            last_append_ms: AtomicU64::new(0),
+            lost_data_ms: AtomicU64::new(0),
+            catch_up,
+        }
+    }
 }
 
 /// What the peer server needs, shared by every connection.
@@ -89,9 +102,12 @@ fn refuse(reason: &'static str, detail: impl Into<String>) -> Refusal {
 
 /// Whether `from` is in this node's current membership (voters and learners,
 /// joint configurations included), and its advertised peer address. `None`: this
-/// node has no membership yet.
-fn member_addr(raft: &KvRaft, from: NodeId) -> Option<Option<String>> {
+/// node has no membership yet, or may hold a stale one (see [`crate::catchup`]).
+fn member_addr(raft: &KvRaft, catch_up: &CatchUp, from: NodeId) -> Option<Option<String>> {
     use openraft::async_runtime::WatchReceiver;
+    if catch_up.active() {
+        return None;
+    }
     let metrics = raft.metrics();
     let m = metrics.borrow_watched();
     let membership = m.membership_config.membership();
@@ -103,12 +119,14 @@ fn member_addr(raft: &KvRaft, from: NodeId) -> Option<Option<String>> {
 /// The admission check of an authenticated peer (see the module doc).
 fn admit(
     raft: &KvRaft,
+    catch_up: &CatchUp,
     from: NodeId,
     cert: &rustls_pki_types::CertificateDer<'_>,
 ) -> Result<(), Refusal> {
-    match member_addr(raft, from) {
+    match member_addr(raft, catch_up, from) {
         // No membership yet: this node waits to be added, holds nothing to protect,
-        // and has nothing to check the dialer against but the CA.
+        // and has nothing to check the dialer against but the CA. The same while it
+        // replays the log after starting empty: its membership may predate the leader.
         None => Ok(()),
         Some(None) => Err(refuse(
             "not_member",
@@ -319,7 +337,7 @@ async fn serve_conn(opened: Opened, server: &PeerServer) -> Result<(), PeerError
         ))
     } else if let Some(Err(r)) = cert_node
         .as_ref()
-        .map(|(_, cert)| admit(raft, hello.from, cert))
+        .map(|(_, cert)| admit(raft, &peer_state.catch_up, hello.from, cert))
     {
         Some(r)
     } else if hello.to_is_voter && !initialized(raft) {
@@ -359,7 +377,12 @@ async fn serve_conn(opened: Opened, server: &PeerServer) -> Result<(), PeerError
             Err(e) => return Err(e),
         };
         // A member removed while connected is refused from its next request on.
-        if cert_node.is_some() && matches!(member_addr(raft, hello.from), Some(None)) {
+        if cert_node.is_some()
+            && matches!(
+                member_addr(raft, &peer_state.catch_up, hello.from),
+                Some(None)
+            )
+        {
             server.refused(
                 &format!("node {}", hello.from),
                 refuse(
@@ -373,6 +396,13 @@ async fn serve_conn(opened: Opened, server: &PeerServer) -> Result<(), PeerError
         }
         let resp = match req {
             Request::Append(rpc) => {
+                let leader_term = rpc.vote.leader_id().term;
+                let last_term = rpc
+                    .entries
+                    .last()
+                    .map(|e| &e.log_id)
+                    .or(rpc.prev_log_id.as_ref())
+                    .map(|l| l.leader_id.term);
                 let r = raft.append_entries(rpc).await.map_err(|e| e.to_string());
                 // Only a sender this node accepts as leader counts as contact with one.
                 if r.as_ref()
@@ -382,18 +412,36 @@ async fn serve_conn(opened: Opened, server: &PeerServer) -> Result<(), PeerError
                         .last_append_ms
                         .store(crate::command::now_ms(), Ordering::Relaxed);
                 }
+                // `Success` is sent once the entries are flushed.
+                if matches!(r, Ok(AppendEntriesResponse::Success)) {
+                    peer_state
+                        .catch_up
+                        .appended(raft, leader_term, last_term)
+                        .await;
+                }
                 Response::Append(r)
             }
             // An empty store never votes: a wiped voter's vote could elect a leader
-            // that lacks entries this node had acknowledged before it lost them.
-            Request::Vote(_) | Request::PreVote(_) if !initialized(raft) => {
-                metrics
-                    .peer_refused
-                    .with_label_values(&["empty_vote"])
-                    .inc();
-                Response::Vote(Err(format!(
-                    "node {node_id} has an empty store and does not vote"
-                )))
+            // that lacks entries this node had acknowledged before it lost them. Nor
+            // does one still replaying the log after starting empty (`crate::catchup`).
+            Request::Vote(_) | Request::PreVote(_) | Request::TransferLeader(_)
+                if !initialized(raft) || peer_state.catch_up.active() =>
+            {
+                let why = match initialized(raft) {
+                    false => "empty_vote",
+                    true => "catching_up",
+                };
+                metrics.peer_refused.with_label_values(&[why]).inc();
+                let msg = match why {
+                    "empty_vote" => format!("node {node_id} has an empty store and does not vote"),
+                    _ => format!(
+                        "node {node_id} is catching up after starting empty and does not vote or lead yet"
+                    ),
+                };
+                match req {
+                    Request::TransferLeader(_) => Response::TransferLeader(Err(msg)),
+                    _ => Response::Vote(Err(msg)),
+                }
             }
             Request::Vote(rpc) => Response::Vote(raft.vote(rpc).await.map_err(|e| e.to_string())),
             Request::PreVote(rpc) => {
