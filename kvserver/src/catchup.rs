@@ -169,11 +169,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_guard_is_on_for_an_empty_store_and_survives_a_restart() {
-        let dir = tempfile::tempdir().unwrap();
-        assert!(!CatchUp::open(dir.path(), false).unwrap().active());
-        assert!(CatchUp::open(dir.path(), true).unwrap().active());
+    fn the_guard_is_on_for_an_empty_store_and_survives_a_restart() -> std::io::Result<()> {
+        let dir = tempfile::tempdir()?;
+        assert!(!CatchUp::open(dir.path(), false)?.active());
+        assert!(CatchUp::open(dir.path(), true)?.active());
         // Restarted mid-replay: the log is not empty any more, the marker is there.
-        assert!(CatchUp::open(dir.path(), false).unwrap().active());
+        assert!(CatchUp::open(dir.path(), false)?.active());
+        Ok(())
     }
 }
