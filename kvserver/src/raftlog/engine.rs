@@ -202,15 +202,15 @@ impl Engine {
         let mut replay = super::replay::Replay::default();
         for &n in &numbers {
             let path = segment::path(dir, n);
-            let scanned = segment::scan(&path, next_seq, n == last_number)?;
-            if let Some(at) = scanned.repaired_at {
+            let tail = segment::scan_each(&path, next_seq, n == last_number, |f| {
+                replay.frame(&opts.identity, &path, n, &f)?;
+                next_seq = Some(f.seq + 1);
+                Ok(())
+            })?;
+            if let Some(at) = tail.repaired_at {
                 tracing::warn!(file = %path.display(), offset = at, "raft log: dropped a torn tail (a write that was never acknowledged)");
             }
-            for f in &scanned.frames {
-                replay.frame(&opts.identity, &path, n, f)?;
-                next_seq = Some(f.seq + 1);
-            }
-            end = scanned.end;
+            end = tail.end;
             let file = std::fs::OpenOptions::new()
                 .read(true)
                 .write(true)
