@@ -174,7 +174,7 @@ impl Metrics {
         let peer_refused = counter_vec(
             &registry,
             "kv_peer_refused_total",
-            "Peer connections, requests or votes refused, by reason (tls, identity, not_member, hello, cluster_id, node_id, lost_data, empty_vote, catching_up)",
+            "Peer connections, requests or votes refused, by reason (tls, identity, not_member, unverified, hello, cluster_id, node_id, lost_data, empty_vote, catching_up)",
             &["reason"],
         )?;
         let row_cache_lookups = counter_vec(

@@ -304,6 +304,7 @@ pub async fn start_node(config: Config) -> Result<NodeHandle, NodeError> {
         max_value_bytes: config.max_value_bytes,
         auth_enabled: config.auth.enabled,
         limits: config.limits.clone(),
+        leader_silence: Duration::from_millis(2 * config.raft.election_timeout_max_ms),
     });
     tasks.push(tokio::spawn(peer::serve(
         raft_listener,

@@ -22,6 +22,8 @@
 //! from the voters and add it back as a learner (the operator does this).
 //!
 //! # Layout
+//! - `admit`: who may connect, judged from this node's membership, and what a
+//!   peer it cannot place yet (its membership may be stale) may ask.
 //! - [`io`]: the connection's stream (TLS or plain) and the dialer, which checks
 //!   that the far end is the member it meant to reach.
 //! - [`wire`]: the hello, the request and response messages, and framing (with
@@ -29,11 +31,13 @@
 //! - [`client`]: outbound connections: openraft's network (replication, votes,
 //!   snapshots, leader transfer) and the calls of the router (read index,
 //!   forwarded writes).
-//! - [`server`]: inbound connections: the hello check, dispatch to Raft, and
-//!   snapshot receive.
+//! - [`server`]: inbound connections: the hello check and dispatch to Raft;
+//!   `receive`: a snapshot streamed in, to a temporary file.
 
+mod admit;
 pub mod client;
 pub mod io;
+mod receive;
 pub mod server;
 pub mod wire;
 

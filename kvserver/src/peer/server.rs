@@ -1,13 +1,14 @@
 //! Inbound peer connections. Before a single Raft message is read, a
 //! connection must pass, in order: the TLS handshake (with peer TLS: a client
 //! certificate the cluster CA bundle trusts), the hello (size-capped, under a
-//! deadline), and the admission check — the certificate names node `from` of
-//! this cluster, and once this node has a membership, `from` is in it (a voter,
-//! or a learner being added) and the certificate is valid for the host of the
-//! address the membership holds for it. A member removed later is refused at its
-//! next request. Refusals tell the peer a reason code only; the details go to
-//! this node's log and `kv_peer_refused_total`. Then requests are dispatched to
-//! this node's Raft; snapshots are received into a temporary file.
+//! deadline), and the admission check (`super::admit`): the certificate names
+//! node `from` of this cluster, and `from` is in this node's membership with a
+//! certificate valid for the host of its member address, or this node's
+//! membership may be stale, and then `from` is served replication only until it
+//! shows up in it. A member removed later is refused at its next request.
+//! Refusals tell the peer a reason code only; the details go to this node's log
+//! and `kv_peer_refused_total`. Then requests are dispatched to this node's
+//! Raft; snapshots are received into a temporary file (`super::receive`).
 
 use std::future::Future;
 use std::sync::Arc;
@@ -16,15 +17,16 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use openraft::raft::AppendEntriesResponse;
-use openraft::raft::SnapshotResponse;
-use openraft::type_config::alias::SnapshotOf;
-use openraft::type_config::alias::VoteOf;
-use tokio::io::AsyncWriteExt;
-use tokio::io::BufWriter;
 use tokio::net::TcpListener;
 use tokio::net::TcpStream;
 
 use super::PeerError;
+use super::admit::Refusal;
+use super::admit::Standing;
+use super::admit::admit;
+use super::admit::is_replication;
+use super::admit::refuse;
+use super::admit::standing;
 use super::io::HELLO_TIMEOUT;
 use super::io::PeerIo;
 use super::io::PeerReader;
@@ -38,13 +40,10 @@ use super::wire::read_frame_capped;
 use super::wire::write_frame;
 use crate::catchup::CatchUp;
 use crate::command::NodeId;
-use crate::command::TypeConfig;
 use crate::raft::CONFIRM_WAIT;
 use crate::raft::KvRaft;
 use crate::raft::initialized;
 use crate::raft::propose;
-use crate::store::snapshot::SnapshotFile;
-use crate::store::snapshot::temp_path;
 
 /// What the peer server shares with the rest of the node.
 #[derive(Debug)]
@@ -55,6 +54,10 @@ pub struct PeerState {
     pub lost_data_ms: AtomicU64,
     /// Whether this node may hold a stale replay of the log (it started empty).
     pub catch_up: CatchUp,
+    /// Wall-clock ms of the last accepted append-entries from a leader in this
+    /// node's membership (see `admit`: until then, or long after, strangers are
+    /// only unverified).
+    pub member_leader_ms: AtomicU64,
 }
 
 impl PeerState {
@@ -63,6 +66,7 @@ impl PeerState {
             last_append_ms: AtomicU64::new(0),
             lost_data_ms: AtomicU64::new(0),
             catch_up,
+            member_leader_ms: AtomicU64::new(0),
         }
     }
 }
@@ -84,68 +88,9 @@ pub struct PeerServer {
     pub auth_enabled: bool,
     /// `limits.peer_max_connections` and `limits.max_snapshot_bytes`.
     pub limits: crate::config::LimitsConfig,
-}
-
-/// Why a connection or request is refused: a reason code (the metric label,
-/// and all the peer is told) and the details for this node's log.
-struct Refusal {
-    reason: &'static str,
-    detail: String,
-}
-
-fn refuse(reason: &'static str, detail: impl Into<String>) -> Refusal {
-    Refusal {
-        reason,
-        detail: detail.into(),
-    }
-}
-
-/// Whether `from` is in this node's current membership (voters and learners,
-/// joint configurations included), and its advertised peer address. `None`: this
-/// node has no membership yet, or may hold a stale one (see [`crate::catchup`]).
-fn member_addr(raft: &KvRaft, catch_up: &CatchUp, from: NodeId) -> Option<Option<String>> {
-    use openraft::async_runtime::WatchReceiver;
-    if catch_up.active() {
-        return None;
-    }
-    let metrics = raft.metrics();
-    let m = metrics.borrow_watched();
-    let membership = m.membership_config.membership();
-    // No membership yet: `None`.
-    membership.nodes().next()?;
-    Some(membership.get_node(&from).map(|n| n.raft_addr.clone()))
-}
-
-/// The admission check of an authenticated peer (see the module doc).
-fn admit(
-    raft: &KvRaft,
-    catch_up: &CatchUp,
-    from: NodeId,
-    cert: &rustls_pki_types::CertificateDer<'_>,
-) -> Result<(), Refusal> {
-    match member_addr(raft, catch_up, from) {
-        // No membership yet: this node waits to be added, holds nothing to protect,
-        // and has nothing to check the dialer against but the CA. The same while it
-        // replays the log after starting empty: its membership may predate the leader.
-        None => Ok(()),
-        Some(None) => Err(refuse(
-            "not_member",
-            format!("node {from} is not a member of this cluster"),
-        )),
-        Some(Some(addr)) => {
-            let host = crate::tls::host_of(&addr);
-            if crate::tls::valid_for_host(cert, host) {
-                Ok(())
-            } else {
-                Err(refuse(
-                    "identity",
-                    format!(
-                        "node {from}'s certificate is not valid for {host}, the host of its member address {addr}"
-                    ),
-                ))
-            }
-        }
-    }
+    /// How long without word from a leader in this node's membership makes that
+    /// membership possibly stale (see `admit`).
+    pub leader_silence: Duration,
 }
 
 /// Serves the peer port until `shutdown` resolves.
@@ -301,6 +246,7 @@ async fn serve_conn(opened: Opened, server: &PeerServer) -> Result<(), PeerError
         max_value_bytes: _,
         auth_enabled,
         limits: _,
+        leader_silence,
     } = server;
     let node_id = *node_id;
     let Opened {
@@ -310,6 +256,8 @@ async fn serve_conn(opened: Opened, server: &PeerServer) -> Result<(), PeerError
         cert_node,
     } = opened;
     let mut quiet = false;
+    // Whether the peer's certificate was checked against its member address.
+    let mut verified = false;
     let refusal = if let Some((cert_id, _)) = cert_node.as_ref().filter(|(id, _)| *id != hello.from)
     {
         Some(refuse(
@@ -335,10 +283,11 @@ async fn serve_conn(opened: Opened, server: &PeerServer) -> Result<(), PeerError
                 hello.from, hello.to, node_id
             ),
         ))
-    } else if let Some(Err(r)) = cert_node
-        .as_ref()
-        .map(|(_, cert)| admit(raft, &peer_state.catch_up, hello.from, cert))
-    {
+    } else if let Some(Err(r)) = cert_node.as_ref().map(|(_, cert)| {
+        let standing = standing(raft, peer_state, *leader_silence, hello.from);
+        verified = matches!(standing, Standing::Member(_));
+        admit(&standing, hello.from, cert)
+    }) {
         Some(r)
     } else if hello.to_is_voter && !initialized(raft) {
         let now = crate::command::now_ms();
@@ -376,23 +325,44 @@ async fn serve_conn(opened: Opened, server: &PeerServer) -> Result<(), PeerError
             Err(PeerError::Io(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
             Err(e) => return Err(e),
         };
-        // A member removed while connected is refused from its next request on.
-        if cert_node.is_some()
-            && matches!(
-                member_addr(raft, &peer_state.catch_up, hello.from),
-                Some(None)
-            )
-        {
-            server.refused(
-                &format!("node {}", hello.from),
-                refuse(
-                    "not_member",
-                    format!("node {} is no longer a member", hello.from),
-                ),
-                false,
-            );
-            write_frame(&mut writer, &Response::Error("refused (not_member)".into())).await?;
-            return Err(PeerError::Refused("not_member".into()));
+        if let Some((_, cert)) = &cert_node {
+            match standing(raft, peer_state, *leader_silence, hello.from) {
+                // A member removed while connected is refused from its next request on.
+                Standing::Stranger => {
+                    let r = refuse(
+                        "not_member",
+                        format!("node {} is no longer a member", hello.from),
+                    );
+                    server.refused(&format!("node {}", hello.from), r, false);
+                    write_frame(&mut writer, &Response::Error("refused (not_member)".into()))
+                        .await?;
+                    return Err(PeerError::Refused("not_member".into()));
+                }
+                // Admitted unverified, now in the membership: its certificate is checked once.
+                s @ Standing::Member(_) if !verified => {
+                    if let Err(r) = admit(&s, hello.from, cert) {
+                        let told = format!("refused ({})", r.reason);
+                        let reason = r.reason;
+                        server.refused(&format!("node {}", hello.from), r, false);
+                        write_frame(&mut writer, &Response::Error(told)).await?;
+                        return Err(PeerError::Refused(reason.into()));
+                    }
+                    verified = true;
+                }
+                Standing::Unverified if !is_replication(&req) => {
+                    metrics
+                        .peer_refused
+                        .with_label_values(&["unverified"])
+                        .inc();
+                    let msg = format!(
+                        "node {node_id} cannot place node {} in its membership yet and serves it replication only",
+                        hello.from
+                    );
+                    write_frame(&mut writer, &unverified_answer(&req, msg)).await?;
+                    continue;
+                }
+                _ => {}
+            }
         }
         let resp = match req {
             Request::Append(rpc) => {
@@ -408,9 +378,13 @@ async fn serve_conn(opened: Opened, server: &PeerServer) -> Result<(), PeerError
                 if r.as_ref()
                     .is_ok_and(|r| !matches!(r, AppendEntriesResponse::HigherVote(_)))
                 {
-                    peer_state
-                        .last_append_ms
-                        .store(crate::command::now_ms(), Ordering::Relaxed);
+                    let now = crate::command::now_ms();
+                    peer_state.last_append_ms.store(now, Ordering::Relaxed);
+                    if let Standing::Member(_) =
+                        standing(raft, peer_state, *leader_silence, hello.from)
+                    {
+                        peer_state.member_leader_ms.store(now, Ordering::Relaxed);
+                    }
                 }
                 // `Success` is sent once the entries are flushed.
                 if matches!(r, Ok(AppendEntriesResponse::Success)) {
@@ -502,6 +476,20 @@ async fn serve_conn(opened: Opened, server: &PeerServer) -> Result<(), PeerError
     }
 }
 
+/// The answer to request `req` of an unverified peer (see `admit`), in the form
+/// its caller expects.
+fn unverified_answer(req: &Request, msg: String) -> Response {
+    match req {
+        Request::Vote(_) | Request::PreVote(_) => Response::Vote(Err(msg)),
+        Request::TransferLeader(_) => Response::TransferLeader(Err(msg)),
+        Request::ReadIndex => Response::ReadIndex(Err(msg)),
+        Request::Write(_) | Request::WriteAs { .. } => {
+            Response::Write(Err(WriteRejected::NotLeader(None)))
+        }
+        _ => Response::Error(msg),
+    }
+}
+
 /// Proposes a write follower `from` forwarded on behalf of `principal`, after the
 /// checks the follower ran: the command's rules and the principal's grant. A
 /// refusal here means the two nodes disagree (a token file not yet reloaded, a
@@ -547,91 +535,4 @@ async fn forwarded_write(
         )) => Err(WriteRejected::NotLeader(f.leader_id)),
         Err(e) => Err(WriteRejected::Failed(e.to_string())),
     }
-}
-
-impl PeerServer {
-    /// Receives a snapshot the leader streams after `SnapshotBegin(2)` and installs
-    /// it; `announced` is its size when the leader said it.
-    async fn receive_snapshot(
-        &self,
-        reader: &mut PeerReader,
-        vote: VoteOf<TypeConfig>,
-        meta: openraft::type_config::alias::SnapshotMetaOf<TypeConfig>,
-        announced: Option<u64>,
-    ) -> Result<SnapshotResponse<TypeConfig>, String> {
-        receive_snapshot(
-            reader,
-            &self.raft,
-            &self.snapshot_dir,
-            vote,
-            meta,
-            announced,
-            self.limits.max_snapshot_bytes,
-        )
-        .await
-    }
-}
-
-async fn receive_snapshot(
-    reader: &mut PeerReader,
-    raft: &KvRaft,
-    dir: &std::path::Path,
-    vote: VoteOf<TypeConfig>,
-    meta: openraft::type_config::alias::SnapshotMetaOf<TypeConfig>,
-    announced: Option<u64>,
-    max_bytes: u64,
-) -> Result<SnapshotResponse<TypeConfig>, String> {
-    // Refused before a byte is written; the connection then starts over (the
-    // stream still holds the chunks), as after any failed transfer.
-    if let Some(size) = announced.filter(|s| *s > max_bytes) {
-        return Err(format!(
-            "snapshot of {size} bytes is over this node's limit of {max_bytes} (limits.max_snapshot_bytes)"
-        ));
-    }
-    let cap = announced.unwrap_or(max_bytes);
-    let path = temp_path(dir);
-    let result = async {
-        let mut received = 0u64;
-        let mut out = BufWriter::new(
-            tokio::fs::File::create(&path)
-                .await
-                .map_err(|e| e.to_string())?,
-        );
-        loop {
-            match read_frame::<_, Request>(reader)
-                .await
-                .map_err(|e| e.to_string())?
-            {
-                Request::Chunk(bytes) => {
-                    received = received.saturating_add(bytes.len() as u64);
-                    if received > cap {
-                        return Err(match announced {
-                            Some(a) => format!("snapshot sent more than the {a} bytes it announced"),
-                            None => format!("snapshot is over this node's limit of {max_bytes} bytes (limits.max_snapshot_bytes)"),
-                        });
-                    }
-                    out.write_all(&bytes).await.map_err(|e| e.to_string())?
-                }
-                Request::SnapshotEnd => break,
-                _ => return Err("unexpected message inside a snapshot transfer".to_string()),
-            }
-        }
-        out.flush().await.map_err(|e| e.to_string())?;
-        let file = out.into_inner();
-        file.sync_all().await.map_err(|e| e.to_string())?;
-        drop(file);
-        let snapshot = SnapshotFile::open(&path).await.map_err(|e| e.to_string())?;
-        raft.install_full_snapshot(
-            vote,
-            SnapshotOf::<TypeConfig, SnapshotFile> { meta, snapshot },
-        )
-        .await
-        .map_err(|e| e.to_string())
-    }
-    .await;
-    // On success the state machine moved the file to its final name; anything left is debris.
-    if tokio::fs::metadata(&path).await.is_ok() {
-        let _ = tokio::fs::remove_file(&path).await;
-    }
-    result
 }
