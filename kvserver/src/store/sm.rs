@@ -261,6 +261,15 @@ impl StateMachine {
     }
 
     async fn current(&self) -> Result<Option<Snapshot>, StoreError> {
+        // The pointer is read and its file opened under the lock `set_current_snapshot`
+        // holds while it moves the pointer and deletes the files nobody points at.
+        // Without it, a snapshot built between the two steps deleted the file just read
+        // from the pointer: the leader answered "snapshot not found" to the replication
+        // of a lagging follower, which openraft treats as a storage failure, and its Raft
+        // stopped (`cluster.rs::restarted_node_catches_up_by_snapshot_after_purge`, a
+        // snapshot every 20 entries, once in a fresh-clone run). Once open, the file
+        // stays readable whatever happens to its name.
+        let _guard = self.snapshot_lock.lock().await;
         let cur: Option<(SnapshotMetaOf<TypeConfig>, String)> = self
             .store
             .retrying("read snapshot pointer", || {
@@ -383,8 +392,9 @@ impl SnapshotBuilder {
             .store
             .retrying("build snapshot", || self.build_once())
             .await?;
-        set_current_snapshot(&self.store, &self.lock, &meta, &path).await?;
+        // Opened before it is published: once published, a newer snapshot may delete it.
         let file = SnapshotFile::open(&path).await?;
+        set_current_snapshot(&self.store, &self.lock, &meta, &path).await?;
         let bytes = file.len().await.unwrap_or(0);
         tracing::info!(last_log_id = ?meta.last_log_id, bytes, "built snapshot");
         Ok(Snapshot {
