@@ -10,7 +10,7 @@
 //! membership could elect itself alone, at a term above the real leader's,
 //! and overwrite committed entries (the TLS chaos campaign's seeds 1045, 1081,
 //! 1174 and 1192 reached the stall that exposes it; the regression test is
-//! `cluster.rs::a_wiped_member_replaying_its_log_one_entry_at_a_time_rejoins`).
+//! `tests/rejoin.rs::a_wiped_member_replaying_its_log_one_entry_at_a_time_rejoins`).
 //! Once the node holds an entry of leader T's term, log matching gives it
 //! everything before that entry, so every configuration it can act on is one
 //! leader T held: it is then an ordinary lagging follower, which Raft handles.
