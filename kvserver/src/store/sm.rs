@@ -448,3 +448,82 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         Ok(self.current().await?)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use openraft::storage::RaftSnapshotBuilder;
+    use openraft::type_config::alias::CommittedLeaderIdOf;
+    use openraft::type_config::alias::EntryOf;
+
+    use super::*;
+    use crate::store::Backend;
+    use crate::store::StoreOptions;
+
+    fn blank(index: u64) -> EntryOf<TypeConfig> {
+        let leader = CommittedLeaderIdOf::<TypeConfig> {
+            term: 1,
+            node_id: 1,
+        };
+        EntryOf::<TypeConfig> {
+            log_id: LogIdOf::<TypeConfig>::new(leader, index),
+            payload: EntryPayload::Blank,
+        }
+    }
+
+    /// Replication reads the current snapshot while newer ones are built and
+    /// published, each deleting the file of the one before: every read must find one
+    /// (a miss stops the leader's Raft, see `current`).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_current_snapshot_stays_readable_while_newer_ones_replace_it() -> anyhow::Result<()>
+    {
+        let dir = tempfile::tempdir()?;
+        let opts = StoreOptions {
+            data_dir: dir.path().to_path_buf(),
+            node_id: 1,
+            cluster_id: "snapshots".into(),
+            backend: Backend::Sqlite,
+            watch_history: 100,
+            feed_capacity: 16,
+            cache_bytes: 1 << 20,
+        };
+        let store = Store::open(&opts, Arc::new(crate::metrics::Metrics::new()?)).await?;
+        let mut sm = StateMachine::new(store.clone()).await?;
+        let mut builder = sm.get_snapshot_builder().await;
+        // openraft asks the state machine for the current snapshot and its builder
+        // for new ones: both share one lock, as here.
+        let reader = StateMachine {
+            snapshot_lock: sm.snapshot_lock.clone(),
+            ..StateMachine::new(store).await?
+        };
+        let mut index = 0;
+        sm.apply_batch(futures_util::stream::iter([Ok((blank(index), None))]))
+            .await?;
+        builder.build_snapshot().await?;
+        let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let reads = tokio::spawn({
+            let done = done.clone();
+            async move {
+                let mut n = 0u32;
+                while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                    let found = reader.current().await?;
+                    anyhow::ensure!(found.is_some(), "read {n}: no current snapshot");
+                    n += 1;
+                    tokio::task::yield_now().await;
+                }
+                Ok(n)
+            }
+        });
+        for _ in 0..200 {
+            index += 1;
+            sm.apply_batch(futures_util::stream::iter([Ok((blank(index), None))]))
+                .await?;
+            builder.build_snapshot().await?;
+        }
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        let n = reads.await??;
+        anyhow::ensure!(n > 0, "the reader never ran");
+        Ok(())
+    }
+}
