@@ -28,6 +28,12 @@ finish() {
         echo "--- pod $ns/$pod" >&2
         kvc_kubectl -n "$ns" logs "$pod" --tail=$((bad ? 40 : 25)) --all-containers >&2 2>&1 || true
       done
+    # The suite's own error very last: it names the scenario and what it saw
+    # (CI's excerpt once held only the tail of a backtrace and not the error).
+    if [ -s "$KVC_STATE/suite.out" ]; then
+      echo "--- the suite's error" >&2
+      awk '/^Error: /{on=1} on && /^(Stack backtrace:|test result:)/{exit} on' "$KVC_STATE/suite.out" | head -40 >&2
+    fi
   fi
   local t0; t0=$(date +%s)
   "$HERE/down.sh" || rc=1
@@ -47,4 +53,6 @@ E2E_S3_ENDPOINT=$("$HERE/s3.sh")
 export E2E_S3_ENDPOINT
 phase "images" "$HERE/images.sh"
 export KUBECONFIG="$KUBECONFIG_OUT" KUBECTL="$KVC_BIN/kubectl"
-phase "suite" bash -c "cd '$ROOT' && cargo test --locked -p kvcluster-e2e --test suite -- --ignored --nocapture"
+# No backtraces on the suite's errors: each names its scenario and what it saw,
+# and a backtrace of the test thread only pushes that out of CI's excerpt.
+phase "suite" bash -c "set -o pipefail; cd '$ROOT' && RUST_LIB_BACKTRACE=0 cargo test --locked -p kvcluster-e2e --test suite -- --ignored --nocapture 2>&1 | tee '$KVC_STATE/suite.out'"
