@@ -7,6 +7,9 @@
 //! - [`model`]: the HTTP API's request/response types (shared with the client, documented in OpenAPI).
 //! - [`client`]: a typed async client (KV, txn, watch stream, cluster API) with endpoint failover.
 //! - [`record`]: the stored form of a key, shared by the server and backup files.
+//! - [`placement`]: partitions: which partition a key is in ([`placement::hash`]), and
+//!   the pure planner that places each partition's replicas and leadership on pods and
+//!   gives the next quorum-safe moves (issue 21; used by the server and the operator).
 //! - [`backup`] (feature `backup`, in `server` and `cli`): the backup file and segment
 //!   formats, destinations (a directory or S3-compatible object storage), continuous
 //!   backup from the watch feed, and composing a restore point.
@@ -47,6 +50,7 @@
 pub mod backup;
 pub mod client;
 pub mod model;
+pub mod placement;
 pub mod record;
 pub mod tls;
 
