@@ -12,11 +12,14 @@
 //! gone), cut nodes above the ceiling of the average, then fill missing slots and
 //! raise nodes below the floor along augmenting paths (a bipartite b-matching
 //! step: a full node passes one of its items on to a node with room, and takes
-//! the new slot in its place). A breadth-first search finds the shortest such
-//! path, so most steps move one slot and none moves a slot that did not need to
-//! move. A greedy fill without paths gets stuck when every node with room
-//! already holds the item that needs a slot; the paths are what make "within one"
-//! reachable from any start (`placement::tests`, 100 pods, 1,024 partitions).
+//! the new slot in its place). A greedy fill without paths gets stuck when every
+//! node with room already holds the item that needs a slot; the paths are what
+//! make "within one" reachable from any start. That assignment is balanced but
+//! not always the cheapest, so a last step cancels negative cycles and paths of
+//! slot exchanges (costing 1 per new slot, 0 per kept one) until none is left:
+//! the result is a cheapest balanced assignment, which is what keeps the planner
+//! from changing its mind between rounds (`placement::tests`, up to 100 pods and
+//! 1,024 partitions).
 
 use std::collections::BTreeMap;
 use std::collections::BTreeSet;
@@ -278,5 +281,121 @@ pub(crate) fn solve(p: &Problem) -> Vec<BTreeSet<NodeId>> {
     for n in p.receivers.clone() {
         while st.load(n) < floor && st.pull(n) {}
     }
+    // 5. Fewest new slots among the balanced assignments.
+    while st.improve() {}
     st.assign
+}
+
+/// An exchange of slots: item `.1` moves from node `.0` to the edge's head.
+type Edge = (usize, usize);
+
+impl State<'_> {
+    /// 0 to keep a current slot, 1 for a new one (a copy, or a leadership moved).
+    fn cost(&self, item: usize, n: NodeId) -> i64 {
+        i64::from(!self.p.current[item].contains(&n))
+    }
+
+    /// Makes one exchange that lowers the number of new slots and keeps every
+    /// node within its bounds, if there is one: a negative cycle of slot moves
+    /// between nodes, or a negative path from a node above its floor to one below
+    /// its ceiling (Bellman-Ford over the nodes; an edge a→b is the cheapest item
+    /// on a that could move to b). Without this step the target is balanced but
+    /// not the cheapest, and because it is recomputed every round the planner
+    /// changed its mind on the way: adding a pod cost up to a third more copies
+    /// than its share (`adding_a_pod_moves_only_its_share`). With it, each round's
+    /// target is cheapest for the cluster as it is, so the copies made on the way
+    /// never exceed what the first round's target needed.
+    fn improve(&mut self) -> bool {
+        let nodes: Vec<NodeId> = self.p.receivers.iter().copied().collect();
+        let ix: BTreeMap<NodeId, usize> = nodes.iter().enumerate().map(|(k, n)| (*n, k)).collect();
+        let k = nodes.len();
+        // The cheapest item for each (from, to), and its weight.
+        let mut best: BTreeMap<(usize, usize), (i64, usize)> = BTreeMap::new();
+        for (i, held) in self.assign.iter().enumerate() {
+            for a in held.iter().filter_map(|n| ix.get(n)) {
+                let leave = self.cost(i, nodes[*a]);
+                for (b, m) in nodes.iter().enumerate() {
+                    if held.contains(m) || !self.may(i, *m) {
+                        continue;
+                    }
+                    let w = self.cost(i, *m) - leave;
+                    let e = best.entry((*a, b)).or_insert((w, i));
+                    if w < e.0 {
+                        *e = (w, i);
+                    }
+                }
+            }
+        }
+        let edges: Vec<(usize, usize, i64, usize)> = best
+            .into_iter()
+            .map(|((a, b), (w, i))| (a, b, w, i))
+            .collect();
+        // Negative cycles first (every node a source), then paths from givers.
+        for cycles in [true, false] {
+            let mut dist: Vec<i64> = nodes
+                .iter()
+                .map(|n| {
+                    if cycles || self.load(*n) > self.lo[n] {
+                        0
+                    } else {
+                        i64::MAX
+                    }
+                })
+                .collect();
+            let mut pred: Vec<Option<Edge>> = vec![None; k];
+            let mut last = None;
+            for _ in 0..k {
+                last = None;
+                for (a, b, w, i) in &edges {
+                    if dist[*a] != i64::MAX && dist[*a] + w < dist[*b] {
+                        dist[*b] = dist[*a] + w;
+                        pred[*b] = Some((*a, *i));
+                        last = Some(*b);
+                    }
+                }
+                if last.is_none() {
+                    break;
+                }
+            }
+            if let Some(mut v) = last {
+                // Still relaxing after k rounds: v leads back into a negative cycle.
+                for _ in 0..k {
+                    v = pred[v].map_or(v, |(a, _)| a);
+                }
+                let mut cycle = Vec::new();
+                let mut u = v;
+                loop {
+                    let Some((a, i)) = pred[u] else { return false };
+                    cycle.push((a, u, i));
+                    u = a;
+                    if u == v {
+                        break;
+                    }
+                }
+                for (a, b, i) in cycle {
+                    self.remove(i, nodes[a]);
+                    self.add(i, nodes[b]);
+                }
+                return true;
+            }
+            if cycles {
+                continue;
+            }
+            let end = (0..k)
+                .filter(|b| dist[*b] < 0 && self.load(nodes[*b]) < self.hi[&nodes[*b]])
+                .min_by_key(|b| (dist[*b], *b));
+            if let Some(mut u) = end {
+                while let Some((a, i)) = pred[u] {
+                    self.remove(i, nodes[a]);
+                    self.add(i, nodes[u]);
+                    u = a;
+                    if dist[u] == 0 && pred[u].is_none() {
+                        break;
+                    }
+                }
+                return true;
+            }
+        }
+        false
+    }
 }

@@ -303,18 +303,9 @@ proptest! {
         let copies = sim.copies - before;
         let total = partitions as usize * rf.min(nodes as usize + 1);
         let share = total.div_ceil(nodes as usize + 1);
-        // Not yet exactly the share (issue 21's bar): the target is recomputed
-        // from every intermediate state, and which replica an in-flight move
-        // replaces, or which pods end at the ceiling of the average and which at
-        // its floor, can change on the way, costing copies between old pods (worst
-        // seen: 33 copies for a share of 25, 4 pods + 1, 61 partitions, RF 2, 16
-        // copies in flight). The 100-pod case below meets the share exactly. The
-        // fix is a min-cost target (each round's target optimal in copies, which
-        // bounds the total by the first round's); this bound guards against worse.
-        let slack = share / 2 + 2;
-        prop_assert!(copies <= share + slack, "{} copies for a share of {}", copies, share);
+        prop_assert!(copies <= share, "{} copies for a share of {}", copies, share);
         let (replicas, _) = sim.loads();
-        prop_assert!(copies - replicas[&nodes] <= slack, "{} copies, {} on the new pod", copies, replicas[&nodes]);
+        prop_assert_eq!(copies, replicas[&nodes], "every copy lands on the new pod and stays");
     }
 
     /// A pod that goes down keeps its replicas; once it is declared lost they are
