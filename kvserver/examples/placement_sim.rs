@@ -102,13 +102,8 @@ fn main() -> Result<(), String> {
     let start = rf as u64;
     let pods: BTreeSet<NodeId> = (0..start).collect();
     let groups = initial(&pods, partitions, rf)
-        .into_iter()
-        .map(|members| GroupView {
-            voters: members.iter().copied().collect(),
-            leader: members.first().copied(),
-            lag: members.iter().map(|n| (*n, 0)).collect(),
-            ..Default::default()
-        })
+        .iter()
+        .map(|members| GroupView::formed(members))
         .collect();
     let mut obs = Observed {
         replication_factor: rf,

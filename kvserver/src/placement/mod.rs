@@ -74,6 +74,17 @@ pub struct GroupView {
 }
 
 impl GroupView {
+    /// A group just formed on `members` (the first one leads), all caught up:
+    /// what [`initial`] places, as the planner sees it once it runs.
+    pub fn formed(members: &[NodeId]) -> GroupView {
+        GroupView {
+            voters: members.iter().copied().collect(),
+            leader: members.first().copied(),
+            lag: members.iter().map(|n| (*n, 0)).collect(),
+            ..Default::default()
+        }
+    }
+
     fn members(&self) -> impl Iterator<Item = NodeId> + '_ {
         self.voters.iter().chain(&self.learners).copied()
     }

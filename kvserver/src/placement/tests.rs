@@ -63,13 +63,8 @@ impl Sim {
     fn settled(nodes: u64, partitions: u32, rf: usize, seed: u64) -> Sim {
         let ids: BTreeSet<NodeId> = (0..nodes).collect();
         let groups = initial(&ids, partitions, rf)
-            .into_iter()
-            .map(|members| GroupView {
-                voters: members.iter().copied().collect(),
-                leader: members.first().copied(),
-                lag: members.iter().map(|n| (*n, 0)).collect(),
-                ..Default::default()
-            })
+            .iter()
+            .map(|members| GroupView::formed(members))
             .collect();
         Sim {
             obs: Observed {
