@@ -22,13 +22,11 @@
 use std::collections::BTreeMap;
 use std::collections::BTreeSet;
 
-/// A learner this close to the leader's log may be promoted.
-pub const CATCH_UP_LAG: u64 = 100;
-
-/// A voter this close to the leader's log counts as healthy. Looser than
-/// [`CATCH_UP_LAG`]: under write load a connected follower is routinely some
-/// entries behind, and counting it unhealthy would refuse safe steps.
-pub const HEALTHY_LAG: u64 = 1000;
+/// How close to the leader's log a learner must be to be promoted, and a voter
+/// to count as healthy: one definition for a cluster's single group and for each
+/// partition's group (`kvserver::placement`).
+pub use kvserver::placement::CATCH_UP_LAG;
+pub use kvserver::placement::HEALTHY_LAG;
 
 /// What the operator knows about one pod (ordinal = node id).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
