@@ -25,6 +25,8 @@
 //!   holds an entry of the current leader's term (its replayed membership may be stale).
 //! - [`restore`]: forming a cluster, from nothing or from a backup (`restore_from`).
 //! - [`recover`]: forced recovery from permanent quorum loss: a new cluster from a survivor.
+//! - [`group`]: the Raft groups a node hosts: group 0 (the cluster's) and one per
+//!   hosted partition, each started by [`group::launch`] over the shared log.
 //! - [`raft`]: the Raft handle, its openraft configuration, membership look-ups, proposing.
 //! - [`peer`]: the binary Raft peer transport on its own port: [`peer::wire`],
 //!   [`peer::client`] (outbound), [`peer::server`] (inbound).
@@ -64,6 +66,8 @@ pub mod catchup;
 pub mod command;
 #[cfg(feature = "server")]
 pub mod config;
+#[cfg(feature = "server")]
+pub mod group;
 #[cfg(feature = "server")]
 pub mod metrics;
 #[cfg(feature = "server")]

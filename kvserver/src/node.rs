@@ -20,26 +20,24 @@ use tokio::task::JoinHandle;
 
 use crate::api;
 use crate::api::NodeState;
-use crate::catchup::CatchUp;
-use crate::command::Command;
 use crate::command::KvNode;
 use crate::command::NodeId;
-use crate::command::now_ms;
 use crate::config::Config;
 use crate::config::ConfigError;
 use crate::config::StorageBackend;
 use crate::config::hostname;
+use crate::group;
+use crate::group::CLUSTER_GROUP;
+use crate::group::GroupCtx;
+use crate::group::Groups;
+use crate::group::Launched;
 use crate::metrics::Metrics;
 use crate::peer;
 use crate::peer::Dialer;
-use crate::peer::NetworkFactory;
-use crate::peer::PeerState;
 use crate::raft;
 use crate::raft::KvRaft;
 use crate::raftlog::LogOptions;
-use crate::raftlog::RaftLog;
 use crate::store::Backend;
-use crate::store::StateMachine;
 use crate::store::Store;
 use crate::store::StoreError;
 use crate::store::StoreOptions;
@@ -79,8 +77,8 @@ pub enum NodeError {
     Recovery(#[from] crate::recover::RecoveryError),
     #[error("raft log: {0}")]
     Log(#[from] crate::raftlog::LogError),
-    #[error("data_dir: the catch-up marker: {0}")]
-    CatchUp(std::io::Error),
+    #[error(transparent)]
+    Group(#[from] crate::group::GroupError),
 }
 
 fn tls_err(field: &'static str) -> impl Fn(crate::tls::TlsError) -> NodeError {
@@ -95,6 +93,8 @@ pub struct NodeHandle {
     /// Bound Raft peer address.
     pub raft_addr: SocketAddr,
     pub raft: KvRaft,
+    /// The partition groups this node hosts (issue 21).
+    pub groups: Arc<Groups>,
     pub state: api::AppState,
     api_stop: watch::Sender<bool>,
     stop: watch::Sender<bool>,
@@ -246,52 +246,31 @@ pub async fn start_node(config: Config) -> Result<NodeHandle, NodeError> {
         ..LogOptions::for_node(&config.cluster_id, id)
     };
     let engine = crate::raftlog::migrate::open_for_node(&store, &config.data_dir, log_opts).await?;
-    let mut log_store = RaftLog::new(engine.clone(), 0, store.clone());
-    // A store with log entries (or a purge marker) holds a membership: its first
-    // entry is one, or a snapshot carrying one was installed before the purge.
-    let restored = openraft::storage::RaftLogStorage::get_log_state(&mut log_store)
-        .await
-        .map_err(|e| NodeError::Raft(e.to_string()))?
-        .last_log_id
-        .is_some();
-    let sm = StateMachine::new(store.clone()).await?;
-    let catch_up = CatchUp::open(&config.data_dir, !restored).map_err(NodeError::CatchUp)?;
-
-    let mut raft_config =
-        raft::openraft_config(&config).map_err(|e| NodeError::Raft(e.to_string()))?;
-    raft_config.enable_elect = catch_up.may_elect();
     let cluster_id: Arc<str> = Arc::from(config.cluster_id.as_str());
-    let raft_cell = Arc::new(std::sync::OnceLock::new());
     let dialer = Dialer {
         me: id,
         cluster_id: cluster_id.clone(),
         tls: peer_tls.clone(),
     };
-    let factory = NetworkFactory {
+    let group_ctx = GroupCtx {
+        node_id: id,
+        config: Arc::new(config.clone()),
+        engine: engine.clone(),
         dialer: dialer.clone(),
-        raft: raft_cell.clone(),
     };
-    let raft = KvRaft::new(id, Arc::new(raft_config), factory, log_store, sm)
-        .await
-        .map_err(|e| NodeError::Raft(e.to_string()))?;
-    let _ = raft_cell.set(raft.clone());
-    if restored {
-        // openraft publishes the state it loaded only from its first core loop; until
-        // then its metrics show an empty membership. Peers and clients must not see
-        // that: the peer server would refuse the leader as "empty store, data lost"
-        // and the API would answer `not_initialized`. So serve nothing before then.
-        let loaded = raft
-            .wait(Some(Duration::from_secs(10)))
-            .metrics(raft::has_membership, "loaded membership")
-            .await;
-        if let Err(e) = loaded {
-            tracing::warn!(error = %e, "the restored membership did not show in Raft metrics");
-        }
+    let Launched {
+        raft,
+        peer: peer_state,
+        restored: _,
+    } = group::launch(&group_ctx, CLUSTER_GROUP, &store, &config.data_dir, None).await?;
+    let groups = Groups::new(group_ctx, raft.clone(), store_opts.clone(), metrics.clone());
+    let reopened = groups.reopen().await?;
+    if !reopened.is_empty() {
+        tracing::info!(groups = ?reopened, "reopened the partition groups this node hosts");
     }
 
     let (api_stop, api_stop_rx) = watch::channel(false);
     let (stop, stop_rx) = watch::channel(false);
-    let peer_state = Arc::new(PeerState::new(catch_up));
     let mut tasks = Vec::new();
     let peer_server = Arc::new(peer::PeerServer {
         raft: raft.clone(),
@@ -299,6 +278,7 @@ pub async fn start_node(config: Config) -> Result<NodeHandle, NodeError> {
         cluster_id,
         snapshot_dir: store.snapshot_dir.clone(),
         state: peer_state.clone(),
+        groups: groups.clone(),
         metrics: metrics.clone(),
         tls: peer_tls,
         max_value_bytes: config.max_value_bytes,
@@ -367,6 +347,7 @@ pub async fn start_node(config: Config) -> Result<NodeHandle, NodeError> {
         cluster_id: config.cluster_id.clone(),
         raft: raft.clone(),
         store: store.clone(),
+        groups: groups.clone(),
         config: config.clone(),
         metrics,
         advertise: advertise.clone(),
@@ -400,7 +381,12 @@ pub async fn start_node(config: Config) -> Result<NodeHandle, NodeError> {
         state.metrics.clone(),
         api_shutdown,
     ));
-    tasks.push(tokio::spawn(reap_expired(
+    tasks.push(tokio::spawn(group::driver::run(
+        groups.clone(),
+        store.clone(),
+        stopped(&stop_rx),
+    )));
+    tasks.push(tokio::spawn(group::reap_expired(
         raft.clone(),
         store.clone(),
         config.ttl_reap_interval_ms,
@@ -453,6 +439,7 @@ pub async fn start_node(config: Config) -> Result<NodeHandle, NodeError> {
         api_addr,
         raft_addr,
         raft,
+        groups,
         state,
         api_stop,
         stop,
@@ -462,41 +449,6 @@ pub async fn start_node(config: Config) -> Result<NodeHandle, NodeError> {
         log: engine,
         drain_timeout: Duration::from_millis(config.shutdown_timeout_ms),
     })
-}
-
-/// The leader periodically proposes deletion of expired keys, so expiry is a
-/// replicated event that every replica applies at the same log position.
-async fn reap_expired(
-    raft: KvRaft,
-    store: Store,
-    interval_ms: u64,
-    stop: impl std::future::Future<Output = ()>,
-) {
-    tokio::pin!(stop);
-    let mut tick = tokio::time::interval(Duration::from_millis(interval_ms));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = &mut stop => return,
-            _ = tick.tick() => {}
-        }
-        if crate::raft::raft_metrics(&raft).state != ServerState::Leader {
-            continue;
-        }
-        let now = now_ms();
-        match store.expired_keys(now, 1000).await {
-            Ok(keys) if !keys.is_empty() => {
-                if let Err(e) = raft
-                    .client_write(Command::Expire { keys, now_ms: now })
-                    .await
-                {
-                    tracing::debug!(error = %e, "expiry proposal failed; will retry");
-                }
-            }
-            Ok(_) => {}
-            Err(e) => tracing::warn!(error = %e, "scanning expired keys failed"),
-        }
-    }
 }
 
 /// How long a stopping leader waits for a successor (and for the answers to the
@@ -581,6 +533,7 @@ impl NodeHandle {
             api_task.abort();
         }
         let _ = self.stop.send(true);
+        self.groups.shutdown().await;
         let raft_result = self.raft.shutdown().await;
         for t in self.tasks {
             let _ = tokio::time::timeout(Duration::from_secs(5), t).await;

@@ -52,6 +52,35 @@ pub fn initialized(raft: &KvRaft) -> bool {
     has_membership(&raft_metrics(raft))
 }
 
+/// Waits (at most `timeout`) until this leader has replicated its whole log to
+/// each of `nodes`: a learner is promoted only then. Promoting one that holds
+/// nothing yet would make an empty voter, which refuses to take part (see
+/// `crate::peer`), and openraft's blocking `add_learner` can return before the
+/// learner's first append is acknowledged.
+pub async fn caught_up(
+    raft: &KvRaft,
+    nodes: &[NodeId],
+    timeout: Duration,
+) -> Result<(), openraft::metrics::WaitError> {
+    raft.wait(Some(timeout))
+        .metrics(
+            |m| {
+                let Some(last) = m.last_log_index else {
+                    return false;
+                };
+                let matched = m.replication.as_ref();
+                nodes.iter().all(|n| {
+                    matched
+                        .and_then(|r| r.get(n).cloned().flatten())
+                        .is_some_and(|l| l.index >= last)
+                })
+            },
+            "learners caught up",
+        )
+        .await
+        .map(|_| ())
+}
+
 /// Whether `m` is a leader that no quorum has acknowledged yet. openraft refuses
 /// writes there (its lease check answers `ForwardToLeader` naming no leader); it
 /// is the first milliseconds of every term, exactly when followers hand over the

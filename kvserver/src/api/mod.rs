@@ -13,6 +13,7 @@ pub mod kv;
 pub mod limits;
 pub mod openapi;
 pub mod ops;
+pub mod partitions;
 pub mod serve;
 pub mod txn;
 pub mod watch;
@@ -62,6 +63,8 @@ pub struct NodeState {
     pub cluster_id: String,
     pub raft: KvRaft,
     pub store: Store,
+    /// The partition groups this node hosts (`crate::group`).
+    pub groups: Arc<crate::group::Groups>,
     pub config: Config,
     pub metrics: Arc<Metrics>,
     pub advertise: KvNode,
@@ -118,6 +121,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/txn", post(txn::txn))
         .route("/v1/watch", get(watch::watch))
         .route("/v1/cluster", get(cluster::info))
+        .route("/v1/partitions", get(partitions::list))
+        .route("/v1/partitions/key", get(partitions::key))
         .route("/v1/backup", get(backup::backup))
         .route("/v1/cluster/init", post(cluster::init))
         .route("/v1/cluster/learners", post(cluster::add_learner))

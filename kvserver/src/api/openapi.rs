@@ -10,6 +10,7 @@ use super::backup;
 use super::cluster;
 use super::kv;
 use super::ops;
+use super::partitions;
 use super::txn;
 use super::watch;
 use crate::model;
@@ -27,7 +28,7 @@ use crate::model;
     paths(
         kv::get_key, kv::put_key, kv::delete_key, kv::list, kv::delete_prefix, kv::batch_get,
         txn::txn, watch::watch,
-        cluster::info, cluster::init, backup::backup, cluster::add_learner, cluster::change_membership, cluster::transfer_leader,
+        cluster::info, partitions::list, partitions::key, cluster::init, backup::backup, cluster::add_learner, cluster::change_membership, cluster::transfer_leader,
         ops::healthz, ops::readyz, ops::status, ops::metrics, openapi_json,
     ),
     components(schemas(model::ErrorBody, model::ErrorDetail, model::DroppedBody, model::WatchEventBody)),

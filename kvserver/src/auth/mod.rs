@@ -207,6 +207,8 @@ pub fn check_command(principal: &Principal, cmd: &Command) -> Result<(), Forbidd
         }
         // Expiry is the leader's own housekeeping; no client builds it.
         Command::Expire { .. } => Err(principal.refuse("propose an expiry".into())),
+        // Placement is the cluster leader's own housekeeping too.
+        Command::Place { .. } => Err(principal.refuse("change the placement".into())),
     }
 }
 

@@ -111,6 +111,10 @@ impl Command {
                 }
                 Ok(())
             }
+            Command::Place { .. } => Err(invalid(
+                "invalid_command",
+                "the placement is proposed by the cluster group's leader itself, never by a client or a peer",
+            )),
             // Only the leader's own expiry reaper proposes these.
             Command::Expire { .. } => Err(invalid(
                 "invalid_command",
@@ -208,6 +212,14 @@ mod tests {
         assert_eq!(
             code(Command::Expire {
                 keys: vec!["k".into()],
+                now_ms: 0
+            }),
+            Err("invalid_command".into())
+        );
+        // A placement map arrives only from the cluster leader's own driver.
+        assert_eq!(
+            code(Command::Place {
+                map: crate::placement::map::PlacementMap::default(),
                 now_ms: 0
             }),
             Err("invalid_command".into())

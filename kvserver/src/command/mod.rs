@@ -78,6 +78,13 @@ pub enum Command {
         failure: Vec<TxnStep>,
         now_ms: u64,
     },
+    /// Replace the placement map (`crate::placement::map`) if `map` is its next
+    /// epoch; proposed only by the placement driver on the cluster group's leader.
+    /// Changes no key and no revision.
+    Place {
+        map: crate::placement::map::PlacementMap,
+        now_ms: u64,
+    },
 }
 
 impl Command {
@@ -88,7 +95,8 @@ impl Command {
             | Command::Delete { now_ms, .. }
             | Command::DeletePrefix { now_ms, .. }
             | Command::Expire { now_ms, .. }
-            | Command::Txn { now_ms, .. } => *now_ms,
+            | Command::Txn { now_ms, .. }
+            | Command::Place { now_ms, .. } => *now_ms,
         }
     }
 
@@ -110,7 +118,8 @@ impl Command {
             }
             Command::Delete { now_ms: at, .. }
             | Command::DeletePrefix { now_ms: at, .. }
-            | Command::Expire { now_ms: at, .. } => *at = now_ms,
+            | Command::Expire { now_ms: at, .. }
+            | Command::Place { now_ms: at, .. } => *at = now_ms,
             Command::Txn {
                 success,
                 failure,
@@ -228,6 +237,7 @@ impl fmt::Display for Command {
             Command::Delete { key, .. } => write!(f, "delete({key})"),
             Command::DeletePrefix { prefix, .. } => write!(f, "delete_prefix({prefix})"),
             Command::Expire { keys, .. } => write!(f, "expire({} keys)", keys.len()),
+            Command::Place { map, .. } => write!(f, "place(epoch {})", map.epoch),
             Command::Txn {
                 compare,
                 success,
@@ -266,6 +276,9 @@ pub enum Outcome {
         succeeded: bool,
         results: Vec<StepResult>,
     },
+    /// A placement map was proposed: `epoch` is the map's epoch after it, and
+    /// `refused` says why the proposed map did not replace the current one.
+    Placed { epoch: u64, refused: Option<String> },
 }
 
 /// The state machine's answer to an entry; `revision` is the cluster revision after it.

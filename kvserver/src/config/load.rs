@@ -49,6 +49,8 @@ const ENV: &[(&str, &str, Kind)] = &[
         "ttl_reap_interval_ms",
         Kind::Scalar,
     ),
+    ("KV_PARTITIONS", "partitions", Kind::Scalar),
+    ("KV_REPLICATION_FACTOR", "replication_factor", Kind::Scalar),
     ("KV_LOG_FORMAT", "log.format", Kind::Str),
     ("KV_LOG_LEVEL", "log.level", Kind::Str),
     (

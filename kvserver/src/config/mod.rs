@@ -221,6 +221,14 @@ pub struct Config {
     pub shutdown_timeout_ms: u64,
     /// How often the leader deletes expired keys.
     pub ttl_reap_interval_ms: u64,
+    /// Partitions the key space is split into, each its own Raft group (1: one
+    /// group holds every key, as before partitions). Fixed for the cluster's
+    /// life: the first placement records it, and a node configured otherwise
+    /// refuses to serve keys (docs/partitions.md).
+    pub partitions: u32,
+    /// Replicas each partition keeps, on that many distinct nodes (with more
+    /// than one partition). Partitions are placed once this many nodes are members.
+    pub replication_factor: u32,
     pub log: LogConfig,
     pub raft: RaftConfig,
     pub storage: StorageConfig,
@@ -246,6 +254,8 @@ impl Default for Config {
             max_value_bytes: 1024 * 1024,
             shutdown_timeout_ms: 10_000,
             ttl_reap_interval_ms: 1_000,
+            partitions: 1,
+            replication_factor: 3,
             log: LogConfig::default(),
             raft: RaftConfig::default(),
             storage: StorageConfig::default(),
@@ -342,6 +352,16 @@ impl Config {
         }
         if self.ttl_reap_interval_ms == 0 {
             return Err(field_err("ttl_reap_interval_ms", "must be > 0"));
+        }
+        let max = crate::placement::map::MAX_PARTITIONS;
+        if self.partitions == 0 || self.partitions > max {
+            return Err(field_err(
+                "partitions",
+                format!("must be between 1 and {max}"),
+            ));
+        }
+        if self.replication_factor == 0 || self.replication_factor > 7 {
+            return Err(field_err("replication_factor", "must be between 1 and 7"));
         }
         let r = &self.raft;
         if r.heartbeat_interval_ms == 0 {

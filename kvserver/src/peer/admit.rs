@@ -119,5 +119,7 @@ pub(super) fn is_replication(req: &Request) -> bool {
             | Request::SnapshotBegin2 { .. }
             | Request::Chunk(_)
             | Request::SnapshotEnd
+            // Choosing which group's replication the connection carries.
+            | Request::Group { .. }
     )
 }

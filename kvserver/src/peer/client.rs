@@ -57,6 +57,11 @@ pub struct NetworkFactory {
     /// This node's Raft handle, set once it exists (the factory is created first):
     /// the hello reads the current membership from it.
     pub raft: Arc<std::sync::OnceLock<KvRaft>>,
+    /// The group this factory's Raft is (`crate::group`); 0: the cluster's.
+    pub group: u64,
+    /// For a partition's group: the cluster group's Raft, whose membership the
+    /// hello speaks of.
+    pub cluster: Option<KvRaft>,
 }
 
 impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
@@ -68,6 +73,8 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
             target,
             addr: node.raft_addr.clone(),
             raft: self.raft.clone(),
+            group: self.group,
+            cluster: self.cluster.clone(),
             conn: None,
         }
     }
@@ -84,6 +91,10 @@ pub struct PeerClient {
     target: NodeId,
     addr: String,
     raft: Arc<std::sync::OnceLock<KvRaft>>,
+    /// The group whose requests this client carries (0: the cluster's).
+    group: u64,
+    /// The cluster group's Raft when `group` is a partition's.
+    cluster: Option<KvRaft>,
     conn: Option<Conn>,
 }
 
@@ -97,6 +108,8 @@ impl PeerClient {
             target,
             addr,
             raft: handle,
+            group: 0,
+            cluster: None,
             conn: None,
         }
     }
@@ -164,29 +177,55 @@ impl PeerClient {
         }
     }
 
+    /// What the target knows of the groups it hosts.
+    pub(crate) async fn groups(
+        &mut self,
+        ttl: Duration,
+    ) -> Result<Vec<crate::group::GroupReport>, PeerError> {
+        match self.call(&Request::Groups, ttl).await? {
+            Response::Groups(r) => Ok(r),
+            Response::Error(e) => Err(PeerError::Remote(e)),
+            _ => Err(PeerError::Unexpected),
+        }
+    }
+
     async fn connect(&mut self) -> Result<&mut Conn, PeerError> {
         if self.conn.is_none() {
             let (reader, writer) = self.dialer.dial(self.target, &self.addr).await?.split();
             let mut conn = Conn { reader, writer };
-            // Unknown (no Raft handle yet) counts as voter: the strict side of the check.
-            let to_is_voter = self.raft.get().is_none_or(|raft| {
+            let target = self.target;
+            let voter = |raft: &KvRaft| {
                 raft_metrics(raft)
                     .membership_config
                     .membership()
                     .voter_ids()
-                    .any(|v| v == self.target)
-            });
+                    .any(|v| v == target)
+            };
+            // Unknown (no Raft handle yet) counts as voter: the strict side of the check.
+            let own = self.raft.get().is_none_or(voter);
             let hello = Hello {
                 cluster_id: self.dialer.cluster_id.to_string(),
                 from: self.dialer.me,
-                to: self.target,
-                to_is_voter,
+                to: target,
+                to_is_voter: self.cluster.as_ref().map_or(own, voter),
             };
             write_frame(&mut conn.writer, &hello).await?;
             match read_frame::<_, Response>(&mut conn.reader).await? {
                 Response::HelloOk => {}
                 Response::Error(e) => return Err(PeerError::Refused(e)),
                 _ => return Err(PeerError::Unexpected),
+            }
+            if self.group != 0 {
+                let select = Request::Group {
+                    group: self.group,
+                    to_is_voter: own,
+                };
+                write_frame(&mut conn.writer, &select).await?;
+                match read_frame::<_, Response>(&mut conn.reader).await? {
+                    Response::GroupOk => {}
+                    Response::Error(e) => return Err(PeerError::Refused(e)),
+                    _ => return Err(PeerError::Unexpected),
+                }
             }
             self.conn = Some(conn);
         }

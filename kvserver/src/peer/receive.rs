@@ -23,6 +23,7 @@ impl PeerServer {
     /// it; `announced` is its size when the leader said it.
     pub(super) async fn receive_snapshot(
         &self,
+        served: &super::server::Served,
         reader: &mut PeerReader,
         vote: VoteOf<TypeConfig>,
         meta: openraft::type_config::alias::SnapshotMetaOf<TypeConfig>,
@@ -30,8 +31,8 @@ impl PeerServer {
     ) -> Result<SnapshotResponse<TypeConfig>, String> {
         receive_snapshot(
             reader,
-            &self.raft,
-            &self.snapshot_dir,
+            &served.raft,
+            &served.snapshot_dir,
             vote,
             meta,
             announced,

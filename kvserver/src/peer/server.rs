@@ -40,6 +40,8 @@ use super::wire::read_frame_capped;
 use super::wire::write_frame;
 use crate::catchup::CatchUp;
 use crate::command::NodeId;
+use crate::group::CLUSTER_GROUP;
+use crate::group::GroupId;
 use crate::raft::CONFIRM_WAIT;
 use crate::raft::KvRaft;
 use crate::raft::initialized;
@@ -78,6 +80,8 @@ pub struct PeerServer {
     pub cluster_id: Arc<str>,
     pub snapshot_dir: std::path::PathBuf,
     pub state: Arc<PeerState>,
+    /// The partition groups this node hosts: a connection may bind to one.
+    pub groups: Arc<crate::group::Groups>,
     pub metrics: Arc<crate::metrics::Metrics>,
     /// Mutual TLS and member identities; `None`: plaintext (local use only).
     pub tls: Option<Arc<crate::tls::PeerTls>>,
@@ -105,9 +109,16 @@ pub async fn serve(
     let slots = Arc::new(tokio::sync::Semaphore::new(
         server.limits.peer_max_connections,
     ));
+    // Open connections close when the port does: a stopped node's connections
+    // would otherwise keep answering "raft stopped", and a peer holding one would
+    // never redial the node that restarts on the same port (tests/groups.rs).
+    let (closing, closed) = tokio::sync::watch::channel(false);
     loop {
         tokio::select! {
-            _ = &mut shutdown => return,
+            _ = &mut shutdown => {
+                let _ = closing.send(true);
+                return;
+            }
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
                     let Ok(slot) = slots.clone().try_acquire_owned() else {
@@ -116,23 +127,13 @@ pub async fn serve(
                         continue;
                     };
                     let server = server.clone();
+                    let mut closed = closed.clone();
                     tokio::spawn(async move {
                         let _slot = slot;
-                        let opened = tokio::time::timeout(HELLO_TIMEOUT, open(stream, &server)).await;
-                        let opened = match opened {
-                            Ok(Ok(opened)) => opened,
-                            Ok(Err(Closed::Refused(refusal))) => {
-                                return server.refused(&peer.to_string(), refusal, false);
-                            }
-                            Ok(Err(Closed::Dropped(why))) => {
-                                return tracing::debug!(%peer, "peer connection closed before its hello: {why}");
-                            }
-                            Err(_) => {
-                                return server.refused(&peer.to_string(), refuse("hello", "no TLS handshake and hello within the deadline"), false);
-                            }
-                        };
-                        if let Err(e) = serve_conn(opened, &server).await {
-                            tracing::debug!(%peer, error = %e, "peer connection closed");
+                        let serving = serve_peer(stream, peer, &server);
+                        tokio::select! {
+                            _ = serving => {}
+                            _ = closed.wait_for(|c| *c) => {}
                         }
                     });
                 }
@@ -142,6 +143,30 @@ pub async fn serve(
                 }
             }
         }
+    }
+}
+
+/// One inbound connection, from its first byte to its close.
+async fn serve_peer(stream: TcpStream, peer: std::net::SocketAddr, server: &PeerServer) {
+    let opened = tokio::time::timeout(HELLO_TIMEOUT, open(stream, server)).await;
+    let opened = match opened {
+        Ok(Ok(opened)) => opened,
+        Ok(Err(Closed::Refused(refusal))) => {
+            return server.refused(&peer.to_string(), refusal, false);
+        }
+        Ok(Err(Closed::Dropped(why))) => {
+            return tracing::debug!(%peer, "peer connection closed before its hello: {why}");
+        }
+        Err(_) => {
+            return server.refused(
+                &peer.to_string(),
+                refuse("hello", "no TLS handshake and hello within the deadline"),
+                false,
+            );
+        }
+    };
+    if let Err(e) = serve_conn(opened, server).await {
+        tracing::debug!(%peer, error = %e, "peer connection closed");
     }
 }
 
@@ -241,6 +266,7 @@ async fn serve_conn(opened: Opened, server: &PeerServer) -> Result<(), PeerError
         cluster_id,
         snapshot_dir: _,
         state: peer_state,
+        groups: _,
         metrics,
         tls: _,
         max_value_bytes: _,
@@ -319,6 +345,13 @@ async fn serve_conn(opened: Opened, server: &PeerServer) -> Result<(), PeerError
         return Err(PeerError::Refused(reason.to_string()));
     }
     write_frame(&mut writer, &Response::HelloOk).await?;
+    // The group the connection serves: the cluster's until it names another.
+    let mut served = Served {
+        group: CLUSTER_GROUP,
+        raft: raft.clone(),
+        state: peer_state.clone(),
+        snapshot_dir: server.snapshot_dir.clone(),
+    };
     loop {
         let req: Request = match read_frame(&mut reader).await {
             Ok(r) => r,
@@ -373,24 +406,32 @@ async fn serve_conn(opened: Opened, server: &PeerServer) -> Result<(), PeerError
                     .map(|e| &e.log_id)
                     .or(rpc.prev_log_id.as_ref())
                     .map(|l| l.leader_id.term);
-                let r = raft.append_entries(rpc).await.map_err(|e| e.to_string());
+                let r = served
+                    .raft
+                    .append_entries(rpc)
+                    .await
+                    .map_err(|e| e.to_string());
                 // Only a sender this node accepts as leader counts as contact with one.
                 if r.as_ref()
                     .is_ok_and(|r| !matches!(r, AppendEntriesResponse::HigherVote(_)))
                 {
                     let now = crate::command::now_ms();
-                    peer_state.last_append_ms.store(now, Ordering::Relaxed);
-                    if let Standing::Member(_) =
-                        standing(raft, peer_state, *leader_silence, hello.from)
+                    served.state.last_append_ms.store(now, Ordering::Relaxed);
+                    // Contact with the cluster group's leader only: it is what says
+                    // whether this node's membership is current (see `admit`).
+                    if served.group == CLUSTER_GROUP
+                        && let Standing::Member(_) =
+                            standing(raft, peer_state, *leader_silence, hello.from)
                     {
                         peer_state.member_leader_ms.store(now, Ordering::Relaxed);
                     }
                 }
                 // `Success` is sent once the entries are flushed.
                 if matches!(r, Ok(AppendEntriesResponse::Success)) {
-                    peer_state
+                    served
+                        .state
                         .catch_up
-                        .appended(raft, leader_term, last_term)
+                        .appended(&served.raft, leader_term, last_term)
                         .await;
                 }
                 Response::Append(r)
@@ -399,9 +440,9 @@ async fn serve_conn(opened: Opened, server: &PeerServer) -> Result<(), PeerError
             // that lacks entries this node had acknowledged before it lost them. Nor
             // does one still replaying the log after starting empty (`crate::catchup`).
             Request::Vote(_) | Request::PreVote(_) | Request::TransferLeader(_)
-                if !initialized(raft) || peer_state.catch_up.active() =>
+                if !initialized(&served.raft) || served.state.catch_up.active() =>
             {
-                let why = match initialized(raft) {
+                let why = match initialized(&served.raft) {
                     false => "empty_vote",
                     true => "catching_up",
                 };
@@ -417,25 +458,29 @@ async fn serve_conn(opened: Opened, server: &PeerServer) -> Result<(), PeerError
                     _ => Response::Vote(Err(msg)),
                 }
             }
-            Request::Vote(rpc) => Response::Vote(raft.vote(rpc).await.map_err(|e| e.to_string())),
+            Request::Vote(rpc) => Response::Vote(served.raft.vote(rpc).await.map_err(|e| e.to_string())),
             Request::PreVote(rpc) => {
-                Response::Vote(raft.pre_vote(rpc).await.map_err(|e| e.to_string()))
+                Response::Vote(served.raft.pre_vote(rpc).await.map_err(|e| e.to_string()))
             }
             Request::TransferLeader(rpc) => Response::TransferLeader(
-                raft.handle_transfer_leader(rpc)
+                served
+                    .raft
+                    .handle_transfer_leader(rpc)
                     .await
                     .map_err(|e| e.to_string()),
             ),
             Request::SnapshotBegin { vote, meta } => {
-                Response::Snapshot(server.receive_snapshot(&mut reader, vote, meta, None).await)
+                Response::Snapshot(server.receive_snapshot(&served, &mut reader, vote, meta, None).await)
             }
             Request::SnapshotBegin2 { vote, meta, size } => Response::Snapshot(
                 server
-                    .receive_snapshot(&mut reader, vote, meta, Some(size))
+                    .receive_snapshot(&served, &mut reader, vote, meta, Some(size))
                     .await,
             ),
             Request::ReadIndex => Response::ReadIndex(
-                raft.get_read_linearizer(openraft::ReadPolicy::ReadIndex)
+                served
+                    .raft
+                    .get_read_linearizer(openraft::ReadPolicy::ReadIndex)
                     .await
                     .map(|l| l.read_log_id().index())
                     .map_err(|e| e.to_string()),
@@ -449,7 +494,13 @@ async fn serve_conn(opened: Opened, server: &PeerServer) -> Result<(), PeerError
             Request::Features => Response::Features { write: true },
             Request::Features2 => Response::Features2 { write_as: true },
             Request::Write(cmd) if !*auth_enabled => Response::Write(
-                forwarded_write(server, hello.from, cmd, &crate::auth::Principal::anonymous())
+                forwarded_write(
+                    server,
+                    &served.raft,
+                    hello.from,
+                    cmd,
+                    &crate::auth::Principal::anonymous(),
+                )
                     .await,
             ),
             // Not proposed, and said so in a form the previous release reads: its
@@ -461,8 +512,22 @@ async fn serve_conn(opened: Opened, server: &PeerServer) -> Result<(), PeerError
                 },
             ))),
             Request::WriteAs { command, principal } => {
-                Response::Write(forwarded_write(server, hello.from, command, &principal).await)
+                Response::Write(
+                    forwarded_write(server, &served.raft, hello.from, command, &principal).await,
+                )
             }
+            Request::Group { group, to_is_voter } => match select(server, &served, group, to_is_voter) {
+                Ok(s) => {
+                    served = s;
+                    Response::GroupOk
+                }
+                Err(why) => {
+                    // The dialer redials; a refused group leaves nothing half-bound.
+                    write_frame(&mut writer, &Response::Error(why)).await?;
+                    return Ok(());
+                }
+            },
+            Request::Groups => Response::Groups(server.groups.reports()),
             Request::Chunk(_) | Request::SnapshotEnd => {
                 Response::Error("snapshot data outside a transfer".into())
             }
@@ -474,6 +539,57 @@ async fn serve_conn(opened: Opened, server: &PeerServer) -> Result<(), PeerError
             return Ok(());
         }
     }
+}
+
+/// The Raft group a connection serves, with what the peer server keeps of it.
+pub(super) struct Served {
+    pub(super) group: GroupId,
+    pub(super) raft: KvRaft,
+    pub(super) state: Arc<PeerState>,
+    pub(super) snapshot_dir: std::path::PathBuf,
+}
+
+/// Binds a connection serving `served` to `group`: once, first, and only to a
+/// group this node hosts. A dialer that counts this node as a voter of a group
+/// it holds nothing of is told, as for the cluster's group (see the hello).
+fn select(
+    server: &PeerServer,
+    served: &Served,
+    group: GroupId,
+    to_is_voter: bool,
+) -> Result<Served, String> {
+    if served.group != CLUSTER_GROUP || group == CLUSTER_GROUP {
+        return Err("a connection names its group once, first, and not group 0".into());
+    }
+    let Some(g) = server.groups.get(group) else {
+        server
+            .metrics
+            .peer_refused
+            .with_label_values(&["no_group"])
+            .inc();
+        return Err(format!(
+            "refused (no_group): node {} hosts no group {group}",
+            server.node_id
+        ));
+    };
+    if to_is_voter && !initialized(&g.raft) {
+        server
+            .metrics
+            .peer_refused
+            .with_label_values(&["lost_data"])
+            .inc();
+        return Err(format!(
+            "refused (lost_data): node {} holds nothing of group {group} but is counted as its voter: its data was lost. \
+             It will not vote or accept entries as a voter; remove it from the group's voters and add it back as a learner",
+            server.node_id
+        ));
+    }
+    Ok(Served {
+        group,
+        raft: g.raft.clone(),
+        state: g.peer.clone(),
+        snapshot_dir: g.store.snapshot_dir.clone(),
+    })
 }
 
 /// The answer to request `req` of an unverified peer (see `admit`), in the form
@@ -496,6 +612,7 @@ fn unverified_answer(req: &Request, msg: String) -> Response {
 /// different configuration), and is logged.
 async fn forwarded_write(
     server: &PeerServer,
+    raft: &KvRaft,
     from: NodeId,
     mut cmd: crate::command::Command,
     principal: &crate::auth::Principal,
@@ -528,7 +645,7 @@ async fn forwarded_write(
         tracing::debug!(peer = from, error = %forbidden, "forwarded write refused");
         return Err(WriteRejected::Forbidden(forbidden));
     }
-    match propose(&server.raft, cmd, CONFIRM_WAIT).await {
+    match propose(raft, cmd, CONFIRM_WAIT).await {
         Ok(r) => Ok(r.data),
         Err(openraft::error::RaftError::APIError(
             openraft::error::ClientWriteError::ForwardToLeader(f),

@@ -94,6 +94,20 @@ pub enum Request {
         meta: openraft::type_config::alias::SnapshotMetaOf<TypeConfig>,
         size: u64,
     },
+    /// Binds the connection to Raft group `group` (a partition, see
+    /// `crate::group`): every later request on it is for that group. Sent once,
+    /// first after the hello; a connection that never sends it is group 0's, so
+    /// peers of earlier releases are unchanged. `to_is_voter`: whether the
+    /// dialer's view of the group counts the target as a voter (the hello's
+    /// `to_is_voter` is about the cluster's group). Answered `GroupOk`, or an
+    /// error if the target does not host the group (yet).
+    Group {
+        group: u64,
+        to_is_voter: bool,
+    },
+    /// What the node knows of each group it hosts (`crate::group::GroupReport`):
+    /// the placement driver on the cluster group's leader asks every member.
+    Groups,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -123,6 +137,10 @@ pub enum Response {
     Features2 {
         write_as: bool,
     },
+    /// The connection now serves the group `Request::Group` named.
+    GroupOk,
+    /// The answer to `Request::Groups`.
+    Groups(Vec<crate::group::GroupReport>),
 }
 
 /// Why the leader did not apply a forwarded write.

@@ -25,6 +25,7 @@
 
 mod balance;
 pub mod hash;
+pub mod map;
 #[cfg(test)]
 mod tests;
 

@@ -77,6 +77,8 @@ pub(crate) struct ApplyCtx<'t> {
     cache: HashMap<String, Option<StoredKv>>,
     /// Keys the batch changed.
     dirty: BTreeSet<String>,
+    /// The placement map, if the batch replaced it.
+    pub placement: Option<crate::placement::map::PlacementMap>,
 }
 
 impl<'t> ApplyCtx<'t> {
@@ -88,6 +90,7 @@ impl<'t> ApplyCtx<'t> {
             events: Vec::new(),
             cache: HashMap::new(),
             dirty: BTreeSet::new(),
+            placement: None,
         }
     }
 
@@ -172,6 +175,38 @@ impl<'t> ApplyCtx<'t> {
             })
             .collect();
         (self.rev, self.events, changed)
+    }
+
+    /// Replaces the placement map if `map` is its next epoch (a compare-and-set:
+    /// of two drivers, an old leader's and a new one's, only one map lands).
+    fn place(&mut self, map: crate::placement::map::PlacementMap) -> Outcome {
+        let current = match &self.placement {
+            Some(p) => p.clone(),
+            None => (*self.store.placement()).clone(),
+        };
+        let refused = match current.check_successor(&map) {
+            Err(e) => Some(e.to_string()),
+            Ok(()) if map.epoch != current.epoch + 1 => Some(format!(
+                "the next epoch is {}, the map says {}",
+                current.epoch + 1,
+                map.epoch
+            )),
+            Ok(()) => None,
+        };
+        match refused {
+            None => {
+                let epoch = map.epoch;
+                self.placement = Some(map);
+                Outcome::Placed {
+                    epoch,
+                    refused: None,
+                }
+            }
+            Some(why) => Outcome::Placed {
+                epoch: current.epoch,
+                refused: Some(why),
+            },
+        }
     }
 
     /// Writes `key` at revision `at` given its live previous state.
@@ -292,6 +327,7 @@ impl<'t> ApplyCtx<'t> {
                 }
                 Ok(Outcome::Deleted { count, prev: None })
             }
+            Command::Place { map, .. } => Ok(self.place(map)),
             Command::Expire { keys, now_ms } => {
                 let mut count = 0;
                 for key in keys {
@@ -423,7 +459,7 @@ fn for_each_key<'a>(cmd: &'a Command, mut f: impl FnMut(&'a str)) {
                 }
             }
         }
-        Command::DeletePrefix { .. } => {}
+        Command::DeletePrefix { .. } | Command::Place { .. } => {}
     }
 }
 

@@ -74,6 +74,7 @@ use sqlx::AnyPool;
 use sqlx::Row;
 
 use crate::metrics::Metrics;
+use crate::placement::map::PlacementMap;
 
 pub use self::sm::StateMachine;
 
@@ -218,9 +219,25 @@ pub struct Store {
     pub(crate) rows: Arc<cache::RowCache>,
     /// Applied rows the database does not hold yet (see `overlay.rs`).
     pub(crate) overlay: Arc<overlay::Overlay>,
+    /// The placement map as applied (mirrors `raft_meta.sm_placement`; epoch 0:
+    /// none). Only the cluster group's store ever holds one.
+    pub(crate) placement: Arc<tokio::sync::watch::Sender<Arc<PlacementMap>>>,
 }
 
+/// Where the applied placement map is recorded in `raft_meta`.
+pub(crate) const SM_PLACEMENT: &str = "sm_placement";
+
 impl Store {
+    /// The placement map as applied here (epoch 0: none).
+    pub fn placement(&self) -> Arc<PlacementMap> {
+        self.placement.borrow().clone()
+    }
+
+    /// Follows the applied placement map.
+    pub fn watch_placement(&self) -> tokio::sync::watch::Receiver<Arc<PlacementMap>> {
+        self.placement.subscribe()
+    }
+
     /// A read transaction in which every statement sees the same committed state:
     /// SQLite's read transactions do; PostgreSQL's default (READ COMMITTED) takes a
     /// new snapshot per statement, so a snapshot or backup read there could pair

@@ -347,9 +347,15 @@ impl Store {
             compacted: Arc::new(AtomicU64::new(0)),
             rows,
             overlay: Arc::new(super::overlay::Overlay::new(0)),
+            placement: Arc::new(tokio::sync::watch::channel(Arc::default()).0),
         };
         let rev: Option<u64> = store.meta_get("sm_revision").await?;
         store.revision.store(rev.unwrap_or(0), Ordering::SeqCst);
+        let placement: Option<crate::placement::map::PlacementMap> =
+            store.meta_get(super::SM_PLACEMENT).await?;
+        if let Some(map) = placement {
+            store.placement.send_replace(Arc::new(map));
+        }
         let compacted: Option<u64> = store.meta_get(watch::WATCH_COMPACTED).await?;
         store
             .compacted

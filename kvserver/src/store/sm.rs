@@ -63,6 +63,8 @@ pub struct StateMachine {
 struct Applied {
     results: Vec<ApplyResult>,
     revision: u64,
+    /// The placement map, if the batch replaced it.
+    placement: Option<crate::placement::map::PlacementMap>,
     membership: StoredMembershipOf<TypeConfig>,
     /// Watch events of the batch, in revision order.
     events: Vec<crate::command::Change>,
@@ -117,6 +119,7 @@ impl StateMachine {
             };
             results.push(result);
         }
+        let placement = ctx.placement.take();
         let (rev, events, changed) = ctx.finish();
         let compacted = super::watch::horizon(
             rev,
@@ -126,6 +129,7 @@ impl StateMachine {
         Ok(Applied {
             results,
             revision: rev,
+            placement,
             membership,
             events,
             compacted,
@@ -162,6 +166,9 @@ impl StateMachine {
         if let Some(horizon) = applied.compacted {
             meta.push((super::watch::WATCH_COMPACTED, encode(&horizon)?));
         }
+        if let Some(map) = &applied.placement {
+            meta.push((super::SM_PLACEMENT, encode(map)?));
+        }
         let bytes = applied
             .changed
             .iter()
@@ -187,6 +194,9 @@ impl StateMachine {
         self.store
             .revision
             .store(applied.revision, Ordering::SeqCst);
+        if let Some(map) = applied.placement {
+            self.store.placement.send_replace(Arc::new(map));
+        }
         // After the commit and the revision: a watcher that reads history up to the
         // revision and then follows the feed sees every event exactly once.
         self.store.publish(applied.events);
@@ -202,7 +212,7 @@ impl StateMachine {
         &self,
         meta: &SnapshotMetaOf<TypeConfig>,
         path: &std::path::Path,
-    ) -> Result<u64, StoreError> {
+    ) -> Result<(u64, Option<crate::placement::map::PlacementMap>), StoreError> {
         let mut reader = SnapshotFile::open(path).await?.reader();
         let revision = reader.header().await?;
         let mut w = self.store.write_batch(Durability::Sync, true).await?;
@@ -213,16 +223,18 @@ impl StateMachine {
         table.finish().await?;
         // The event history does not travel with snapshots: it restarts at the snapshot.
         super::watch::reset_history(&mut w, revision)?;
-        put_metas(
-            &mut w,
-            &[
-                (SM_APPLIED, encode(&meta.last_log_id)?),
-                (SM_MEMBERSHIP, encode(&meta.last_membership)?),
-                (SM_REVISION, encode(&revision)?),
-            ],
-        );
+        let mut metas = vec![
+            (SM_APPLIED, encode(&meta.last_log_id)?),
+            (SM_MEMBERSHIP, encode(&meta.last_membership)?),
+            (SM_REVISION, encode(&revision)?),
+        ];
+        let placement = reader.placement.take();
+        if let Some(map) = &placement {
+            metas.push((super::SM_PLACEMENT, encode(map)?));
+        }
+        put_metas(&mut w, &metas);
         w.commit().await?;
-        Ok(revision)
+        Ok((revision, placement))
     }
 
     async fn install(
@@ -235,12 +247,15 @@ impl StateMachine {
         // Everything applied before goes to the table first: the persister must not
         // write older rows over the snapshot's.
         self.store.caught_up().await?;
-        let revision = self
+        let (revision, placement) = self
             .store
             .retrying("install snapshot", || {
                 self.install_once(meta, &received_path)
             })
             .await?;
+        if let Some(map) = placement {
+            self.store.placement.send_replace(Arc::new(map));
+        }
         // The table was replaced wholesale.
         self.store
             .overlay
@@ -365,7 +380,12 @@ impl SnapshotBuilder {
         let membership: StoredMembershipOf<TypeConfig> =
             get_meta(&mut tx, SM_MEMBERSHIP).await?.unwrap_or_default();
         let revision: u64 = get_meta(&mut tx, SM_REVISION).await?.unwrap_or(0);
+        let placement: Option<crate::placement::map::PlacementMap> =
+            get_meta(&mut tx, super::SM_PLACEMENT).await?;
         let mut writer = SnapshotWriter::create(&self.store.snapshot_dir, revision).await?;
+        if let Some(map) = &placement {
+            writer.placement(map).await?;
+        }
         {
             let mut rows = sqlx::query(sqlx::AssertSqlSafe(format!(
                 "SELECT {KV_COLUMNS} FROM kv ORDER BY key"

@@ -27,9 +27,16 @@ const MAX_RECORD: u32 = 64 * 1024 * 1024;
 /// One record of a snapshot file.
 #[derive(Debug, Serialize, Deserialize)]
 pub enum Record {
-    Header { revision: u64 },
+    Header {
+        revision: u64,
+    },
     Kv(StoredKv),
-    End { count: u64 },
+    End {
+        count: u64,
+    },
+    /// The placement map the state machine held (the cluster group's, with
+    /// partitions): after the header, before the keys. Absent without one.
+    Placement(crate::placement::map::PlacementMap),
 }
 
 /// An open snapshot file: what openraft carries around as `SnapshotData`.
@@ -69,6 +76,7 @@ impl SnapshotFile {
             started: false,
             seen: 0,
             done: false,
+            placement: None,
         }
     }
 }
@@ -101,6 +109,14 @@ impl SnapshotWriter {
         Ok(())
     }
 
+    /// Records the placement map; called before the first key.
+    pub async fn placement(
+        &mut self,
+        map: &crate::placement::map::PlacementMap,
+    ) -> Result<(), StoreError> {
+        self.record(&Record::Placement(map.clone())).await
+    }
+
     pub async fn kv(&mut self, kv: StoredKv) -> Result<(), StoreError> {
         self.count += 1;
         self.record(&Record::Kv(kv)).await
@@ -128,6 +144,8 @@ pub struct SnapshotReader {
     started: bool,
     seen: u64,
     done: bool,
+    /// The placement map, once read (it precedes the keys).
+    pub placement: Option<crate::placement::map::PlacementMap>,
 }
 
 impl SnapshotReader {
@@ -156,7 +174,15 @@ impl SnapshotReader {
         if self.done {
             return Ok(None);
         }
-        match self.read_record().await? {
+        let mut record = self.read_record().await?;
+        if let Record::Placement(map) = record {
+            if self.seen > 0 || self.placement.is_some() {
+                return Err(corrupt("a placement record after the first key".into()));
+            }
+            self.placement = Some(map);
+            record = self.read_record().await?;
+        }
+        match record {
             Record::Kv(kv) => {
                 self.seen += 1;
                 Ok(Some(kv))
@@ -170,6 +196,7 @@ impl SnapshotReader {
                 self.seen
             ))),
             Record::Header { .. } => Err(corrupt("second header".into())),
+            Record::Placement(_) => Err(corrupt("a second placement record".into())),
         }
     }
 
@@ -269,6 +296,36 @@ mod tests {
         ))
         .expect("encode");
         assert_eq!(ours, expected);
+    }
+
+    /// The placement map travels with the cluster group's snapshots, before the
+    /// keys; a file without one (every snapshot before partitions) reads as before.
+    #[tokio::test]
+    async fn the_placement_map_travels_before_the_keys() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let map = crate::placement::map::PlacementMap::initial(&[1, 2, 3].into(), 4, 3);
+        let mut w = SnapshotWriter::create(dir.path(), 7).await.expect("create");
+        w.placement(&map).await.expect("placement");
+        w.kv(kv("a", None)).await.expect("kv");
+        w.kv(kv("b", None)).await.expect("kv");
+        let with = dir.path().join("with.snap");
+        w.finish(&with).await.expect("finish");
+        let mut r = SnapshotFile::open(&with).await.expect("open").reader();
+        assert_eq!(r.header().await.expect("header"), 7);
+        let mut keys = 0;
+        while r.next_kv().await.expect("kv").is_some() {
+            keys += 1;
+        }
+        assert_eq!((keys, r.placement), (2, Some(map)));
+
+        let mut w = SnapshotWriter::create(dir.path(), 3).await.expect("create");
+        w.kv(kv("a", None)).await.expect("kv");
+        let without = dir.path().join("without.snap");
+        w.finish(&without).await.expect("finish");
+        let mut r = SnapshotFile::open(&without).await.expect("open").reader();
+        r.header().await.expect("header");
+        while r.next_kv().await.expect("kv").is_some() {}
+        assert_eq!(r.placement, None);
     }
 
     proptest::proptest! {
