@@ -53,8 +53,14 @@ pub async fn backup(
             message: "a backup is already being taken on this node; retry when it is done".into(),
         });
     };
-    if let Routed::Relayed(resp) =
-        crate::route::read(&state, &raw, &[Access::Admin], Consistency::Linearizable).await?
+    if let Routed::Relayed(resp) = crate::route::read(
+        &state,
+        &crate::route::unpartitioned(&state)?,
+        &raw,
+        &[Access::Admin],
+        Consistency::Linearizable,
+    )
+    .await?
     {
         return Ok(resp);
     }

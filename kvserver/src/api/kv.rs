@@ -39,6 +39,7 @@ use crate::model::PutRequest;
 use crate::model::PutResponse;
 use crate::model::ReadQuery;
 use crate::route;
+use crate::route::Located;
 use crate::route::Routed;
 
 pub use crate::command::MAX_KEY_BYTES;
@@ -102,19 +103,27 @@ pub async fn get_key(
     raw: Raw,
 ) -> Result<Response, ApiError> {
     validate_key(&key)?;
+    let target = match route::locate(&state, &raw, &key).await? {
+        Located::Here(t) => t,
+        Located::Relayed(resp) => return Ok(resp),
+    };
     let access = [Access::Read(&key)];
-    if let Routed::Relayed(resp) = route::read(&state, &raw, &access, q.consistency).await? {
+    if let Routed::Relayed(resp) =
+        route::read(&state, &target, &raw, &access, q.consistency).await?
+    {
         return Ok(resp);
     }
-    let kv = state.store.get(&key, now_ms()).await?;
-    let revision = state.store.revision();
+    let kv = target.store.get(&key, now_ms()).await?;
+    let revision = target.store.revision();
     match kv {
-        Some(kv) => Ok(Json(GetResponse {
-            revision,
-            node_id: state.id,
-            kv: kv.into_api(),
-        })
-        .into_response()),
+        Some(kv) => Ok(target.tag(
+            Json(GetResponse {
+                revision,
+                node_id: state.id,
+                kv: kv.into_api(),
+            })
+            .into_response(),
+        )),
         None => Err(ApiError::KeyNotFound {
             key,
             revision,
@@ -176,7 +185,11 @@ pub async fn put_key(
         if_revision: body.if_revision,
         now_ms: now,
     };
-    let (revision, outcome) = match route::write(&state, &raw, cmd).await? {
+    let target = match route::locate(&state, &raw, &key).await? {
+        Located::Here(t) => t,
+        Located::Relayed(resp) => return Ok(resp),
+    };
+    let (revision, outcome) = match route::write(&state, &target, &raw, cmd).await? {
         Routed::Relayed(resp) => return Ok(resp),
         Routed::Local(r) => require_outcome(r)?,
     };
@@ -194,7 +207,7 @@ pub async fn put_key(
                 kv: kv.into_api(),
                 prev_kv: prev.map(StoredKv::into_api),
             };
-            Ok((status, Json(body)).into_response())
+            Ok(target.tag((status, Json(body)).into_response()))
         }
         Outcome::PreconditionFailed { current } => {
             Err(mismatch(key, body.if_revision, current, revision))
@@ -229,18 +242,24 @@ pub async fn delete_key(
         if_revision: q.if_revision,
         now_ms: now_ms(),
     };
-    let (revision, outcome) = match route::write(&state, &raw, cmd).await? {
+    let target = match route::locate(&state, &raw, &key).await? {
+        Located::Here(t) => t,
+        Located::Relayed(resp) => return Ok(resp),
+    };
+    let (revision, outcome) = match route::write(&state, &target, &raw, cmd).await? {
         Routed::Relayed(resp) => return Ok(resp),
         Routed::Local(r) => require_outcome(r)?,
     };
     match outcome {
-        Outcome::Deleted { count, prev } => Ok(Json(DeleteResponse {
-            revision,
-            node_id: state.id,
-            deleted: count,
-            prev_kv: prev.map(StoredKv::into_api),
-        })
-        .into_response()),
+        Outcome::Deleted { count, prev } => Ok(target.tag(
+            Json(DeleteResponse {
+                revision,
+                node_id: state.id,
+                deleted: count,
+                prev_kv: prev.map(StoredKv::into_api),
+            })
+            .into_response(),
+        )),
         Outcome::NotFound => Err(ApiError::KeyNotFound {
             key,
             revision,
@@ -284,7 +303,15 @@ pub async fn list(
         ));
     }
     let access = [Access::ReadPrefix(&q.prefix)];
-    if let Routed::Relayed(resp) = route::read(&state, &raw, &access, q.consistency).await? {
+    if let Routed::Relayed(resp) = route::read(
+        &state,
+        &route::unpartitioned(&state)?,
+        &raw,
+        &access,
+        q.consistency,
+    )
+    .await?
+    {
         return Ok(resp);
     }
     let (kvs, more) = state
@@ -352,10 +379,11 @@ pub async fn delete_prefix(
         prefix,
         now_ms: now_ms(),
     };
-    let (revision, outcome) = match route::write(&state, &raw, cmd).await? {
-        Routed::Relayed(resp) => return Ok(resp),
-        Routed::Local(r) => require_outcome(r)?,
-    };
+    let (revision, outcome) =
+        match route::write(&state, &route::unpartitioned(&state)?, &raw, cmd).await? {
+            Routed::Relayed(resp) => return Ok(resp),
+            Routed::Local(r) => require_outcome(r)?,
+        };
     match outcome {
         Outcome::Deleted { count, .. } => Ok(Json(DeleteResponse {
             revision,
@@ -397,7 +425,15 @@ pub async fn batch_get(
         validate_key(k)?;
     }
     let access: Vec<Access<'_>> = body.keys.iter().map(|k| Access::Read(k)).collect();
-    if let Routed::Relayed(resp) = route::read(&state, &raw, &access, body.consistency).await? {
+    if let Routed::Relayed(resp) = route::read(
+        &state,
+        &route::unpartitioned(&state)?,
+        &raw,
+        &access,
+        body.consistency,
+    )
+    .await?
+    {
         return Ok(resp);
     }
     let limit = state.config.limits.max_response_bytes;

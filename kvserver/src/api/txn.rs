@@ -191,7 +191,26 @@ pub async fn txn(
 ) -> Result<Response, ApiError> {
     let req: TxnRequest = raw.json()?;
     let cmd = to_command(req, now_ms(), state.config.max_value_bytes)?;
-    let (revision, outcome) = match route::write(&state, &raw, cmd).await? {
+    let mut keys = Vec::new();
+    if let Command::Txn {
+        compare,
+        success,
+        failure,
+        ..
+    } = &cmd
+    {
+        keys.extend(compare.iter().map(|c| c.key.as_str()));
+        keys.extend(success.iter().chain(failure).map(|s| match s {
+            TxnStep::Put { key, .. } | TxnStep::Delete { key } | TxnStep::Get { key } => {
+                key.as_str()
+            }
+        }));
+    }
+    let target = match route::target::locate_keys(&state, &raw, &keys).await? {
+        route::Located::Here(t) => t,
+        route::Located::Relayed(resp) => return Ok(resp),
+    };
+    let (revision, outcome) = match route::write(&state, &target, &raw, cmd).await? {
         Routed::Relayed(resp) => return Ok(resp),
         Routed::Local(r) => require_outcome(r)?,
     };
@@ -217,11 +236,13 @@ pub async fn txn(
             },
         })
         .collect();
-    Ok(Json(TxnResponse {
-        revision,
-        node_id: state.id,
-        succeeded,
-        results,
-    })
-    .into_response())
+    Ok(target.tag(
+        Json(TxnResponse {
+            revision,
+            node_id: state.id,
+            succeeded,
+            results,
+        })
+        .into_response(),
+    ))
 }

@@ -306,6 +306,7 @@ pub async fn watch(
         (None, p) => crate::auth::Access::ReadPrefix(p.as_deref().unwrap_or("")),
     };
     crate::route::authorize(&state, &caller, &[access])?;
+    crate::route::unpartitioned(&state)?;
     if !state.initialized() {
         return Err(ApiError::NotInitialized);
     }

@@ -145,6 +145,21 @@ async fn drive(groups: &Groups, map: &PlacementMap) -> Result<(), String> {
         if config.partitions <= 1 {
             return Ok(());
         }
+        // The partition count is fixed when the cluster is created: keys a cluster
+        // of one group already holds would vanish behind a new map.
+        if groups.cluster_revision() > 0 {
+            static SAID: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+            if !SAID.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                tracing::error!(
+                    partitions = config.partitions,
+                    "this cluster was created with one partition and holds keys: it stays one partition (the count is fixed for a cluster's life)"
+                );
+            }
+            return Err(format!(
+                "partitions: {} is configured, but this cluster was created with one partition and holds keys; the partition count is fixed for a cluster's life",
+                config.partitions
+            ));
+        }
         let nodes: BTreeSet<NodeId> = members(groups).into_keys().collect();
         if nodes.len() < config.replication_factor as usize {
             return Ok(());

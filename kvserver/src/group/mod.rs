@@ -217,6 +217,10 @@ pub struct Group {
     pub raft: KvRaft,
     pub store: Store,
     pub peer: Arc<PeerState>,
+    /// Writes handed to the group's leader over the peer port.
+    pub writes: Arc<crate::route::forward::WriteForwarder>,
+    /// Read indexes fetched from the group's leader (follower reads).
+    pub reads: Arc<crate::route::read_index::FollowerReads>,
     reaper: JoinHandle<()>,
 }
 
@@ -225,8 +229,9 @@ pub struct Group {
 /// connection); opening is serialized, so a group is never started twice.
 pub struct Groups {
     ctx: GroupCtx,
-    /// Group 0's Raft.
+    /// Group 0's Raft and store.
     cluster: KvRaft,
+    cluster_store: Store,
     /// The node's own store options (group 0's), from which each group's derive.
     store_opts: StoreOptions,
     metrics: Arc<crate::metrics::Metrics>,
@@ -252,12 +257,14 @@ impl Groups {
     pub fn new(
         ctx: GroupCtx,
         cluster: KvRaft,
+        cluster_store: Store,
         store_opts: StoreOptions,
         metrics: Arc<crate::metrics::Metrics>,
     ) -> Arc<Groups> {
         Arc::new(Groups {
             ctx,
             cluster,
+            cluster_store,
             store_opts,
             metrics,
             hosted: RwLock::new(BTreeMap::new()),
@@ -311,6 +318,11 @@ impl Groups {
             }
         }
         out
+    }
+
+    /// The cluster group's revision on this node (0: it never held a key).
+    pub fn cluster_revision(&self) -> u64 {
+        self.cluster_store.revision()
     }
 
     /// The ids of the hosted groups, ascending.
@@ -370,8 +382,21 @@ impl Groups {
             self.ctx.config.ttl_reap_interval_ms,
             stopped(&self.stop.subscribe()),
         ));
+        let cluster = Some(self.cluster.clone());
         let group = Arc::new(Group {
             id,
+            writes: crate::route::forward::WriteForwarder::for_group(
+                self.ctx.dialer.clone(),
+                launched.raft.clone(),
+                id,
+                cluster.clone(),
+            ),
+            reads: crate::route::read_index::FollowerReads::for_group(
+                self.ctx.dialer.clone(),
+                launched.raft.clone(),
+                id,
+                cluster,
+            ),
             raft: launched.raft,
             store,
             peer: launched.peer,

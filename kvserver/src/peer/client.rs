@@ -114,6 +114,14 @@ impl PeerClient {
         }
     }
 
+    /// The same client for Raft group `group` (a partition's, `crate::group`),
+    /// whose hello speaks of `cluster`, the cluster group's Raft.
+    pub(crate) fn in_group(mut self, group: u64, cluster: Option<KvRaft>) -> Self {
+        self.group = group;
+        self.cluster = cluster;
+        self
+    }
+
     /// Whether the target takes forwarded writes (one exchange, on connecting).
     pub(crate) async fn supports_write(&mut self, ttl: Duration) -> Result<bool, PeerError> {
         match self.call(&Request::Features2, ttl).await {

@@ -83,6 +83,8 @@ pub struct WriteForwarder {
     me: NodeId,
     dialer: crate::peer::Dialer,
     raft: KvRaft,
+    /// The group the writes are for, and the cluster group's Raft (partitions).
+    group: (u64, Option<KvRaft>),
     pool: Mutex<Pool>,
     /// This node (the leader) is handing leadership over: openraft refuses new
     /// writes until the successor leads, so they wait for it here.
@@ -91,10 +93,21 @@ pub struct WriteForwarder {
 
 impl WriteForwarder {
     pub fn new(dialer: crate::peer::Dialer, raft: KvRaft) -> Arc<Self> {
+        Self::for_group(dialer, raft, 0, None)
+    }
+
+    /// The forwarder of group `group` (a partition's), whose Raft is `raft`.
+    pub fn for_group(
+        dialer: crate::peer::Dialer,
+        raft: KvRaft,
+        group: u64,
+        cluster: Option<KvRaft>,
+    ) -> Arc<Self> {
         Arc::new(Self {
             me: dialer.me,
             dialer,
             raft,
+            group: (group, cluster),
             pool: Mutex::default(),
             handing_off: AtomicBool::new(false),
         })
@@ -244,7 +257,8 @@ impl WriteForwarder {
         let mut client = match pooled {
             Some(c) => c,
             None => {
-                let mut c = PeerClient::new(self.dialer.clone(), leader, addr, &self.raft);
+                let mut c = PeerClient::new(self.dialer.clone(), leader, addr, &self.raft)
+                    .in_group(self.group.0, self.group.1.clone());
                 let setup = async {
                     c.ensure_connected().await?;
                     c.supports_write(SETUP_TIMEOUT).await

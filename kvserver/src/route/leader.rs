@@ -84,6 +84,18 @@ pub async fn relay(
             leader_hint: Some(leader_id),
         });
     }
+    relay_to(state, raw, leader_id, FORWARDED_BY).await
+}
+
+/// Replays `raw` once against node `to`'s client API, marked with header
+/// `mark` (this node's id): to the leader (`x-kv-forwarded-by`), or to a node
+/// hosting the key's partition (`x-kv-routed-by`, see `super::target`).
+pub async fn relay_to(
+    state: &NodeState,
+    raw: &Raw,
+    leader_id: NodeId,
+    mark: &'static str,
+) -> Result<Response, ApiError> {
     if raw.principal.kind == crate::auth::Kind::Certificate {
         // The leader authenticates a relayed request by the client's own
         // credential, and a client certificate cannot be passed on: the client
@@ -111,7 +123,7 @@ pub async fn relay(
     let mut req = state
         .http
         .request(raw.method.clone(), &url)
-        .header(FORWARDED_BY, state.id.to_string())
+        .header(mark, state.id.to_string())
         .body(raw.body.clone());
     // The client's credential goes along, and the leader authenticates it
     // itself: nothing this node says about the caller is taken on trust.
@@ -145,8 +157,10 @@ pub async fn relay(
             headers.insert(name, v.clone());
         }
     }
-    if let Some(v) = resp.headers().get(SERVED_BY) {
-        headers.insert(SERVED_BY, v.clone());
+    for name in [SERVED_BY, super::target::PARTITION] {
+        if let Some(v) = resp.headers().get(name) {
+            headers.insert(name, v.clone());
+        }
     }
     let body = resp.bytes().await.map_err(|e| ApiError::Unavailable {
         code: "leader_unreachable",

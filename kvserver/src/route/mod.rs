@@ -15,11 +15,14 @@
 //!   from the leader on followers ([`read_index`]).
 //! - [`leader`]: calls only the leader serves (cluster changes) and the HTTP
 //!   relay to the leader, the fallback of every other path.
+//! - [`target`]: which Raft group serves a key (the cluster's, or its
+//!   partition's), here or on a node that hosts it.
 
 pub mod forward;
 pub mod leader;
 pub mod read;
 pub mod read_index;
+pub mod target;
 pub mod write;
 
 use std::time::Duration;
@@ -36,6 +39,10 @@ pub use self::leader::leader_only;
 pub use self::leader::membership;
 pub use self::leader::relay;
 pub use self::read::read;
+pub use self::target::Located;
+pub use self::target::Target;
+pub use self::target::locate;
+pub use self::target::unpartitioned;
 pub use self::write::write;
 
 /// Time a client write may wait for commit before the API gives up on it.

@@ -21,12 +21,13 @@ use crate::model::Consistency;
 /// leader serve it (`Routed::Relayed`). Stale reads are always local.
 pub async fn read(
     state: &AppState,
+    target: &super::Target,
     raw: &Raw,
     access: &[Access<'_>],
     consistency: Consistency,
 ) -> Result<Routed<()>, ApiError> {
     super::authorize(state, &raw.principal, access)?;
-    if !state.initialized() {
+    if !state.initialized() || !target.initialized() {
         return Err(ApiError::NotInitialized);
     }
     if consistency == Consistency::Stale {
@@ -34,7 +35,7 @@ pub async fn read(
     }
     let res = tokio::time::timeout(
         WRITE_TIMEOUT,
-        state.raft.ensure_linearizable(ReadPolicy::ReadIndex),
+        target.raft.ensure_linearizable(ReadPolicy::ReadIndex),
     )
     .await
     .map_err(|_| ApiError::Unavailable {
@@ -48,7 +49,7 @@ pub async fn read(
             // Served here once this node has applied the leader's read index; if that
             // fails (leader moved, this node lags), the leader serves it instead.
             if let Some(leader) = f.leader_id {
-                match state.follower_reads.barrier(leader).await {
+                match target.reads.barrier(leader).await {
                     Ok(()) => return Ok(Routed::Local(())),
                     Err(e) => tracing::debug!(error = %e, "follower read: forwarding instead"),
                 }

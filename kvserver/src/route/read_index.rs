@@ -56,6 +56,8 @@ struct Queue {
 pub struct FollowerReads {
     dialer: crate::peer::Dialer,
     raft: KvRaft,
+    /// The group the reads are for, and the cluster group's Raft (partitions).
+    group: (u64, Option<KvRaft>),
     queue: Mutex<Queue>,
     /// The connection to the current leader, kept between rounds.
     client: tokio::sync::Mutex<Option<(NodeId, String, PeerClient)>>,
@@ -63,9 +65,20 @@ pub struct FollowerReads {
 
 impl FollowerReads {
     pub fn new(dialer: crate::peer::Dialer, raft: KvRaft) -> Arc<Self> {
+        Self::for_group(dialer, raft, 0, None)
+    }
+
+    /// The coordinator of group `group` (a partition's), whose Raft is `raft`.
+    pub fn for_group(
+        dialer: crate::peer::Dialer,
+        raft: KvRaft,
+        group: u64,
+        cluster: Option<KvRaft>,
+    ) -> Arc<Self> {
         Arc::new(Self {
             dialer,
             raft,
+            group: (group, cluster),
             queue: Mutex::default(),
             client: tokio::sync::Mutex::new(None),
         })
@@ -127,7 +140,8 @@ impl FollowerReads {
             *slot = Some((
                 leader,
                 addr.clone(),
-                PeerClient::new(self.dialer.clone(), leader, addr, &self.raft),
+                PeerClient::new(self.dialer.clone(), leader, addr, &self.raft)
+                    .in_group(self.group.0, self.group.1.clone()),
             ));
         }
         let Some((_, _, client)) = slot.as_mut() else {

@@ -27,11 +27,12 @@ use crate::raft;
 /// node does, or (a leader that takes no forwarded writes) relayed as HTTP.
 pub async fn write(
     state: &AppState,
+    target: &super::Target,
     raw: &Raw,
     cmd: Command,
 ) -> Result<Routed<ApplyResult>, ApiError> {
     super::authorize_command(state, raw, &cmd)?;
-    if !state.initialized() {
+    if !state.initialized() || !target.initialized() {
         return Err(ApiError::NotInitialized);
     }
     // The handler checked already, with its precise errors; this is the check the
@@ -46,7 +47,7 @@ pub async fn write(
     let hold = std::time::Duration::from_millis(state.config.raft.election_timeout_max_ms);
     let mut to = match raw.forwarded() {
         true => None,
-        false => state.writes.leader_elsewhere(hold).await,
+        false => target.writes.leader_elsewhere(hold).await,
     };
     let mut redirected = false;
     while let Some(leader) = to {
@@ -55,7 +56,7 @@ pub async fn write(
             message,
             retry: false,
         };
-        match state
+        match target
             .writes
             .write(leader, cmd, &raw.principal, WRITE_TIMEOUT)
             .await
@@ -77,7 +78,7 @@ pub async fn write(
                 }
                 redirected = true;
                 cmd = back;
-                match state.writes.next_leader(leader, hint, hold).await {
+                match target.writes.next_leader(leader, hint, hold).await {
                     // This node was elected: it proposes the write itself.
                     Some(next) if next == state.id => to = None,
                     Some(next) => to = Some(next),
@@ -105,7 +106,7 @@ pub async fn write(
     }
     let res = tokio::time::timeout(
         WRITE_TIMEOUT,
-        raft::propose(&state.raft, cmd, raft::CONFIRM_WAIT),
+        raft::propose(&target.raft, cmd, raft::CONFIRM_WAIT),
     )
     .await
     .map_err(|_| ApiError::Unavailable {
