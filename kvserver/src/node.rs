@@ -263,7 +263,13 @@ pub async fn start_node(config: Config) -> Result<NodeHandle, NodeError> {
         peer: peer_state,
         restored: _,
     } = group::launch(&group_ctx, CLUSTER_GROUP, &store, &config.data_dir, None).await?;
-    let groups = Groups::new(group_ctx, raft.clone(), store_opts.clone(), metrics.clone());
+    let groups = Groups::new(
+        group_ctx,
+        raft.clone(),
+        store.clone(),
+        store_opts.clone(),
+        metrics.clone(),
+    );
     let reopened = groups.reopen().await?;
     if !reopened.is_empty() {
         tracing::info!(groups = ?reopened, "reopened the partition groups this node hosts");
@@ -455,7 +461,7 @@ pub async fn start_node(config: Config) -> Result<NodeHandle, NodeError> {
 /// writes it had in flight) before it stops anyway.
 const HANDOFF_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// A stopping leader hands leadership to its most caught-up voter, as etcd does,
+/// A stopping leader (of any group) hands leadership to its most caught-up voter, as etcd does,
 /// instead of just going away. Otherwise every write it had taken (from its own
 /// clients, or from followers over the peer port) lost its answer, and clients
 /// waited out an election timeout for a new leader. openraft stops proposing once
@@ -522,7 +528,22 @@ impl NodeHandle {
     /// client API drains, then Raft stops and storage closes.
     pub async fn shutdown(self) -> Result<(), NodeError> {
         let timeout = HANDOFF_TIMEOUT.min(self.drain_timeout);
-        hand_off_leadership(&self.raft, &self.state.writes, self.id, timeout).await;
+        // Every group this node leads hands over at once: the cluster group and
+        // each partition's (a rolling restart must not make any of them wait out
+        // an election).
+        let partitions: Vec<_> = self
+            .groups
+            .ids()
+            .into_iter()
+            .filter_map(|id| self.groups.get(id))
+            .collect();
+        let hand_offs = partitions
+            .iter()
+            .map(|g| hand_off_leadership(&g.raft, &g.writes, self.id, timeout));
+        tokio::join!(
+            hand_off_leadership(&self.raft, &self.state.writes, self.id, timeout),
+            futures_util::future::join_all(hand_offs),
+        );
         let _ = self.api_stop.send(true);
         let mut api_task = self.api_task;
         if tokio::time::timeout(self.drain_timeout, &mut api_task)
