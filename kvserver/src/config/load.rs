@@ -51,6 +51,7 @@ const ENV: &[(&str, &str, Kind)] = &[
     ),
     ("KV_PARTITIONS", "partitions", Kind::Scalar),
     ("KV_REPLICATION_FACTOR", "replication_factor", Kind::Scalar),
+    ("KV_INITIAL_NODES", "initial_nodes", Kind::Scalar),
     ("KV_LOG_FORMAT", "log.format", Kind::Str),
     ("KV_LOG_LEVEL", "log.level", Kind::Str),
     (

@@ -227,8 +227,13 @@ pub struct Config {
     /// refuses to serve keys (docs/partitions.md).
     pub partitions: u32,
     /// Replicas each partition keeps, on that many distinct nodes (with more
-    /// than one partition). Partitions are placed once this many nodes are members.
+    /// than one partition).
     pub replication_factor: u32,
+    /// With more than one partition: how many members the first placement waits
+    /// for (0: `replication_factor`). A new cluster of N pods is best placed over
+    /// all N at once (like etcd's initial cluster), instead of over the first
+    /// `replication_factor` and then rebalanced.
+    pub initial_nodes: u32,
     pub log: LogConfig,
     pub raft: RaftConfig,
     pub storage: StorageConfig,
@@ -256,6 +261,7 @@ impl Default for Config {
             ttl_reap_interval_ms: 1_000,
             partitions: 1,
             replication_factor: 3,
+            initial_nodes: 0,
             log: LogConfig::default(),
             raft: RaftConfig::default(),
             storage: StorageConfig::default(),
@@ -362,6 +368,9 @@ impl Config {
         }
         if self.replication_factor == 0 || self.replication_factor > 7 {
             return Err(field_err("replication_factor", "must be between 1 and 7"));
+        }
+        if self.initial_nodes > 1000 {
+            return Err(field_err("initial_nodes", "must be at most 1000"));
         }
         let r = &self.raft;
         if r.heartbeat_interval_ms == 0 {

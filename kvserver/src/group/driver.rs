@@ -3,7 +3,7 @@
 //! (`crate::placement::map`) and opens the partition groups the map assigns it;
 //! a partition's first host forms the group. On the cluster group's leader the
 //! same loop also drives placement: it writes the first map once
-//! `replication_factor` nodes are members, and marks partitions formed once
+//! `initial_nodes` (at least `replication_factor`) nodes are members, and marks partitions formed once
 //! their groups report their full voter set, so that no node forms one twice.
 //!
 //! Why inside kvserver rather than the operator: the map must be changed
@@ -161,7 +161,8 @@ async fn drive(groups: &Groups, map: &PlacementMap) -> Result<(), String> {
             ));
         }
         let nodes: BTreeSet<NodeId> = members(groups).into_keys().collect();
-        if nodes.len() < config.replication_factor as usize {
+        let wait_for = config.initial_nodes.max(config.replication_factor);
+        if nodes.len() < wait_for as usize {
             return Ok(());
         }
         let first = PlacementMap::initial(&nodes, config.partitions, config.replication_factor);

@@ -95,8 +95,12 @@ fn placement(
         return Err(ApiError::Unavailable {
             code: "placement_pending",
             message: format!(
-                "the {} partitions are not placed yet: they are once replication_factor ({}) nodes are members",
-                state.config.partitions, state.config.replication_factor
+                "the {} partitions are not placed yet: they are once {} nodes are members (initial_nodes, at least replication_factor)",
+                state.config.partitions,
+                state
+                    .config
+                    .initial_nodes
+                    .max(state.config.replication_factor)
             ),
             retry: true,
         });

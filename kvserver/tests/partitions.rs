@@ -1,0 +1,174 @@
+//! Partitions across real processes (issue 21): five `kvserver` processes with
+//! TLS on both ports and bearer tokens, 16 partitions of 3 replicas placed over
+//! all five at once (`initial_nodes`). Every node answers every key; each
+//! partition's replicas are exactly the nodes `/v1/partitions/key` names; a
+//! `kill -9` of the node leading some partitions keeps every partition serving
+//! from every live node, and the partitions it did not lead take writes at once.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use anyhow::Context;
+use common::Cluster;
+use serde_json::Value;
+
+const WAIT: Duration = Duration::from_secs(30);
+
+/// `GET /v1/partitions` on node `id`, once every partition is formed and led.
+async fn placed(c: &Cluster, id: u64) -> anyhow::Result<Value> {
+    common::wait_for(
+        "every partition formed and led",
+        Duration::from_secs(90),
+        || async {
+            let (status, body) = c.get(id, "/v1/partitions").await.ok()?;
+            let items = body["items"].as_array()?;
+            let ready = status == 200
+                && items.len() == 16
+                && items
+                    .iter()
+                    .all(|i| i["formed"] == true && i["leader_id"].is_u64());
+            ready.then_some(body)
+        },
+    )
+    .await
+}
+
+fn nodes_of(item: &Value) -> Vec<u64> {
+    item["nodes"]
+        .as_array()
+        .map(|a| a.iter().filter_map(Value::as_u64).collect())
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn five_nodes_sixteen_partitions_serve_every_key_through_a_node_loss() -> anyhow::Result<()> {
+    let mut c = Cluster::new(&[
+        "--set",
+        "partitions=16",
+        "--set",
+        "replication_factor=3",
+        "--set",
+        "initial_nodes=5",
+    ]);
+    c.form(5).await?;
+    let all = placed(&c, 1).await?;
+    assert_eq!(all["partitions"], 16);
+    // Placed over all five: 48 replicas, 9 or 10 per node; replicas are the voters.
+    let mut per_node: BTreeMap<u64, usize> = BTreeMap::new();
+    let items = all["items"].as_array().context("items")?.clone();
+    for item in &items {
+        let nodes = nodes_of(item);
+        assert_eq!(nodes.len(), 3, "{item}");
+        let voters: BTreeSet<u64> = item["voters"]
+            .as_array()
+            .context("voters")?
+            .iter()
+            .filter_map(Value::as_u64)
+            .collect();
+        assert_eq!(voters, nodes.iter().copied().collect(), "{item}");
+        for n in nodes {
+            *per_node.entry(n).or_default() += 1;
+        }
+    }
+    assert_eq!(per_node.len(), 5, "{per_node:?}");
+    assert!(
+        per_node.values().all(|n| (9..=10).contains(n)),
+        "{per_node:?}"
+    );
+
+    // Every node takes writes for every partition and answers every key.
+    let keys: Vec<String> = (0..64).map(|i| format!("part/{i}")).collect();
+    for (i, key) in keys.iter().enumerate() {
+        let via = (i as u64 % 5) + 1;
+        let (status, body) = c.put_kv(via, key, "v1").await?;
+        assert_eq!(status, 201, "{key} via node {via}: {body}");
+    }
+    for key in &keys {
+        for id in 1..=5 {
+            let (status, body) = c.get(id, &format!("/v1/kv/{key}")).await?;
+            assert_eq!(
+                (status, body["kv"]["value"].as_str()),
+                (200, Some("v1")),
+                "{key} on {id}"
+            );
+        }
+    }
+    // The nodes a key lookup names are its partition's replicas, leader first.
+    for key in keys.iter().take(16) {
+        let (status, at) = c
+            .get(
+                3,
+                &format!("/v1/partitions/key?key={}", key.replace('/', "%2F")),
+            )
+            .await?;
+        assert_eq!(status, 200, "{at}");
+        let p = at["partition"].as_u64().context("partition")? as usize;
+        assert_eq!(
+            p as u32,
+            kvserver::placement::hash::partition_of(key.as_bytes(), 16)
+        );
+        assert_eq!(nodes_of(&at), nodes_of(&items[p]), "{key}");
+        assert_eq!(at["leader_id"], items[p]["leader_id"]);
+    }
+
+    // kill -9 the node that leads partition 0. The partitions it did not lead keep
+    // their leaders and take a write through every live node at once; every
+    // partition serves every key from every live node within seconds.
+    let victim = items[0]["leader_id"].as_u64().context("leader")?;
+    let led: BTreeSet<usize> = items
+        .iter()
+        .enumerate()
+        .filter(|(_, i)| i["leader_id"].as_u64() == Some(victim))
+        .map(|(p, _)| p)
+        .collect();
+    c.kill(victim);
+    let live: Vec<u64> = (1..=5).filter(|n| *n != victim).collect();
+    let part_of = |k: &str| kvserver::placement::hash::partition_of(k.as_bytes(), 16) as usize;
+    for (i, key) in keys
+        .iter()
+        .enumerate()
+        .filter(|(_, k)| !led.contains(&part_of(k)))
+    {
+        let via = live[i % live.len()];
+        let (status, body) = c.put_kv(via, key, "v2").await?;
+        assert_eq!(
+            status,
+            200,
+            "{key} (partition {}) via node {via}: {body}",
+            part_of(key)
+        );
+    }
+    for (i, key) in keys
+        .iter()
+        .enumerate()
+        .filter(|(_, k)| led.contains(&part_of(k)))
+    {
+        let via = live[i % live.len()];
+        common::wait_for(&format!("{key} writable after the kill"), WAIT, || async {
+            let (status, _) = c.put_kv(via, key, "v2").await.ok()?;
+            (status == 200).then_some(())
+        })
+        .await?;
+    }
+    for key in &keys {
+        for id in &live {
+            let (status, body) = c.get(*id, &format!("/v1/kv/{key}")).await?;
+            assert_eq!(
+                (status, body["kv"]["value"].as_str()),
+                (200, Some("v2")),
+                "{key} on {id}"
+            );
+        }
+    }
+    // The partitions it led elected leaders among their live replicas.
+    let after = placed(&c, live[0]).await?;
+    for p in &led {
+        let leader = after["items"][*p]["leader_id"].as_u64().context("leader")?;
+        assert_ne!(leader, victim, "partition {p}");
+        assert!(nodes_of(&items[*p]).contains(&leader), "partition {p}");
+    }
+    Ok(())
+}
