@@ -15,6 +15,11 @@
 //! finds when it starts, so a restarted node serves the replicas it held.
 
 pub mod driver;
+mod reap;
+mod report;
+
+pub use reap::reap_expired;
+pub use report::GroupReport;
 
 use std::collections::BTreeMap;
 use std::collections::BTreeSet;
@@ -24,14 +29,11 @@ use std::sync::Arc;
 use std::sync::RwLock;
 use std::time::Duration;
 
-use openraft::ServerState;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::catchup::CatchUp;
-use crate::command::Command;
 use crate::command::NodeId;
-use crate::command::now_ms;
 use crate::config::Config;
 use crate::peer::Dialer;
 use crate::peer::NetworkFactory;
@@ -165,50 +167,6 @@ pub async fn launch(
         peer: Arc::new(PeerState::new(catch_up)),
         restored,
     })
-}
-
-/// What a node knows of one group it hosts, as its Raft metrics show it. Only a
-/// leader's report has `matched` (how far each member's log is known to match).
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct GroupReport {
-    pub group: GroupId,
-    pub node: NodeId,
-    pub leader: Option<NodeId>,
-    pub term: u64,
-    pub voters: Vec<NodeId>,
-    pub learners: Vec<NodeId>,
-    /// A membership change is half done (joint configuration).
-    pub joint: bool,
-    pub last_log_index: Option<u64>,
-    pub applied_index: Option<u64>,
-    pub matched: Vec<(NodeId, Option<u64>)>,
-    /// The group's revision on this node (`None` for the cluster group).
-    pub revision: Option<u64>,
-}
-
-impl GroupReport {
-    /// The report of group `group` from `raft`'s metrics on node `node`.
-    pub fn of(group: GroupId, node: NodeId, raft: &KvRaft, revision: Option<u64>) -> GroupReport {
-        let m = raft::raft_metrics(raft);
-        let membership = m.membership_config.membership();
-        GroupReport {
-            group,
-            node,
-            leader: m.current_leader,
-            term: m.current_term,
-            voters: membership.voter_ids().collect(),
-            learners: membership.learner_ids().collect(),
-            joint: membership.get_joint_config().len() > 1,
-            last_log_index: m.last_log_index,
-            applied_index: m.last_applied.map(|l| l.index),
-            matched: m
-                .replication
-                .as_ref()
-                .map(|r| r.iter().map(|(n, l)| (*n, l.map(|l| l.index))).collect())
-                .unwrap_or_default(),
-            revision,
-        }
-    }
 }
 
 /// One hosted partition group.
@@ -547,41 +505,6 @@ fn stopped(rx: &watch::Receiver<bool>) -> impl std::future::Future<Output = ()> 
     let mut rx = rx.clone();
     async move {
         let _ = rx.wait_for(|v| *v).await;
-    }
-}
-
-/// A group's leader periodically proposes deletion of expired keys, so expiry is
-/// a replicated event that every replica applies at the same log position.
-pub async fn reap_expired(
-    raft: KvRaft,
-    store: Store,
-    interval_ms: u64,
-    stop: impl std::future::Future<Output = ()>,
-) {
-    tokio::pin!(stop);
-    let mut tick = tokio::time::interval(Duration::from_millis(interval_ms));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = &mut stop => return,
-            _ = tick.tick() => {}
-        }
-        if crate::raft::raft_metrics(&raft).state != ServerState::Leader {
-            continue;
-        }
-        let now = now_ms();
-        match store.expired_keys(now, 1000).await {
-            Ok(keys) if !keys.is_empty() => {
-                if let Err(e) = raft
-                    .client_write(Command::Expire { keys, now_ms: now })
-                    .await
-                {
-                    tracing::debug!(error = %e, "expiry proposal failed; will retry");
-                }
-            }
-            Ok(_) => {}
-            Err(e) => tracing::warn!(error = %e, "scanning expired keys failed"),
-        }
     }
 }
 

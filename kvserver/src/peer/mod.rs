@@ -32,10 +32,13 @@
 //!   snapshots, leader transfer) and the calls of the router (read index,
 //!   forwarded writes).
 //! - [`server`]: inbound connections: the hello check and dispatch to Raft;
-//!   `receive`: a snapshot streamed in, to a temporary file.
+//!   `bind`: the group a connection serves (partitions); `forwarded`: a write a
+//!   member handed over; `receive`: a snapshot streamed in, to a temporary file.
 
 mod admit;
+mod bind;
 pub mod client;
+mod forwarded;
 pub mod io;
 mod receive;
 pub mod server;

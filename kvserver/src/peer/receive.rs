@@ -23,7 +23,7 @@ impl PeerServer {
     /// it; `announced` is its size when the leader said it.
     pub(super) async fn receive_snapshot(
         &self,
-        served: &super::server::Served,
+        served: &super::bind::Served,
         reader: &mut PeerReader,
         vote: VoteOf<TypeConfig>,
         meta: openraft::type_config::alias::SnapshotMetaOf<TypeConfig>,

@@ -27,6 +27,9 @@ use super::admit::admit;
 use super::admit::is_replication;
 use super::admit::refuse;
 use super::admit::standing;
+use super::bind::Served;
+use super::bind::select;
+use super::forwarded::forwarded_write;
 use super::io::HELLO_TIMEOUT;
 use super::io::PeerIo;
 use super::io::PeerReader;
@@ -41,11 +44,8 @@ use super::wire::write_frame;
 use crate::catchup::CatchUp;
 use crate::command::NodeId;
 use crate::group::CLUSTER_GROUP;
-use crate::group::GroupId;
-use crate::raft::CONFIRM_WAIT;
 use crate::raft::KvRaft;
 use crate::raft::initialized;
-use crate::raft::propose;
 
 /// What the peer server shares with the rest of the node.
 #[derive(Debug)]
@@ -541,57 +541,6 @@ async fn serve_conn(opened: Opened, server: &PeerServer) -> Result<(), PeerError
     }
 }
 
-/// The Raft group a connection serves, with what the peer server keeps of it.
-pub(super) struct Served {
-    pub(super) group: GroupId,
-    pub(super) raft: KvRaft,
-    pub(super) state: Arc<PeerState>,
-    pub(super) snapshot_dir: std::path::PathBuf,
-}
-
-/// Binds a connection serving `served` to `group`: once, first, and only to a
-/// group this node hosts. A dialer that counts this node as a voter of a group
-/// it holds nothing of is told, as for the cluster's group (see the hello).
-fn select(
-    server: &PeerServer,
-    served: &Served,
-    group: GroupId,
-    to_is_voter: bool,
-) -> Result<Served, String> {
-    if served.group != CLUSTER_GROUP || group == CLUSTER_GROUP {
-        return Err("a connection names its group once, first, and not group 0".into());
-    }
-    let Some(g) = server.groups.get(group) else {
-        server
-            .metrics
-            .peer_refused
-            .with_label_values(&["no_group"])
-            .inc();
-        return Err(format!(
-            "refused (no_group): node {} hosts no group {group}",
-            server.node_id
-        ));
-    };
-    if to_is_voter && !initialized(&g.raft) {
-        server
-            .metrics
-            .peer_refused
-            .with_label_values(&["lost_data"])
-            .inc();
-        return Err(format!(
-            "refused (lost_data): node {} holds nothing of group {group} but is counted as its voter: its data was lost. \
-             It will not vote or accept entries as a voter; remove it from the group's voters and add it back as a learner",
-            server.node_id
-        ));
-    }
-    Ok(Served {
-        group,
-        raft: g.raft.clone(),
-        state: g.peer.clone(),
-        snapshot_dir: g.store.snapshot_dir.clone(),
-    })
-}
-
 /// The answer to request `req` of an unverified peer (see `admit`), in the form
 /// its caller expects.
 fn unverified_answer(req: &Request, msg: String) -> Response {
@@ -603,53 +552,5 @@ fn unverified_answer(req: &Request, msg: String) -> Response {
             Response::Write(Err(WriteRejected::NotLeader(None)))
         }
         _ => Response::Error(msg),
-    }
-}
-
-/// Proposes a write follower `from` forwarded on behalf of `principal`, after the
-/// checks the follower ran: the command's rules and the principal's grant. A
-/// refusal here means the two nodes disagree (a token file not yet reloaded, a
-/// different configuration), and is logged.
-async fn forwarded_write(
-    server: &PeerServer,
-    raft: &KvRaft,
-    from: NodeId,
-    mut cmd: crate::command::Command,
-    principal: &crate::auth::Principal,
-) -> Result<crate::command::ApplyResult, WriteRejected> {
-    // Time is the leader's, as for writes it receives itself.
-    cmd.restamp(crate::command::now_ms());
-    if let Err(invalid) = cmd.check(server.max_value_bytes) {
-        server
-            .metrics
-            .peer_refused
-            .with_label_values(&["invalid_write"])
-            .inc();
-        tracing::warn!(peer = from, error = %invalid, "refused a forwarded write that breaks the command rules");
-        return Err(WriteRejected::Invalid(invalid));
-    }
-    let allowed = match principal.kind {
-        crate::auth::Kind::Anonymous if server.auth_enabled => Err(crate::auth::Forbidden(
-            "this leader requires client authentication; the forwarding node sent none (is auth enabled on every member?)".into(),
-        )),
-        _ => crate::auth::check_command(principal, &cmd),
-    };
-    if let Err(forbidden) = allowed {
-        server
-            .metrics
-            .peer_refused
-            .with_label_values(&["forbidden_write"])
-            .inc();
-        // The refusal names keys: those go to debug only.
-        tracing::warn!(peer = from, principal = %principal.name, "refused a forwarded write its principal may not make");
-        tracing::debug!(peer = from, error = %forbidden, "forwarded write refused");
-        return Err(WriteRejected::Forbidden(forbidden));
-    }
-    match propose(raft, cmd, CONFIRM_WAIT).await {
-        Ok(r) => Ok(r.data),
-        Err(openraft::error::RaftError::APIError(
-            openraft::error::ClientWriteError::ForwardToLeader(f),
-        )) => Err(WriteRejected::NotLeader(f.leader_id)),
-        Err(e) => Err(WriteRejected::Failed(e.to_string())),
     }
 }
