@@ -114,6 +114,17 @@ async fn five_nodes_sixteen_partitions_serve_every_key_through_a_node_loss() -> 
         assert_eq!(at["leader_id"], items[p]["leader_id"]);
     }
 
+    // The typed client (and kvctl partitions, which prints what it returns).
+    let client = common::backup::typed_client(&c, &[4])?;
+    let typed = client.partitions().await?;
+    assert_eq!((typed.partitions, typed.items.len()), (16, 16));
+    let at = client.partition_of("part/7").await?;
+    assert_eq!(
+        at.partition,
+        kvserver::placement::hash::partition_of(b"part/7", 16)
+    );
+    assert_eq!(at.nodes, typed.items[at.partition as usize].nodes);
+
     // kill -9 the node that leads partition 0. The partitions it did not lead keep
     // their leaders and take a write through every live node at once; every
     // partition serves every key from every live node within seconds.

@@ -28,6 +28,22 @@ impl Client {
             .await
     }
 
+    /// Every partition: hash range, nodes (leader first), leader, revision.
+    pub async fn partitions(&self) -> Result<crate::model::PartitionsInfo, ClientError> {
+        self.call::<(), _>(Method::GET, "/v1/partitions", None, Retry::Idempotent)
+            .await
+    }
+
+    /// Where `key` lives: its partition and nodes, leader first.
+    pub async fn partition_of(&self, key: &str) -> Result<crate::model::KeyPlacement, ClientError> {
+        let path = format!(
+            "/v1/partitions/key?key={}",
+            super::encode_key(key).replace('/', "%2F")
+        );
+        self.call::<(), _>(Method::GET, &path, None, Retry::Idempotent)
+            .await
+    }
+
     /// The cluster as seen by one particular node (`host:port` or URL).
     pub async fn cluster_at(&self, endpoint: &str) -> Result<ClusterInfo, ClientError> {
         self.at::<(), _>(endpoint, &Method::GET, "/v1/cluster", None)

@@ -106,6 +106,12 @@ enum Cmd {
     DeletePrefix { prefix: String },
     /// Show the cluster as the answering node sees it.
     Cluster,
+    /// Show the partitions (hash range, nodes with the leader first, revision), or
+    /// with --key where one key lives.
+    Partitions {
+        #[arg(long)]
+        key: Option<String>,
+    },
     /// Write keys `<prefix><n>` (n from 1, zero-padded) until --count is reached,
     /// --duration-s has passed, or the --stop-key exists.
     Load(LoadOpts),
@@ -344,6 +350,17 @@ async fn main() -> anyhow::Result<()> {
         }
         Cmd::Cluster => {
             println!("{}", serde_json::to_string(&client.cluster().await?)?);
+            true
+        }
+        Cmd::Partitions { key: None } => {
+            println!("{}", serde_json::to_string(&client.partitions().await?)?);
+            true
+        }
+        Cmd::Partitions { key: Some(key) } => {
+            println!(
+                "{}",
+                serde_json::to_string(&client.partition_of(&key).await?)?
+            );
             true
         }
         Cmd::Load(opts) => load(client, opts).await?,
