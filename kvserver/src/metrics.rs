@@ -37,6 +37,16 @@ pub struct Metrics {
     pub raft_applied_index: IntGauge,
     pub raft_snapshot_index: IntGauge,
     pub raft_replication_lag: IntGaugeVec,
+    /// Per hosted partition (issue 21): 1 where this node leads it.
+    pub partition_is_leader: IntGaugeVec,
+    /// Per hosted partition: the leader's node id as this node knows it (-1: none).
+    pub partition_leader: IntGaugeVec,
+    /// Per hosted partition: the last log index this node applied.
+    pub partition_applied_index: IntGaugeVec,
+    /// Per hosted partition: the partition's revision on this node.
+    pub partition_revision: IntGaugeVec,
+    /// Per partition this node leads: entries each follower is behind.
+    pub partition_replication_lag: IntGaugeVec,
     pub kv_revision: IntGauge,
     pub peer_refused: IntCounterVec,
     /// Row cache lookups by `result` (`hit`, `miss`), counted by the cache itself.
@@ -171,6 +181,36 @@ impl Metrics {
             &["follower"],
         )?;
         registry.register(Box::new(raft_replication_lag.clone()))?;
+        let partition_is_leader = gauge_vec(
+            &registry,
+            "kv_partition_is_leader",
+            "1 where this node leads the partition (partitions it hosts)",
+            &["partition"],
+        )?;
+        let partition_leader = gauge_vec(
+            &registry,
+            "kv_partition_leader",
+            "The partition's leader as this node knows it (-1: none), per partition it hosts",
+            &["partition"],
+        )?;
+        let partition_applied_index = gauge_vec(
+            &registry,
+            "kv_partition_applied_index",
+            "Last log index this node applied, per partition it hosts",
+            &["partition"],
+        )?;
+        let partition_revision = gauge_vec(
+            &registry,
+            "kv_partition_revision",
+            "The partition's revision on this node, per partition it hosts",
+            &["partition"],
+        )?;
+        let partition_replication_lag = gauge_vec(
+            &registry,
+            "kv_partition_replication_lag_entries",
+            "Entries a follower is behind, per partition this node leads",
+            &["partition", "follower"],
+        )?;
         let peer_refused = counter_vec(
             &registry,
             "kv_peer_refused_total",
@@ -301,6 +341,11 @@ impl Metrics {
             raft_log,
             backup_seconds,
             raft_replication_lag,
+            partition_is_leader,
+            partition_leader,
+            partition_applied_index,
+            partition_revision,
+            partition_replication_lag,
             peer_refused,
             row_cache_lookups,
             forwarded_writes,

@@ -437,6 +437,31 @@ async fn the_cluster_leader_places_and_forms_the_partitions() -> anyhow::Result<
     let missing = http.get(format!("{base}/v1/partitions/key")).send().await?;
     assert_eq!(missing.status(), 400);
 
+    // Metrics per partition: each node exports the partitions it hosts, and the
+    // partitions' leaders add up to one each.
+    let mut leading = 0;
+    for h in &nodes {
+        let text = http
+            .get(format!("http://{}/metrics", h.api_addr))
+            .send()
+            .await?
+            .text()
+            .await?;
+        let series: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("kv_partition_is_leader{"))
+            .collect();
+        assert_eq!(series.len(), 6, "node {}: {series:?}", h.id);
+        leading += series.iter().filter(|l| l.ends_with(" 1")).count();
+        assert_eq!(
+            text.lines()
+                .filter(|l| l.starts_with("kv_partition_revision{"))
+                .count(),
+            6
+        );
+    }
+    assert_eq!(leading, 8);
+
     // Any node serves any key: each write is proposed in its partition's group
     // (through whichever node it reached), names its partition, and reads back
     // from every node.

@@ -209,6 +209,50 @@ pub async fn status(
     }))
 }
 
+/// The per-partition gauges, from the Raft metrics of every hosted partition
+/// group (reset first: a partition that moved away leaves no stale series).
+fn partition_metrics(state: &AppState) {
+    let g = &state.metrics;
+    for v in [
+        &g.partition_is_leader,
+        &g.partition_leader,
+        &g.partition_applied_index,
+        &g.partition_revision,
+        &g.partition_replication_lag,
+    ] {
+        v.reset();
+    }
+    for id in state.groups.ids() {
+        let (Some(group), Some(p)) = (state.groups.get(id), crate::group::group_partition(id))
+        else {
+            continue;
+        };
+        let p = p.to_string();
+        let m = crate::raft::raft_metrics(&group.raft);
+        g.partition_is_leader
+            .with_label_values(&[&p])
+            .set(i64::from(m.state == ServerState::Leader));
+        g.partition_leader
+            .with_label_values(&[&p])
+            .set(m.current_leader.map(|l| l as i64).unwrap_or(-1));
+        g.partition_applied_index
+            .with_label_values(&[&p])
+            .set(m.last_applied.as_ref().map(|l| l.index).unwrap_or(0) as i64);
+        g.partition_revision
+            .with_label_values(&[&p])
+            .set(group.store.revision() as i64);
+        if let Some(rep) = &m.replication {
+            let last = m.last_log_index.unwrap_or(0);
+            for (follower, matched) in rep.iter().filter(|(f, _)| **f != m.id) {
+                let mi = matched.as_ref().map(|l| l.index).unwrap_or(0);
+                g.partition_replication_lag
+                    .with_label_values(&[&p, &follower.to_string()])
+                    .set(last.saturating_sub(mi) as i64);
+            }
+        }
+    }
+}
+
 /// `GET /metrics`: Prometheus text format.
 #[utoipa::path(get, path = "/metrics", tag = "ops", responses((status = 200, description = "Prometheus text exposition format", content_type = "text/plain", body = String)))]
 pub async fn metrics(State(state): State<AppState>) -> Response {
@@ -241,5 +285,6 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
                 .set(last.saturating_sub(mi) as i64);
         }
     }
+    partition_metrics(&state);
     ([(CONTENT_TYPE, "text/plain; version=0.0.4")], g.render()).into_response()
 }

@@ -65,6 +65,11 @@ const REPORT_TTL: Duration = Duration::from_secs(2);
 /// How long forming a group waits for this node to lead it.
 const FORM_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The partition group `id` holds (`None`: the cluster group).
+pub fn group_partition(id: GroupId) -> Option<u32> {
+    id.checked_sub(1).and_then(|p| u32::try_from(p).ok())
+}
+
 /// Errors while starting, opening or stopping a group.
 #[derive(Debug, thiserror::Error)]
 pub enum GroupError {
@@ -517,6 +522,8 @@ mod tests {
         assert_eq!(partition_group(0), 1);
         assert_eq!(partition_group(15), 16);
         assert_ne!(partition_group(0), CLUSTER_GROUP);
+        assert_eq!(group_partition(partition_group(7)), Some(7));
+        assert_eq!(group_partition(CLUSTER_GROUP), None);
     }
 
     #[test]
