@@ -360,8 +360,14 @@ pub async fn start_node(config: Config) -> Result<NodeHandle, NodeError> {
         http,
         started: Instant::now(),
         peer_state,
-        follower_reads: crate::route::read_index::FollowerReads::new(dialer.clone(), raft.clone()),
-        writes: crate::route::forward::WriteForwarder::new(dialer, raft.clone()),
+        follower_reads: crate::route::read_index::FollowerReads::new(crate::peer::Link::cluster(
+            dialer.clone(),
+            raft.clone(),
+        )),
+        writes: crate::route::forward::WriteForwarder::new(crate::peer::Link::cluster(
+            dialer,
+            raft.clone(),
+        )),
         api_scheme: if api_certs.is_some() { "https" } else { "http" },
         auth,
         gates,

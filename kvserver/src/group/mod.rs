@@ -345,21 +345,16 @@ impl Groups {
             self.ctx.config.ttl_reap_interval_ms,
             stopped(&self.stop.subscribe()),
         ));
-        let cluster = Some(self.cluster.clone());
+        let link = crate::peer::Link {
+            dialer: self.ctx.dialer.clone(),
+            raft: launched.raft.clone(),
+            group: id,
+            cluster: Some(self.cluster.clone()),
+        };
         let group = Arc::new(Group {
             id,
-            writes: crate::route::forward::WriteForwarder::for_group(
-                self.ctx.dialer.clone(),
-                launched.raft.clone(),
-                id,
-                cluster.clone(),
-            ),
-            reads: crate::route::read_index::FollowerReads::for_group(
-                self.ctx.dialer.clone(),
-                launched.raft.clone(),
-                id,
-                cluster,
-            ),
+            writes: crate::route::forward::WriteForwarder::new(link.clone()),
+            reads: crate::route::read_index::FollowerReads::new(link),
             raft: launched.raft,
             store,
             peer: launched.peer,

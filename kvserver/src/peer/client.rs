@@ -85,6 +85,36 @@ struct Conn {
     writer: PeerWriter,
 }
 
+/// What a router of this node needs to reach another member's Raft group: the
+/// dialer, the group's Raft here (its membership names the members' addresses),
+/// and which group (for a partition's, the cluster group's Raft too, whose
+/// membership the hello speaks of).
+#[derive(Clone)]
+pub struct Link {
+    pub dialer: Dialer,
+    pub raft: KvRaft,
+    pub group: u64,
+    pub cluster: Option<KvRaft>,
+}
+
+impl Link {
+    /// The cluster group's link.
+    pub fn cluster(dialer: Dialer, raft: KvRaft) -> Link {
+        Link {
+            dialer,
+            raft,
+            group: 0,
+            cluster: None,
+        }
+    }
+
+    /// A client of member `target` at `addr` for this link's group.
+    pub(crate) fn client(&self, target: NodeId, addr: String) -> PeerClient {
+        PeerClient::new(self.dialer.clone(), target, addr, &self.raft)
+            .in_group(self.group, self.cluster.clone())
+    }
+}
+
 /// A client for one target peer holding one reusable connection.
 pub struct PeerClient {
     dialer: Dialer,

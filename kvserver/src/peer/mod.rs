@@ -44,6 +44,7 @@ mod receive;
 pub mod server;
 pub mod wire;
 
+pub use client::Link;
 pub use client::NetworkFactory;
 pub use client::PeerClient;
 pub use io::Dialer;

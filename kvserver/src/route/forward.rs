@@ -34,7 +34,6 @@ use crate::command::NodeId;
 use crate::command::TypeConfig;
 use crate::peer::PeerClient;
 use crate::peer::WriteRejected;
-use crate::raft::KvRaft;
 
 /// Idle connections kept to the leader.
 const MAX_IDLE: usize = 64;
@@ -81,10 +80,8 @@ struct Pool {
 /// Forwarded-write connections of one node.
 pub struct WriteForwarder {
     me: NodeId,
-    dialer: crate::peer::Dialer,
-    raft: KvRaft,
-    /// The group the writes are for, and the cluster group's Raft (partitions).
-    group: (u64, Option<KvRaft>),
+    /// The group the writes are for, and how to reach its members.
+    link: crate::peer::Link,
     pool: Mutex<Pool>,
     /// This node (the leader) is handing leadership over: openraft refuses new
     /// writes until the successor leads, so they wait for it here.
@@ -92,22 +89,10 @@ pub struct WriteForwarder {
 }
 
 impl WriteForwarder {
-    pub fn new(dialer: crate::peer::Dialer, raft: KvRaft) -> Arc<Self> {
-        Self::for_group(dialer, raft, 0, None)
-    }
-
-    /// The forwarder of group `group` (a partition's), whose Raft is `raft`.
-    pub fn for_group(
-        dialer: crate::peer::Dialer,
-        raft: KvRaft,
-        group: u64,
-        cluster: Option<KvRaft>,
-    ) -> Arc<Self> {
+    pub fn new(link: crate::peer::Link) -> Arc<Self> {
         Arc::new(Self {
-            me: dialer.me,
-            dialer,
-            raft,
-            group: (group, cluster),
+            me: link.dialer.me,
+            link,
             pool: Mutex::default(),
             handing_off: AtomicBool::new(false),
         })
@@ -129,7 +114,7 @@ impl WriteForwarder {
     ) -> Result<Option<NodeId>, openraft::error::Fatal<TypeConfig>> {
         self.handing_off.store(true, Ordering::Relaxed);
         let moved = async {
-            self.raft.trigger().transfer_leader(to).await?;
+            self.link.raft.trigger().transfer_leader(to).await?;
             let m = self.leader_other_than(self.me, timeout).await;
             Ok(m.and_then(|m| m.current_leader))
         }
@@ -145,7 +130,8 @@ impl WriteForwarder {
         old: NodeId,
         timeout: Duration,
     ) -> Option<openraft::RaftMetrics<TypeConfig>> {
-        self.raft
+        self.link
+            .raft
             .wait(Some(timeout))
             .metrics(
                 |m| m.current_leader.is_some_and(|l| l != old),
@@ -160,7 +146,7 @@ impl WriteForwarder {
     /// one; a node outside the membership (removed) would wait in vain. A leader
     /// handing over waits for its successor.
     pub async fn leader_elsewhere(&self, timeout: Duration) -> Option<NodeId> {
-        let now = self.raft.metrics().borrow_watched().current_leader;
+        let now = self.link.raft.metrics().borrow_watched().current_leader;
         let leader = match now {
             Some(l) if l == self.me && self.handing_off.load(Ordering::Relaxed) => {
                 self.leader_other_than(self.me, timeout)
@@ -170,7 +156,7 @@ impl WriteForwarder {
             Some(l) => Some(l),
             None => {
                 let member = {
-                    let m = self.raft.metrics();
+                    let m = self.link.raft.metrics();
                     let m = m.borrow_watched();
                     m.membership_config
                         .membership()
@@ -180,7 +166,8 @@ impl WriteForwarder {
                 if !member {
                     return None;
                 }
-                self.raft
+                self.link
+                    .raft
                     .wait(Some(timeout))
                     .metrics(|m| m.current_leader.is_some(), "a known leader")
                     .await
@@ -211,7 +198,7 @@ impl WriteForwarder {
         match self.leader_other_than(old, wait).await {
             Some(m) => m.current_leader,
             None => {
-                let still = self.raft.metrics().borrow_watched().current_leader;
+                let still = self.link.raft.metrics().borrow_watched().current_leader;
                 (hint.is_none() && still == Some(old)).then_some(old)
             }
         }
@@ -226,7 +213,7 @@ impl WriteForwarder {
         principal: &crate::auth::Principal,
         ttl: Duration,
     ) -> Forwarded {
-        let Some(addr) = crate::raft::member_raft_addr(&self.raft, leader) else {
+        let Some(addr) = crate::raft::member_raft_addr(&self.link.raft, leader) else {
             return Forwarded::NotSent(cmd, format!("leader {leader} is not in the membership"));
         };
         let pooled = {
@@ -257,8 +244,7 @@ impl WriteForwarder {
         let mut client = match pooled {
             Some(c) => c,
             None => {
-                let mut c = PeerClient::new(self.dialer.clone(), leader, addr, &self.raft)
-                    .in_group(self.group.0, self.group.1.clone());
+                let mut c = self.link.client(leader, addr);
                 let setup = async {
                     c.ensure_connected().await?;
                     c.supports_write(SETUP_TIMEOUT).await

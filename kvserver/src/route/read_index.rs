@@ -54,31 +54,17 @@ struct Queue {
 
 /// Follower-read coordinator of one node.
 pub struct FollowerReads {
-    dialer: crate::peer::Dialer,
-    raft: KvRaft,
-    /// The group the reads are for, and the cluster group's Raft (partitions).
-    group: (u64, Option<KvRaft>),
+    /// The group the reads are for, and how to reach its members.
+    link: crate::peer::Link,
     queue: Mutex<Queue>,
     /// The connection to the current leader, kept between rounds.
     client: tokio::sync::Mutex<Option<(NodeId, String, PeerClient)>>,
 }
 
 impl FollowerReads {
-    pub fn new(dialer: crate::peer::Dialer, raft: KvRaft) -> Arc<Self> {
-        Self::for_group(dialer, raft, 0, None)
-    }
-
-    /// The coordinator of group `group` (a partition's), whose Raft is `raft`.
-    pub fn for_group(
-        dialer: crate::peer::Dialer,
-        raft: KvRaft,
-        group: u64,
-        cluster: Option<KvRaft>,
-    ) -> Arc<Self> {
+    pub fn new(link: crate::peer::Link) -> Arc<Self> {
         Arc::new(Self {
-            dialer,
-            raft,
-            group: (group, cluster),
+            link,
             queue: Mutex::default(),
             client: tokio::sync::Mutex::new(None),
         })
@@ -132,17 +118,12 @@ impl FollowerReads {
 
     /// One read-index round trip to `leader`.
     async fn fetch(&self, leader: NodeId) -> Result<u64, String> {
-        let addr = crate::raft::member_raft_addr(&self.raft, leader)
+        let addr = crate::raft::member_raft_addr(&self.link.raft, leader)
             .ok_or_else(|| FollowerReadError::UnknownLeader(leader).to_string())?;
         let mut slot = self.client.lock().await;
         let reuse = matches!(&*slot, Some((id, a, _)) if *id == leader && *a == addr);
         if !reuse {
-            *slot = Some((
-                leader,
-                addr.clone(),
-                PeerClient::new(self.dialer.clone(), leader, addr, &self.raft)
-                    .in_group(self.group.0, self.group.1.clone()),
-            ));
+            *slot = Some((leader, addr.clone(), self.link.client(leader, addr)));
         }
         let Some((_, _, client)) = slot.as_mut() else {
             return Err("no read-index client".into());
@@ -162,10 +143,11 @@ impl FollowerReads {
                 .as_ref()
                 .map(|l| l.index)
         };
-        if applied(&self.raft).is_some_and(|a| a >= index) {
+        if applied(&self.link.raft).is_some_and(|a| a >= index) {
             return Ok(());
         }
-        self.raft
+        self.link
+            .raft
             .wait(Some(APPLY_TIMEOUT))
             .applied_index_at_least(Some(index), "follower read")
             .await
