@@ -59,6 +59,9 @@ pub fn partition_group(p: u32) -> GroupId {
     u64::from(p) + 1
 }
 
+/// How long gathered group reports are reused.
+pub const REPORTS_FRESH: Duration = Duration::from_millis(250);
+
 /// How long a member has to answer a `Groups` request.
 const REPORT_TTL: Duration = Duration::from_secs(2);
 
@@ -199,6 +202,8 @@ pub struct Groups {
     store_opts: StoreOptions,
     metrics: Arc<crate::metrics::Metrics>,
     hosted: RwLock<BTreeMap<GroupId, Arc<Group>>>,
+    /// The last gathered cluster reports (see [`Groups::cluster_reports`]).
+    last_reports: tokio::sync::Mutex<Option<(std::time::Instant, Arc<Vec<GroupReport>>)>>,
     opening: tokio::sync::Mutex<bool>,
     stop: watch::Sender<bool>,
 }
@@ -231,6 +236,7 @@ impl Groups {
             store_opts,
             metrics,
             hosted: RwLock::new(BTreeMap::new()),
+            last_reports: tokio::sync::Mutex::new(None),
             opening: tokio::sync::Mutex::new(false),
             stop: watch::channel(false).0,
         })
@@ -258,8 +264,23 @@ impl Groups {
     }
 
     /// What every member of the cluster reports of its groups (this node's own
-    /// included; a member that does not answer in time is left out).
-    pub async fn cluster_reports(&self) -> Vec<GroupReport> {
+    /// included; a member that does not answer in time is left out). One
+    /// gathering at a time, reused for [`REPORTS_FRESH`]: `GET /v1/partitions`
+    /// is open to every authenticated caller, and a flood of it must not turn
+    /// into a flood of peer calls (each asks every member).
+    pub async fn cluster_reports(&self) -> Arc<Vec<GroupReport>> {
+        let mut slot = self.last_reports.lock().await;
+        if let Some((at, r)) = &*slot
+            && at.elapsed() < REPORTS_FRESH
+        {
+            return r.clone();
+        }
+        let r = Arc::new(self.gather_reports().await);
+        *slot = Some((std::time::Instant::now(), r.clone()));
+        r
+    }
+
+    async fn gather_reports(&self) -> Vec<GroupReport> {
         let me = self.ctx.node_id;
         let mut out = self.reports();
         let members: Vec<(NodeId, String)> = raft::raft_metrics(&self.cluster)
