@@ -72,13 +72,7 @@ async fn partitions(state: &AppState) -> PartitionsInfo {
     let map = state.store.placement();
     let reports = state.groups.cluster_reports().await;
     if map.epoch == 0 {
-        let m = crate::raft::raft_metrics(&state.raft);
-        let hosts: Vec<NodeId> = m
-            .membership_config
-            .membership()
-            .nodes()
-            .map(|(n, _)| *n)
-            .collect();
+        let hosts: Vec<NodeId> = state.groups.members().into_keys().collect();
         let mut one = partition_info(0, 1, CLUSTER_GROUP, &hosts, true, &reports);
         // The cluster's group is this node's own: its revision is known here.
         if one.revision.is_none() && one.leader_id == Some(state.id) {

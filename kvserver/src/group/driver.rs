@@ -30,7 +30,6 @@ use super::GroupId;
 use super::Groups;
 use super::partition_group;
 use crate::command::Command;
-use crate::command::KvNode;
 use crate::command::NodeId;
 use crate::command::Outcome;
 use crate::command::now_ms;
@@ -78,16 +77,6 @@ pub async fn run(groups: Arc<Groups>, cluster: Store, stop: impl std::future::Fu
     }
 }
 
-/// The cluster group's member addresses.
-fn members(groups: &Groups) -> BTreeMap<NodeId, KvNode> {
-    raft::raft_metrics(&groups.cluster)
-        .membership_config
-        .membership()
-        .nodes()
-        .map(|(n, k)| (*n, k.clone()))
-        .collect()
-}
-
 /// Opens the groups `map` assigns this node, and forms those it is the first
 /// host of that are not formed yet (each in its own task: one partition waiting
 /// for a slow host does not hold the others).
@@ -98,7 +87,7 @@ async fn host(
 ) {
     let me = groups.ctx.node_id;
     forming.retain(|_, f| !f.is_finished());
-    let addrs = members(groups);
+    let addrs = groups.members();
     for p in map.hosted_by(me) {
         let id = partition_group(p);
         if groups.get(id).is_none()
@@ -160,7 +149,7 @@ async fn drive(groups: &Groups, map: &PlacementMap) -> Result<(), String> {
                 config.partitions
             ));
         }
-        let nodes: BTreeSet<NodeId> = members(groups).into_keys().collect();
+        let nodes: BTreeSet<NodeId> = groups.members().into_keys().collect();
         let wait_for = config.initial_nodes.max(config.replication_factor);
         if nodes.len() < wait_for as usize {
             return Ok(());

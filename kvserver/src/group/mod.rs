@@ -283,14 +283,9 @@ impl Groups {
     async fn gather_reports(&self) -> Vec<GroupReport> {
         let me = self.ctx.node_id;
         let mut out = self.reports();
-        let members: Vec<(NodeId, String)> = raft::raft_metrics(&self.cluster)
-            .membership_config
-            .membership()
-            .nodes()
-            .filter(|(n, _)| **n != me)
-            .map(|(n, k)| (*n, k.raft_addr.clone()))
-            .collect();
-        let asks = members.into_iter().map(|(n, addr)| {
+        let others = self.members().into_iter().filter(|(n, _)| *n != me);
+        let asks = others.map(|(n, k)| {
+            let addr = k.raft_addr;
             let mut c =
                 crate::peer::PeerClient::new(self.ctx.dialer.clone(), n, addr, &self.cluster);
             async move { (n, c.groups(REPORT_TTL).await) }
@@ -302,6 +297,16 @@ impl Groups {
             }
         }
         out
+    }
+
+    /// The cluster's members (the cluster group's membership) and their addresses.
+    pub fn members(&self) -> BTreeMap<NodeId, crate::command::KvNode> {
+        raft::raft_metrics(&self.cluster)
+            .membership_config
+            .membership()
+            .nodes()
+            .map(|(n, k)| (*n, k.clone()))
+            .collect()
     }
 
     /// The cluster group's revision on this node (0: it never held a key).
