@@ -87,6 +87,9 @@ async fn host(
 ) {
     let me = groups.ctx.node_id;
     forming.retain(|_, f| !f.is_finished());
+    if map.epoch > 0 {
+        unhost(groups, map).await;
+    }
     let addrs = groups.members();
     for p in map.hosted_by(me) {
         let id = partition_group(p);
@@ -127,6 +130,37 @@ async fn host(
     }
 }
 
+/// Removes the groups this node hosts that `map` no longer assigns it (the
+/// driver drops a host only once the group's membership no longer names it, see
+/// `super::rebalance`). The map a node applied may be behind the cluster's, most
+/// of all right after a restart, while the cluster group replays its log: so the
+/// node first catches up with the cluster group's leader (a read barrier) and
+/// removes only what the map it then holds still leaves out.
+async fn unhost(groups: &Groups, map: &PlacementMap) {
+    let me = groups.ctx.node_id;
+    let hosted = |m: &PlacementMap, id: GroupId| {
+        super::group_partition(id).is_some_and(|p| m.of(p).is_some_and(|a| a.hosts.contains(&me)))
+    };
+    let extra: Vec<GroupId> = groups
+        .ids()
+        .into_iter()
+        .filter(|id| !hosted(map, *id))
+        .collect();
+    if extra.is_empty() {
+        return;
+    }
+    if let Err(e) = groups.cluster_barrier().await {
+        tracing::debug!(error = %e, "not caught up with the cluster group; removing no group yet");
+        return;
+    }
+    let current = groups.cluster_store.placement();
+    for id in extra.into_iter().filter(|id| !hosted(&current, *id)) {
+        if let Err(e) = groups.remove(id).await {
+            tracing::warn!(group = id, error = %e, "cannot remove a group this node no longer hosts");
+        }
+    }
+}
+
 /// One round of the driver on the cluster group's leader.
 async fn drive(groups: &Groups, map: &PlacementMap) -> Result<(), String> {
     let config = &groups.ctx.config;
@@ -164,7 +198,7 @@ async fn drive(groups: &Groups, map: &PlacementMap) -> Result<(), String> {
         return place(groups, first).await;
     }
     if map.assigned.iter().all(|a| a.formed) {
-        return Ok(());
+        return super::rebalance::rebalance(groups, map).await;
     }
     let reports = groups.cluster_reports().await;
     let mut next = map.clone();
@@ -195,7 +229,7 @@ async fn drive(groups: &Groups, map: &PlacementMap) -> Result<(), String> {
 }
 
 /// Proposes `map` as the next placement on the cluster group.
-async fn place(groups: &Groups, map: PlacementMap) -> Result<(), String> {
+pub(super) async fn place(groups: &Groups, map: PlacementMap) -> Result<(), String> {
     let epoch = map.epoch;
     let cmd = Command::Place {
         map,

@@ -15,7 +15,10 @@
 //! finds when it starts, so a restarted node serves the replicas it held.
 
 pub mod driver;
+pub mod moves;
 mod reap;
+pub mod rebalance;
+mod remove;
 mod report;
 
 pub use reap::reap_expired;
@@ -202,6 +205,8 @@ pub struct Groups {
     store_opts: StoreOptions,
     metrics: Arc<crate::metrics::Metrics>,
     hosted: RwLock<BTreeMap<GroupId, Arc<Group>>>,
+    /// Read indexes of the cluster group, for a barrier before acting on the map.
+    cluster_reads: Arc<crate::route::read_index::FollowerReads>,
     /// The last gathered cluster reports (see [`Groups::cluster_reports`]).
     last_reports: tokio::sync::Mutex<Option<(std::time::Instant, Arc<Vec<GroupReport>>)>>,
     opening: tokio::sync::Mutex<bool>,
@@ -229,7 +234,11 @@ impl Groups {
         store_opts: StoreOptions,
         metrics: Arc<crate::metrics::Metrics>,
     ) -> Arc<Groups> {
+        let cluster_reads = crate::route::read_index::FollowerReads::new(
+            crate::peer::Link::cluster(ctx.dialer.clone(), cluster.clone()),
+        );
         Arc::new(Groups {
+            cluster_reads,
             ctx,
             cluster,
             cluster_store,
@@ -307,6 +316,26 @@ impl Groups {
             .nodes()
             .map(|(n, k)| (*n, k.clone()))
             .collect()
+    }
+
+    /// Returns once this node has applied everything the cluster group had
+    /// committed when it was called (the map it then holds is current).
+    pub async fn cluster_barrier(&self) -> Result<(), String> {
+        let m = raft::raft_metrics(&self.cluster);
+        match m.current_leader {
+            Some(l) if l == self.ctx.node_id => self
+                .cluster
+                .ensure_linearizable(openraft::ReadPolicy::ReadIndex)
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string()),
+            Some(l) => self
+                .cluster_reads
+                .barrier(l)
+                .await
+                .map_err(|e| e.to_string()),
+            None => Err("the cluster group has no leader".into()),
+        }
     }
 
     /// The cluster group's revision on this node (0: it never held a key).
@@ -398,12 +427,17 @@ impl Groups {
     }
 
     /// Reopens every group whose directory is under the node's data directory
-    /// (a restarted node serves the replicas it held). Returns their ids.
+    /// (a restarted node serves the replicas it held), after finishing removals
+    /// a stop cut short (`remove.rs`). Returns their ids.
     pub async fn reopen(&self) -> Result<Vec<GroupId>, GroupError> {
         let root = self.store_opts.data_dir.join("groups");
-        let entries = match std::fs::read_dir(&root) {
-            Ok(e) => e,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        let mut ids: Vec<GroupId> = match std::fs::read_dir(&root) {
+            Ok(entries) => entries
+                .filter_map(|e| e.ok())
+                .filter_map(|e| e.file_name().to_str()?.parse().ok())
+                .filter(|id| *id != CLUSTER_GROUP)
+                .collect(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
             Err(source) => {
                 return Err(GroupError::Dir {
                     group: CLUSTER_GROUP,
@@ -412,12 +446,8 @@ impl Groups {
                 });
             }
         };
-        let mut ids: Vec<GroupId> = entries
-            .filter_map(|e| e.ok())
-            .filter_map(|e| e.file_name().to_str()?.parse().ok())
-            .filter(|id| *id != CLUSTER_GROUP)
-            .collect();
         ids.sort_unstable();
+        self.sweep(&root, &ids).await?;
         for id in &ids {
             self.open(*id).await?;
         }

@@ -227,6 +227,19 @@ impl PeerClient {
         }
     }
 
+    /// Asks the target, a partition's leader, to carry out a placement move.
+    pub(crate) async fn carry_out(
+        &mut self,
+        m: crate::placement::Move,
+        ttl: Duration,
+    ) -> Result<bool, PeerError> {
+        match self.call(&Request::Move(m), ttl).await? {
+            Response::Moved(Ok(changed)) => Ok(changed),
+            Response::Moved(Err(e)) | Response::Error(e) => Err(PeerError::Remote(e)),
+            _ => Err(PeerError::Unexpected),
+        }
+    }
+
     async fn connect(&mut self) -> Result<&mut Conn, PeerError> {
         if self.conn.is_none() {
             let (reader, writer) = self.dialer.dial(self.target, &self.addr).await?.split();

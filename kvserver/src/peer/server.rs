@@ -528,6 +528,7 @@ async fn serve_conn(opened: Opened, server: &PeerServer) -> Result<(), PeerError
                 }
             },
             Request::Groups => Response::Groups(server.groups.reports()),
+            Request::Move(m) => Response::Moved(server.groups.carry_out(hello.from, m).await),
             Request::Chunk(_) | Request::SnapshotEnd => {
                 Response::Error("snapshot data outside a transfer".into())
             }

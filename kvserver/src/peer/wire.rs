@@ -108,6 +108,10 @@ pub enum Request {
     /// What the node knows of each group it hosts (`crate::group::GroupReport`):
     /// the placement driver on the cluster group's leader asks every member.
     Groups,
+    /// The placement driver asks a partition's leader to change the partition's
+    /// membership or leadership (`crate::group::moves`); served only when the
+    /// sender leads the cluster group as this node sees it. Answered `Moved`.
+    Move(crate::placement::Move),
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -141,6 +145,8 @@ pub enum Response {
     GroupOk,
     /// The answer to `Request::Groups`.
     Groups(Vec<crate::group::GroupReport>),
+    /// The answer to `Request::Move`: whether it changed anything, or why not.
+    Moved(Result<bool, String>),
 }
 
 /// Why the leader did not apply a forwarded write.
@@ -249,6 +255,56 @@ mod tests {
                 assert!(read_frame::<_, Hello>(&mut &w[..cut]).await.is_err());
             });
         }
+    }
+
+    #[test]
+    fn placement_moves_and_their_answers_travel_as_bincode() {
+        use crate::placement::Move;
+        let rt = rt();
+        rt.block_on(async {
+            for m in [
+                Move::AddLearner {
+                    partition: 3,
+                    node: 7,
+                },
+                Move::Promote {
+                    partition: 3,
+                    node: 7,
+                },
+                Move::RemoveLearner {
+                    partition: 1,
+                    node: 2,
+                },
+                Move::RemoveVoter {
+                    partition: 0,
+                    node: 9,
+                },
+                Move::TransferLeader {
+                    partition: 15,
+                    to: 4,
+                },
+            ] {
+                let mut w = Vec::new();
+                write_frame(&mut w, &Request::Move(m))
+                    .await
+                    .expect("encode");
+                match read_frame::<_, Request>(&mut w.as_slice())
+                    .await
+                    .expect("decode")
+                {
+                    Request::Move(back) => assert_eq!(back, m),
+                    other => panic!("decoded {other:?}"),
+                }
+            }
+            let mut w = Vec::new();
+            write_frame(&mut w, &Response::Moved(Err("not_leader".into())))
+                .await
+                .expect("encode");
+            let back = read_frame::<_, Response>(&mut w.as_slice())
+                .await
+                .expect("decode");
+            assert!(matches!(back, Response::Moved(Err(e)) if e == "not_leader"));
+        });
     }
 
     #[test]

@@ -103,9 +103,11 @@ pub struct Observed {
     pub max_copies: usize,
 }
 
-/// One membership or leadership change of one partition.
+/// One membership or leadership change of one partition. Externally tagged:
+/// it crosses the peer port in bincode (`Request::Move`), which cannot read an
+/// internally tagged enum (the first try closed every connection it was sent on).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "move", rename_all = "camelCase")]
+#[serde(rename_all = "camelCase")]
 pub enum Move {
     AddLearner {
         partition: PartitionId,

@@ -402,6 +402,29 @@ impl Engine {
         Ok(())
     }
 
+    /// Forgets everything of `group` (the node no longer hosts it); returns once
+    /// that is durable. The group's segments are freed like purged entries, and a
+    /// later append to the group starts a new log.
+    pub async fn drop_group(&self, group: u64) -> Result<(), LogError> {
+        self.meta(Kind::Drop, group, 0, Bytes::new(), true, |g, removed| {
+            g.truncate(0, removed);
+            *g = Group::default();
+        })
+        .await?;
+        {
+            let mut inner = self.shared.lock();
+            if inner
+                .groups
+                .get(&group)
+                .is_some_and(|g| g.slots.is_empty() && g.vote.is_none() && g.purged.is_none())
+            {
+                inner.groups.remove(&group);
+            }
+        }
+        self.shared.wake.notify_one();
+        Ok(())
+    }
+
     /// Waits until everything queued so far is durable.
     pub async fn flush(&self) -> Result<(), LogError> {
         let (tx, rx) = tokio::sync::oneshot::channel();

@@ -8,7 +8,7 @@
 //!
 //! The payload is a sequence of *records*, each `kind u8 | group u64 | index u64 |
 //! len u32 | bytes[len]`: one Raft entry, a vote, a committed index, a truncation
-//! or a purge of one Raft group, or the identity of the node that owns the log.
+//! a purge or the drop of one Raft group, or the identity of the node that owns the log.
 //! Records are opaque bytes to this layer (the openraft adapter encodes them), so
 //! the format knows nothing of openraft's types.
 
@@ -40,6 +40,10 @@ pub enum Kind {
     Purge = 5,
     /// Who owns this log (first record of every segment); `group` and `index` are 0.
     Identity = 6,
+    /// Everything of the group is gone: entries, vote, committed and purge marker
+    /// (the node no longer hosts it, see `crate::group`). Records of the group
+    /// after this one start it afresh.
+    Drop = 7,
 }
 
 impl Kind {
@@ -51,6 +55,7 @@ impl Kind {
             4 => Kind::Truncate,
             5 => Kind::Purge,
             6 => Kind::Identity,
+            7 => Kind::Drop,
             _ => return None,
         })
     }

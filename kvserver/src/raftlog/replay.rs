@@ -78,6 +78,10 @@ impl Replay {
                 }
                 continue;
             }
+            if r.kind == Kind::Drop {
+                self.groups.remove(&r.group);
+                continue;
+            }
             let g = self.groups.entry(r.group).or_default();
             let bytes = || Bytes::copy_from_slice(r.bytes);
             match r.kind {
@@ -106,7 +110,7 @@ impl Replay {
                 }
                 Kind::Vote => g.vote = Some(bytes()),
                 Kind::Committed => g.committed = Some(bytes()),
-                Kind::Identity => {}
+                Kind::Identity | Kind::Drop => {}
             }
         }
         Ok(())

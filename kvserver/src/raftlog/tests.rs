@@ -247,6 +247,50 @@ async fn one_sync_covers_many_groups() {
 }
 
 #[tokio::test]
+async fn a_dropped_group_is_gone_after_restart_and_frees_its_segments() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let e = Engine::open(dir.path(), opts(8 * 1024)).expect("open");
+    for chunk in 0..10u64 {
+        let from = chunk * 25 + 1;
+        append(&e, 1, from..=from + 24).await;
+        append(&e, 2, from..=from + 24).await;
+    }
+    e.save_vote(2, Bytes::from_static(b"vote-2"))
+        .await
+        .expect("vote");
+    e.purge(2, 10, Bytes::from_static(b"p10"))
+        .await
+        .expect("purge");
+    e.purge(1, 240, Bytes::from_static(b"p240"))
+        .await
+        .expect("purge");
+    let many = e.segments().len();
+    e.drop_group(2).await.expect("drop");
+    assert!(read_all(&e, 2).is_empty());
+    assert_eq!(e.vote(2), None);
+    assert!(!e.groups().contains(&2), "{:?}", e.groups());
+    // Rotate past the old segments: they held only dead entries now.
+    append(&e, 1, 251..=400).await;
+    let after = e.segments().len();
+    assert!(after < many + 3, "freed segments: {many} -> {after}");
+    // The group comes back as a new log.
+    append(&e, 2, 1..=3).await;
+    e.close();
+
+    let e = Engine::open(dir.path(), opts(8 * 1024)).expect("reopen");
+    assert_eq!(read_all(&e, 1), expect(1, 241..=400));
+    assert_eq!(read_all(&e, 2), expect(2, 1..=3));
+    let s = e.state(2);
+    assert_eq!((s.last, s.purged), (Some(3), None));
+    assert_eq!(e.vote(2), None);
+    e.drop_group(2).await.expect("drop again");
+    e.close();
+    let e = Engine::open(dir.path(), opts(8 * 1024)).expect("reopen");
+    assert!(!e.groups().contains(&2));
+    assert_eq!(read_all(&e, 1), expect(1, 241..=400));
+}
+
+#[tokio::test]
 async fn identity_and_lock_are_enforced() {
     let dir = tempfile::tempdir().expect("tempdir");
     let e = Engine::open(dir.path(), opts(64 * 1024)).expect("open");

@@ -209,6 +209,8 @@ impl Writer {
                     Kind::Purge if m.purged.as_ref().is_none_or(|(p, _)| *p < index) => {
                         m.purged = Some((index, bytes))
                     }
+                    // Later segment headers no longer carry the group.
+                    Kind::Drop => *m = Meta::default(),
                     _ => {}
                 }
             }

@@ -306,6 +306,41 @@ impl Store {
         Ok(store)
     }
 
+    /// Deletes what a closed store keeps outside its data directory: on
+    /// PostgreSQL its schema and every table in it (a partition group this node no
+    /// longer hosts, see `crate::group`); nothing on SQLite, whose database lives
+    /// in the data directory the caller removes.
+    pub async fn destroy_schema(backend: &Backend) -> Result<(), StoreError> {
+        let Backend::Postgres {
+            url,
+            schema,
+            acquire_timeout,
+            ..
+        } = backend
+        else {
+            return Ok(());
+        };
+        if !valid_schema(schema) {
+            return Err(StoreError::Corrupt {
+                what: "storage.postgres.schema".into(),
+                detail: format!("{schema:?} must be 1-63 characters of [a-z0-9_]"),
+            });
+        }
+        let boot = AnyPoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(*acquire_timeout)
+            .connect(url)
+            .await?;
+        let dropped = boot
+            .execute(sqlx::AssertSqlSafe(format!(
+                "DROP SCHEMA IF EXISTS {schema} CASCADE"
+            )))
+            .await;
+        boot.close().await;
+        dropped?;
+        Ok(())
+    }
+
     /// The cluster a store at `opts` belongs to (`None`: never started), without
     /// recording an identity in it. Used by forced recovery (`crate::recover`).
     pub async fn stored_cluster_id(

@@ -7,6 +7,7 @@
 #![allow(dead_code)]
 
 pub mod backup;
+pub mod inproc;
 pub mod pg;
 pub mod s3;
 pub mod sse;
