@@ -25,6 +25,12 @@ pub const DEFAULT_IMAGE: &str = concat!("docker.io/kvcluster/kvserver:", env!("C
 fn default_replicas() -> i32 {
     3
 }
+fn default_partitions() -> i32 {
+    1
+}
+fn default_replication_factor() -> i32 {
+    3
+}
 fn default_image() -> String {
     DEFAULT_IMAGE.to_string()
 }
@@ -91,6 +97,19 @@ pub struct KVClusterSpec {
     #[serde(default = "default_replicas")]
     #[schemars(range(min = 1, max = 9))]
     pub replicas: i32,
+    /// Partitions the keyspace is split into, each its own Raft group replicated on
+    /// `replicationFactor` pods and placed, moved and rebalanced by kvserver as pods
+    /// come and go (docs/partitions.md). 1 (default): one group on every pod.
+    /// Fixed when the cluster is created: a different count later is refused
+    /// (condition Degraded, reason PartitionsFixed) and the cluster keeps its own.
+    #[serde(default = "default_partitions")]
+    #[schemars(range(min = 1, max = 1024))]
+    pub partitions: i32,
+    /// Replicas of each partition when `partitions` is above 1: each lives on this
+    /// many distinct pods (at most `replicas`). Default 3.
+    #[serde(default = "default_replication_factor")]
+    #[schemars(range(min = 1, max = 9))]
+    pub replication_factor: i32,
     /// kvserver container image.
     #[serde(default = "default_image")]
     pub image: String,
@@ -531,6 +550,9 @@ pub struct KVClusterStatus {
     /// The forced recovery of `spec.recovery`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub recovery: Option<crate::recovery::RecoveryStatus>,
+    /// The partitions, when `spec.partitions` is above 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partitions: Option<crate::partitions::PartitionsStatus>,
 }
 
 /// One Raft member.

@@ -14,6 +14,8 @@
 //! - [`membership`]: the pure membership state machine (next safe step from observed state).
 //! - [`controller`]: the reconcile pipeline observe → plan → build → apply → membership step → status,
 //!   one file per stage that talks to the world (`observe`, `apply`, `execute`, `status`).
+//! - [`partitions`]: `spec.partitions`: the partitions' status, the Rebalancing condition and
+//!   move Events (kvserver places and moves replicas itself).
 //! - [`metrics`]: the operator's Prometheus metrics.
 //! - [`manifests`]: RBAC rules, install bundle and examples (one source for manifests/ and the chart).
 //! - [`crdgen`]: renders the CRD YAML (used by the `crdgen` binary and the drift test).
@@ -27,6 +29,7 @@ pub mod crdgen;
 pub mod manifests;
 pub mod membership;
 pub mod metrics;
+pub mod partitions;
 pub mod recovery;
 pub mod reviewers;
 pub mod tls;

@@ -34,6 +34,15 @@ impl Client {
             .await
     }
 
+    /// `GET /v1/partitions` of one particular node (never sent anywhere else).
+    pub async fn partitions_at(
+        &self,
+        endpoint: &str,
+    ) -> Result<crate::model::PartitionsInfo, ClientError> {
+        self.at::<(), _>(endpoint, &Method::GET, "/v1/partitions", None)
+            .await
+    }
+
     /// Where `key` lives: its partition and nodes, leader first.
     pub async fn partition_of(&self, key: &str) -> Result<crate::model::KeyPlacement, ClientError> {
         let path = format!(

@@ -52,6 +52,10 @@ pub enum BuildError {
         "spec.raft: electionTimeoutMinMs must exceed heartbeatIntervalMs and electionTimeoutMaxMs must exceed electionTimeoutMinMs"
     )]
     BadRaftTiming,
+    #[error(
+        "spec.replicationFactor ({factor}) exceeds spec.replicas ({replicas}): each partition's replicas live on distinct pods"
+    )]
+    ReplicationFactor { factor: i32, replicas: i32 },
     #[error("cannot render the kvserver configuration: {0}")]
     Config(String),
     #[error(
@@ -248,6 +252,12 @@ pub fn config_yaml(kvc: &KVCluster) -> Result<String, BuildError> {
         // the pods' config hash, so dropping it afterwards restarts nobody.
         cfg["recovery"] = serde_json::json!({"force_new_cluster_from": from, "node_id": member});
     }
+    if kvc.spec.partitions > 1 {
+        // How many members the first placement waits for, so a new cluster's
+        // partitions are spread over all its pods at once. Read only before the
+        // first placement: left out of the config hash, so scaling restarts nobody.
+        cfg["initial_nodes"] = kvc.spec.replicas.into();
+    }
     serde_yaml::to_string(&cfg).map_err(|e| BuildError::Config(e.to_string()))
 }
 
@@ -375,6 +385,16 @@ fn config_value(kvc: &KVCluster) -> Result<serde_json::Value, BuildError> {
         "raft": raft_cfg,
         "storage": storage,
     });
+    if kvc.spec.partitions > 1 {
+        if kvc.spec.replication_factor > kvc.spec.replicas {
+            return Err(BuildError::ReplicationFactor {
+                factor: kvc.spec.replication_factor,
+                replicas: kvc.spec.replicas,
+            });
+        }
+        cfg["partitions"] = kvc.spec.partitions.into();
+        cfg["replication_factor"] = kvc.spec.replication_factor.into();
+    }
     if kvc.spec.restore.is_some() {
         // Written by the restore Job into the first member's volume; used only when
         // that member forms the cluster (crate::backup::restore).

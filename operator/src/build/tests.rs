@@ -524,3 +524,33 @@ fn service_account_auth_becomes_config_and_a_review_credential() {
         );
     }
 }
+
+#[test]
+fn partitions_reach_the_members_config_and_scaling_restarts_nobody() {
+    let yaml = |spec: &str| -> serde_yaml::Value {
+        serde_yaml::from_str(&config_yaml(&kvc(spec)).expect("config")).expect("yaml")
+    };
+    // One partition (the default): the config is what it was before partitions.
+    let one = yaml("replicas: 3");
+    assert!(one.get("partitions").is_none() && one.get("initial_nodes").is_none());
+    let five = yaml("{replicas: 5, partitions: 16}");
+    assert_eq!(five["partitions"], 16);
+    assert_eq!(five["replication_factor"], 3);
+    assert_eq!(five["initial_nodes"], 5);
+    // The first placement's wait is left out of the pods' config hash: scaling
+    // 5 → 7 changes it and must not roll every pod.
+    let seven = kvc("{replicas: 7, partitions: 16}");
+    assert_eq!(
+        config_for_hash(&kvc("{replicas: 5, partitions: 16}")).expect("hash"),
+        config_for_hash(&seven).expect("hash")
+    );
+    assert_eq!(
+        config_yaml(&kvc("{replicas: 2, partitions: 4, replicationFactor: 3}")).err(),
+        Some(BuildError::ReplicationFactor {
+            factor: 3,
+            replicas: 2
+        })
+    );
+    // With one partition the factor is not used, and not checked.
+    assert!(config_yaml(&kvc("{replicas: 1}")).is_ok());
+}

@@ -93,6 +93,22 @@ pub(super) async fn execute(
                 format!("moved leadership from {from} to {to} before removing {from}"),
             ))
         }
+        Step::Demote(id) => {
+            kv()?
+                .change_membership(&MembershipRequest {
+                    remove_voters: vec![*id],
+                    retain: true,
+                    ..Default::default()
+                })
+                .await
+                .at("membership", format!("demote member {id} to a learner"))?;
+            Some((
+                "MemberDemoted".into(),
+                format!(
+                    "made member {id} a learner: its partition replicas move to the other pods before it is removed"
+                ),
+            ))
+        }
         Step::RemoveMember { id, replace } => {
             kv()?
                 .change_membership(&MembershipRequest {

@@ -437,8 +437,20 @@ async fn reconcile_inner(kvc: &KVCluster, ctx: &Context) -> Result<Action, Recon
     if recovery.status.is_some() {
         status.recovery = recovery.status;
     }
+    if let Some(p) = &status.partitions
+        && let Some((reason, note)) =
+            crate::partitions::moved(kvc.status.as_ref().and_then(|s| s.partitions.as_ref()), p)
+    {
+        publish_event(ctx, kvc, EventType::Normal, reason, note).await;
+    }
+    // kvserver moves replicas on its own: while it does, look again soon.
+    let rebalancing = status
+        .partitions
+        .as_ref()
+        .is_some_and(|p| crate::partitions::rebalancing(p).0);
     write_status(ctx, kvc, &status).await?;
     Ok(match step {
+        Step::Idle if rebalancing => Action::requeue(Duration::from_secs(2)),
         Step::Idle => Action::requeue(Duration::from_secs(30)),
         // Refusals are re-checked every 10 s (and at once on any pod change): no
         // retry storm, but a transient refusal does not stall a resize for long.

@@ -25,6 +25,7 @@ use crate::build;
 use crate::crd::KVCluster;
 use crate::crd::ReclaimPolicy;
 use crate::membership::Observed;
+use crate::membership::Partitioned;
 use crate::membership::PodView;
 use crate::membership::RaftView;
 
@@ -41,6 +42,8 @@ pub(super) struct Seen {
     pub token: Option<String>,
     /// The leader's view, for status.
     pub info: Option<ClusterInfo>,
+    /// The leader's `/v1/partitions`, for status (`None`: not read).
+    pub partitions: Option<kvserver::model::PartitionsInfo>,
     /// Whether the StatefulSet exists yet.
     pub sts_exists: bool,
     /// Member volumes: name, resourceVersion, owner references.
@@ -301,6 +304,35 @@ pub(super) async fn observe(
             .collect(),
         joint: i.joint,
     });
+    // Where the partitions are, from the leader (any member answers for all):
+    // scale-in waits for it on a partitioned cluster.
+    let mut partitions = None;
+    if let Some(i) = info.as_ref().filter(|i| i.initialized) {
+        let url = i
+            .leader_id
+            .and_then(|l| urls.get(&l))
+            .or_else(|| urls.get(&i.node_id));
+        obs.partitioned = match url {
+            Some(url) => match http.partitions_at(url).await {
+                Ok(p) if crate::partitions::is_partitioned(&p) => {
+                    let hosting = crate::partitions::hosting(&p);
+                    partitions = Some(p);
+                    Partitioned::Hosting(hosting)
+                }
+                Ok(p) => {
+                    partitions = Some(p);
+                    Partitioned::No
+                }
+                // A release before partitions: one group.
+                Err(kvserver::client::ClientError::Api { status: 404, .. }) => Partitioned::No,
+                Err(e) => {
+                    tracing::debug!(error = %e, "the partitions are not known this round");
+                    partitioned_unknown(kvc)
+                }
+            },
+            None => partitioned_unknown(kvc),
+        };
+    }
     Ok(Seen {
         obs,
         urls,
@@ -308,7 +340,19 @@ pub(super) async fn observe(
         tls,
         token,
         info,
+        partitions,
         sts_exists: sts.is_some(),
         volumes,
     })
+}
+
+/// What is assumed of a cluster whose partitions could not be read: partitioned
+/// (scale-in waits) if the spec or the last status says so, else one group.
+fn partitioned_unknown(kvc: &KVCluster) -> Partitioned {
+    let was = kvc.status.as_ref().is_some_and(|s| s.partitions.is_some());
+    if kvc.spec.partitions > 1 || was {
+        Partitioned::Unknown
+    } else {
+        Partitioned::No
+    }
 }

@@ -89,6 +89,7 @@ pub(super) fn status_of(
             Step::AddLearner(i) => (*i, "AddLearner"),
             Step::Promote(i) => (*i, "Promote"),
             Step::TransferLeader { from, .. } => (*from, "TransferLeader"),
+            Step::Demote(i) => (*i, "Demote"),
             Step::RemoveMember { id, .. } => (*id, "RemoveVoter"),
             Step::ReclaimVolume(i) => (*i, "ReclaimVolume"),
             Step::ScaleStatefulSet(n) => (n.saturating_sub(1), "ScaleStatefulSet"),
@@ -115,6 +116,16 @@ pub(super) fn status_of(
         Step::Idle => "converged".into(),
         other => format!("{other:?}"),
     };
+    let partitions = seen
+        .partitions
+        .as_ref()
+        .filter(|p| crate::partitions::is_partitioned(p))
+        .map(crate::partitions::status_of);
+    let fixed_problem = seen
+        .partitions
+        .as_ref()
+        .and_then(|p| crate::partitions::fixed_count_problem(kvc.spec.partitions, p));
+    let degraded_problem = pdb_problem.map(str::to_string).or(fixed_problem.clone());
     let mut conditions = vec![
         condition(
             &old.conditions,
@@ -147,16 +158,17 @@ pub(super) fn status_of(
         condition(
             &old.conditions,
             "Degraded",
-            ready_voters < voters.len() || pdb_problem.is_some(),
+            ready_voters < voters.len() || degraded_problem.is_some(),
             if pdb_problem.is_some() {
                 "PodDisruptionBudgetUnavailable"
+            } else if fixed_problem.is_some() {
+                "PartitionsFixed"
             } else if ready_voters < voters.len() {
                 "MembersNotReady"
             } else {
                 "AllReady"
             },
-            &pdb_problem
-                .map(str::to_string)
+            &degraded_problem
                 .unwrap_or_else(|| format!("{ready_voters} of {} voters ready", voters.len())),
             gen_,
         ),
@@ -194,6 +206,17 @@ pub(super) fn status_of(
             gen_,
         ));
     }
+    if let Some(p) = &partitions {
+        let (moving, reason, message) = crate::partitions::rebalancing(p);
+        conditions.push(condition(
+            &old.conditions,
+            "Rebalancing",
+            moving,
+            reason,
+            &message,
+            gen_,
+        ));
+    }
     conditions.sort_by(|a, b| a.type_.cmp(&b.type_));
     KVClusterStatus {
         observed_generation: gen_,
@@ -210,6 +233,8 @@ pub(super) fn status_of(
         backup: None,
         restore: old.restore.clone(),
         recovery: old.recovery.clone(),
+        // Kept while the members cannot be asked, like `members`.
+        partitions: partitions.or(old.partitions.clone()),
     }
 }
 
@@ -264,6 +289,7 @@ mod tests {
             tls: None,
             token: None,
             info: None,
+            partitions: None,
             sts_exists: true,
             volumes: Vec::new(),
         }

@@ -10,7 +10,10 @@
 //! - Scale-out: grow the StatefulSet, add the new pod as a learner once it
 //!   serves, promote it once caught up.
 //! - Scale-in, highest ordinal first: move leadership away, remove the voter,
-//!   then shrink the StatefulSet, then reclaim the volume per policy.
+//!   then shrink the StatefulSet, then reclaim the volume per policy. With more
+//!   than one partition the voter is first demoted to a learner, which makes
+//!   kvserver's placement driver move its partition replicas off it, and it is
+//!   removed only once it hosts none (docs/partitions.md).
 //! - Any step that would leave fewer healthy voters than a quorum is refused
 //!   (`Blocked`), and so is bootstrapping a cluster that existed before.
 //! - A member whose pod came back with an empty volume (it answers
@@ -69,6 +72,31 @@ pub struct Observed {
     pub pvcs: BTreeSet<u64>,
     /// Removed members' PVCs are deleted (reclaim policy `Delete`).
     pub reclaim_delete: bool,
+    /// Where the partitions' replicas are, for a cluster of more than one.
+    pub partitioned: Partitioned,
+}
+
+/// Whether the cluster has partitions, and how many replicas each member hosts.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Partitioned {
+    /// One partition: every member holds all the data in the cluster's group.
+    #[default]
+    No,
+    /// Partitioned, but the placement could not be read this round.
+    Unknown,
+    /// Partition replicas per member, as the leader's `/v1/partitions` lists them.
+    Hosting(BTreeMap<u64, usize>),
+}
+
+impl Partitioned {
+    /// How many partition replicas member `id` holds (`None`: not known).
+    pub fn replicas_on(&self, id: u64) -> Option<usize> {
+        match self {
+            Partitioned::No => Some(0),
+            Partitioned::Unknown => None,
+            Partitioned::Hosting(m) => Some(m.get(&id).copied().unwrap_or(0)),
+        }
+    }
 }
 
 /// The next step.
@@ -84,6 +112,9 @@ pub enum Step {
         from: u64,
         to: u64,
     },
+    /// Make a voter a learner (it keeps its data and stays a member): kvserver's
+    /// placement driver then moves its partition replicas off it.
+    Demote(u64),
     /// Remove a voter (or learner) from the cluster; `replace` when it lost its data.
     RemoveMember {
         id: u64,
@@ -111,9 +142,10 @@ impl Step {
             Step::Bootstrap(_) => Some("Bootstrap"),
             Step::RemoveMember { replace: true, .. } => Some("ReplaceMember"),
             Step::AddLearner(_) | Step::Promote(_) => Some("ScaleOut"),
-            Step::TransferLeader { .. } | Step::RemoveMember { .. } | Step::ReclaimVolume(_) => {
-                Some("ScaleIn")
-            }
+            Step::TransferLeader { .. }
+            | Step::Demote(_)
+            | Step::RemoveMember { .. }
+            | Step::ReclaimVolume(_) => Some("ScaleIn"),
             Step::ScaleStatefulSet(n) if *n > obs.sts_replicas => Some("ScaleOut"),
             Step::ScaleStatefulSet(_) if voters >= obs.desired => Some("ScaleIn"),
             _ => None,
@@ -210,7 +242,15 @@ pub fn plan(obs: &Observed) -> Step {
         .copied()
         .find(|id| *id >= obs.desired)
     {
-        return Step::RemoveMember { id, replace: false };
+        return match obs.partitioned.replicas_on(id) {
+            Some(0) => Step::RemoveMember { id, replace: false },
+            Some(n) => Step::Wait(format!(
+                "member {id} is being drained: {n} partition replicas are still on it"
+            )),
+            None => Step::Wait(format!(
+                "member {id} leaves once it holds no partition replica; the placement is not known yet"
+            )),
+        };
     }
     // A learner below `desired` while a voter sits at or above it (e.g. after replacing
     // a member): promote when caught up, then the extra voter is scaled in above.
@@ -358,10 +398,14 @@ fn plan_scale_in(
             None => Step::Blocked("no healthy voter to take over leadership".into()),
         };
     }
-    let _ = obs;
-    Step::RemoveMember {
-        id: victim,
-        replace: false,
+    // A member holding partition replicas is drained first (as a learner it takes
+    // none, and the placement driver moves its replicas to the voters).
+    match obs.partitioned.replicas_on(victim) {
+        Some(0) => Step::RemoveMember {
+            id: victim,
+            replace: false,
+        },
+        _ => Step::Demote(victim),
     }
 }
 

@@ -50,6 +50,17 @@ impl Sim {
             for id in r.voters.iter().chain(r.learners.iter()) {
                 r.lag.insert(*id, 0);
             }
+            // kvserver's placement driver: voters take replicas, learners are drained.
+            if let Partitioned::Hosting(h) = &mut o.partitioned {
+                h.retain(|id, _| r.voters.contains(id) || r.learners.contains(id));
+                for id in &r.voters {
+                    let n = h.entry(*id).or_default();
+                    *n = (*n).max(3);
+                }
+                for id in &r.learners {
+                    h.insert(*id, 0);
+                }
+            }
         }
     }
 
@@ -82,6 +93,12 @@ impl Sim {
                 r.voters.insert(*id);
             }
             Step::TransferLeader { to, .. } => o.raft.as_mut().expect("raft").leader = Some(*to),
+            Step::Demote(id) => {
+                let r = o.raft.as_mut().expect("raft");
+                assert_ne!(r.leader, Some(*id), "the leader is never demoted");
+                r.voters.remove(id);
+                r.learners.insert(*id);
+            }
             Step::RemoveMember { id, .. } => {
                 let r = o.raft.as_mut().expect("raft");
                 r.voters.remove(id);
@@ -119,7 +136,17 @@ impl Sim {
         let Some(r) = &self.obs.raft else { return };
         let mut voters = r.voters.clone();
         match s {
-            Step::RemoveMember { id, .. } => {
+            Step::RemoveMember { id, replace } => {
+                if !replace {
+                    assert_eq!(
+                        self.obs.partitioned.replicas_on(*id),
+                        Some(0),
+                        "member {id} removed while it holds partition replicas"
+                    );
+                }
+                voters.remove(id);
+            }
+            Step::Demote(id) => {
                 voters.remove(id);
             }
             Step::Promote(id) => {
@@ -370,4 +397,59 @@ fn joint_config_and_no_leader_wait() {
     sim.obs.raft.as_mut().expect("raft").joint = false;
     sim.obs.raft.as_mut().expect("raft").leader = None;
     assert!(matches!(plan(&sim.obs), Step::Wait(_)));
+}
+
+#[test]
+fn a_partitioned_member_is_drained_before_it_is_removed() {
+    for (from, to) in [(5u64, 3u64), (7, 5), (3, 1)] {
+        let mut sim = Sim::new(from);
+        sim.obs.partitioned = Partitioned::Hosting(BTreeMap::new());
+        sim.run();
+        assert_eq!(sim.voters(), (0..from).collect::<Vec<_>>());
+        sim.obs.desired = to;
+        let steps = sim.run();
+        assert_eq!(steps.last(), Some(&Step::Idle), "{from} to {to}: {steps:?}");
+        assert_eq!(sim.voters(), (0..to).collect::<Vec<_>>());
+        for id in to..from {
+            let demoted = steps.iter().position(|s| *s == Step::Demote(id));
+            let removed = steps
+                .iter()
+                .position(|s| *s == Step::RemoveMember { id, replace: false });
+            assert!(
+                matches!((demoted, removed), (Some(d), Some(r)) if d < r),
+                "member {id}: demoted, then removed: {steps:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_member_still_holding_replicas_or_an_unknown_placement_waits() {
+    let mut sim = Sim::new(3);
+    sim.run();
+    let r = sim.obs.raft.as_mut().expect("raft");
+    r.voters.remove(&2);
+    r.learners.insert(2);
+    sim.obs.desired = 2;
+    sim.obs.partitioned = Partitioned::Hosting(BTreeMap::from([(0, 4), (1, 4), (2, 2)]));
+    assert!(matches!(plan(&sim.obs), Step::Wait(w) if w.contains("drained")));
+    sim.obs.partitioned = Partitioned::Unknown;
+    assert!(matches!(plan(&sim.obs), Step::Wait(w) if w.contains("not known")));
+    sim.obs.partitioned = Partitioned::Hosting(BTreeMap::from([(0, 5), (1, 5)]));
+    assert_eq!(
+        plan(&sim.obs),
+        Step::RemoveMember {
+            id: 2,
+            replace: false
+        }
+    );
+    // Unpartitioned: removed directly, as before.
+    sim.obs.partitioned = Partitioned::No;
+    assert_eq!(
+        plan(&sim.obs),
+        Step::RemoveMember {
+            id: 2,
+            replace: false
+        }
+    );
 }
