@@ -9,6 +9,8 @@
 
 #[path = "suite/backup.rs"]
 mod backup;
+#[path = "suite/partitions.rs"]
+mod partitions;
 #[path = "suite/recovery.rs"]
 mod recovery;
 
@@ -1317,6 +1319,7 @@ async fn e2e_suite() -> anyhow::Result<()> {
     tls_everywhere(&mut ctx).await?;
     auth_and_hardening(&mut ctx).await?;
     scale_under_load(&mut ctx).await?;
+    partitions::scale_partitioned(&mut ctx).await?;
     leader_pod_deleted(&mut ctx, "orders", "f/", "scenario 4: leader pod deleted").await?;
     unsafe_scale_in_refused(&mut ctx).await?;
     postgres_backed(&mut ctx).await?;

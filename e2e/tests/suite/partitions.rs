@@ -1,0 +1,176 @@
+//! Scenario 3b: a partitioned KVCluster (issue 21). Five pods, 16 partitions of
+//! 3 replicas; `kubectl scale` 5→7→5 under a continuous writer, with placement
+//! balanced at each end (replicas and leaderships within one per pod, no move in
+//! flight); then the pod leading the most partitions is deleted and those
+//! partitions elect leaders on other pods. Every acknowledged write is read back.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+use std::time::Instant;
+
+use e2e::Ctx;
+use e2e::condition;
+use k8s_openapi::api::core::v1::Event;
+use kube::Api;
+use kube::api::DeleteParams;
+use kube::api::ListParams;
+use operator::crd::KVCluster;
+use operator::partitions::PartitionsStatus;
+use serde_json::json;
+
+use super::MIN;
+use super::NS;
+
+const NAME: &str = "shards";
+const PARTITIONS: i32 = 16;
+
+/// Waits until `status.partitions` shows every partition formed, led and in
+/// place over exactly pods `0..n`, replicas and leaderships within one per pod.
+async fn balanced(
+    ctx: &Ctx,
+    n: i64,
+    timeout: Duration,
+) -> anyhow::Result<(PartitionsStatus, Duration)> {
+    ctx.wait_for(
+        &format!("{NAME}: partitions balanced over {n} pods"),
+        timeout,
+        || async {
+            let kvc = ctx.kvc(NS, NAME).await?;
+            let Some(p) = kvc.status.as_ref().and_then(|s| s.partitions.clone()) else {
+                return Ok(Err("no status.partitions yet".to_string()));
+            };
+            let ids: Vec<i64> = p.pods.iter().map(|x| x.id).collect();
+            let spread = |f: fn(&operator::partitions::PodPartitions) -> i32| {
+                let v: Vec<i32> = p.pods.iter().map(f).collect();
+                v.iter().max().unwrap_or(&0) - v.iter().min().unwrap_or(&0)
+            };
+            let ok = p.count == PARTITIONS
+                && p.forming == 0
+                && p.moves_in_flight == 0
+                && p.leaderless == 0
+                && ids == (0..n).collect::<Vec<_>>()
+                && spread(|x| x.replicas) <= 1
+                && spread(|x| x.leaders) <= 1
+                && condition(&kvc, "Rebalancing").0 == "False";
+            Ok(if ok {
+                Ok(p)
+            } else {
+                Err(format!(
+                    "{p:?}, Rebalancing {:?}",
+                    condition(&kvc, "Rebalancing")
+                ))
+            })
+        },
+    )
+    .await
+}
+
+pub(super) async fn scale_partitioned(ctx: &mut Ctx) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let mut kvc = e2e::kvcluster(NS, NAME, 5, json!({"reclaimPolicy": "Delete"}))?;
+    kvc.spec.partitions = PARTITIONS;
+    super::create_kvc(ctx, &kvc).await?;
+    let formed = ctx.wait_converged(NS, NAME, 5, 6 * MIN).await?;
+    let (first, placed) = balanced(ctx, 5, 4 * MIN).await?;
+    ctx.start_kvctl(
+        NS,
+        "writer-shards",
+        NAME,
+        &[
+            "load",
+            "--prefix",
+            "sh/",
+            "--stop-key",
+            "control/stop-shards",
+            "--concurrency",
+            "2",
+            "--interval-ms",
+            "10",
+        ],
+    )
+    .await?;
+    ctx.wait_running(NS, "writer-shards").await?;
+    let mut steps = vec![json!({"pods": 5, "converged_s": formed.as_secs_f64(),
+        "balanced_s": placed.as_secs_f64(), "placement": first.pods})];
+    for n in [7i64, 5] {
+        let t0 = Instant::now();
+        ctx.kubectl(&[
+            "-n",
+            NS,
+            "scale",
+            &format!("kvc/{NAME}"),
+            &format!("--replicas={n}"),
+        ])
+        .await?;
+        let converged = ctx.wait_converged(NS, NAME, n as usize, 8 * MIN).await?;
+        let (p, _) = balanced(ctx, n, 6 * MIN).await?;
+        steps.push(json!({"pods": n, "converged_s": converged.as_secs_f64(),
+            "balanced_s": t0.elapsed().as_secs_f64(), "epoch": p.epoch, "placement": p.pods}));
+    }
+    // Scale-in drained the leaving pods before removing them, and the moves were recorded.
+    let events: Api<Event> = Api::namespaced(ctx.client.clone(), NS);
+    let mut reasons: BTreeMap<String, usize> = BTreeMap::new();
+    for e in events.list(&ListParams::default()).await?.items {
+        if e.involved_object.name.as_deref() == Some(NAME) {
+            *reasons.entry(e.reason.unwrap_or_default()).or_default() += 1;
+        }
+    }
+    for r in ["MemberDemoted", "ReplicasMoved"] {
+        anyhow::ensure!(reasons.contains_key(r), "no {r} event: {reasons:?}");
+    }
+
+    // The pod leading the most partitions goes: they elect elsewhere.
+    let before = ctx
+        .kvc(NS, NAME)
+        .await?
+        .status
+        .and_then(|s| s.partitions)
+        .ok_or_else(|| anyhow::anyhow!("no status.partitions"))?;
+    let victim = before
+        .pods
+        .iter()
+        .max_by_key(|p| (p.leaders, -p.id))
+        .ok_or_else(|| anyhow::anyhow!("no pods in status.partitions"))?
+        .clone();
+    anyhow::ensure!(victim.leaders > 0, "no pod leads a partition: {before:?}");
+    Api::<k8s_openapi::api::core::v1::Pod>::namespaced(ctx.client.clone(), NS)
+        .delete(&format!("{NAME}-{}", victim.id), &DeleteParams::default())
+        .await?;
+    let kvc_api: Api<KVCluster> = Api::namespaced(ctx.client.clone(), NS);
+    let (_, elected) = ctx
+        .wait_for(
+            &format!("the partitions pod {} led elect elsewhere", victim.id),
+            2 * MIN,
+            || async {
+                let p = kvc_api.get(NAME).await?.status.and_then(|s| s.partitions);
+                Ok(match p {
+                    Some(p)
+                        if p.leaderless == 0
+                            && p.pods.iter().all(|x| x.id != victim.id || x.leaders == 0) =>
+                    {
+                        Ok(())
+                    }
+                    other => Err(format!("{other:?}")),
+                })
+            },
+        )
+        .await?;
+    ctx.wait_converged(NS, NAME, 5, 4 * MIN).await?;
+    let summary =
+        super::stop_writer_and_verify(ctx, NAME, "writer-shards", "sh/", "control/stop-shards")
+            .await?;
+    let failed = super::u64s(&summary["failed"]);
+    ctx.report.add(
+        "scenario 3b: 16 partitions, scale 5→7→5 under load, pod leading partitions deleted",
+        json!({"seconds": started.elapsed().as_secs(), "steps": steps,
+               "events": reasons,
+               "deleted_pod": victim.id, "its_leaderships": victim.leaders,
+               "elected_elsewhere_s": elected.as_secs_f64(),
+               "writes_acked": summary["acked"], "writes_failed": failed.len(),
+               "failure_window_ms": summary["failure_window_ms"],
+               "max_ack_gap_ms": summary["max_ack_gap_ms"], "lost": 0}),
+    );
+    // Its pods are not needed by the scenarios after this one.
+    kvc_api.delete(NAME, &DeleteParams::default()).await?;
+    Ok(())
+}
