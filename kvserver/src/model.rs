@@ -103,6 +103,10 @@ pub struct ListQuery {
     /// `linearizable` (default) or `stale`.
     #[serde(default)]
     pub consistency: Consistency,
+    /// Only this partition's keys (0-based). With more than one partition a
+    /// listing without it spans every partition, merged in key order.
+    #[serde(default)]
+    pub partition: Option<u32>,
 }
 
 /// Query of `DELETE /v1/kv` (prefix delete).
@@ -112,6 +116,22 @@ pub struct ListQuery {
 pub struct PrefixDeleteQuery {
     /// Delete every key starting with this (required, non-empty).
     pub prefix: Option<String>,
+    /// Only in this partition (0-based). With more than one partition a prefix
+    /// delete without it deletes in every partition, each atomically.
+    #[serde(default)]
+    pub partition: Option<u32>,
+}
+
+/// Query of `POST /v1/batch/get`.
+#[derive(Debug, Default, Serialize, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct BatchGetQuery {
+    /// The keys all belong to this partition (0-based); refused if one does
+    /// not. Without it, keys are grouped by partition and each group is read
+    /// from its partition.
+    #[serde(default)]
+    pub partition: Option<u32>,
 }
 
 /// Body of `POST /v1/batch/get`.
@@ -156,6 +176,10 @@ pub struct DeleteResponse {
     /// The key before deletion (single-key delete only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prev_kv: Option<KeyValue>,
+    /// A prefix delete across partitions: each partition's revision after its
+    /// delete (`revision` is then the highest of them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revisions: Option<std::collections::BTreeMap<u32, u64>>,
 }
 
 /// Response of `GET /v1/kv`.
@@ -168,6 +192,10 @@ pub struct ListResponse {
     /// More keys follow; pass `next_start_after` as `start_after`.
     pub more: bool,
     pub next_start_after: Option<String>,
+    /// A listing across partitions: the revision each partition was read at
+    /// (`revision` is then the highest of them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revisions: Option<std::collections::BTreeMap<u32, u64>>,
 }
 
 /// Response of `POST /v1/batch/get`.
@@ -179,6 +207,10 @@ pub struct BatchGetResponse {
     pub kvs: Vec<KeyValue>,
     /// Requested keys that do not exist, each once.
     pub missing: Vec<String>,
+    /// Keys of several partitions: the revision each partition was read at
+    /// (`revision` is then the highest of them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revisions: Option<std::collections::BTreeMap<u32, u64>>,
 }
 
 /// Where a node can be reached.

@@ -400,12 +400,31 @@ async fn the_cluster_leader_places_and_forms_the_partitions() -> anyhow::Result<
     assert_eq!(across.status(), 400);
     let body: serde_json::Value = across.json().await?;
     assert_eq!(body["error"]["code"], "cross_shard_txn", "{body}");
-    // Listing across partitions is not served yet, and says so.
-    let list = http
-        .get(format!("{base}/v1/kv?prefix=routed/"))
+    // A listing spans every partition, in key order.
+    let list: serde_json::Value = http
+        .get(format!("{base}/v1/kv?prefix=routed/&keys_only=true"))
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    let mut sorted = keys.clone();
+    sorted.sort();
+    let listed: Vec<&str> = list["kvs"]
+        .as_array()
+        .context("kvs")?
+        .iter()
+        .filter_map(|kv| kv["key"].as_str())
+        .collect();
+    assert_eq!(listed, sorted, "{list}");
+    // A watch does not span partitions yet, and says so.
+    let watch = http
+        .get(format!("{base}/v1/watch?prefix=routed/"))
         .send()
         .await?;
-    assert_eq!(list.status(), 503);
+    assert_eq!(watch.status(), 503);
+    let body: serde_json::Value = watch.json().await?;
+    assert_eq!(body["error"]["code"], "fanout_pending", "{body}");
 
     // The map is the cluster group's state: a restarted node reads it back.
     let mut nodes = nodes;

@@ -286,6 +286,7 @@ impl Cluster {
                     limit: Some(10_000),
                     keys_only: true,
                     consistency: Consistency::Stale,
+                    partition: None,
                 })
                 .await
                 .map_err(|e| ChaosError::Cluster(format!("listing {prefix} on node {id}: {e}")))?;

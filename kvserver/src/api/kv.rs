@@ -1,5 +1,5 @@
-//! Key-value endpoints: get/put/delete one key, paginated prefix listing,
-//! prefix delete and batch get.
+//! Key-value endpoints of one key: get, put (with TTL and CAS) and delete (the
+//! endpoints that address many keys are in `super::range`).
 //!
 //! Input is validated on the node that received the request (so bad input is
 //! refused without a round trip), then writes become [`Command`]s that
@@ -27,14 +27,9 @@ use crate::command::Command;
 use crate::command::Outcome;
 use crate::command::StoredKv;
 use crate::command::now_ms;
-use crate::model::BatchGetRequest;
-use crate::model::BatchGetResponse;
 use crate::model::DeleteQuery;
 use crate::model::DeleteResponse;
 use crate::model::GetResponse;
-use crate::model::ListQuery;
-use crate::model::ListResponse;
-use crate::model::PrefixDeleteQuery;
 use crate::model::PutRequest;
 use crate::model::PutResponse;
 use crate::model::ReadQuery;
@@ -46,7 +41,6 @@ pub use crate::command::MAX_KEY_BYTES;
 pub use crate::command::MAX_TTL_SECONDS;
 /// Most keys per list page and per batch get.
 pub const MAX_PAGE: usize = 10_000;
-const DEFAULT_PAGE: usize = 1_000;
 
 /// Endpoints that take no query parameters reject any.
 #[derive(Debug, Default, Deserialize)]
@@ -257,6 +251,7 @@ pub async fn delete_key(
                 node_id: state.id,
                 deleted: count,
                 prev_kv: prev.map(StoredKv::into_api),
+                revisions: None,
             })
             .into_response(),
         )),
@@ -272,185 +267,4 @@ pub async fn delete_key(
             "unexpected outcome for delete: {other:?}"
         ))),
     }
-}
-
-/// `GET /v1/kv`: lists keys by prefix, in key order, paginated.
-#[utoipa::path(
-    get, path = "/v1/kv", tag = "kv",
-    params(ListQuery),
-    responses(
-        (status = 200, description = "A page of keys", body = ListResponse),
-        (status = 400, description = "Invalid parameter", body = crate::model::ErrorBody),
-        (status = 503, description = "Not initialized, no leader or storage unavailable", body = crate::model::ErrorBody),
-    )
-)]
-pub async fn list(
-    State(state): State<AppState>,
-    Q(q): Q<ListQuery>,
-    raw: Raw,
-) -> Result<Response, ApiError> {
-    let limit = q.limit.unwrap_or(DEFAULT_PAGE);
-    if limit == 0 || limit > MAX_PAGE {
-        return Err(ApiError::bad(
-            "invalid_parameter",
-            format!("limit must be between 1 and {MAX_PAGE}"),
-        ));
-    }
-    if q.prefix.len() > MAX_KEY_BYTES {
-        return Err(ApiError::bad(
-            "key_too_long",
-            format!("prefix is longer than {MAX_KEY_BYTES} bytes"),
-        ));
-    }
-    let access = [Access::ReadPrefix(&q.prefix)];
-    if let Routed::Relayed(resp) = route::read(
-        &state,
-        &route::unpartitioned(&state)?,
-        &raw,
-        &access,
-        q.consistency,
-    )
-    .await?
-    {
-        return Ok(resp);
-    }
-    let (kvs, more) = state
-        .store
-        .list(
-            &q.prefix,
-            q.start_after.as_deref(),
-            limit,
-            q.keys_only,
-            now_ms(),
-            state.config.limits.max_response_bytes,
-        )
-        .await?;
-    let revision = state.store.revision();
-    let next = if more {
-        kvs.last().map(|k| k.key.clone())
-    } else {
-        None
-    };
-    Ok(Json(ListResponse {
-        revision,
-        node_id: state.id,
-        count: kvs.len(),
-        kvs: kvs
-            .into_iter()
-            .map(|kv| kv.into_api_with(!q.keys_only))
-            .collect(),
-        more,
-        next_start_after: next,
-    })
-    .into_response())
-}
-
-/// `DELETE /v1/kv?prefix=`: deletes every key with a prefix, as one revision.
-#[utoipa::path(
-    delete, path = "/v1/kv", tag = "kv",
-    params(PrefixDeleteQuery),
-    responses(
-        (status = 200, description = "Keys deleted (possibly 0)", body = DeleteResponse),
-        (status = 400, description = "Missing or empty prefix", body = crate::model::ErrorBody),
-        (status = 503, description = "Not initialized, no leader or commit timeout", body = crate::model::ErrorBody),
-    )
-)]
-pub async fn delete_prefix(
-    State(state): State<AppState>,
-    Q(q): Q<PrefixDeleteQuery>,
-    raw: Raw,
-) -> Result<Response, ApiError> {
-    let prefix = match q.prefix {
-        Some(p) if !p.is_empty() => p,
-        _ => {
-            return Err(ApiError::bad(
-                "invalid_parameter",
-                "prefix is required and must not be empty",
-            ));
-        }
-    };
-    if prefix.len() > MAX_KEY_BYTES {
-        return Err(ApiError::bad(
-            "key_too_long",
-            format!("prefix is longer than {MAX_KEY_BYTES} bytes"),
-        ));
-    }
-    let cmd = Command::DeletePrefix {
-        prefix,
-        now_ms: now_ms(),
-    };
-    let (revision, outcome) =
-        match route::write(&state, &route::unpartitioned(&state)?, &raw, cmd).await? {
-            Routed::Relayed(resp) => return Ok(resp),
-            Routed::Local(r) => require_outcome(r)?,
-        };
-    match outcome {
-        Outcome::Deleted { count, .. } => Ok(Json(DeleteResponse {
-            revision,
-            node_id: state.id,
-            deleted: count,
-            prev_kv: None,
-        })
-        .into_response()),
-        other => Err(ApiError::Internal(format!(
-            "unexpected outcome for prefix delete: {other:?}"
-        ))),
-    }
-}
-
-/// `POST /v1/batch/get`: reads several keys from one consistent view.
-#[utoipa::path(
-    post, path = "/v1/batch/get", tag = "kv",
-    request_body = BatchGetRequest,
-    responses(
-        (status = 200, description = "Found keys and missing names", body = BatchGetResponse),
-        (status = 400, description = "Invalid keys", body = crate::model::ErrorBody),
-        (status = 413, description = "The keys found hold more than `limits.max_response_bytes` (`response_too_large`): ask for fewer", body = crate::model::ErrorBody),
-        (status = 503, description = "Not initialized, no leader or storage unavailable", body = crate::model::ErrorBody),
-    )
-)]
-pub async fn batch_get(
-    State(state): State<AppState>,
-    Q(_params): Q<NoParams>,
-    raw: Raw,
-) -> Result<Response, ApiError> {
-    let body: BatchGetRequest = raw.json()?;
-    if body.keys.is_empty() || body.keys.len() > MAX_PAGE {
-        return Err(ApiError::bad(
-            "invalid_parameter",
-            format!("keys must hold between 1 and {MAX_PAGE} keys"),
-        ));
-    }
-    for k in &body.keys {
-        validate_key(k)?;
-    }
-    let access: Vec<Access<'_>> = body.keys.iter().map(|k| Access::Read(k)).collect();
-    if let Routed::Relayed(resp) = route::read(
-        &state,
-        &route::unpartitioned(&state)?,
-        &raw,
-        &access,
-        body.consistency,
-    )
-    .await?
-    {
-        return Ok(resp);
-    }
-    let limit = state.config.limits.max_response_bytes;
-    let Some((kvs, missing)) = state.store.get_many(&body.keys, now_ms(), limit).await? else {
-        state
-            .metrics
-            .api_limited
-            .with_label_values(&["response_bytes"])
-            .inc();
-        return Err(ApiError::ResponseTooLarge { limit });
-    };
-    let revision = state.store.revision();
-    Ok(Json(BatchGetResponse {
-        revision,
-        node_id: state.id,
-        kvs: kvs.into_iter().map(StoredKv::into_api).collect(),
-        missing,
-    })
-    .into_response())
 }

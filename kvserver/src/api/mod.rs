@@ -14,6 +14,7 @@ pub mod limits;
 pub mod openapi;
 pub mod ops;
 pub mod partitions;
+pub mod range;
 pub mod serve;
 pub mod txn;
 pub mod watch;
@@ -108,7 +109,7 @@ pub fn router(state: AppState) -> Router {
         .saturating_mul(6)
         .saturating_add(64 * 1024);
     Router::new()
-        .route("/v1/kv", get(kv::list).delete(kv::delete_prefix))
+        .route("/v1/kv", get(range::list).delete(range::delete_prefix))
         .route(
             "/v1/kv/",
             get(kv::empty_key).put(kv::empty_key).delete(kv::empty_key),
@@ -117,7 +118,7 @@ pub fn router(state: AppState) -> Router {
             "/v1/kv/{*key}",
             get(kv::get_key).put(kv::put_key).delete(kv::delete_key),
         )
-        .route("/v1/batch/get", post(kv::batch_get))
+        .route("/v1/batch/get", post(range::batch_get))
         .route("/v1/txn", post(txn::txn))
         .route("/v1/watch", get(watch::watch))
         .route("/v1/cluster", get(cluster::info))

@@ -11,6 +11,7 @@ use super::cluster;
 use super::kv;
 use super::ops;
 use super::partitions;
+use super::range;
 use super::txn;
 use super::watch;
 use crate::model;
@@ -26,7 +27,7 @@ use crate::model;
         license(name = "Apache-2.0")
     ),
     paths(
-        kv::get_key, kv::put_key, kv::delete_key, kv::list, kv::delete_prefix, kv::batch_get,
+        kv::get_key, kv::put_key, kv::delete_key, range::list, range::delete_prefix, range::batch_get,
         txn::txn, watch::watch,
         cluster::info, partitions::list, partitions::key, cluster::init, backup::backup, cluster::add_learner, cluster::change_membership, cluster::transfer_leader,
         ops::healthz, ops::readyz, ops::status, ops::metrics, openapi_json,

@@ -17,7 +17,10 @@
 //!   relay to the leader, the fallback of every other path.
 //! - [`target`]: which Raft group serves a key (the cluster's, or its
 //!   partition's), here or on a node that hosts it.
+//! - [`fanout`]: requests that span every partition, one sub-request per
+//!   partition where it is.
 
+pub mod fanout;
 pub mod forward;
 pub mod leader;
 pub mod read;

@@ -33,29 +33,51 @@ pub async fn read(
     if consistency == Consistency::Stale {
         return Ok(Routed::Local(()));
     }
-    let res = tokio::time::timeout(
-        WRITE_TIMEOUT,
-        target.raft.ensure_linearizable(ReadPolicy::ReadIndex),
-    )
-    .await
-    .map_err(|_| ApiError::Unavailable {
-        code: "read_timeout",
-        message: "could not confirm leadership with a quorum in time".into(),
-        retry: true,
-    })?;
-    match res {
-        Ok(_) => Ok(Routed::Local(())),
-        Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(f))) => {
-            // Served here once this node has applied the leader's read index; if that
-            // fails (leader moved, this node lags), the leader serves it instead.
-            if let Some(leader) = f.leader_id {
-                match target.reads.barrier(leader).await {
-                    Ok(()) => return Ok(Routed::Local(())),
-                    Err(e) => tracing::debug!(error = %e, "follower read: forwarding instead"),
+    // A leader change (a hand-off for balance takes milliseconds, an election
+    // about one election timeout) holds a read this long rather than failing it,
+    // as it holds a write (`super::write`). Found by tests/partitions.rs: after a
+    // kill, the placement driver's leadership transfers made a read right after
+    // a write answer 503 `no_leader`.
+    let hold = std::time::Duration::from_millis(state.config.raft.election_timeout_max_ms);
+    let mut retried = false;
+    loop {
+        let res = tokio::time::timeout(
+            WRITE_TIMEOUT,
+            target.raft.ensure_linearizable(ReadPolicy::ReadIndex),
+        )
+        .await
+        .map_err(|_| ApiError::Unavailable {
+            code: "read_timeout",
+            message: "could not confirm leadership with a quorum in time".into(),
+            retry: true,
+        })?;
+        match res {
+            Ok(_) => return Ok(Routed::Local(())),
+            Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(f))) => {
+                let leader = match f.leader_id {
+                    Some(l) => Some(l),
+                    None if !raw.forwarded() => target.writes.leader_elsewhere(hold).await,
+                    None => None,
+                };
+                // The leadership came to this node while it waited: confirm it here.
+                if leader.is_none()
+                    && !retried
+                    && crate::raft::raft_metrics(&target.raft).current_leader == Some(state.id)
+                {
+                    retried = true;
+                    continue;
                 }
+                // Served here once this node has applied the leader's read index; if
+                // that fails (leader moved, this node lags), the leader serves it instead.
+                if let Some(leader) = leader {
+                    match target.reads.barrier(leader).await {
+                        Ok(()) => return Ok(Routed::Local(())),
+                        Err(e) => tracing::debug!(error = %e, "follower read: forwarding instead"),
+                    }
+                }
+                return Ok(Routed::Relayed(relay(state, raw, leader).await?));
             }
-            Ok(Routed::Relayed(relay(state, raw, f.leader_id).await?))
+            Err(e) => return Err(read_error(e)),
         }
-        Err(e) => Err(read_error(e)),
     }
 }

@@ -84,7 +84,7 @@ pub enum Located {
 /// Whether the cluster is split into partitions (its map is placed), or is to be
 /// (then nothing is served until it is: a key written to the cluster group now
 /// would vanish behind the map).
-fn placement(
+pub(super) fn placement(
     state: &AppState,
 ) -> Result<Option<Arc<crate::placement::map::PlacementMap>>, ApiError> {
     let map = state.store.placement();
@@ -193,14 +193,14 @@ pub async fn locate_partition(
     }))
 }
 
-/// The cluster group, for the calls that span every key (list, prefix delete,
-/// batch get, watch): served only in a cluster of one partition for now.
+/// The cluster group, for the calls that span every key and do not span
+/// partitions yet (watch, backup): served only in a cluster of one partition.
 pub fn unpartitioned(state: &AppState) -> Result<Target, ApiError> {
     match placement(state)? {
         None => Ok(Target::cluster(state)),
         Some(_) => Err(ApiError::Unavailable {
             code: "fanout_pending",
-            message: "listing, prefix deletes, batch gets and watches across partitions are being built (docs/partitions.md); address single keys, or transactions within one partition".into(),
+            message: "watches and backups of a partitioned cluster are being built (docs/partitions.md); until then they are served by clusters of one partition only".into(),
             retry: false,
         }),
     }

@@ -1,0 +1,612 @@
+//! Endpoints that address many keys: paginated prefix listing, prefix delete
+//! and batch get. In a cluster of one partition they are served by its group as
+//! they always were. In a partitioned cluster, `partition=<p>` narrows one to a
+//! partition (served by a node that hosts it); without it the request spans
+//! every partition (`crate::route::fanout`) and the parts are merged here:
+//! - a listing is merged in key order: each partition lists up to `limit` keys
+//!   after `start_after`, the page is the first `limit` of them, and
+//!   `next_start_after` (the page's last key) continues across partitions;
+//! - a prefix delete deletes in every partition (each atomically, at its own
+//!   revision) and adds up the counts;
+//! - a batch get asks each partition for its keys and answers in the order
+//!   asked.
+//!
+//! Every answer that spans partitions carries `revisions` (partition →
+//! revision); `revision` is then the highest of them.
+
+use std::collections::BTreeMap;
+use std::collections::HashMap;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::response::IntoResponse;
+use axum::response::Response;
+
+use super::ApiError;
+use super::AppState;
+use super::Q;
+use super::Raw;
+use super::kv::MAX_KEY_BYTES;
+use super::kv::MAX_PAGE;
+use super::kv::require_outcome;
+use super::kv::validate_key;
+use crate::auth::Access;
+use crate::command::Command;
+use crate::command::Outcome;
+use crate::command::StoredKv;
+use crate::command::now_ms;
+use crate::model::BatchGetQuery;
+use crate::model::BatchGetRequest;
+use crate::model::BatchGetResponse;
+use crate::model::DeleteResponse;
+use crate::model::KeyValue;
+use crate::model::ListQuery;
+use crate::model::ListResponse;
+use crate::model::PrefixDeleteQuery;
+use crate::placement::PartitionId;
+use crate::placement::hash::partition_of;
+use crate::route;
+use crate::route::Located;
+use crate::route::Routed;
+use crate::route::Target;
+use crate::route::fanout::Failed;
+use crate::route::fanout::Part;
+use crate::route::fanout::Scope;
+
+const DEFAULT_PAGE: usize = 1_000;
+
+/// The answer of a spanning request that failed: this node's error, or a
+/// partition's answer as it came.
+fn failed(f: Failed) -> Result<Response, ApiError> {
+    match f {
+        Failed::Api(e) => Err(e),
+        Failed::Answer(resp) => Ok(resp),
+    }
+}
+
+/// `revision` and `revisions` of an answer made of `parts`.
+fn revisions<T>(parts: &[(PartitionId, T)], rev: impl Fn(&T) -> u64) -> (u64, BTreeMap<u32, u64>) {
+    let all: BTreeMap<u32, u64> = parts.iter().map(|(p, t)| (*p, rev(t))).collect();
+    (all.values().copied().max().unwrap_or(0), all)
+}
+
+/// `GET /v1/kv`: lists keys by prefix, in key order, paginated.
+#[utoipa::path(
+    get, path = "/v1/kv", tag = "kv",
+    params(ListQuery),
+    responses(
+        (status = 200, description = "A page of keys", body = ListResponse),
+        (status = 400, description = "Invalid parameter", body = crate::model::ErrorBody),
+        (status = 503, description = "Not initialized, no leader or storage unavailable", body = crate::model::ErrorBody),
+    )
+)]
+pub async fn list(
+    State(state): State<AppState>,
+    Q(q): Q<ListQuery>,
+    raw: Raw,
+) -> Result<Response, ApiError> {
+    let limit = q.limit.unwrap_or(DEFAULT_PAGE);
+    if limit == 0 || limit > MAX_PAGE {
+        return Err(ApiError::bad(
+            "invalid_parameter",
+            format!("limit must be between 1 and {MAX_PAGE}"),
+        ));
+    }
+    if q.prefix.len() > MAX_KEY_BYTES {
+        return Err(ApiError::bad(
+            "key_too_long",
+            format!("prefix is longer than {MAX_KEY_BYTES} bytes"),
+        ));
+    }
+    let target = match route::fanout::scope(&state, q.partition)? {
+        Scope::Cluster(t) => t,
+        Scope::Partition(map, p) => {
+            match route::target::locate_partition(&state, &raw, &map, p).await? {
+                Located::Here(t) => t,
+                Located::Relayed(resp) => return Ok(resp),
+            }
+        }
+        Scope::All(map) => {
+            route::authorize(&state, &raw.principal, &[Access::ReadPrefix(&q.prefix)])?;
+            let parts: Vec<(PartitionId, Bytes)> =
+                (0..map.partitions).map(|p| (p, Bytes::new())).collect();
+            let q = &q;
+            let state_ref = &state;
+            let pages =
+                match route::fanout::each(&state, &raw, &map, parts, |_, t, sub| async move {
+                    list_one(state_ref, &t, &sub, q, limit).await
+                })
+                .await
+                {
+                    Ok(pages) => pages,
+                    Err(f) => return failed(f),
+                };
+            let mut page = merge_pages(pages, limit, state.config.limits.max_response_bytes);
+            page.node_id = state.id;
+            return Ok(Json(page).into_response());
+        }
+    };
+    match list_one(&state, &target, &raw, &q, limit).await? {
+        Part::Done(page) => Ok(target.tag(Json(page).into_response())),
+        Part::Answer(resp) => Ok(resp),
+    }
+}
+
+/// One group's page.
+async fn list_one(
+    state: &AppState,
+    target: &Target,
+    raw: &Raw,
+    q: &ListQuery,
+    limit: usize,
+) -> Result<Part<ListResponse>, ApiError> {
+    let access = [Access::ReadPrefix(&q.prefix)];
+    if let Routed::Relayed(resp) = route::read(state, target, raw, &access, q.consistency).await? {
+        return Ok(Part::Answer(resp));
+    }
+    let (kvs, more) = target
+        .store
+        .list(
+            &q.prefix,
+            q.start_after.as_deref(),
+            limit,
+            q.keys_only,
+            now_ms(),
+            state.config.limits.max_response_bytes,
+        )
+        .await?;
+    let revision = target.store.revision();
+    let next = if more {
+        kvs.last().map(|k| k.key.clone())
+    } else {
+        None
+    };
+    Ok(Part::Done(ListResponse {
+        revision,
+        node_id: state.id,
+        count: kvs.len(),
+        kvs: kvs
+            .into_iter()
+            .map(|kv| kv.into_api_with(!q.keys_only))
+            .collect(),
+        more,
+        next_start_after: next,
+        revisions: None,
+    }))
+}
+
+/// The page of a listing across partitions: the first `limit` keys of all the
+/// partitions' pages in key order, within `max_bytes` of keys and values. There
+/// are more when any partition had more or some were left out; the page's last
+/// key is where the next one starts (every partition lists after it).
+pub fn merge_pages(
+    pages: Vec<(PartitionId, ListResponse)>,
+    limit: usize,
+    max_bytes: usize,
+) -> ListResponse {
+    let (revision, revs) = revisions(&pages, |p| p.revision);
+    // A partition that had more than it sent holds keys after its last one: the
+    // page may not pass the smallest such key, or a key would be skipped.
+    let bound: Option<String> = pages
+        .iter()
+        .filter(|(_, p)| p.more)
+        .filter_map(|(_, p)| p.kvs.last().map(|k| k.key.clone()))
+        .min();
+    let any_more = pages.iter().any(|(_, p)| p.more);
+    let mut all: Vec<KeyValue> = pages.into_iter().flat_map(|(_, p)| p.kvs).collect();
+    all.sort_by(|a, b| a.key.cmp(&b.key));
+    let total = all.len();
+    let mut kvs = Vec::new();
+    let mut bytes = 0usize;
+    for kv in all {
+        if kvs.len() == limit || bound.as_ref().is_some_and(|b| kv.key > *b) {
+            break;
+        }
+        let size = kv.key.len() + kv.value.as_ref().map_or(0, String::len);
+        if !kvs.is_empty() && bytes + size > max_bytes {
+            break;
+        }
+        bytes += size;
+        kvs.push(kv);
+    }
+    let more = any_more || kvs.len() < total;
+    ListResponse {
+        revision,
+        node_id: 0,
+        count: kvs.len(),
+        next_start_after: if more {
+            kvs.last().map(|k| k.key.clone())
+        } else {
+            None
+        },
+        kvs,
+        more,
+        revisions: Some(revs),
+    }
+}
+
+/// `DELETE /v1/kv?prefix=`: deletes every key with a prefix, as one revision
+/// (of each partition, when the cluster has several).
+#[utoipa::path(
+    delete, path = "/v1/kv", tag = "kv",
+    params(PrefixDeleteQuery),
+    responses(
+        (status = 200, description = "Keys deleted (possibly 0)", body = DeleteResponse),
+        (status = 400, description = "Missing or empty prefix", body = crate::model::ErrorBody),
+        (status = 503, description = "Not initialized, no leader or commit timeout", body = crate::model::ErrorBody),
+    )
+)]
+pub async fn delete_prefix(
+    State(state): State<AppState>,
+    Q(q): Q<PrefixDeleteQuery>,
+    raw: Raw,
+) -> Result<Response, ApiError> {
+    let prefix = match &q.prefix {
+        Some(p) if !p.is_empty() => p.clone(),
+        _ => {
+            return Err(ApiError::bad(
+                "invalid_parameter",
+                "prefix is required and must not be empty",
+            ));
+        }
+    };
+    if prefix.len() > MAX_KEY_BYTES {
+        return Err(ApiError::bad(
+            "key_too_long",
+            format!("prefix is longer than {MAX_KEY_BYTES} bytes"),
+        ));
+    }
+    let target = match route::fanout::scope(&state, q.partition)? {
+        Scope::Cluster(t) => t,
+        Scope::Partition(map, p) => {
+            match route::target::locate_partition(&state, &raw, &map, p).await? {
+                Located::Here(t) => t,
+                Located::Relayed(resp) => return Ok(resp),
+            }
+        }
+        Scope::All(map) => {
+            route::authorize(&state, &raw.principal, &[Access::WritePrefix(&prefix)])?;
+            let parts: Vec<(PartitionId, Bytes)> =
+                (0..map.partitions).map(|p| (p, Bytes::new())).collect();
+            let (state_ref, prefix_ref) = (&state, &prefix);
+            let done =
+                match route::fanout::each(&state, &raw, &map, parts, |_, t, sub| async move {
+                    delete_one(state_ref, &t, &sub, prefix_ref.clone()).await
+                })
+                .await
+                {
+                    Ok(done) => done,
+                    Err(f) => return failed(f),
+                };
+            let (revision, revs) = revisions(&done, |d: &DeleteResponse| d.revision);
+            return Ok(Json(DeleteResponse {
+                revision,
+                node_id: state.id,
+                deleted: done.iter().map(|(_, d)| d.deleted).sum(),
+                prev_kv: None,
+                revisions: Some(revs),
+            })
+            .into_response());
+        }
+    };
+    match delete_one(&state, &target, &raw, prefix).await? {
+        Part::Done(d) => Ok(target.tag(Json(d).into_response())),
+        Part::Answer(resp) => Ok(resp),
+    }
+}
+
+/// One group's prefix delete.
+async fn delete_one(
+    state: &AppState,
+    target: &Target,
+    raw: &Raw,
+    prefix: String,
+) -> Result<Part<DeleteResponse>, ApiError> {
+    let cmd = Command::DeletePrefix {
+        prefix,
+        now_ms: now_ms(),
+    };
+    let (revision, outcome) = match route::write(state, target, raw, cmd).await? {
+        Routed::Relayed(resp) => return Ok(Part::Answer(resp)),
+        Routed::Local(r) => require_outcome(r)?,
+    };
+    match outcome {
+        Outcome::Deleted { count, .. } => Ok(Part::Done(DeleteResponse {
+            revision,
+            node_id: state.id,
+            deleted: count,
+            prev_kv: None,
+            revisions: None,
+        })),
+        other => Err(ApiError::Internal(format!(
+            "unexpected outcome for prefix delete: {other:?}"
+        ))),
+    }
+}
+
+/// `POST /v1/batch/get`: reads several keys from one consistent view (of each
+/// partition, when the keys are in several).
+#[utoipa::path(
+    post, path = "/v1/batch/get", tag = "kv",
+    params(BatchGetQuery),
+    request_body = BatchGetRequest,
+    responses(
+        (status = 200, description = "Found keys and missing names", body = BatchGetResponse),
+        (status = 400, description = "Invalid keys", body = crate::model::ErrorBody),
+        (status = 413, description = "The keys found hold more than `limits.max_response_bytes` (`response_too_large`): ask for fewer", body = crate::model::ErrorBody),
+        (status = 503, description = "Not initialized, no leader or storage unavailable", body = crate::model::ErrorBody),
+    )
+)]
+pub async fn batch_get(
+    State(state): State<AppState>,
+    Q(q): Q<BatchGetQuery>,
+    raw: Raw,
+) -> Result<Response, ApiError> {
+    let body: BatchGetRequest = raw.json()?;
+    if body.keys.is_empty() || body.keys.len() > MAX_PAGE {
+        return Err(ApiError::bad(
+            "invalid_parameter",
+            format!("keys must hold between 1 and {MAX_PAGE} keys"),
+        ));
+    }
+    for k in &body.keys {
+        validate_key(k)?;
+    }
+    let target = match route::fanout::scope(&state, q.partition)? {
+        Scope::Cluster(t) => t,
+        Scope::Partition(map, p) => {
+            if let Some(k) = body
+                .keys
+                .iter()
+                .find(|k| partition_of(k.as_bytes(), map.partitions) != p)
+            {
+                return Err(ApiError::bad(
+                    "invalid_parameter",
+                    format!(
+                        "key {k:?} is in partition {}, not {p}",
+                        partition_of(k.as_bytes(), map.partitions)
+                    ),
+                ));
+            }
+            match route::target::locate_partition(&state, &raw, &map, p).await? {
+                Located::Here(t) => t,
+                Located::Relayed(resp) => return Ok(resp),
+            }
+        }
+        Scope::All(map) => {
+            let access: Vec<Access<'_>> = body.keys.iter().map(|k| Access::Read(k)).collect();
+            route::authorize(&state, &raw.principal, &access)?;
+            let mut by_part: BTreeMap<PartitionId, Vec<String>> = BTreeMap::new();
+            for k in &body.keys {
+                by_part
+                    .entry(partition_of(k.as_bytes(), map.partitions))
+                    .or_default()
+                    .push(k.clone());
+            }
+            let mut parts = Vec::with_capacity(by_part.len());
+            for (p, keys) in by_part {
+                let sub = BatchGetRequest {
+                    keys,
+                    consistency: body.consistency,
+                };
+                let bytes = serde_json::to_vec(&sub).map_err(|e| {
+                    ApiError::Internal(format!("encoding a partition's batch: {e}"))
+                })?;
+                parts.push((p, Bytes::from(bytes)));
+            }
+            let state_ref = &state;
+            let got = match route::fanout::each(&state, &raw, &map, parts, |_, t, sub| async move {
+                let keys: BatchGetRequest = sub.json()?;
+                get_many_one(state_ref, &t, &sub, &keys).await
+            })
+            .await
+            {
+                Ok(got) => got,
+                Err(f) => return failed(f),
+            };
+            let limit = state.config.limits.max_response_bytes;
+            let Some(mut merged) = merge_batches(&body.keys, got, limit) else {
+                state
+                    .metrics
+                    .api_limited
+                    .with_label_values(&["response_bytes"])
+                    .inc();
+                return Err(ApiError::ResponseTooLarge { limit });
+            };
+            merged.node_id = state.id;
+            return Ok(Json(merged).into_response());
+        }
+    };
+    match get_many_one(&state, &target, &raw, &body).await? {
+        Part::Done(r) => Ok(target.tag(Json(r).into_response())),
+        Part::Answer(resp) => Ok(resp),
+    }
+}
+
+/// One group's batch get.
+async fn get_many_one(
+    state: &AppState,
+    target: &Target,
+    raw: &Raw,
+    body: &BatchGetRequest,
+) -> Result<Part<BatchGetResponse>, ApiError> {
+    let access: Vec<Access<'_>> = body.keys.iter().map(|k| Access::Read(k)).collect();
+    if let Routed::Relayed(resp) =
+        route::read(state, target, raw, &access, body.consistency).await?
+    {
+        return Ok(Part::Answer(resp));
+    }
+    let limit = state.config.limits.max_response_bytes;
+    let Some((kvs, missing)) = target.store.get_many(&body.keys, now_ms(), limit).await? else {
+        state
+            .metrics
+            .api_limited
+            .with_label_values(&["response_bytes"])
+            .inc();
+        return Err(ApiError::ResponseTooLarge { limit });
+    };
+    Ok(Part::Done(BatchGetResponse {
+        revision: target.store.revision(),
+        node_id: state.id,
+        kvs: kvs.into_iter().map(StoredKv::into_api).collect(),
+        missing,
+        revisions: None,
+    }))
+}
+
+/// The answer to a batch get of `asked` made of the partitions' answers, in the
+/// order asked (each key once); `None` when the keys found hold more than
+/// `max_bytes`.
+pub fn merge_batches(
+    asked: &[String],
+    parts: Vec<(PartitionId, BatchGetResponse)>,
+    max_bytes: usize,
+) -> Option<BatchGetResponse> {
+    let (revision, revs) = revisions(&parts, |b| b.revision);
+    let mut found: HashMap<String, KeyValue> = HashMap::new();
+    let mut missing: std::collections::HashSet<String> = std::collections::HashSet::new();
+    for (_, b) in parts {
+        missing.extend(b.missing);
+        for kv in b.kvs {
+            found.insert(kv.key.clone(), kv);
+        }
+    }
+    let size: usize = found
+        .values()
+        .map(|kv| kv.key.len() + kv.value.as_ref().map_or(0, String::len))
+        .sum();
+    if size > max_bytes {
+        return None;
+    }
+    let mut seen = std::collections::HashSet::new();
+    let mut kvs = Vec::new();
+    let mut gone = Vec::new();
+    for k in asked {
+        if !seen.insert(k.as_str()) {
+            continue;
+        }
+        if let Some(kv) = found.remove(k) {
+            kvs.push(kv);
+        } else if missing.contains(k) {
+            gone.push(k.clone());
+        }
+    }
+    Some(BatchGetResponse {
+        revision,
+        node_id: 0,
+        kvs,
+        missing: gone,
+        revisions: Some(revs),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kv(key: &str) -> KeyValue {
+        KeyValue {
+            key: key.into(),
+            value: Some("v".into()),
+            create_revision: 1,
+            mod_revision: 1,
+            version: 1,
+            expires_at_ms: None,
+            created_at_ms: 0,
+            updated_at_ms: 0,
+        }
+    }
+
+    fn page(keys: &[&str], more: bool, revision: u64) -> ListResponse {
+        ListResponse {
+            revision,
+            node_id: 1,
+            count: keys.len(),
+            kvs: keys.iter().map(|k| kv(k)).collect(),
+            more,
+            next_start_after: more.then(|| keys.last().map(|k| k.to_string())).flatten(),
+            revisions: None,
+        }
+    }
+
+    fn keys(r: &ListResponse) -> Vec<&str> {
+        r.kvs.iter().map(|k| k.key.as_str()).collect()
+    }
+
+    #[test]
+    fn pages_merge_in_key_order_and_never_skip_a_key() {
+        // Partition 1 had more after "c": nothing past "c" may be on this page,
+        // or its keys between "c" and them would be skipped.
+        let merged = merge_pages(
+            vec![
+                (0, page(&["a", "d", "e"], false, 5)),
+                (1, page(&["b", "c"], true, 9)),
+            ],
+            10,
+            usize::MAX,
+        );
+        assert_eq!(keys(&merged), vec!["a", "b", "c"]);
+        assert!(merged.more);
+        assert_eq!(merged.next_start_after.as_deref(), Some("c"));
+        assert_eq!(merged.revision, 9);
+        assert_eq!(merged.revisions, Some(BTreeMap::from([(0, 5), (1, 9)])));
+        // The limit cuts the merged page, and the page says so.
+        let cut = merge_pages(
+            vec![
+                (0, page(&["a", "c"], false, 1)),
+                (1, page(&["b", "d"], false, 1)),
+            ],
+            3,
+            usize::MAX,
+        );
+        assert_eq!((keys(&cut), cut.more), (vec!["a", "b", "c"], true));
+        assert_eq!(cut.next_start_after.as_deref(), Some("c"));
+        // Everything fits: no continuation.
+        let all = merge_pages(
+            vec![(0, page(&["a"], false, 1)), (1, page(&[], false, 1))],
+            3,
+            usize::MAX,
+        );
+        assert_eq!((keys(&all), all.more), (vec!["a"], false));
+        assert_eq!(all.next_start_after, None);
+        // The byte budget cuts too (always at least one key).
+        let small = merge_pages(vec![(0, page(&["a", "b"], false, 1))], 10, 1);
+        assert_eq!((keys(&small), small.more), (vec!["a"], true));
+    }
+
+    #[test]
+    fn batches_merge_in_the_order_asked() {
+        let asked: Vec<String> = ["z", "a", "gone", "z", "m"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let part = |kvs: &[&str], missing: &[&str], revision| BatchGetResponse {
+            revision,
+            node_id: 1,
+            kvs: kvs.iter().map(|k| kv(k)).collect(),
+            missing: missing.iter().map(|s| s.to_string()).collect(),
+            revisions: None,
+        };
+        let merged = merge_batches(
+            &asked,
+            vec![
+                (0, part(&["a", "m"], &[], 3)),
+                (2, part(&["z"], &["gone"], 7)),
+            ],
+            usize::MAX,
+        )
+        .expect("fits");
+        assert_eq!(
+            merged
+                .kvs
+                .iter()
+                .map(|k| k.key.as_str())
+                .collect::<Vec<_>>(),
+            vec!["z", "a", "m"]
+        );
+        assert_eq!(merged.missing, vec!["gone".to_string()]);
+        assert_eq!(merged.revision, 7);
+        assert!(merge_batches(&asked, vec![(0, part(&["a", "m"], &[], 3))], 3).is_none());
+    }
+}

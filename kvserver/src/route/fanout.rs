@@ -1,0 +1,165 @@
+//! Requests that span every partition (listing, prefix delete, batch get): the
+//! scope a request asks for, and running one sub-request per partition where
+//! the partition is. A sub-request is the client's request narrowed to one
+//! partition with `partition=<p>` (and, for a batch get, only that partition's
+//! keys): served here when this node hosts the partition, else relayed as HTTP
+//! to a host (marked `x-kv-routed-by` and carrying the client's credential,
+//! which the host authenticates and authorizes again, as for a single key). The
+//! handler merges the answers (`crate::api::range`).
+//!
+//! What a spanning request guarantees: each partition's part is what a request
+//! to that partition alone would give (linearizable by default, atomic within
+//! the partition for a prefix delete); the parts are not one snapshot across
+//! partitions (docs/partitions.md).
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::response::Response;
+use futures_util::StreamExt;
+use serde::de::DeserializeOwned;
+
+use super::target::Located;
+use super::target::Target;
+use super::target::locate_partition;
+use crate::api::ApiError;
+use crate::api::AppState;
+use crate::api::Raw;
+use crate::placement::PartitionId;
+use crate::placement::map::PlacementMap;
+
+/// Sub-requests in flight at once for one spanning request.
+const CONCURRENCY: usize = 16;
+
+/// What a request spans.
+pub enum Scope {
+    /// A cluster of one partition: its own group.
+    Cluster(Target),
+    /// One partition of a partitioned cluster (`partition=` given).
+    Partition(Arc<PlacementMap>, PartitionId),
+    /// Every partition of a partitioned cluster.
+    All(Arc<PlacementMap>),
+}
+
+/// The scope of a request that names `partition` (or not).
+pub fn scope(state: &AppState, partition: Option<u32>) -> Result<Scope, ApiError> {
+    match (super::target::placement(state)?, partition) {
+        (None, None | Some(0)) => Ok(Scope::Cluster(Target::cluster(state))),
+        (None, Some(p)) => Err(ApiError::bad(
+            "invalid_parameter",
+            format!("partition: {p} is not a partition of this cluster, which has one (0)"),
+        )),
+        (Some(map), Some(p)) if p >= map.partitions => Err(ApiError::bad(
+            "invalid_parameter",
+            format!(
+                "partition: {p} is not a partition of this cluster (0..{})",
+                map.partitions
+            ),
+        )),
+        (Some(map), Some(p)) => Ok(Scope::Partition(map, p)),
+        (Some(map), None) => Ok(Scope::All(map)),
+    }
+}
+
+/// One partition's part, served on this node.
+pub enum Part<T> {
+    Done(T),
+    /// Answered by another node (the partition's leader, through the relay of
+    /// `super::read` or `super::write`): decoded like a relayed part.
+    Answer(Response),
+}
+
+/// Why a spanning request failed: an error of this node, or a part's answer
+/// that is not a success (returned to the client as it is: it names the
+/// partition's problem, e.g. a 503 while it elects).
+pub enum Failed {
+    Api(ApiError),
+    Answer(Response),
+}
+
+impl From<ApiError> for Failed {
+    fn from(e: ApiError) -> Self {
+        Failed::Api(e)
+    }
+}
+
+/// `path_and_query` with `partition=p` added (it holds none: the request spans
+/// every partition).
+pub fn narrowed(path_and_query: &str, p: PartitionId) -> String {
+    let sep = if path_and_query.contains('?') {
+        '&'
+    } else {
+        '?'
+    };
+    format!("{path_and_query}{sep}partition={p}")
+}
+
+/// Runs one sub-request per entry of `parts` (partition, and the body its
+/// sub-request carries) and returns the parts' answers in the order given.
+/// `here` serves a part on this node given its group.
+pub async fn each<T, F, Fut>(
+    state: &AppState,
+    raw: &Raw,
+    map: &PlacementMap,
+    parts: Vec<(PartitionId, Bytes)>,
+    here: F,
+) -> Result<Vec<(PartitionId, T)>, Failed>
+where
+    T: DeserializeOwned,
+    F: Fn(PartitionId, Target, Raw) -> Fut,
+    Fut: std::future::Future<Output = Result<Part<T>, ApiError>>,
+{
+    let here = &here;
+    let results: Vec<Result<(PartitionId, T), Failed>> = futures_util::stream::iter(parts)
+        .map(|(p, body)| async move {
+            let sub = Raw {
+                method: raw.method.clone(),
+                path_and_query: narrowed(&raw.path_and_query, p),
+                headers: raw.headers.clone(),
+                body,
+                principal: raw.principal.clone(),
+            };
+            let answer = match locate_partition(state, &sub, map, p).await? {
+                Located::Here(target) => match here(p, target, sub).await? {
+                    Part::Done(t) => return Ok((p, t)),
+                    Part::Answer(resp) => resp,
+                },
+                Located::Relayed(resp) => resp,
+            };
+            decode(answer).await.map(|t| (p, t))
+        })
+        .buffered(CONCURRENCY)
+        .collect()
+        .await;
+    results.into_iter().collect()
+}
+
+/// A part answered by another node: its JSON if it succeeded.
+async fn decode<T: DeserializeOwned>(resp: Response) -> Result<T, Failed> {
+    if !resp.status().is_success() {
+        return Err(Failed::Answer(resp));
+    }
+    let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX)
+        .await
+        .map_err(|e| ApiError::Internal(format!("a partition's answer was cut: {e}")))?;
+    serde_json::from_slice(&bytes).map_err(|e| {
+        Failed::Api(ApiError::Internal(format!(
+            "a partition's answer does not decode: {e}"
+        )))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_narrowed_request_names_its_partition() {
+        assert_eq!(narrowed("/v1/kv", 3), "/v1/kv?partition=3");
+        assert_eq!(
+            narrowed("/v1/kv?prefix=a%2F&limit=5", 0),
+            "/v1/kv?prefix=a%2F&limit=5&partition=0"
+        );
+        assert_eq!(narrowed("/v1/batch/get", 15), "/v1/batch/get?partition=15");
+    }
+}
