@@ -8,6 +8,9 @@
 //! - a node removed from the cluster while down has its replicas rebuilt on the
 //!   others.
 //!
+//! A request routed to a node that no longer hosts its partition (a stale map)
+//! is refused `wrong_node` and applied nowhere.
+//!
 //! At each end every key written before reads back through every node, each
 //! partition's voters are exactly the hosts the map names, and every node
 //! hosts within one replica of the others.
@@ -117,6 +120,53 @@ async fn read_all(nodes: &[&NodeHandle], keys: &[String]) -> anyhow::Result<()> 
     Ok(())
 }
 
+/// A request routed with a stale map (what a node whose map is behind sends: a
+/// request marked `x-kv-routed-by` to a node that no longer hosts the key's
+/// partition) is refused with `wrong_node` and the epoch, never applied there;
+/// the client's retry through any node finds the partition.
+async fn stale_route_is_refused(nodes: &[&NodeHandle], map: &PlacementMap) -> anyhow::Result<()> {
+    let http = common::client();
+    let key = "stale/route";
+    let p = kvserver::placement::hash::partition_of(key.as_bytes(), PARTITIONS);
+    let hosts = &map.assigned[p as usize].hosts;
+    let other = nodes
+        .iter()
+        .find(|h| !hosts.contains(&h.id))
+        .ok_or_else(|| anyhow::anyhow!("a node that does not host partition {p}"))?;
+    let resp = http
+        .put(format!("http://{}/v1/kv/{key}", other.api_addr))
+        .header("x-kv-routed-by", "1")
+        .json(&serde_json::json!({"value": "misrouted"}))
+        .send()
+        .await?;
+    assert_eq!(resp.status(), 503);
+    let body: serde_json::Value = resp.json().await?;
+    assert_eq!(body["error"]["code"], "wrong_node", "{body}");
+    let message = body["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains(&format!("epoch {}", map.epoch)),
+        "{message}"
+    );
+    let got = http
+        .get(format!("http://{}/v1/kv/{key}", nodes[0].api_addr))
+        .send()
+        .await?;
+    assert_eq!(got.status(), 404, "the misrouted write was applied nowhere");
+    assert!(
+        other.groups.get(partition_group(p)).is_none(),
+        "node {} opened partition {p}",
+        other.id
+    );
+    // Retried without the mark, through the same node: relayed to a host.
+    let resp = http
+        .put(format!("http://{}/v1/kv/{key}", other.api_addr))
+        .json(&serde_json::json!({"value": "routed"}))
+        .send()
+        .await?;
+    assert_eq!(resp.status(), 201);
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn replicas_follow_nodes_joining_leaving_and_lost() -> anyhow::Result<()> {
     logs();
@@ -152,6 +202,7 @@ async fn replicas_follow_nodes_joining_leaving_and_lost() -> anyhow::Result<()> 
         assert!(!map.hosted_by(5).is_empty() && !map.hosted_by(4).is_empty());
         put_all(&nodes[4], &keys[15..]).await?;
         read_all(&all, &keys).await?;
+        stale_route_is_refused(&all, &map).await?;
     }
 
     // Scale in: node 5 is demoted to a learner of the cluster group; its replicas
