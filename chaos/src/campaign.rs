@@ -12,6 +12,14 @@
 //!
 //! Every choice comes from the run's seed ([`Rng`]), so `kvchaos run --seed N`
 //! replays the same plan (the timing of a real machine still varies).
+//!
+//! The partitioned mode (`partitions` above 1, docs/partitions.md) runs the same
+//! faults per node against a cluster whose keys spread over several Raft groups:
+//! the run waits until every partition is formed and led before the clients
+//! start, the clients' keys land in different partitions (any node routes any
+//! key), and the checks hold per key as before. Membership faults change the
+//! cluster group, which makes the placement driver move replicas while the
+//! faults go on.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -41,6 +49,8 @@ use crate::workload::Workload;
 pub const RECOVERY_BOUND: Duration = Duration::from_secs(20);
 /// After the clients stop, every member must have applied the leader's commit index within this.
 pub const CONVERGE_BOUND: Duration = Duration::from_secs(30);
+/// A partitioned cluster must have formed and led every partition within this of forming.
+pub const PLACE_BOUND: Duration = Duration::from_secs(60);
 
 /// Settings of one run.
 #[derive(Debug, Clone)]
@@ -64,6 +74,8 @@ pub struct RunConfig {
     pub tls: bool,
     /// A bearer token on every client request (nodes require one). On by default.
     pub auth: bool,
+    /// Partitions of the key space (1: one Raft group, the default).
+    pub partitions: u32,
 }
 
 impl RunConfig {
@@ -88,6 +100,7 @@ impl RunConfig {
             .to_vec(),
             tls: true,
             auth: true,
+            partitions: 1,
         }
     }
 }
@@ -97,6 +110,8 @@ impl RunConfig {
 pub struct RunReport {
     pub seed: u64,
     pub nodes: usize,
+    /// Partitions of the key space (1: one Raft group).
+    pub partitions: u32,
     pub faults: Vec<String>,
     /// Fault counts by kind.
     pub fault_kinds: BTreeMap<String, u64>,
@@ -133,9 +148,14 @@ impl RunReport {
     pub fn line(&self) -> String {
         let verdict = if self.passed() { "ok" } else { "FAILED" };
         format!(
-            "seed {:>6}  {} voters  faults {:<2} ops {:>5} (unknown {:>3}, failed {:>3})  unique {:>4} lost {}  recovery {:>5} ms  converge {:>5} ms  {verdict}{}",
+            "seed {:>6}  {} voters{}  faults {:<2} ops {:>5} (unknown {:>3}, failed {:>3})  unique {:>4} lost {}  recovery {:>5} ms  converge {:>5} ms  {verdict}{}",
             self.seed,
             self.nodes,
+            if self.partitions > 1 {
+                format!(" x {} partitions", self.partitions)
+            } else {
+                String::new()
+            },
             self.faults.len(),
             self.ops_checked,
             self.requests_unknown,
@@ -168,11 +188,22 @@ pub async fn run_one(cfg: &RunConfig) -> RunReport {
     let mut report = RunReport {
         seed: cfg.seed,
         nodes: n,
+        partitions: cfg.partitions,
         ..RunReport::default()
     };
     let ids: Vec<u64> = (1..=n as u64 + 1).collect();
+    let mut args = cfg.node_args.clone();
+    if cfg.partitions > 1 {
+        // Placed over every voter at once (the spare joins later, if at all).
+        args.extend([
+            "--set".into(),
+            format!("partitions={}", cfg.partitions),
+            "--set".into(),
+            format!("initial_nodes={n}"),
+        ]);
+    }
     let built = Cluster::builder(&cfg.kvserver)
-        .args(cfg.node_args.iter().cloned())
+        .args(args)
         .proxies(true)
         .tls(cfg.tls)
         .auth(cfg.auth)
@@ -246,6 +277,20 @@ async fn drive(
     let spare = n as u64 + 1;
     cluster.form(&voters).await?;
     cluster.start(spare)?;
+    if cfg.partitions > 1 {
+        let client = cluster.client(voters[0], Duration::from_secs(2))?;
+        wait(PLACE_BOUND, "every partition formed and led", || {
+            let client = client.clone();
+            async move {
+                let p = client.partitions().await.ok()?;
+                (p.epoch > 0
+                    && p.items.len() == cfg.partitions as usize
+                    && p.items.iter().all(|i| i.formed && i.leader_id.is_some()))
+                .then_some(())
+            }
+        })
+        .await?;
+    }
 
     let stop = Arc::new(AtomicBool::new(false));
     let nodes: Vec<(u64, String)> = cluster
@@ -316,7 +361,16 @@ async fn drive(
         for k in 0..cfg.workload.keys {
             let key = workload::key(k);
             let invoke = rec.now_us();
-            let got = workload::read(&cluster.http, &url, &key, Duration::from_secs(5)).await;
+            // A 503 asks the client to retry (a leader change, a replica moving in
+            // the partitioned mode): the final read does, for a while, as clients
+            // do. A read changes nothing, so its window spans every try.
+            let got = wait(
+                Duration::from_secs(10),
+                &format!("final read of {key} via member {m}"),
+                || workload::read(&cluster.http, &url, &key, Duration::from_secs(5)),
+            )
+            .await
+            .ok();
             let Some(value) = got else {
                 return Err(ChaosError::Cluster(format!(
                     "final read of {key} via member {m} failed"

@@ -4,6 +4,9 @@
 //! checks that the recorded history is linearizable, that no acknowledged write
 //! is lost, and that the cluster serves again within a bound after healing.
 //!
+//! The partitioned mode runs the same on a cluster of 4 partitions (seeds
+//! `KV_CHAOS_PARTITIONED_SEED`, 2 runs from 101 by default).
+//!
 //! Seeds `KV_CHAOS_SEED..KV_CHAOS_SEED+KV_CHAOS_RUNS` (default 1..=3); a failing
 //! run is replayed with `kvchaos run --seed N`, and its logs, data and history
 //! are kept under `target/chaos-failed/`.
@@ -22,10 +25,8 @@ fn env_u64(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn short_fault_campaign_is_linearizable_and_loses_nothing() {
-    let first = env_u64("KV_CHAOS_SEED", 1);
-    let runs = env_u64("KV_CHAOS_RUNS", 3);
+/// Runs seeds `first..first + runs` with `partitions` and asserts every run passed.
+async fn campaign(first: u64, runs: u64, partitions: u32) {
     let keep = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/chaos-failed");
     let mut summary = Summary::default();
     let mut failures = Vec::new();
@@ -34,6 +35,7 @@ async fn short_fault_campaign_is_linearizable_and_loses_nothing() {
         let mut cfg = RunConfig::new(seed, PathBuf::from(env!("CARGO_BIN_EXE_kvserver")));
         cfg.fault_time = Duration::from_secs(4);
         cfg.keep_failed = Some(keep.clone());
+        cfg.partitions = partitions;
         let r = run_one(&cfg).await;
         eprintln!("{}", r.line());
         named += r.links_named;
@@ -71,4 +73,21 @@ async fn short_fault_campaign_is_linearizable_and_loses_nothing() {
         "failed runs:\n{}",
         failures.join("\n\n")
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn short_fault_campaign_is_linearizable_and_loses_nothing() {
+    campaign(env_u64("KV_CHAOS_SEED", 1), env_u64("KV_CHAOS_RUNS", 3), 1).await;
+}
+
+/// The partitioned mode (issue 21): the same faults per node against a cluster of
+/// 4 partitions, whose clients' keys land in different Raft groups.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partitioned_fault_campaign_is_linearizable_and_loses_nothing() {
+    campaign(
+        env_u64("KV_CHAOS_PARTITIONED_SEED", 101),
+        env_u64("KV_CHAOS_PARTITIONED_RUNS", 2),
+        4,
+    )
+    .await;
 }

@@ -51,6 +51,9 @@ struct Common {
     /// Plaintext ports (TLS, as in Kubernetes, is the default).
     #[arg(long)]
     no_tls: bool,
+    /// Partitions of the key space, each its own Raft group (1: one group).
+    #[arg(long, default_value_t = 1)]
+    partitions: u32,
     /// No client authentication (a bearer token on every request, as in
     /// Kubernetes, is the default).
     #[arg(long)]
@@ -248,6 +251,11 @@ fn config(seed: u64, c: &Common) -> anyhow::Result<RunConfig> {
     cfg.workload.stale_reads = c.stale_reads;
     cfg.tls = !c.no_tls;
     cfg.auth = !c.no_auth;
+    anyhow::ensure!(
+        (1..=64).contains(&c.partitions),
+        "--partitions must be between 1 and 64"
+    );
+    cfg.partitions = c.partitions;
     Ok(cfg)
 }
 

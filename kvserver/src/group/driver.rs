@@ -103,6 +103,18 @@ async fn host(
         if a.formed || a.hosts.first() != Some(&me) || forming.contains_key(&id) {
             continue;
         }
+        // Formed here already; the driver has yet to mark it in the map.
+        let wanted: BTreeSet<NodeId> = a.hosts.iter().copied().collect();
+        if groups.get(id).is_some_and(|g| {
+            raft::raft_metrics(&g.raft)
+                .membership_config
+                .membership()
+                .voter_ids()
+                .collect::<BTreeSet<_>>()
+                == wanted
+        }) {
+            continue;
+        }
         let Some(hosts) = a
             .hosts
             .iter()
