@@ -392,6 +392,24 @@ async fn drive(
     // No acknowledged unique insert may be missing on any member.
     let acked = rec.acked_unique();
     for m in &members {
+        if cfg.partitions > 1 {
+            // Convergence above is the cluster group's; a partition's replica may
+            // still be applying (a listing through a member reads each partition
+            // at one of its replicas). It must hold every acknowledged insert
+            // within the same bound (seed 200 read a lagging replica right away).
+            let _ = wait(
+                CONVERGE_BOUND,
+                "every acknowledged insert listed",
+                || async {
+                    cluster
+                        .missing(*m, "u/", &acked)
+                        .await
+                        .ok()
+                        .filter(|missing| missing.is_empty())
+                },
+            )
+            .await;
+        }
         let lost = cluster.missing(*m, "u/", &acked).await?.len();
         if lost > 0 {
             report.unique_lost = report.unique_lost.max(lost);

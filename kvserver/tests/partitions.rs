@@ -38,6 +38,32 @@ async fn placed(c: &Cluster, id: u64) -> anyhow::Result<Value> {
     .await
 }
 
+/// Retries a request answered 503 (which asks a client to retry: an election
+/// on a loaded machine) for up to [`WAIT`]; any other answer is returned as is.
+async fn settled<F, Fut>(what: &str, f: F) -> anyhow::Result<(u16, Value)>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<(u16, Value)>>,
+{
+    let mut last = (0, Value::Null);
+    let got = common::wait_for(what, WAIT, || async {
+        match f().await {
+            Ok((503, _)) | Err(_) => None,
+            Ok(answer) => Some(answer),
+        }
+    })
+    .await;
+    match got {
+        Ok(answer) => Ok(answer),
+        Err(e) => {
+            if let Ok(a) = f().await {
+                last = a;
+            }
+            anyhow::bail!("{e}: last answer {last:?}")
+        }
+    }
+}
+
 fn nodes_of(item: &Value) -> Vec<u64> {
     item["nodes"]
         .as_array()
@@ -85,12 +111,13 @@ async fn five_nodes_sixteen_partitions_serve_every_key_through_a_node_loss() -> 
     let keys: Vec<String> = (0..64).map(|i| format!("part/{i}")).collect();
     for (i, key) in keys.iter().enumerate() {
         let via = (i as u64 % 5) + 1;
-        let (status, body) = c.put_kv(via, key, "v1").await?;
+        let (status, body) = settled(key, || c.put_kv(via, key, "v1")).await?;
         assert_eq!(status, 201, "{key} via node {via}: {body}");
     }
     for key in &keys {
         for id in 1..=5 {
-            let (status, body) = c.get(id, &format!("/v1/kv/{key}")).await?;
+            let path = format!("/v1/kv/{key}");
+            let (status, body) = settled(key, || c.get(id, &path)).await?;
             assert_eq!(
                 (status, body["kv"]["value"].as_str()),
                 (200, Some("v1")),
@@ -158,7 +185,10 @@ async fn five_nodes_sixteen_partitions_serve_every_key_through_a_node_loss() -> 
         .cloned()
         .collect();
     for id in [1, 5] {
-        let (status, page) = c.get(id, "/v1/kv?prefix=part%2F&partition=3").await?;
+        let (status, page) = settled("partition 3", || {
+            c.get(id, "/v1/kv?prefix=part%2F&partition=3")
+        })
+        .await?;
         assert_eq!(status, 200, "{page}");
         let got: Vec<&str> = page["kvs"]
             .as_array()
@@ -184,13 +214,14 @@ async fn five_nodes_sixteen_partitions_serve_every_key_through_a_node_loss() -> 
     assert_eq!(found, expect, "the order asked, each once");
     assert_eq!(got.missing, vec!["part/none".to_string()]);
     for i in 0..20 {
-        let (status, body) = c.put_kv((i % 5) + 1, &format!("gone/{i}"), "x").await?;
+        let key = format!("gone/{i}");
+        let (status, body) = settled(&key, || c.put_kv((i % 5) + 1, &key, "x")).await?;
         assert_eq!(status, 201, "{body}");
     }
     let deleted = client.delete_prefix("gone/").await?;
     assert_eq!(deleted.deleted, 20, "{deleted:?}");
     assert_eq!(deleted.revisions.as_ref().map(|r| r.len()), Some(16));
-    let (status, left) = c.get(3, "/v1/kv?prefix=gone%2F").await?;
+    let (status, left) = settled("gone/", || c.get(3, "/v1/kv?prefix=gone%2F")).await?;
     assert_eq!((status, left["count"].as_u64()), (200, Some(0)), "{left}");
 
     // kill -9 the node that leads partition 0. The partitions it did not lead keep

@@ -207,6 +207,8 @@ pub struct Groups {
     hosted: RwLock<BTreeMap<GroupId, Arc<Group>>>,
     /// Read indexes of the cluster group, for a barrier before acting on the map.
     cluster_reads: Arc<crate::route::read_index::FollowerReads>,
+    /// What the last round of moves waited on, logged when it changes.
+    last_waits: std::sync::Mutex<String>,
     /// The last gathered cluster reports (see [`Groups::cluster_reports`]).
     last_reports: tokio::sync::Mutex<Option<(std::time::Instant, Arc<Vec<GroupReport>>)>>,
     opening: tokio::sync::Mutex<bool>,
@@ -238,6 +240,7 @@ impl Groups {
             crate::peer::Link::cluster(ctx.dialer.clone(), cluster.clone()),
         );
         Arc::new(Groups {
+            last_waits: std::sync::Mutex::new(String::new()),
             cluster_reads,
             ctx,
             cluster,

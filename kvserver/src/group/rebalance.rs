@@ -34,6 +34,7 @@ use crate::placement::Move;
 use crate::placement::NodeState;
 use crate::placement::Observed;
 use crate::placement::Plan;
+use crate::placement::Wait;
 use crate::placement::map::Assignment;
 use crate::placement::map::PlacementMap;
 use crate::raft;
@@ -193,8 +194,25 @@ pub(super) async fn rebalance(groups: &Groups, map: &PlacementMap) -> Result<(),
         );
         return super::driver::place(groups, next).await;
     }
-    for (p, why) in &plan.waiting {
-        tracing::debug!(partition = p, reason = ?why, "placement: waiting");
+    // Why partitions wait, said once each time it changes (a move stuck behind a
+    // learner that does not catch up shows here, not only in the status).
+    let waits = plan
+        .waiting
+        .iter()
+        .map(|(p, w)| match w {
+            // The lag changes every round: the node is what says which copy waits.
+            Wait::CatchingUp { node, .. } => format!("{p}: catching up on {node}"),
+            other => format!("{p}: {other:?}"),
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
+    if let Ok(mut last) = groups.last_waits.lock()
+        && *last != waits
+    {
+        if !plan.waiting.is_empty() {
+            tracing::info!(epoch = map.epoch, waiting = %waits, "placement: partitions waiting");
+        }
+        *last = waits;
     }
     let sends = plan.moves.iter().map(|m| {
         let p = m.partition() as usize;

@@ -159,7 +159,23 @@ pub async fn locate_partition(
             retry: true,
         });
     }
-    if let Some(g) = state.groups.get(id).filter(|_| hosts.contains(&state.id)) {
+    // A replica still being copied here (a learner) serves nothing while a voter
+    // can: a stale read of it could miss keys written long ago (the chaos
+    // campaign's partitioned mode, seed 200, listed a learner's partial copy). A
+    // request routed here is served regardless, rather than passed on again.
+    let voter_here = |g: &crate::group::Group| {
+        crate::raft::raft_metrics(&g.raft)
+            .membership_config
+            .membership()
+            .voter_ids()
+            .any(|v| v == state.id)
+    };
+    let routed = raw.headers.contains_key(ROUTED_BY) || raw.forwarded();
+    if let Some(g) = state
+        .groups
+        .get(id)
+        .filter(|g| hosts.contains(&state.id) && (routed || voter_here(g)))
+    {
         return Ok(Located::Here(Target {
             group: id,
             partition: Some(p),
@@ -169,7 +185,7 @@ pub async fn locate_partition(
             reads: g.reads.clone(),
         }));
     }
-    if raw.headers.contains_key(ROUTED_BY) || raw.forwarded() {
+    if routed {
         return Err(ApiError::Unavailable {
             code: "wrong_node",
             message: format!(
