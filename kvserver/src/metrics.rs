@@ -47,6 +47,10 @@ pub struct Metrics {
     pub partition_revision: IntGaugeVec,
     /// Per partition this node leads: entries each follower is behind.
     pub partition_replication_lag: IntGaugeVec,
+    /// Per hosted partition: its keys on this node, as last counted.
+    pub partition_keys: IntGaugeVec,
+    /// Per hosted partition: the bytes of its keys and values, as last counted.
+    pub partition_bytes: IntGaugeVec,
     pub kv_revision: IntGauge,
     pub peer_refused: IntCounterVec,
     /// Row cache lookups by `result` (`hit`, `miss`), counted by the cache itself.
@@ -205,6 +209,18 @@ impl Metrics {
             "The partition's revision on this node, per partition it hosts",
             &["partition"],
         )?;
+        let partition_keys = gauge_vec(
+            &registry,
+            "kv_partition_keys",
+            "Keys of the partition on this node (counted every 10 s), per partition it hosts",
+            &["partition"],
+        )?;
+        let partition_bytes = gauge_vec(
+            &registry,
+            "kv_partition_bytes",
+            "Bytes of the partition's keys and values on this node (counted every 10 s), per partition it hosts",
+            &["partition"],
+        )?;
         let partition_replication_lag = gauge_vec(
             &registry,
             "kv_partition_replication_lag_entries",
@@ -346,6 +362,8 @@ impl Metrics {
             partition_applied_index,
             partition_revision,
             partition_replication_lag,
+            partition_keys,
+            partition_bytes,
             peer_refused,
             row_cache_lookups,
             forwarded_writes,

@@ -338,6 +338,13 @@ pub struct PartitionInfo {
     pub formed: bool,
     /// Its revision (each partition counts its own), as its leader reports it.
     pub revision: Option<u64>,
+    /// Keys it holds, as last counted on its leader (every few seconds; absent
+    /// until counted, and in a cluster of one partition).
+    #[serde(default)]
+    pub keys: Option<u64>,
+    /// Bytes of those keys and their values, counted with `keys`.
+    #[serde(default)]
+    pub bytes: Option<u64>,
 }
 
 /// Response of `GET /v1/partitions`: how the key space is split and where each
@@ -429,6 +436,26 @@ pub struct StatusResponse {
     pub api_addr: String,
     pub raft_addr: String,
     pub timestamp_ms: u64,
+    /// With more than one partition: what this node holds of them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partitions: Option<NodePartitions>,
+}
+
+/// A node's share of a partitioned cluster (`GET /status`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct NodePartitions {
+    /// Partitions the cluster has.
+    pub count: u32,
+    /// Partitions this node holds a replica of, ascending.
+    pub hosted: Vec<u32>,
+    /// Partitions this node leads, ascending.
+    pub led: Vec<u32>,
+    /// Keys in the replicas this node holds, as last counted.
+    pub local_keys: u64,
+    /// Bytes of those keys and their values.
+    pub local_bytes: u64,
+    /// Members of the cluster.
+    pub cluster_nodes: usize,
 }
 
 /// The JSON shape of every error response.

@@ -125,6 +125,60 @@ async fn five_nodes_sixteen_partitions_serve_every_key_through_a_node_loss() -> 
             );
         }
     }
+    // Keys and bytes per partition (counted in the background every 10 s), and
+    // each node's share in /status.
+    let mut want: BTreeMap<u64, u64> = BTreeMap::new();
+    for key in &keys {
+        *want
+            .entry(u64::from(kvserver::placement::hash::partition_of(
+                key.as_bytes(),
+                16,
+            )))
+            .or_default() += 1;
+    }
+    let counted = common::wait_for("every partition's keys counted", WAIT, || async {
+        let (_, body) = c.get(2, "/v1/partitions").await.ok()?;
+        let items = body["items"].as_array()?.clone();
+        let got: BTreeMap<u64, u64> = items
+            .iter()
+            .filter_map(|i| Some((i["partition"].as_u64()?, i["keys"].as_u64()?)))
+            .filter(|(_, k)| *k > 0)
+            .collect();
+        (got == want).then_some(items)
+    })
+    .await?;
+    for item in &counted {
+        let keys = item["keys"].as_u64().unwrap_or(0);
+        // "part/N" and "v1": at least 8 bytes a key.
+        assert!(item["bytes"].as_u64().unwrap_or(0) >= keys * 8, "{item}");
+    }
+    let (_, status) = c.get(1, "/status").await?;
+    let share = &status["partitions"];
+    assert_eq!(share["count"], 16, "{status}");
+    assert_eq!(share["cluster_nodes"], 5, "{status}");
+    let hosted: Vec<u64> = share["hosted"]
+        .as_array()
+        .context("hosted")?
+        .iter()
+        .filter_map(Value::as_u64)
+        .collect();
+    let expect_hosted: Vec<u64> = items
+        .iter()
+        .enumerate()
+        .filter(|(_, i)| nodes_of(i).contains(&1))
+        .map(|(p, _)| p as u64)
+        .collect();
+    assert_eq!(hosted, expect_hosted, "{status}");
+    let local: u64 = hosted
+        .iter()
+        .map(|p| want.get(p).copied().unwrap_or(0))
+        .sum();
+    common::wait_for("node 1's local keys counted", WAIT, || async {
+        let (_, st) = c.get(1, "/status").await.ok()?;
+        (st["partitions"]["local_keys"].as_u64() == Some(local)).then_some(())
+    })
+    .await?;
+
     // The nodes a key lookup names are its partition's replicas, leader first.
     for key in keys.iter().take(16) {
         let (status, at) = c

@@ -65,13 +65,44 @@ async fn balanced(
     .await
 }
 
+/// [`balanced`], and when it times out, what each pod's placement driver said
+/// (the lines of the failure dump are mostly Raft heartbeats).
+async fn balanced_or_explain(
+    ctx: &Ctx,
+    n: i64,
+    timeout: Duration,
+) -> anyhow::Result<(PartitionsStatus, Duration)> {
+    match balanced(ctx, n, timeout).await {
+        Ok(r) => Ok(r),
+        Err(e) => {
+            let mut said = Vec::new();
+            for id in 0..n.max(7) {
+                let pod = format!("{NAME}-{id}");
+                if let Ok(logs) = ctx.kubectl(&["-n", NS, "logs", &pod]).await {
+                    said.extend(
+                        logs.lines()
+                            .filter(|l| l.contains("placement") || l.contains("group"))
+                            .rev()
+                            .take(15)
+                            .map(|l| format!("{pod}: {l}")),
+                    );
+                }
+            }
+            anyhow::bail!(
+                "{e}\nthe placement drivers said (newest first):\n{}",
+                said.join("\n")
+            )
+        }
+    }
+}
+
 pub(super) async fn scale_partitioned(ctx: &mut Ctx) -> anyhow::Result<()> {
     let started = Instant::now();
     let mut kvc = e2e::kvcluster(NS, NAME, 5, json!({"reclaimPolicy": "Delete"}))?;
     kvc.spec.partitions = PARTITIONS;
     super::create_kvc(ctx, &kvc).await?;
     let formed = ctx.wait_converged(NS, NAME, 5, 6 * MIN).await?;
-    let (first, placed) = balanced(ctx, 5, 4 * MIN).await?;
+    let (first, placed) = balanced_or_explain(ctx, 5, 4 * MIN).await?;
     ctx.start_kvctl(
         NS,
         "writer-shards",
@@ -103,7 +134,7 @@ pub(super) async fn scale_partitioned(ctx: &mut Ctx) -> anyhow::Result<()> {
         ])
         .await?;
         let converged = ctx.wait_converged(NS, NAME, n as usize, 8 * MIN).await?;
-        let (p, _) = balanced(ctx, n, 6 * MIN).await?;
+        let (p, _) = balanced_or_explain(ctx, n, 6 * MIN).await?;
         steps.push(json!({"pods": n, "converged_s": converged.as_secs_f64(),
             "balanced_s": t0.elapsed().as_secs_f64(), "epoch": p.epoch, "placement": p.pods}));
     }

@@ -206,7 +206,38 @@ pub async fn status(
         api_addr: state.advertise.api_addr.clone(),
         raft_addr: state.advertise.raft_addr.clone(),
         timestamp_ms: now,
+        partitions: node_partitions(&state),
     }))
+}
+
+/// This node's share of a partitioned cluster (`None`: one partition).
+fn node_partitions(state: &AppState) -> Option<crate::model::NodePartitions> {
+    let map = state.store.placement();
+    if map.epoch == 0 {
+        return None;
+    }
+    let mut out = crate::model::NodePartitions {
+        count: map.partitions,
+        hosted: Vec::new(),
+        led: Vec::new(),
+        local_keys: 0,
+        local_bytes: 0,
+        cluster_nodes: state.groups.members().len(),
+    };
+    for id in state.groups.ids() {
+        let (Some(g), Some(p)) = (state.groups.get(id), crate::group::group_partition(id)) else {
+            continue;
+        };
+        out.hosted.push(p);
+        if crate::raft::raft_metrics(&g.raft).current_leader == Some(state.id) {
+            out.led.push(p);
+        }
+        if let Some((keys, bytes)) = g.stats.get() {
+            out.local_keys += keys;
+            out.local_bytes += bytes;
+        }
+    }
+    Some(out)
 }
 
 /// The per-partition gauges, from the Raft metrics of every hosted partition
@@ -219,6 +250,8 @@ fn partition_metrics(state: &AppState) {
         &g.partition_applied_index,
         &g.partition_revision,
         &g.partition_replication_lag,
+        &g.partition_keys,
+        &g.partition_bytes,
     ] {
         v.reset();
     }
@@ -241,6 +274,10 @@ fn partition_metrics(state: &AppState) {
         g.partition_revision
             .with_label_values(&[&p])
             .set(group.store.revision() as i64);
+        if let Some((keys, bytes)) = group.stats.get() {
+            g.partition_keys.with_label_values(&[&p]).set(keys as i64);
+            g.partition_bytes.with_label_values(&[&p]).set(bytes as i64);
+        }
         if let Some(rep) = &m.replication {
             let last = m.last_log_index.unwrap_or(0);
             for (follower, matched) in rep.iter().filter(|(f, _)| **f != m.id) {

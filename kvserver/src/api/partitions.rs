@@ -64,6 +64,9 @@ fn partition_info(
         revision: best
             .filter(|r| r.leader == Some(r.node))
             .and_then(|r| r.revision),
+        // As last counted on the leader (or, without one, on a replica).
+        keys: best.and_then(|r| r.keys),
+        bytes: best.and_then(|r| r.bytes),
     }
 }
 

@@ -40,6 +40,9 @@ use crate::store::Store;
 /// How often the loop looks again without a new map (retries, formed checks).
 const TICK: Duration = Duration::from_millis(500);
 
+/// How often each hosted group's keys and bytes are counted.
+const COUNT_EVERY: Duration = Duration::from_secs(10);
+
 /// Follows the placement map of `cluster` (the cluster group's store) until
 /// `stop`, hosting and forming this node's groups, and driving placement while
 /// this node leads the cluster group.
@@ -50,11 +53,22 @@ pub async fn run(groups: Arc<Groups>, cluster: Store, stop: impl std::future::Fu
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut forming: HashMap<GroupId, JoinHandle<()>> = HashMap::new();
     let mut warned_mismatch = false;
+    let mut count = tokio::time::interval(COUNT_EVERY);
+    count.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut counting: Option<JoinHandle<()>> = None;
     loop {
         tokio::select! {
             _ = &mut stop => break,
             _ = tick.tick() => {}
             changed = maps.changed() => if changed.is_err() { break },
+            _ = count.tick() => {
+                // In its own task: a scan of a large group must not hold placement.
+                if counting.as_ref().is_none_or(|c| c.is_finished()) {
+                    let groups = groups.clone();
+                    counting = Some(tokio::spawn(async move { groups.count().await }));
+                }
+                continue;
+            }
         }
         let map = cluster.placement();
         if map.epoch > 0 && map.partitions != groups.ctx.config.partitions && !warned_mismatch {
@@ -74,6 +88,9 @@ pub async fn run(groups: Arc<Groups>, cluster: Store, stop: impl std::future::Fu
     }
     for (_, f) in forming {
         f.abort();
+    }
+    if let Some(c) = counting {
+        c.abort();
     }
 }
 

@@ -23,6 +23,7 @@ mod report;
 
 pub use reap::reap_expired;
 pub use report::GroupReport;
+pub use report::GroupStats;
 
 use std::collections::BTreeMap;
 use std::collections::BTreeSet;
@@ -190,6 +191,8 @@ pub struct Group {
     pub writes: Arc<crate::route::forward::WriteForwarder>,
     /// Read indexes fetched from the group's leader (follower reads).
     pub reads: Arc<crate::route::read_index::FollowerReads>,
+    /// Its keys and bytes, as last counted.
+    pub stats: Arc<GroupStats>,
     reaper: JoinHandle<()>,
 }
 
@@ -262,15 +265,21 @@ impl Groups {
     /// A report of every hosted group, the cluster's first.
     pub fn reports(&self) -> Vec<GroupReport> {
         let me = self.ctx.node_id;
-        let mut out = vec![GroupReport::of(CLUSTER_GROUP, me, &self.cluster, None)];
+        let mut out = vec![GroupReport::of(
+            CLUSTER_GROUP,
+            me,
+            &self.cluster,
+            None,
+            None,
+        )];
         let hosted: Vec<Arc<Group>> = match self.hosted.read() {
             Ok(h) => h.values().cloned().collect(),
             Err(_) => Vec::new(),
         };
         out.extend(
-            hosted
-                .iter()
-                .map(|g| GroupReport::of(g.id, me, &g.raft, Some(g.store.revision()))),
+            hosted.iter().map(|g| {
+                GroupReport::of(g.id, me, &g.raft, Some(g.store.revision()), g.stats.get())
+            }),
         );
         out
     }
@@ -346,6 +355,17 @@ impl Groups {
         self.cluster_store.revision()
     }
 
+    /// Counts the keys and bytes of every hosted group (see [`GroupStats`]).
+    pub async fn count(&self) {
+        for id in self.ids() {
+            let Some(g) = self.get(id) else { continue };
+            match g.store.key_stats().await {
+                Ok((keys, bytes)) => g.stats.set(keys, bytes),
+                Err(e) => tracing::debug!(group = id, error = %e, "counting a group's keys"),
+            }
+        }
+    }
+
     /// The ids of the hosted groups, ascending.
     pub fn ids(&self) -> Vec<GroupId> {
         self.hosted
@@ -413,6 +433,7 @@ impl Groups {
             id,
             writes: crate::route::forward::WriteForwarder::new(link.clone()),
             reads: crate::route::read_index::FollowerReads::new(link),
+            stats: Arc::new(GroupStats::default()),
             raft: launched.raft,
             store,
             peer: launched.peer,

@@ -152,6 +152,27 @@ impl Store {
             .collect()
     }
 
+    /// Keys stored, and the bytes of their keys and values (per partition in
+    /// `GET /v1/partitions` and the partition metrics). A full scan: called
+    /// every few seconds in the background, never per request.
+    pub async fn key_stats(&self) -> Result<(u64, u64), StoreError> {
+        self.caught_up().await?;
+        let size = if self.backend() == "postgres" {
+            "OCTET_LENGTH(key) + OCTET_LENGTH(value)"
+        } else {
+            "LENGTH(CAST(key AS BLOB)) + LENGTH(CAST(value AS BLOB))"
+        };
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT COUNT(*), COALESCE(SUM({size}), 0) FROM kv"
+        )))
+        .fetch_one(&self.reader)
+        .await?;
+        Ok((
+            row.try_get::<i64, _>(0)? as u64,
+            row.try_get::<i64, _>(1)? as u64,
+        ))
+    }
+
     /// Number of live keys (for `/status`).
     pub async fn key_count(&self) -> Result<u64, StoreError> {
         self.caught_up().await?;
