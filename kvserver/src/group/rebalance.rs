@@ -275,6 +275,8 @@ mod tests {
             applied_index: Some(10),
             matched: voters.iter().map(|v| (*v, Some(10))).collect(),
             revision: Some(0),
+            keys: None,
+            bytes: None,
         }
     }
 
