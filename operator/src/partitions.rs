@@ -216,6 +216,8 @@ mod tests {
             learners: learners.to_vec(),
             formed: true,
             revision: Some(1),
+            keys: Some(10),
+            bytes: Some(100),
         }
     }
 
