@@ -160,7 +160,7 @@ pub(crate) async fn inject(
                         .push("wipe skipped: not every voter is up".into());
                     continue;
                 }
-                wipe_and_readd(cluster, victim, role).await?
+                wipe_and_readd(cluster, victim, role, cfg.partitions > 1).await?
             }
         };
         *report
@@ -220,10 +220,17 @@ async fn membership_with_leader_kill(
 
 /// Wipes `victim`'s data dir, restarts it, checks it stays out (`lost_data`), then
 /// removes it and adds it back as a learner that is promoted once caught up.
+///
+/// With partitions, the node's partition replicas are whole again only once the
+/// placement driver has replaced every one the wipe emptied (removed and copied
+/// again): the next destructive fault waits for that, as an operator replacing
+/// one volume at a time would (two replicas of a partition lost at once is a lost
+/// majority, which no system with three copies survives).
 async fn wipe_and_readd(
     cluster: &mut Cluster,
     victim: u64,
     role: &str,
+    partitioned: bool,
 ) -> Result<String, ChaosError> {
     let t0 = Instant::now();
     cluster.wipe(victim)?;
@@ -253,9 +260,23 @@ async fn wipe_and_readd(
         .cluster_call(&ClusterCall::ChangeMembership(remove), t)
         .await?;
     cluster.join(victim, t).await?;
+    let joined = t0.elapsed();
+    if partitioned {
+        cluster
+            .wait_replicas_whole(victim, Duration::from_secs(30))
+            .await?;
+    }
     Ok(format!(
-        "wipe node {victim} ({role}): refused as voter, removed, re-added as learner and promoted in {} ms",
-        t0.elapsed().as_millis()
+        "wipe node {victim} ({role}): refused as voter, removed, re-added as learner and promoted in {} ms{}",
+        joined.as_millis(),
+        if partitioned {
+            format!(
+                ", its partition replicas replaced in {} ms",
+                t0.elapsed().as_millis()
+            )
+        } else {
+            String::new()
+        }
     ))
 }
 

@@ -450,6 +450,9 @@ pub struct NodePartitions {
     pub hosted: Vec<u32>,
     /// Partitions this node leads, ascending.
     pub led: Vec<u32>,
+    /// Partitions whose replica here holds nothing yet: a copy about to start, or
+    /// a replica whose data was lost, waiting to be replaced (ascending).
+    pub empty: Vec<u32>,
     /// Keys in the replicas this node holds, as last counted.
     pub local_keys: u64,
     /// Bytes of those keys and their values.

@@ -370,6 +370,19 @@ async fn bad_input_gets_json_4xx_and_changes_nothing() -> anyhow::Result<()> {
         400,
         "invalid_json",
     )?;
+    // serde would read a struct from an array of its fields: not over HTTP.
+    expect_error(
+        "an array for an object",
+        n.put("/v1/kv/keep", r#"["x"]"#).await?,
+        400,
+        "invalid_json",
+    )?;
+    expect_error(
+        "an array for the init body",
+        n.post("/v1/cluster/init", "[null]").await?,
+        400,
+        "invalid_json",
+    )?;
     expect_error(
         "missing value",
         n.put("/v1/kv/keep", r#"{"ttl_seconds": 5}"#).await?,

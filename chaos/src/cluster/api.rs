@@ -273,6 +273,34 @@ impl Cluster {
             .await
     }
 
+    /// Waits until node `id` holds a whole replica of every partition it hosts (none
+    /// empty) and no partition is moving a replica (no learner, voters = hosts).
+    pub async fn wait_replicas_whole(&self, id: u64, timeout: Duration) -> Result<(), ChaosError> {
+        let url = self.url(id, "")?;
+        let client = self.client(id, Duration::from_secs(2))?;
+        wait(
+            timeout,
+            &format!("node {id}'s partition replicas whole"),
+            || {
+                let (client, url) = (client.clone(), url.clone());
+                async move {
+                    let status = client.status_at(&url).await.ok()?;
+                    let share = status.partitions?;
+                    let parts = client.partitions().await.ok()?;
+                    let settled = parts.items.iter().all(|i| {
+                        let mut voters = i.voters.clone();
+                        let mut hosts = i.nodes.clone();
+                        voters.sort_unstable();
+                        hosts.sort_unstable();
+                        i.learners.is_empty() && voters == hosts && i.leader_id.is_some()
+                    });
+                    (share.empty.is_empty() && !share.hosted.is_empty() && settled).then_some(())
+                }
+            },
+        )
+        .await
+    }
+
     /// Every key under `prefix` on node `id`, read locally (stale) page by page.
     pub async fn keys(&self, id: u64, prefix: &str) -> Result<HashSet<String>, ChaosError> {
         let client = self.client(id, Duration::from_secs(10))?;

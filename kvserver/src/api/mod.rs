@@ -293,6 +293,20 @@ impl Raw {
                 "request body is empty; a JSON object is required",
             ));
         }
+        // serde reads a struct from a JSON array too (its fields in order), so
+        // `[null]` would pass as `{}`: every body here is an object, and anything
+        // else is refused (schemathesis found `POST /v1/cluster/init` taking `[null]`).
+        if self
+            .body
+            .iter()
+            .find(|b| !b.is_ascii_whitespace())
+            .is_some_and(|b| *b != b'{')
+        {
+            return Err(ApiError::bad(
+                "invalid_json",
+                "the request body must be a JSON object",
+            ));
+        }
         let de = &mut serde_json::Deserializer::from_slice(&self.body);
         serde_path_to_error::deserialize(de).map_err(|e| {
             let path = e.path().to_string();

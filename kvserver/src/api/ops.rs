@@ -220,6 +220,7 @@ fn node_partitions(state: &AppState) -> Option<crate::model::NodePartitions> {
         count: map.partitions,
         hosted: Vec::new(),
         led: Vec::new(),
+        empty: Vec::new(),
         local_keys: 0,
         local_bytes: 0,
         cluster_nodes: state.groups.members().len(),
@@ -229,8 +230,12 @@ fn node_partitions(state: &AppState) -> Option<crate::model::NodePartitions> {
             continue;
         };
         out.hosted.push(p);
-        if crate::raft::raft_metrics(&g.raft).current_leader == Some(state.id) {
+        let m = crate::raft::raft_metrics(&g.raft);
+        if m.current_leader == Some(state.id) {
             out.led.push(p);
+        }
+        if !crate::raft::has_membership(&m) {
+            out.empty.push(p);
         }
         if let Some((keys, bytes)) = g.stats.get() {
             out.local_keys += keys;

@@ -94,12 +94,25 @@ pub fn observe(
                     .filter_map(|(n, m)| m.map(|m| (*n, last.saturating_sub(m))))
                     .collect();
                 lag.insert(r.node, 0);
+                // A voter whose own report shows the group empty lost its data (a
+                // wiped volume): the leader still counts it, it counts for nothing.
+                let lost = r
+                    .voters
+                    .iter()
+                    .copied()
+                    .filter(|v| {
+                        of_group.iter().any(|o| {
+                            o.node == *v && o.voters.is_empty() && o.last_log_index.is_none()
+                        })
+                    })
+                    .collect();
                 GroupView {
                     voters: r.voters.iter().copied().collect(),
                     learners: r.learners.iter().copied().collect(),
                     leader: Some(r.node),
                     joint: r.joint,
                     lag,
+                    lost,
                 }
             }
             None => {
@@ -408,6 +421,51 @@ mod tests {
         let seen = observe(&map, &members, &voters, &reports);
         let plan = crate::placement::plan(&seen.observed);
         assert_eq!(next_hosts(&map, &seen, &plan)[0].hosts, vec![1, 2, 4]);
+    }
+
+    #[test]
+    fn a_voter_that_lost_its_data_is_replaced() {
+        let map = map_of(&[&[1, 2, 3]]);
+        let mut reports = cluster_reports(&[1, 2, 3], &[(1, &[1, 2, 3])]);
+        // Node 2 came back with a wiped volume: it reopened the group empty.
+        for r in reports.iter_mut().filter(|r| r.group == 1 && r.node == 2) {
+            r.voters.clear();
+            r.leader = None;
+            r.term = 0;
+            r.last_log_index = None;
+        }
+        let all = BTreeSet::from([1, 2, 3]);
+        let seen = observe(&map, &all, &all, &reports);
+        assert_eq!(seen.observed.groups[0].lost, BTreeSet::from([2]));
+        let plan = crate::placement::plan(&seen.observed);
+        assert_eq!(
+            plan.moves,
+            vec![Move::RemoveVoter {
+                partition: 0,
+                node: 2
+            }]
+        );
+        // Removed, it is copied again (the map keeps it: the target still wants it).
+        let reports = cluster_reports(&[1, 2, 3], &[(1, &[1, 3])]);
+        let seen = observe(&map, &all, &all, &reports);
+        let plan = crate::placement::plan(&seen.observed);
+        assert_eq!(
+            plan.moves,
+            vec![Move::AddLearner {
+                partition: 0,
+                node: 2
+            }]
+        );
+        assert_eq!(next_hosts(&map, &seen, &plan)[0].hosts, vec![1, 2, 3]);
+        // A second replica lost while the first is: no majority, nothing moves.
+        let mut reports = cluster_reports(&[1, 2, 3], &[(1, &[1, 2, 3])]);
+        for r in reports.iter_mut().filter(|r| r.group == 1 && r.node != 1) {
+            r.voters.clear();
+            r.last_log_index = None;
+        }
+        let seen = observe(&map, &all, &all, &reports);
+        let plan = crate::placement::plan(&seen.observed);
+        assert!(plan.moves.is_empty(), "{plan:?}");
     }
 
     #[test]

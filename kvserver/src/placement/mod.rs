@@ -72,6 +72,11 @@ pub struct GroupView {
     pub joint: bool,
     /// Entries behind the leader, per member (absent: unknown, i.e. far behind).
     pub lag: BTreeMap<NodeId, u64>,
+    /// Voters whose replica lost its data (their node reports the group empty:
+    /// a wiped volume). They count for nothing and are replaced: removed, then
+    /// copied again like any new replica.
+    #[serde(default)]
+    pub lost: BTreeSet<NodeId>,
 }
 
 impl GroupView {
@@ -197,7 +202,8 @@ impl Ctx<'_> {
 
     /// Counts toward a majority: serving and close to the leader.
     fn healthy(&self, g: &GroupView, n: NodeId) -> bool {
-        matches!(self.state(n), NodeState::Active | NodeState::Leaving)
+        !g.lost.contains(&n)
+            && matches!(self.state(n), NodeState::Active | NodeState::Leaving)
             && (g.leader == Some(n) || g.lag.get(&n).is_some_and(|l| *l <= HEALTHY_LAG))
     }
 
@@ -372,7 +378,8 @@ fn step(
     leader: Option<NodeId>,
 ) -> Next {
     let members: BTreeSet<NodeId> = g.members().collect();
-    let placed = members == *target && g.learners.is_empty();
+    let placed =
+        members == *target && g.learners.is_empty() && !g.lost.iter().any(|n| g.voters.contains(n));
     if placed && (leader.is_none() || g.leader == leader) && !g.joint {
         return Next::Settled;
     }
@@ -382,6 +389,26 @@ fn step(
     let Some(current_leader) = g.leader else {
         return Next::Wait(Wait::NoLeader);
     };
+    // A voter that lost its data is removed first (it is then copied again, as
+    // the target still wants a replica there): it holds nothing, refuses to vote,
+    // and a second loss would cost the partition its majority (the chaos
+    // campaign's partitioned mode, seed 306: two replicas of every partition
+    // wiped one after the other).
+    if let Some(n) = g
+        .lost
+        .iter()
+        .find(|n| g.voters.contains(n) && Some(**n) != g.leader)
+    {
+        let mut after = g.voters.clone();
+        after.remove(n);
+        return match ctx.guard(g, &after) {
+            Some(w) => Next::Wait(w),
+            None => Next::Move(Move::RemoveVoter {
+                partition: p,
+                node: *n,
+            }),
+        };
+    }
     // A learner that is not wanted goes (no vote, no majority to mind).
     if let Some(n) = g.learners.iter().find(|n| !target.contains(n)) {
         return Next::Move(Move::RemoveLearner {
