@@ -112,7 +112,8 @@ async fn five_nodes_sixteen_partitions_serve_every_key_through_a_node_loss() -> 
     for (i, key) in keys.iter().enumerate() {
         let via = (i as u64 % 5) + 1;
         let (status, body) = settled(key, || c.put_kv(via, key, "v1")).await?;
-        assert_eq!(status, 201, "{key} via node {via}: {body}");
+        // 200 when a try answered 503 had been applied after all (a retried put).
+        assert!(matches!(status, 200 | 201), "{key} via node {via}: {body}");
     }
     for key in &keys {
         for id in 1..=5 {
@@ -270,7 +271,7 @@ async fn five_nodes_sixteen_partitions_serve_every_key_through_a_node_loss() -> 
     for i in 0..20 {
         let key = format!("gone/{i}");
         let (status, body) = settled(&key, || c.put_kv((i % 5) + 1, &key, "x")).await?;
-        assert_eq!(status, 201, "{body}");
+        assert!(matches!(status, 200 | 201), "{body}");
     }
     let deleted = client.delete_prefix("gone/").await?;
     assert_eq!(deleted.deleted, 20, "{deleted:?}");

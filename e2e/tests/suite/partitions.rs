@@ -75,21 +75,30 @@ async fn balanced_or_explain(
     match balanced(ctx, n, timeout).await {
         Ok(r) => Ok(r),
         Err(e) => {
+            // Kept short: CI shows the first 40 lines of the suite's error.
             let mut said = Vec::new();
             for id in 0..n.max(7) {
                 let pod = format!("{NAME}-{id}");
                 if let Ok(logs) = ctx.kubectl(&["-n", NS, "logs", &pod]).await {
-                    said.extend(
-                        logs.lines()
-                            .filter(|l| l.contains("placement") || l.contains("group"))
-                            .rev()
-                            .take(15)
-                            .map(|l| format!("{pod}: {l}")),
-                    );
+                    let mine: Vec<String> = logs
+                        .lines()
+                        .filter(|l| l.contains("partitions waiting") || l.contains("move not made"))
+                        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+                        .map(|v| {
+                            format!(
+                                "{pod} {}: {} {} {}",
+                                v["timestamp"].as_str().unwrap_or(""),
+                                v["message"].as_str().unwrap_or(""),
+                                v["waiting"].as_str().unwrap_or(""),
+                                v["change"].as_str().unwrap_or(""),
+                            )
+                        })
+                        .collect();
+                    said.extend(mine.into_iter().rev().take(3));
                 }
             }
             anyhow::bail!(
-                "{e}\nthe placement drivers said (newest first):\n{}",
+                "{e}\nwhat the placement drivers last said of waiting moves:\n{}",
                 said.join("\n")
             )
         }

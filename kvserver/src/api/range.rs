@@ -65,6 +65,15 @@ fn failed(f: Failed) -> Result<Response, ApiError> {
     }
 }
 
+/// The answer of one group's part: its JSON, naming the partition, or the
+/// answer of the node it was relayed to.
+fn answer<T: serde::Serialize>(target: &Target, part: Part<T>) -> Response {
+    match part {
+        Part::Done(t) => target.tag(Json(t).into_response()),
+        Part::Answer(resp) => resp,
+    }
+}
+
 /// `revision` and `revisions` of an answer made of `parts`.
 fn revisions<T>(parts: &[(PartitionId, T)], rev: impl Fn(&T) -> u64) -> (u64, BTreeMap<u32, u64>) {
     let all: BTreeMap<u32, u64> = parts.iter().map(|(p, t)| (*p, rev(t))).collect();
@@ -99,14 +108,9 @@ pub async fn list(
             format!("prefix is longer than {MAX_KEY_BYTES} bytes"),
         ));
     }
-    let target = match route::fanout::scope(&state, q.partition)? {
-        Scope::Cluster(t) => t,
-        Scope::Partition(map, p) => {
-            match route::target::locate_partition(&state, &raw, &map, p).await? {
-                Located::Here(t) => t,
-                Located::Relayed(resp) => return Ok(resp),
-            }
-        }
+    let target = match route::fanout::scope(&state, &raw, q.partition).await? {
+        Scope::One(Located::Here(t)) => t,
+        Scope::One(Located::Relayed(resp)) => return Ok(resp),
         Scope::All(map) => {
             route::authorize(&state, &raw.principal, &[Access::ReadPrefix(&q.prefix)])?;
             let parts: Vec<(PartitionId, Bytes)> =
@@ -127,10 +131,10 @@ pub async fn list(
             return Ok(Json(page).into_response());
         }
     };
-    match list_one(&state, &target, &raw, &q, limit).await? {
-        Part::Done(page) => Ok(target.tag(Json(page).into_response())),
-        Part::Answer(resp) => Ok(resp),
-    }
+    Ok(answer(
+        &target,
+        list_one(&state, &target, &raw, &q, limit).await?,
+    ))
 }
 
 /// One group's page.
@@ -257,14 +261,9 @@ pub async fn delete_prefix(
             format!("prefix is longer than {MAX_KEY_BYTES} bytes"),
         ));
     }
-    let target = match route::fanout::scope(&state, q.partition)? {
-        Scope::Cluster(t) => t,
-        Scope::Partition(map, p) => {
-            match route::target::locate_partition(&state, &raw, &map, p).await? {
-                Located::Here(t) => t,
-                Located::Relayed(resp) => return Ok(resp),
-            }
-        }
+    let target = match route::fanout::scope(&state, &raw, q.partition).await? {
+        Scope::One(Located::Here(t)) => t,
+        Scope::One(Located::Relayed(resp)) => return Ok(resp),
         Scope::All(map) => {
             route::authorize(&state, &raw.principal, &[Access::WritePrefix(&prefix)])?;
             let parts: Vec<(PartitionId, Bytes)> =
@@ -290,10 +289,10 @@ pub async fn delete_prefix(
             .into_response());
         }
     };
-    match delete_one(&state, &target, &raw, prefix).await? {
-        Part::Done(d) => Ok(target.tag(Json(d).into_response())),
-        Part::Answer(resp) => Ok(resp),
-    }
+    Ok(answer(
+        &target,
+        delete_one(&state, &target, &raw, prefix).await?,
+    ))
 }
 
 /// One group's prefix delete.
@@ -353,27 +352,25 @@ pub async fn batch_get(
     for k in &body.keys {
         validate_key(k)?;
     }
-    let target = match route::fanout::scope(&state, q.partition)? {
-        Scope::Cluster(t) => t,
-        Scope::Partition(map, p) => {
-            if let Some(k) = body
-                .keys
-                .iter()
-                .find(|k| partition_of(k.as_bytes(), map.partitions) != p)
-            {
-                return Err(ApiError::bad(
-                    "invalid_parameter",
-                    format!(
-                        "key {k:?} is in partition {}, not {p}",
-                        partition_of(k.as_bytes(), map.partitions)
-                    ),
-                ));
-            }
-            match route::target::locate_partition(&state, &raw, &map, p).await? {
-                Located::Here(t) => t,
-                Located::Relayed(resp) => return Ok(resp),
-            }
-        }
+    // A batch narrowed to one partition holds only that partition's keys.
+    let map = state.store.placement();
+    if let Some(p) = q.partition.filter(|p| map.epoch > 0 && *p < map.partitions)
+        && let Some(k) = body
+            .keys
+            .iter()
+            .find(|k| partition_of(k.as_bytes(), map.partitions) != p)
+    {
+        return Err(ApiError::bad(
+            "invalid_parameter",
+            format!(
+                "key {k:?} is in partition {}, not {p}",
+                partition_of(k.as_bytes(), map.partitions)
+            ),
+        ));
+    }
+    let target = match route::fanout::scope(&state, &raw, q.partition).await? {
+        Scope::One(Located::Here(t)) => t,
+        Scope::One(Located::Relayed(resp)) => return Ok(resp),
         Scope::All(map) => {
             let access: Vec<Access<'_>> = body.keys.iter().map(|k| Access::Read(k)).collect();
             route::authorize(&state, &raw.principal, &access)?;
@@ -418,10 +415,10 @@ pub async fn batch_get(
             return Ok(Json(merged).into_response());
         }
     };
-    match get_many_one(&state, &target, &raw, &body).await? {
-        Part::Done(r) => Ok(target.tag(Json(r).into_response())),
-        Part::Answer(resp) => Ok(resp),
-    }
+    Ok(answer(
+        &target,
+        get_many_one(&state, &target, &raw, &body).await?,
+    ))
 }
 
 /// One group's batch get.

@@ -79,12 +79,23 @@ pub fn observe(
     for p in 0..map.assigned.len() {
         let id = partition_group(p as u32);
         let of_group: Vec<&GroupReport> = reports.iter().filter(|r| r.group == id).collect();
-        let term = of_group.iter().map(|r| r.term).max();
-        // A leader of an older term than some member has seen was deposed: its view
-        // of the membership may be behind the new leader's.
+        // The leader of the highest term any self-declared leader holds, trusted
+        // unless a member of its own membership has seen a newer term (then it was
+        // deposed, and its view of the membership may be behind the new leader's).
+        // A node no longer in the membership does not count: removed from the group
+        // before the map dropped it, it campaigns on in ever higher terms, and
+        // counting it left a partition untrusted, and its move stuck, for good
+        // (e2e scenario 3b, 5 → 7 pods).
         let leader = of_group
             .iter()
-            .find(|r| r.leader == Some(r.node) && Some(r.term) == term);
+            .filter(|r| r.leader == Some(r.node))
+            .max_by_key(|r| r.term)
+            .filter(|l| {
+                !of_group.iter().any(|o| {
+                    o.term > l.term && (l.voters.contains(&o.node) || l.learners.contains(&o.node))
+                })
+            });
+        let term = of_group.iter().map(|r| r.term).max();
         let view = match leader {
             Some(r) => {
                 let last = r.last_log_index.unwrap_or(0);
@@ -421,6 +432,26 @@ mod tests {
         let seen = observe(&map, &members, &voters, &reports);
         let plan = crate::placement::plan(&seen.observed);
         assert_eq!(next_hosts(&map, &seen, &plan)[0].hosts, vec![1, 2, 4]);
+    }
+
+    #[test]
+    fn a_removed_replica_campaigning_does_not_block_its_partition() {
+        // Node 4 was removed from the group (voters 1, 2, 3) before the map dropped
+        // it; it campaigns on with higher terms. The leader is still trusted.
+        let map = map_of(&[&[1, 2, 3, 4]]);
+        let mut reports = cluster_reports(&[1, 2, 3, 4], &[(1, &[1, 2, 3])]);
+        let mut stray = report(1, 4, None, 9, &[1, 2, 3, 4]);
+        stray.matched.clear();
+        reports.push(stray);
+        let all = BTreeSet::from([1, 2, 3, 4]);
+        let seen = observe(&map, &all, &all, &reports);
+        assert!(seen.known[0]);
+        assert_eq!(seen.observed.groups[0].leader, Some(1));
+        let plan = crate::placement::plan(&seen.observed);
+        assert!(
+            !next_hosts(&map, &seen, &plan)[0].hosts.contains(&4),
+            "the map drops it"
+        );
     }
 
     #[test]

@@ -88,14 +88,7 @@ impl Groups {
         Store::destroy_schema(backend)
             .await
             .map_err(|source| GroupError::Store { group: id, source })?;
-        self.ctx
-            .engine
-            .drop_group(id)
-            .await
-            .map_err(|e| GroupError::Raft {
-                group: id,
-                message: format!("dropping its log: {e}"),
-            })?;
+        self.drop_log(id).await?;
         match std::fs::remove_dir_all(tomb) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
@@ -105,6 +98,18 @@ impl Groups {
                 source,
             }),
         }
+    }
+
+    /// Drops every record of group `id` from the node's shared Raft log.
+    async fn drop_log(&self, id: GroupId) -> Result<(), GroupError> {
+        self.ctx
+            .engine
+            .drop_group(id)
+            .await
+            .map_err(|e| GroupError::Raft {
+                group: id,
+                message: format!("dropping its log: {e}"),
+            })
     }
 
     /// On start, before reopening: finishes removals a stop cut short, and drops
@@ -136,14 +141,7 @@ impl Groups {
                     group = id,
                     "dropping the log of a group this node no longer holds"
                 );
-                self.ctx
-                    .engine
-                    .drop_group(id)
-                    .await
-                    .map_err(|e| GroupError::Raft {
-                        group: id,
-                        message: format!("dropping its log: {e}"),
-                    })?;
+                self.drop_log(id).await?;
             }
         }
         Ok(())

@@ -369,6 +369,20 @@ enum Next {
     Move(Move),
 }
 
+/// Removes voter `n` of partition `p`, if a healthy majority of both the current
+/// and the resulting voter set allows it.
+fn remove_voter(ctx: &Ctx<'_>, p: PartitionId, g: &GroupView, n: NodeId) -> Next {
+    let mut after = g.voters.clone();
+    after.remove(&n);
+    match ctx.guard(g, &after) {
+        Some(w) => Next::Wait(w),
+        None => Next::Move(Move::RemoveVoter {
+            partition: p,
+            node: n,
+        }),
+    }
+}
+
 /// The one next step of partition `p` toward `target` and `leader`.
 fn step(
     ctx: &Ctx<'_>,
@@ -399,15 +413,7 @@ fn step(
         .iter()
         .find(|n| g.voters.contains(n) && Some(**n) != g.leader)
     {
-        let mut after = g.voters.clone();
-        after.remove(n);
-        return match ctx.guard(g, &after) {
-            Some(w) => Next::Wait(w),
-            None => Next::Move(Move::RemoveVoter {
-                partition: p,
-                node: *n,
-            }),
-        };
+        return remove_voter(ctx, p, g, *n);
     }
     // A learner that is not wanted goes (no vote, no majority to mind).
     if let Some(n) = g.learners.iter().find(|n| !target.contains(n)) {
@@ -466,15 +472,7 @@ fn step(
                 }),
             };
         }
-        let mut after = g.voters.clone();
-        after.remove(n);
-        return match ctx.guard(g, &after) {
-            Some(w) => Next::Wait(w),
-            None => Next::Move(Move::RemoveVoter {
-                partition: p,
-                node: *n,
-            }),
-        };
+        return remove_voter(ctx, p, g, *n);
     }
     // Placed: only the leadership is off target.
     match leader {

@@ -33,18 +33,17 @@ const CONCURRENCY: usize = 16;
 
 /// What a request spans.
 pub enum Scope {
-    /// A cluster of one partition: its own group.
-    Cluster(Target),
-    /// One partition of a partitioned cluster (`partition=` given).
-    Partition(Arc<PlacementMap>, PartitionId),
+    /// One group: a cluster of one partition, or the partition `partition=`
+    /// names (served here, or already answered by the host it was relayed to).
+    One(Located),
     /// Every partition of a partitioned cluster.
     All(Arc<PlacementMap>),
 }
 
 /// The scope of a request that names `partition` (or not).
-pub fn scope(state: &AppState, partition: Option<u32>) -> Result<Scope, ApiError> {
+pub async fn scope(state: &AppState, raw: &Raw, partition: Option<u32>) -> Result<Scope, ApiError> {
     match (super::target::placement(state)?, partition) {
-        (None, None | Some(0)) => Ok(Scope::Cluster(Target::cluster(state))),
+        (None, None | Some(0)) => Ok(Scope::One(Located::Here(Target::cluster(state)))),
         (None, Some(p)) => Err(ApiError::bad(
             "invalid_parameter",
             format!("partition: {p} is not a partition of this cluster, which has one (0)"),
@@ -56,7 +55,7 @@ pub fn scope(state: &AppState, partition: Option<u32>) -> Result<Scope, ApiError
                 map.partitions
             ),
         )),
-        (Some(map), Some(p)) => Ok(Scope::Partition(map, p)),
+        (Some(map), Some(p)) => Ok(Scope::One(locate_partition(state, raw, &map, p).await?)),
         (Some(map), None) => Ok(Scope::All(map)),
     }
 }

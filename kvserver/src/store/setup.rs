@@ -178,6 +178,33 @@ fn migrator(backend: &Backend) -> Migrator {
     ])
 }
 
+/// Runs `statement` (`{}` is the schema's name, checked first) on a connection
+/// of its own: creating or dropping the schema that pools put on their path.
+async fn on_schema(
+    url: &str,
+    schema: &str,
+    acquire_timeout: Duration,
+    statement: &str,
+) -> Result<(), StoreError> {
+    if !valid_schema(schema) {
+        return Err(StoreError::Corrupt {
+            what: "storage.postgres.schema".into(),
+            detail: format!("{schema:?} must be 1-63 characters of [a-z0-9_]"),
+        });
+    }
+    let boot = AnyPoolOptions::new()
+        .max_connections(1)
+        .acquire_timeout(acquire_timeout)
+        .connect(url)
+        .await?;
+    let done = boot
+        .execute(sqlx::AssertSqlSafe(statement.replace("{}", schema)))
+        .await;
+    boot.close().await;
+    done?;
+    Ok(())
+}
+
 fn valid_schema(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 63
@@ -251,25 +278,14 @@ async fn pools(opts: &StoreOptions) -> Result<(AnyPool, AnyPool), StoreError> {
             max_connections,
             acquire_timeout,
         } => {
-            if !valid_schema(schema) {
-                return Err(StoreError::Corrupt {
-                    what: "storage.postgres.schema".into(),
-                    detail: format!("{schema:?} must be 1-63 characters of [a-z0-9_]"),
-                });
-            }
             // The schema must exist before connections that put it on their search_path.
-            {
-                let boot = AnyPoolOptions::new()
-                    .max_connections(1)
-                    .acquire_timeout(*acquire_timeout)
-                    .connect(url)
-                    .await?;
-                boot.execute(sqlx::AssertSqlSafe(format!(
-                    "CREATE SCHEMA IF NOT EXISTS {schema}"
-                )))
-                .await?;
-                boot.close().await;
-            }
+            on_schema(
+                url,
+                schema,
+                *acquire_timeout,
+                "CREATE SCHEMA IF NOT EXISTS {}",
+            )
+            .await?;
             let set_path = Arc::<str>::from(format!("SET search_path TO {schema}"));
             let opts_for = |max: u32, min: u32| {
                 let set_path = set_path.clone();
@@ -320,25 +336,13 @@ impl Store {
         else {
             return Ok(());
         };
-        if !valid_schema(schema) {
-            return Err(StoreError::Corrupt {
-                what: "storage.postgres.schema".into(),
-                detail: format!("{schema:?} must be 1-63 characters of [a-z0-9_]"),
-            });
-        }
-        let boot = AnyPoolOptions::new()
-            .max_connections(1)
-            .acquire_timeout(*acquire_timeout)
-            .connect(url)
-            .await?;
-        let dropped = boot
-            .execute(sqlx::AssertSqlSafe(format!(
-                "DROP SCHEMA IF EXISTS {schema} CASCADE"
-            )))
-            .await;
-        boot.close().await;
-        dropped?;
-        Ok(())
+        on_schema(
+            url,
+            schema,
+            *acquire_timeout,
+            "DROP SCHEMA IF EXISTS {} CASCADE",
+        )
+        .await
     }
 
     /// The cluster a store at `opts` belongs to (`None`: never started), without
