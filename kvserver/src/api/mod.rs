@@ -11,6 +11,7 @@ pub mod cluster;
 pub mod error;
 pub mod kv;
 pub mod limits;
+pub mod merge;
 pub mod openapi;
 pub mod ops;
 pub mod partitions;
