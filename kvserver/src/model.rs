@@ -13,8 +13,10 @@ use utoipa::IntoParams;
 use utoipa::ToSchema;
 
 mod partitions;
+mod watch;
 
 pub use self::partitions::*;
+pub use self::watch::*;
 
 /// Node id (the StatefulSet ordinal in Kubernetes).
 pub type NodeId = u64;
@@ -494,52 +496,4 @@ pub struct TxnResponse {
     /// True when every comparison held and `success` ran.
     pub succeeded: bool,
     pub results: Vec<OperationResult>,
-}
-
-/// Query of `GET /v1/watch`.
-#[derive(Debug, Default, Serialize, Deserialize, IntoParams)]
-#[serde(deny_unknown_fields)]
-#[into_params(parameter_in = Query)]
-pub struct WatchQuery {
-    /// Only keys starting with this prefix (default: all keys).
-    #[serde(default)]
-    pub prefix: Option<String>,
-    /// Only this exact key.
-    #[serde(default)]
-    pub key: Option<String>,
-    /// Start after this revision (default: now). The `Last-Event-ID` header works too.
-    #[serde(default)]
-    pub from_revision: Option<u64>,
-    /// Include the previous version of the key in each event (default true).
-    #[serde(default)]
-    pub prev_kv: Option<bool>,
-}
-
-/// The JSON `data` of one watch event (`event: put` or `event: delete`).
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-pub struct WatchEventBody {
-    pub revision: u64,
-    /// `put` or `delete`.
-    #[serde(rename = "type")]
-    pub kind: String,
-    pub key: String,
-    /// The key after a put.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub kv: Option<KeyValue>,
-    /// The key before the change.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub prev_kv: Option<KeyValue>,
-    /// When the change was made (unix ms, the leader's clock): what continuous
-    /// backup records so a restore can stop at a point in time. Absent only for
-    /// deletes older than the release that started recording it.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub time_ms: Option<u64>,
-}
-
-/// The JSON `data` of the final `event: dropped` of a watch stream.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-pub struct DroppedBody {
-    pub reason: String,
-    /// Reconnect with `from_revision` set to this to continue without a gap.
-    pub resume_from_revision: u64,
 }

@@ -336,17 +336,28 @@ pub async fn start_node(config: Config) -> Result<NodeHandle, NodeError> {
         tokens,
         service_accounts,
     ));
-    let mut http = crate::tls::http_builder()
-        .no_proxy()
-        .connect_timeout(Duration::from_secs(2))
-        .timeout(api::WRITE_TIMEOUT * 4)
-        .pool_max_idle_per_host(64);
-    if let Some(certs) = &api_certs {
-        let relay =
-            crate::tls::relay_client_config(certs.clone()).map_err(tls_err("tls.client"))?;
-        http = http.tls_backend_preconfigured(relay);
-    }
-    let http = http.build()?;
+    // Relayed requests get a bound on the whole request; relayed streams (a
+    // watch's parts) one on each read: three keep-alive intervals of silence
+    // mean the node is gone.
+    let relay_client = |whole: bool| -> Result<reqwest::Client, NodeError> {
+        let mut http = crate::tls::http_builder()
+            .no_proxy()
+            .connect_timeout(Duration::from_secs(2))
+            .pool_max_idle_per_host(64);
+        http = if whole {
+            http.timeout(api::WRITE_TIMEOUT * 4)
+        } else {
+            http.read_timeout(api::watch::KEEP_ALIVE * 3)
+        };
+        if let Some(certs) = &api_certs {
+            let relay =
+                crate::tls::relay_client_config(certs.clone()).map_err(tls_err("tls.client"))?;
+            http = http.tls_backend_preconfigured(relay);
+        }
+        Ok(http.build()?)
+    };
+    let http = relay_client(true)?;
+    let stream_http = relay_client(false)?;
     let gates = api::limits::Gates::new(&config.limits, &metrics);
     let state = Arc::new(NodeState {
         id,
@@ -358,6 +369,7 @@ pub async fn start_node(config: Config) -> Result<NodeHandle, NodeError> {
         metrics,
         advertise: advertise.clone(),
         http,
+        stream_http,
         started: Instant::now(),
         peer_state,
         follower_reads: crate::route::read_index::FollowerReads::new(crate::peer::Link::cluster(

@@ -417,13 +417,10 @@ async fn the_cluster_leader_places_and_forms_the_partitions() -> anyhow::Result<
         .filter_map(|kv| kv["key"].as_str())
         .collect();
     assert_eq!(listed, sorted, "{list}");
-    // A watch does not span partitions yet, and says so.
-    let watch = http
-        .get(format!("{base}/v1/watch?prefix=routed/"))
-        .send()
-        .await?;
-    assert_eq!(watch.status(), 503);
-    let body: serde_json::Value = watch.json().await?;
+    // A backup does not span partitions yet, and says so.
+    let backup = http.get(format!("{base}/v1/backup")).send().await?;
+    assert_eq!(backup.status(), 503);
+    let body: serde_json::Value = backup.json().await?;
     assert_eq!(body["error"]["code"], "fanout_pending", "{body}");
 
     // The map is the cluster group's state: a restarted node reads it back.

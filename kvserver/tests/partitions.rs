@@ -6,6 +6,11 @@
 //! order, continued across partitions, in the order asked); a `kill -9` of the
 //! node leading some partitions keeps every partition serving from every live
 //! node, and the partitions it did not lead take writes at once.
+//!
+//! A watch spans every partition too: one stream merging them, each event
+//! naming its partition, resumable from its position on any node, counted
+//! once against the watcher limits, and riding through the loss of a node it
+//! relayed partitions from.
 
 mod common;
 
@@ -15,6 +20,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use common::Cluster;
+use common::sse::SseReader;
+use kvserver::model::WatchPosition;
 use serde_json::Value;
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -64,6 +71,91 @@ where
     }
 }
 
+/// One change a watch delivered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Seen {
+    partition: u32,
+    revision: u64,
+    key: String,
+    value: Option<String>,
+}
+
+/// Reads changes off `w` until `done` holds for those read (each checked: it
+/// names its key's partition, each partition's revisions grow, and its id is
+/// the stream's position); returns them and the last id.
+async fn read_until(
+    w: &mut SseReader,
+    what: &str,
+    done: impl Fn(&[Seen]) -> bool,
+) -> anyhow::Result<(Vec<Seen>, String)> {
+    let mut seen: Vec<Seen> = Vec::new();
+    let mut position = WatchPosition::default();
+    let mut last_id = String::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !done(&seen) {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let Some(ev) = w
+            .next(left)
+            .await
+            .with_context(|| format!("{what}: {} changes read: {seen:?}", seen.len()))?
+        else {
+            anyhow::bail!("{what}: the stream ended after {seen:?}");
+        };
+        anyhow::ensure!(ev.event != "dropped", "{what}: dropped: {}", ev.data);
+        let body = common::sse::json(&ev);
+        let s = Seen {
+            partition: body["partition"].as_u64().context("partition")? as u32,
+            revision: body["revision"].as_u64().context("revision")?,
+            key: body["key"].as_str().context("key")?.to_string(),
+            value: body["kv"]["value"].as_str().map(str::to_string),
+        };
+        assert_eq!(
+            s.partition,
+            kvserver::placement::hash::partition_of(s.key.as_bytes(), 16),
+            "{what}: {s:?}"
+        );
+        if let Some(prev) = position.0.get(&s.partition) {
+            assert!(s.revision > *prev, "{what}: {s:?} after revision {prev}");
+        }
+        position.0.insert(s.partition, s.revision);
+        // One key per revision here: every event ends its revision and carries
+        // the position, whose entry for its partition is its revision.
+        let id = ev.id.context("id")?;
+        let at = WatchPosition::parse(&id).map_err(anyhow::Error::msg)?;
+        assert_eq!(at.0.get(&s.partition), Some(&s.revision), "{what}: {id}");
+        last_id = id;
+        seen.push(s);
+    }
+    Ok((seen, last_id))
+}
+
+/// The watch streams node `id` serves (`kv_watch_streams`).
+async fn watch_streams(c: &Cluster, id: u64) -> anyhow::Result<u64> {
+    let text = c
+        .http
+        .get(c.url(id, "/metrics"))
+        .send()
+        .await?
+        .text()
+        .await?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("kv_watch_streams "))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .map(|v| v as u64)
+        .context("kv_watch_streams in /metrics")
+}
+
+async fn watch_on(
+    c: &Cluster,
+    id: u64,
+    path: &str,
+    from: Option<&str>,
+) -> anyhow::Result<SseReader> {
+    SseReader::resume(&c.http, &c.url(id, path), from)
+        .await?
+        .map_err(|(status, body)| anyhow::anyhow!("watch on node {id}: {status} {body}"))
+}
+
 fn nodes_of(item: &Value) -> Vec<u64> {
     item["nodes"]
         .as_array()
@@ -80,6 +172,9 @@ async fn five_nodes_sixteen_partitions_serve_every_key_through_a_node_loss() -> 
         "replication_factor=3",
         "--set",
         "initial_nodes=5",
+        // A merged watch counts once per node it touches, not once per partition.
+        "--set",
+        "limits.max_watchers_per_principal=2",
     ]);
     c.form(5).await?;
     let all = placed(&c, 1).await?;
@@ -209,6 +304,110 @@ async fn five_nodes_sixteen_partitions_serve_every_key_through_a_node_loss() -> 
     );
     assert_eq!(at.nodes, typed.items[at.partition as usize].nodes);
 
+    // A watch spanning every partition, opened on node 2: its own partitions fed
+    // here, the others relayed from their hosts, merged into one stream.
+    let mut w = watch_on(&c, 2, "/v1/watch?prefix=w%2F", None).await?;
+    let from = WatchPosition::parse(w.from.as_deref().context("x-kv-watch-from")?)
+        .map_err(anyhow::Error::msg)?;
+    assert_eq!(from.0.len(), 16, "{from}");
+    // It holds one of the principal's two slots on node 2 (not one per
+    // partition): a second stream opens, a third is refused.
+    let second = watch_on(&c, 2, "/v1/watch?prefix=w%2F", None).await?;
+    let (status, body) = c.get(2, "/v1/watch?prefix=w%2F").await?;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (429, Some("too_many_watchers")),
+        "{body}"
+    );
+    drop(second);
+    let wkeys: Vec<String> = (0..48).map(|i| format!("w/{i}")).collect();
+    for (i, key) in wkeys.iter().enumerate() {
+        let (status, body) = settled(key, || c.put_kv((i as u64 % 5) + 1, key, "w1")).await?;
+        assert!(matches!(status, 200 | 201), "{key}: {body}");
+    }
+    let all_of = |want: &[String]| {
+        let want: BTreeSet<String> = want.iter().cloned().collect();
+        move |seen: &[Seen]| seen.iter().map(|s| s.key.clone()).collect::<BTreeSet<_>>() == want
+    };
+    let (seen, last) = read_until(&mut w, "the merged watch", all_of(&wkeys)).await?;
+    // Each change once (a put retried after a 503 may be two changes).
+    let unique: BTreeSet<(u32, u64)> = seen.iter().map(|s| (s.partition, s.revision)).collect();
+    assert_eq!(unique.len(), seen.len(), "each change once: {seen:?}");
+    assert!(seen.iter().all(|s| s.value.as_deref() == Some("w1")));
+    // Resumed from its last id on another node, it gets what came after, once.
+    drop(w);
+    let later: Vec<String> = (0..16).map(|i| format!("w/later/{i}")).collect();
+    for (i, key) in later.iter().enumerate() {
+        let (status, body) = settled(key, || c.put_kv((i as u64 % 5) + 1, key, "w2")).await?;
+        assert!(matches!(status, 200 | 201), "{key}: {body}");
+    }
+    let mut w = watch_on(&c, 5, "/v1/watch?prefix=w%2F", Some(&last)).await?;
+    let (resumed, _) = read_until(&mut w, "the resumed watch", all_of(&later)).await?;
+    assert!(
+        resumed.iter().all(|s| s.key.starts_with("w/later/")),
+        "nothing before the id again: {resumed:?}"
+    );
+    drop(w);
+    // Narrowed to one partition, from its start: that partition's keys only.
+    let p3: BTreeSet<String> = wkeys
+        .iter()
+        .chain(&later)
+        .filter(|k| kvserver::placement::hash::partition_of(k.as_bytes(), 16) == 3)
+        .cloned()
+        .collect();
+    let mut w = watch_on(
+        &c,
+        1,
+        "/v1/watch?prefix=w%2F&partition=3&from_revision=0",
+        None,
+    )
+    .await?;
+    let (narrow, _) = read_until(&mut w, "partition 3", |s| s.len() >= p3.len()).await?;
+    let got: BTreeSet<String> = narrow.iter().map(|s| s.key.clone()).collect();
+    assert_eq!(got, p3);
+    drop(w);
+    let (status, body) = c.get(1, "/v1/watch?prefix=w%2F&from_revision=0").await?;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (400, Some("invalid_parameter")),
+        "{body}"
+    );
+    // The typed client follows a partitioned watch the same way.
+    {
+        use futures_util::StreamExt;
+        // From a position read before the writes (the id of the merged watch's
+        // last event), so none is missed while the stream connects.
+        let stream = client.watch_from_position(
+            "w/typed/",
+            WatchPosition::parse(&last).map_err(anyhow::Error::msg)?,
+        );
+        futures_util::pin_mut!(stream);
+        let typed_keys: Vec<String> = (0..8).map(|i| format!("w/typed/{i}")).collect();
+        let writer = async {
+            for (i, key) in typed_keys.iter().enumerate() {
+                let (status, body) =
+                    settled(key, || c.put_kv((i as u64 % 5) + 1, key, "t")).await?;
+                anyhow::ensure!(matches!(status, 200 | 201), "{key}: {body}");
+            }
+            anyhow::Ok(())
+        };
+        let reader = async {
+            let mut got = BTreeSet::new();
+            while got.len() < typed_keys.len() {
+                let ev = tokio::time::timeout(WAIT, stream.next())
+                    .await
+                    .context("typed watch: no event")?
+                    .context("typed watch ended")??;
+                anyhow::ensure!(ev.partition.is_some(), "{ev:?}");
+                got.insert(ev.key);
+            }
+            anyhow::Ok(got)
+        };
+        let (wrote, got) = tokio::join!(writer, reader);
+        wrote?;
+        assert_eq!(got?, typed_keys.iter().cloned().collect::<BTreeSet<_>>());
+    }
+
     // Requests that span every partition: a listing merged in key order whose
     // continuation works across partitions, one narrowed to a partition, a batch
     // get grouped by partition, a prefix delete in every partition.
@@ -279,18 +478,35 @@ async fn five_nodes_sixteen_partitions_serve_every_key_through_a_node_loss() -> 
     let (status, left) = settled("gone/", || c.get(3, "/v1/kv?prefix=gone%2F")).await?;
     assert_eq!((status, left["count"].as_u64()), (200, Some(0)), "{left}");
 
-    // kill -9 the node that leads partition 0. The partitions it did not lead keep
-    // their leaders and take a write through every live node at once; every
-    // partition serves every key from every live node within seconds.
-    let victim = items[0]["leader_id"].as_u64().context("leader")?;
-    let led: BTreeSet<usize> = items
+    // A merged watch on node 1 relays the partitions node 1 does not host from
+    // their hosts (each counts the stream once). kill -9 one of those hosts: the
+    // watch resumes its parts elsewhere and misses none of the writes below. The
+    // partitions the victim did not lead keep their leaders and take a write
+    // through every live node at once; every partition serves every key from
+    // every live node within seconds.
+    let mut before = BTreeMap::new();
+    for id in 2..=5 {
+        before.insert(id, watch_streams(&c, id).await?);
+    }
+    let mut w = watch_on(&c, 1, "/v1/watch?prefix=part%2F", None).await?;
+    let mut relays = Vec::new();
+    for id in 2..=5 {
+        if watch_streams(&c, id).await? > before[&id] {
+            relays.push(id);
+        }
+    }
+    let victim = *relays.first().context("the watch relays from no node")?;
+    let now = placed(&c, 1).await?;
+    let led: BTreeSet<usize> = now["items"]
+        .as_array()
+        .context("items")?
         .iter()
         .enumerate()
         .filter(|(_, i)| i["leader_id"].as_u64() == Some(victim))
         .map(|(p, _)| p)
         .collect();
-    c.kill(victim);
     let live: Vec<u64> = (1..=5).filter(|n| *n != victim).collect();
+    c.kill(victim);
     let part_of = |k: &str| kvserver::placement::hash::partition_of(k.as_bytes(), 16) as usize;
     for (i, key) in keys
         .iter()
@@ -328,6 +544,21 @@ async fn five_nodes_sixteen_partitions_serve_every_key_through_a_node_loss() -> 
             );
         }
     }
+    let (through, _) = read_until(&mut w, "the watch through the kill", |seen| {
+        keys.iter().all(|k| {
+            seen.iter()
+                .any(|s| s.key == *k && s.value.as_deref() == Some("v2"))
+        })
+    })
+    .await?;
+    let revisions: BTreeSet<(u32, u64)> =
+        through.iter().map(|s| (s.partition, s.revision)).collect();
+    assert_eq!(
+        revisions.len(),
+        through.len(),
+        "no change twice: {through:?}"
+    );
+    drop(w);
     // The partitions it led elected leaders among their live replicas.
     let after = placed(&c, live[0]).await?;
     for p in &led {

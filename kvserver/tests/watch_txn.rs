@@ -37,7 +37,11 @@ async fn follow(
         };
         match ev.event.as_str() {
             "put" | "delete" => {
-                seen.push(ev.json()["revision"].as_u64().context("revision")?);
+                seen.push(
+                    common::sse::json(&ev)["revision"]
+                        .as_u64()
+                        .context("revision")?,
+                );
                 if ev.id.is_some() {
                     last_id = ev.id;
                 }

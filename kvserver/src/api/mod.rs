@@ -71,6 +71,9 @@ pub struct NodeState {
     pub metrics: Arc<Metrics>,
     pub advertise: KvNode,
     pub http: reqwest::Client,
+    /// For relayed streams (a watch's parts on other nodes): a timeout on each
+    /// read instead of on the whole request.
+    pub stream_http: reqwest::Client,
     pub started: Instant,
     /// Unix ms of the last AppendEntries accepted from a leader (followers' heartbeat clock).
     pub peer_state: Arc<crate::peer::PeerState>,

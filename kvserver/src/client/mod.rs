@@ -21,6 +21,7 @@ mod backup;
 mod cluster;
 mod credential;
 mod kv;
+pub mod sse;
 mod watch;
 
 use std::collections::VecDeque;
@@ -303,7 +304,7 @@ fn encode_key(key: &str) -> String {
     out
 }
 
-fn query<T: Serialize>(q: &T) -> String {
+pub(crate) fn query<T: Serialize>(q: &T) -> String {
     // serde_json → flat pairs; only scalar fields are used in our queries.
     let v = serde_json::to_value(q).unwrap_or_default();
     let pairs: Vec<String> = v

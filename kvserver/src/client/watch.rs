@@ -1,6 +1,8 @@
 //! [`Client::watch`]: a stream of changes that reconnects (to the next
 //! endpoint when one fails) and resumes from the last revision it delivered,
-//! without gaps or duplicates.
+//! without gaps or duplicates. In a partitioned cluster the stream merges every
+//! partition's changes and the position is one revision per partition
+//! ([`WatchPosition`]); the stream tracks it the same way.
 
 use std::collections::VecDeque;
 
@@ -10,8 +12,15 @@ use super::Client;
 use super::ClientError;
 use super::decode;
 use super::encode_key;
+use super::sse::SseParser;
 use crate::model::DroppedBody;
+use crate::model::WATCH_FROM;
 use crate::model::WatchEventBody;
+use crate::model::WatchPosition;
+
+/// What a relayed or received stream may hold unparsed: an event is at most a
+/// key and two values, JSON-escaped.
+const MAX_EVENT_BYTES: usize = 512 << 20;
 
 impl Client {
     // ----- watch -----
@@ -38,14 +47,37 @@ impl Client {
         prefix: &str,
         from_revision: Option<u64>,
     ) -> impl Stream<Item = Result<(WatchEventBody, bool), ClientError>> + Send + 'static {
+        self.watch_stream(prefix, from_revision, None)
+    }
+
+    /// [`Client::watch`] of a partitioned cluster, starting each partition after
+    /// its revision in `from` (the id of an event received before, or a
+    /// `resume_from_revisions`); partitions it does not name start now.
+    pub fn watch_from_position(
+        &self,
+        prefix: &str,
+        from: WatchPosition,
+    ) -> impl Stream<Item = Result<WatchEventBody, ClientError>> + Send + 'static {
+        use futures_util::StreamExt;
+        self.watch_stream(prefix, None, Some(from))
+            .map(|r| r.map(|(ev, _)| ev))
+    }
+
+    fn watch_stream(
+        &self,
+        prefix: &str,
+        from_revision: Option<u64>,
+        position: Option<WatchPosition>,
+    ) -> impl Stream<Item = Result<(WatchEventBody, bool), ClientError>> + Send + 'static {
         let state = WatchState {
             client: self.clone(),
             prefix: prefix.to_string(),
             from: from_revision,
+            position,
             partial: None,
             skip: None,
             resp: None,
-            buf: String::new(),
+            sse: SseParser::default(),
             pending: VecDeque::new(),
             failures: 0,
             done: false,
@@ -68,13 +100,16 @@ struct WatchState {
     prefix: String,
     /// Last revision whose events were all delivered (the resume point).
     from: Option<u64>,
-    /// Events already delivered of the revision after `from` (a transaction or prefix
-    /// delete spans several events of one revision).
-    partial: Option<(u64, usize)>,
+    /// A partitioned cluster's: the last revision of each partition whose events
+    /// were all delivered (`None` until the server said it is partitioned).
+    position: Option<WatchPosition>,
+    /// Events already delivered of a revision (of a partition) not yet complete
+    /// (a transaction or prefix delete spans several events of one revision).
+    partial: Option<(Option<u32>, u64, usize)>,
     /// After a reconnect: events of that revision to skip, already delivered.
-    skip: Option<(u64, usize)>,
+    skip: Option<(Option<u32>, u64, usize)>,
     resp: Option<(String, reqwest::Response)>,
-    buf: String,
+    sse: SseParser,
     /// Parsed events, each with whether it completes its revision.
     pending: VecDeque<(WatchEventBody, bool)>,
     failures: u32,
@@ -88,8 +123,10 @@ impl WatchState {
             "{endpoint}/v1/watch?prefix={}",
             encode_key(&self.prefix).replace('/', "%2F")
         );
-        if let Some(f) = self.from {
-            url.push_str(&format!("&from_revision={f}"));
+        match (&self.position, self.from) {
+            (Some(p), _) => url.push_str(&format!("&from_revisions={p}")),
+            (None, Some(f)) => url.push_str(&format!("&from_revision={f}")),
+            (None, None) => {}
         }
         let req = self
             .client
@@ -112,22 +149,63 @@ impl WatchState {
                     message: "unexpected success body".into(),
                 }));
         }
-        self.buf.clear();
+        // Where the server started: resuming from there after a disconnect
+        // misses nothing, even before the first event arrived.
+        let start = resp
+            .headers()
+            .get(WATCH_FROM)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        match start {
+            Some(s) if s.contains(':') => {
+                let start = WatchPosition::parse(&s).map_err(|e| ClientError::Decode {
+                    endpoint: endpoint.clone(),
+                    message: format!("{WATCH_FROM}: {e}"),
+                })?;
+                let mut p = self.position.take().unwrap_or_default();
+                for (part, rev) in start.0 {
+                    p.0.entry(part).or_insert(rev);
+                }
+                self.position = Some(p);
+            }
+            Some(s) if self.from.is_none() => self.from = s.parse().ok(),
+            _ => {}
+        }
+        self.sse.clear();
         self.skip = self.partial;
         self.resp = Some((endpoint, resp));
         Ok(())
+    }
+
+    /// The last revision of the event's partition delivered whole.
+    fn delivered(&self, ev: &WatchEventBody) -> Option<u64> {
+        match (ev.partition, &self.position) {
+            (Some(p), Some(pos)) => pos.0.get(&p).copied(),
+            (Some(_), None) => None,
+            (None, _) => self.from,
+        }
     }
 
     async fn next(&mut self) -> Result<(WatchEventBody, bool), ClientError> {
         loop {
             if let Some((ev, completes)) = self.pending.pop_front() {
                 if completes {
-                    self.from = Some(ev.revision);
+                    match ev.partition {
+                        Some(p) => {
+                            self.position
+                                .get_or_insert_with(WatchPosition::default)
+                                .0
+                                .insert(p, ev.revision);
+                        }
+                        None => self.from = Some(ev.revision),
+                    }
                     self.partial = None;
                 } else {
                     self.partial = match self.partial {
-                        Some((r, n)) if r == ev.revision => Some((r, n + 1)),
-                        _ => Some((ev.revision, 1)),
+                        Some((p, r, n)) if p == ev.partition && r == ev.revision => {
+                            Some((p, r, n + 1))
+                        }
+                        _ => Some((ev.partition, ev.revision, 1)),
                     };
                 }
                 return Ok((ev, completes));
@@ -151,8 +229,13 @@ impl WatchState {
             match resp.chunk().await {
                 Ok(Some(bytes)) => {
                     self.failures = 0;
-                    self.buf.push_str(&String::from_utf8_lossy(&bytes));
                     let endpoint = endpoint.clone();
+                    self.sse
+                        .push(&bytes, MAX_EVENT_BYTES)
+                        .map_err(|e| ClientError::Decode {
+                            endpoint: endpoint.clone(),
+                            message: e.to_string(),
+                        })?;
                     self.parse(&endpoint)?;
                 }
                 Ok(None) | Err(_) => {
@@ -177,51 +260,36 @@ impl WatchState {
 
     /// Moves complete SSE events from the buffer to `pending`; `dropped` forces a reconnect.
     fn parse(&mut self, endpoint: &str) -> Result<(), ClientError> {
-        while let Some(end) = self.buf.find("\n\n") {
-            let block: String = self.buf.drain(..end + 2).collect();
-            let mut event = "message";
-            let mut data = String::new();
-            let mut completes = false;
-            for line in block.lines() {
-                if let Some(v) = line.strip_prefix("event:") {
-                    event = if v.trim() == "dropped" {
-                        "dropped"
-                    } else {
-                        "change"
-                    };
-                } else if let Some(v) = line.strip_prefix("data:") {
-                    data.push_str(v.trim_start());
-                } else if line.starts_with("id:") {
-                    // The server sets the id on the last event of each revision.
-                    completes = true;
-                }
-            }
-            match event {
-                "change" => {
-                    let ev: WatchEventBody =
-                        serde_json::from_str(&data).map_err(|e| ClientError::Decode {
-                            endpoint: endpoint.into(),
-                            message: e.to_string(),
-                        })?;
-                    if self.from.is_some_and(|f| ev.revision <= f) {
-                        continue;
-                    }
-                    // Part of this revision was delivered before a reconnect: skip that part.
-                    if let Some((r, n)) = self.skip
-                        && r == ev.revision
-                        && n > 0
-                    {
-                        self.skip = Some((r, n - 1));
-                        continue;
-                    }
-                    self.pending.push_back((ev, completes));
-                }
+        while let Some(sse) = self.sse.next_event() {
+            // The server sets the id on the last event of each revision.
+            let completes = sse.id.is_some();
+            match sse.event.as_str() {
                 "dropped" => {
-                    if let Ok(d) = serde_json::from_str::<DroppedBody>(&data) {
+                    if let Ok(d) = serde_json::from_str::<DroppedBody>(&sse.data) {
                         tracing::debug!(reason = d.reason, "watch dropped by the server; resuming");
                     }
                     self.resp = None;
                     return Ok(());
+                }
+                "put" | "delete" => {
+                    let ev: WatchEventBody =
+                        serde_json::from_str(&sse.data).map_err(|e| ClientError::Decode {
+                            endpoint: endpoint.into(),
+                            message: e.to_string(),
+                        })?;
+                    if self.delivered(&ev).is_some_and(|f| ev.revision <= f) {
+                        continue;
+                    }
+                    // Part of this revision was delivered before a reconnect: skip that part.
+                    if let Some((p, r, n)) = self.skip
+                        && p == ev.partition
+                        && r == ev.revision
+                        && n > 0
+                    {
+                        self.skip = Some((p, r, n - 1));
+                        continue;
+                    }
+                    self.pending.push_back((ev, completes));
                 }
                 _ => {}
             }

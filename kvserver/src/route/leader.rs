@@ -96,57 +96,32 @@ pub async fn relay_to(
     leader_id: NodeId,
     mark: &'static str,
 ) -> Result<Response, ApiError> {
-    if raw.principal.kind == crate::auth::Kind::Certificate {
-        // The leader authenticates a relayed request by the client's own
-        // credential, and a client certificate cannot be passed on: the client
-        // goes to the leader itself (the client library follows `leader_hint`).
-        return Err(ApiError::NoLeader {
-            leader_hint: Some(leader_id),
-        });
-    }
-    let leader = {
-        let m = raft::raft_metrics(&state.raft);
-        m.membership_config
-            .membership()
-            .get_node(&leader_id)
-            .cloned()
-    };
-    let Some(leader) = leader else {
-        return Err(ApiError::NoLeader {
-            leader_hint: Some(leader_id),
-        });
-    };
-    let url = format!(
-        "{}://{}{}",
-        state.api_scheme, leader.api_addr, raw.path_and_query
-    );
-    let mut req = state
-        .http
-        .request(raw.method.clone(), &url)
-        .header(mark, state.id.to_string())
-        .body(raw.body.clone());
-    // The client's credential goes along, and the leader authenticates it
-    // itself: nothing this node says about the caller is taken on trust.
-    for name in [
-        axum::http::header::CONTENT_TYPE,
-        axum::http::header::ACCEPT,
-        axum::http::header::AUTHORIZATION,
-    ] {
-        if let Some(v) = raw.headers.get(&name) {
-            req = req.header(name, v.clone());
-        }
-    }
-    if let Some(v) = raw.headers.get(REQUEST_ID) {
-        req = req.header(REQUEST_ID, v.clone());
-    }
-    let resp = req.send().await.map_err(|e| ApiError::Unavailable {
-        code: "leader_unreachable",
-        message: format!(
-            "could not forward to leader {leader_id} at {}: {e}",
-            leader.api_addr
-        ),
-        retry: true,
-    })?;
+    let (req, addr) = relay_request(
+        state,
+        &state.http,
+        raw,
+        leader_id,
+        mark,
+        &raw.path_and_query,
+    )?;
+    let resp = req
+        .body(raw.body.clone())
+        .send()
+        .await
+        .map_err(|e| ApiError::Unavailable {
+            code: "leader_unreachable",
+            message: format!("could not forward to leader {leader_id} at {addr}: {e}"),
+            retry: true,
+        })?;
+    into_response(resp, leader_id).await
+}
+
+/// A relayed answer as this node's answer: its status, body and the headers a
+/// client reads (the body buffered: relayed answers are a page at most).
+pub async fn into_response(
+    resp: reqwest::Response,
+    leader_id: NodeId,
+) -> Result<Response, ApiError> {
     let status = resp.status();
     let mut headers = HeaderMap::new();
     for name in [
@@ -164,11 +139,88 @@ pub async fn relay_to(
     }
     let body = resp.bytes().await.map_err(|e| ApiError::Unavailable {
         code: "leader_unreachable",
-        message: format!("leader {leader_id} response was cut: {e}"),
+        message: format!("node {leader_id}'s response was cut: {e}"),
         retry: true,
     })?;
     let mut out = Response::new(Body::from(body));
     *out.status_mut() = status;
     *out.headers_mut() = headers;
     Ok(out)
+}
+
+/// A request to node `to`'s client API at `path_and_query` on `http`, carrying
+/// `raw`'s credential and marked with `mark`, and the address it goes to; the
+/// caller adds the body and sends it.
+fn relay_request(
+    state: &NodeState,
+    http: &reqwest::Client,
+    raw: &Raw,
+    to: NodeId,
+    mark: &'static str,
+    path_and_query: &str,
+) -> Result<(reqwest::RequestBuilder, String), ApiError> {
+    if raw.principal.kind == crate::auth::Kind::Certificate {
+        // The node asked authenticates a relayed request by the client's own
+        // credential, and a client certificate cannot be passed on: the client
+        // goes to that node itself (the client library follows `leader_hint`).
+        return Err(ApiError::NoLeader {
+            leader_hint: Some(to),
+        });
+    }
+    let node = {
+        let m = raft::raft_metrics(&state.raft);
+        m.membership_config.membership().get_node(&to).cloned()
+    };
+    let Some(node) = node else {
+        return Err(ApiError::NoLeader {
+            leader_hint: Some(to),
+        });
+    };
+    let url = format!("{}://{}{}", state.api_scheme, node.api_addr, path_and_query);
+    let mut req = http
+        .request(raw.method.clone(), &url)
+        .header(mark, state.id.to_string());
+    // The client's credential goes along, and the node asked authenticates it
+    // itself: nothing this node says about the caller is taken on trust.
+    for name in [
+        axum::http::header::CONTENT_TYPE,
+        axum::http::header::ACCEPT,
+        axum::http::header::AUTHORIZATION,
+    ] {
+        if let Some(v) = raw.headers.get(&name) {
+            req = req.header(name, v.clone());
+        }
+    }
+    if let Some(v) = raw.headers.get(REQUEST_ID) {
+        req = req.header(REQUEST_ID, v.clone());
+    }
+    Ok((req, node.api_addr))
+}
+
+/// Opens `path_and_query` on node `to` for `raw`'s caller as a stream (on
+/// `stream_http`, which limits each read rather than the whole request), marked
+/// as routed; the answer's body is read by the caller as it comes.
+pub async fn relay_stream(
+    state: &NodeState,
+    raw: &Raw,
+    to: NodeId,
+    path_and_query: &str,
+    last_event_id: Option<String>,
+) -> Result<reqwest::Response, ApiError> {
+    let (mut req, addr) = relay_request(
+        state,
+        &state.stream_http,
+        raw,
+        to,
+        super::target::ROUTED_BY,
+        path_and_query,
+    )?;
+    if let Some(id) = last_event_id {
+        req = req.header("last-event-id", id);
+    }
+    req.send().await.map_err(|e| ApiError::Unavailable {
+        code: "node_unreachable",
+        message: format!("could not reach node {to} at {addr}: {e}"),
+        retry: true,
+    })
 }

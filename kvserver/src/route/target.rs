@@ -84,7 +84,7 @@ pub enum Located {
 /// Whether the cluster is split into partitions (its map is placed), or is to be
 /// (then nothing is served until it is: a key written to the cluster group now
 /// would vanish behind the map).
-pub(super) fn placement(
+pub(crate) fn placement(
     state: &AppState,
 ) -> Result<Option<Arc<crate::placement::map::PlacementMap>>, ApiError> {
     let map = state.store.placement();
@@ -163,18 +163,11 @@ pub async fn locate_partition(
     // can: a stale read of it could miss keys written long ago (the chaos
     // campaign's partitioned mode, seed 200, listed a learner's partial copy). A
     // request routed here is served regardless, rather than passed on again.
-    let voter_here = |g: &crate::group::Group| {
-        crate::raft::raft_metrics(&g.raft)
-            .membership_config
-            .membership()
-            .voter_ids()
-            .any(|v| v == state.id)
-    };
     let routed = raw.headers.contains_key(ROUTED_BY) || raw.forwarded();
     if let Some(g) = state
         .groups
         .get(id)
-        .filter(|g| hosts.contains(&state.id) && (routed || voter_here(g)))
+        .filter(|g| hosts.contains(&state.id) && (routed || voter_here(state, g)))
     {
         return Ok(Located::Here(Target {
             group: id,
@@ -209,14 +202,24 @@ pub async fn locate_partition(
     }))
 }
 
+/// Whether this node's replica of `g` votes: only then does it serve a client
+/// that could be served elsewhere (see [`locate_partition`]).
+pub(crate) fn voter_here(state: &AppState, g: &crate::group::Group) -> bool {
+    crate::raft::raft_metrics(&g.raft)
+        .membership_config
+        .membership()
+        .voter_ids()
+        .any(|v| v == state.id)
+}
+
 /// The cluster group, for the calls that span every key and do not span
-/// partitions yet (watch, backup): served only in a cluster of one partition.
+/// partitions yet (backup): served only in a cluster of one partition.
 pub fn unpartitioned(state: &AppState) -> Result<Target, ApiError> {
     match placement(state)? {
         None => Ok(Target::cluster(state)),
         Some(_) => Err(ApiError::Unavailable {
             code: "fanout_pending",
-            message: "watches and backups of a partitioned cluster are being built (docs/partitions.md); until then they are served by clusters of one partition only".into(),
+            message: "backups of a partitioned cluster are being built (docs/partitions.md); until then they are served by clusters of one partition only".into(),
             retry: false,
         }),
     }

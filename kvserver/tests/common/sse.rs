@@ -1,29 +1,25 @@
-//! A minimal Server-Sent Events reader for the watch tests.
+//! A minimal Server-Sent Events reader for the watch tests, over the
+//! library's own event parser.
 
 use std::time::Duration;
 use std::time::Instant;
 
 use anyhow::bail;
+pub use kvserver::client::sse::SseEvent;
+use kvserver::client::sse::SseParser;
 use serde_json::Value;
 
-/// One Server-Sent Event.
-#[derive(Debug, Clone)]
-pub struct SseEvent {
-    pub event: String,
-    pub data: String,
-    pub id: Option<String>,
-}
-
-impl SseEvent {
-    pub fn json(&self) -> Value {
-        serde_json::from_str(&self.data).unwrap_or(Value::Null)
-    }
+/// The JSON data of an event.
+pub fn json(ev: &SseEvent) -> Value {
+    serde_json::from_str(&ev.data).unwrap_or(Value::Null)
 }
 
 /// Minimal SSE reader over a streaming HTTP response.
 pub struct SseReader {
     resp: reqwest::Response,
-    buf: String,
+    parser: SseParser,
+    /// Where the server said the stream starts (`x-kv-watch-from`).
+    pub from: Option<String>,
 }
 
 impl SseReader {
@@ -32,20 +28,35 @@ impl SseReader {
         http: &reqwest::Client,
         url: &str,
     ) -> anyhow::Result<Result<SseReader, (u16, Value)>> {
+        Self::resume(http, url, None).await
+    }
+
+    /// [`Self::open`], resuming after `last_event_id` (sent as `Last-Event-ID`).
+    pub async fn resume(
+        http: &reqwest::Client,
+        url: &str,
+        last_event_id: Option<&str>,
+    ) -> anyhow::Result<Result<SseReader, (u16, Value)>> {
         // A stream outlives the client's request timeout: this one request gets an
         // hour (reqwest lets a request's timeout replace the client's).
-        let resp = http
-            .get(url)
-            .timeout(Duration::from_secs(3600))
-            .send()
-            .await?;
+        let mut req = http.get(url).timeout(Duration::from_secs(3600));
+        if let Some(id) = last_event_id {
+            req = req.header("last-event-id", id);
+        }
+        let resp = req.send().await?;
         if resp.status().as_u16() != 200 {
             let status = resp.status().as_u16();
             return Ok(Err((status, resp.json().await.unwrap_or(Value::Null))));
         }
+        let from = resp
+            .headers()
+            .get(kvserver::model::WATCH_FROM)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
         Ok(Ok(SseReader {
             resp,
-            buf: String::new(),
+            parser: SseParser::default(),
+            from,
         }))
     }
 
@@ -53,31 +64,8 @@ impl SseReader {
     pub async fn next(&mut self, timeout: Duration) -> anyhow::Result<Option<SseEvent>> {
         let deadline = Instant::now() + timeout;
         loop {
-            while let Some(end) = self.buf.find("\n\n") {
-                let block: String = self.buf.drain(..end + 2).collect();
-                let mut ev = SseEvent {
-                    event: "message".into(),
-                    data: String::new(),
-                    id: None,
-                };
-                let mut any = false;
-                for line in block.lines() {
-                    if let Some(v) = line.strip_prefix("event:") {
-                        ev.event = v.trim().to_string();
-                        any = true;
-                    } else if let Some(v) = line.strip_prefix("data:") {
-                        if !ev.data.is_empty() {
-                            ev.data.push('\n');
-                        }
-                        ev.data.push_str(v.trim_start());
-                        any = true;
-                    } else if let Some(v) = line.strip_prefix("id:") {
-                        ev.id = Some(v.trim().to_string());
-                    }
-                }
-                if any {
-                    return Ok(Some(ev));
-                }
+            if let Some(ev) = self.parser.next_event() {
+                return Ok(Some(ev));
             }
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
@@ -87,7 +75,7 @@ impl SseReader {
                 Err(_) => bail!("no SSE event within {timeout:?}"),
                 Ok(Err(e)) => return Err(e.into()),
                 Ok(Ok(None)) => return Ok(None),
-                Ok(Ok(Some(bytes))) => self.buf.push_str(&String::from_utf8_lossy(&bytes)),
+                Ok(Ok(Some(bytes))) => self.parser.push(&bytes, 64 << 20)?,
             }
         }
     }
