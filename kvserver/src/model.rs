@@ -497,3 +497,14 @@ pub struct TxnResponse {
     pub succeeded: bool,
     pub results: Vec<OperationResult>,
 }
+
+/// Query of `GET /v1/backup`.
+#[derive(Debug, Default, Serialize, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct BackupQuery {
+    /// Partitioned clusters: back up only this partition (a backup of one
+    /// partition, format 1, at the partition's revision).
+    #[serde(default)]
+    pub partition: Option<u32>,
+}

@@ -430,14 +430,17 @@ pub async fn start_node(config: Config) -> Result<NodeHandle, NodeError> {
                     entries_applied = r.entries_applied,
                     "forced recovery: forming the new cluster from the survivor's state"
                 );
-                Some(r.backup.as_path())
+                Some((r.backup.as_path(), crate::store::Select::All))
             }
             None => {
                 tracing::info!(
                     node_id = id,
                     "bootstrap: initializing a single-node cluster"
                 );
-                config.restore_from.as_deref()
+                config
+                    .restore_from
+                    .as_deref()
+                    .map(|p| (p, crate::restore::cluster_select(&config)))
             }
         };
         crate::restore::initialize(

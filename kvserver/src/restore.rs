@@ -13,6 +13,14 @@
 //! log from its start would miss them. Right after initializing, the node
 //! snapshots and purges its log: every member that joins later receives the
 //! snapshot, which carries the restored keys.
+//!
+//! A partitioned cluster (`partitions > 1`) is restored group by group: the
+//! cluster's own group starts empty (it holds the map), the restoring node
+//! places every partition on itself alone (`crate::group::driver`), and forms
+//! each partition's group with the backup's keys of that partition
+//! ([`Select`]), sealed the same way; the placement driver then copies the
+//! replicas to the members as they join, and balances them. Any backup
+//! restores into any partition count: keys are placed by hash on the way in.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -27,6 +35,7 @@ use crate::command::KvNode;
 use crate::command::NodeId;
 use crate::command::TypeConfig;
 use crate::raft::KvRaft;
+use crate::store::Select;
 use crate::store::Store;
 use crate::store::StoreError;
 
@@ -47,8 +56,9 @@ pub enum InitError {
 }
 
 /// Initializes `members` (this node alone) as a new cluster; with `restore_from`,
-/// from that backup. Returns the backup installed, if any. The catch-up guard
-/// of the empty store is lifted around it (see [`CatchUp::forming`]).
+/// from the keys of that backup it selects. Returns the backup installed, if
+/// any. The catch-up guard of the empty store is lifted around it (see
+/// [`CatchUp::forming`]).
 pub async fn initialize(
     raft: &KvRaft,
     store: &Store,
@@ -56,16 +66,17 @@ pub async fn initialize(
     id: NodeId,
     cluster_id: &str,
     members: BTreeMap<NodeId, KvNode>,
-    restore_from: Option<&Path>,
+    restore_from: Option<(&Path, Select)>,
 ) -> Result<Option<BackupSummary>, InitError> {
     let restored = match restore_from {
-        Some(path) => {
-            let s = store.restore_from(path, cluster_id).await?;
+        Some((path, select)) => {
+            let s = store.restore_from(path, cluster_id, select).await?;
             tracing::info!(
                 backup_cluster = %s.header.cluster_id,
                 revision = s.header.revision,
                 keys = s.keys,
                 sha256 = %s.sha256,
+                ?select,
                 "restored the state machine from a backup"
             );
             Some(s)
@@ -83,6 +94,16 @@ pub async fn initialize(
         seal(raft, id).await.map_err(InitError::Seal)?;
     }
     Ok(restored)
+}
+
+/// What the cluster's own group takes of a backup: every key, or none when
+/// the cluster is partitioned (its partitions' groups take them).
+pub fn cluster_select(config: &crate::config::Config) -> Select {
+    if config.partitions > 1 {
+        Select::Nothing
+    } else {
+        Select::All
+    }
 }
 
 /// Seals a restored cluster whose seal was interrupted (a crash between forming

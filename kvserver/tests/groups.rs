@@ -417,11 +417,20 @@ async fn the_cluster_leader_places_and_forms_the_partitions() -> anyhow::Result<
         .filter_map(|kv| kv["key"].as_str())
         .collect();
     assert_eq!(listed, sorted, "{list}");
-    // A backup does not span partitions yet, and says so.
+    // A backup spans the partitions: every one, in the partitioned format.
     let backup = http.get(format!("{base}/v1/backup")).send().await?;
-    assert_eq!(backup.status(), 503);
-    let body: serde_json::Value = backup.json().await?;
-    assert_eq!(body["error"]["code"], "fanout_pending", "{body}");
+    assert_eq!(backup.status(), 200);
+    let bytes = backup.bytes().await?;
+    let summary = kvserver::backup::BackupReader::open(&bytes[..])
+        .await?
+        .verify()
+        .await?;
+    assert_eq!(
+        summary.partitions.as_ref().map(|p| p.len() as u64),
+        Some(u64::from(map.partitions)),
+        "{summary:?}"
+    );
+    assert!(summary.keys >= keys.len() as u64, "{summary:?}");
 
     // The map is the cluster group's state: a restarted node reads it back.
     let mut nodes = nodes;

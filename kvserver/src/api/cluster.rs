@@ -227,7 +227,11 @@ pub async fn init(
         state.id,
         &state.cluster_id,
         members,
-        state.config.restore_from.as_deref(),
+        state
+            .config
+            .restore_from
+            .as_deref()
+            .map(|p| (p, crate::restore::cluster_select(&state.config))),
     )
     .await
     {

@@ -91,6 +91,13 @@ pub async fn follow(
     status: tokio::sync::watch::Sender<FollowStatus>,
 ) -> Result<(), BackupError> {
     let cluster = client.cluster().await?.cluster_id;
+    let partitions = client.partitions().await?.partitions;
+    if partitions > 1 {
+        // Its segments would need one position per partition (issue 21).
+        return Err(BackupError::NotFound(format!(
+            "cluster {cluster} has {partitions} partitions: continuous backup (point-in-time restore) of a partitioned cluster is not built yet; take full backups"
+        )));
+    }
     let mut st = FollowStatus {
         cluster_id: cluster.clone(),
         ..Default::default()

@@ -10,6 +10,14 @@
 //! went wrong. Keys are handed out as they are read, so callers must treat
 //! them as provisional until [`BackupReader::next_kv`] has returned `None`
 //! (restore installs them in one transaction committed only then).
+//!
+//! A partitioned cluster's backup (format 2) holds every partition, each at
+//! its own revision (a partition's revisions are its own, and the copies are
+//! not one snapshot across partitions): after the header, a `Partitions`
+//! record with the count, then per partition a `Partition` record (its index
+//! and revision) followed by its keys in key order. The header's revision is
+//! the highest partition's. A cluster of one partition still writes format 1,
+//! so the releases before partitions read its backups.
 
 use serde::Deserialize;
 use serde::Serialize;
@@ -22,8 +30,10 @@ use super::BackupError;
 use crate::record::StoredKv;
 
 const MAGIC: &[u8; 8] = b"KVBACKUP";
-/// The newest format this build reads and the one it writes.
-pub const FORMAT_VERSION: u32 = 1;
+/// The newest format this build reads (and writes, for a partitioned cluster).
+pub const FORMAT_VERSION: u32 = 2;
+/// The format of a backup of a cluster of one partition.
+const UNPARTITIONED_VERSION: u32 = 1;
 /// Upper bound of one record: a key (4 KiB) plus the largest value a node accepts.
 pub(crate) const MAX_RECORD: u32 = 64 * 1024 * 1024;
 const DIGEST_LEN: usize = 32;
@@ -44,11 +54,23 @@ pub struct BackupHeader {
     pub node_id: u64,
 }
 
+/// New variants go at the end: bincode numbers them in order.
 #[derive(Debug, Serialize, Deserialize)]
 enum Record {
     Header(BackupHeader),
     Kv(StoredKv),
-    End { count: u64 },
+    End {
+        count: u64,
+    },
+    /// Format 2: the cluster's partition count, right after the header.
+    Partitions {
+        count: u32,
+    },
+    /// Format 2: the keys that follow are this partition's, at this revision.
+    Partition {
+        partition: u32,
+        revision: u64,
+    },
 }
 
 /// What a finished or verified backup amounts to.
@@ -59,6 +81,9 @@ pub struct BackupSummary {
     pub bytes: u64,
     /// SHA-256 of the content (hex): the backup's identity.
     pub sha256: String,
+    /// A partitioned cluster's backup: each partition's revision.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partitions: Option<std::collections::BTreeMap<u32, u64>>,
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -235,22 +260,79 @@ pub struct BackupWriter<W> {
     header: BackupHeader,
     count: u64,
     last_key: Option<String>,
+    /// Format 2: the partition count, and the revision of each partition begun.
+    partitions: Option<(u32, std::collections::BTreeMap<u32, u64>)>,
 }
 
 impl<W: AsyncWrite + Unpin> BackupWriter<W> {
+    /// A backup of a cluster of one partition (format 1).
     pub async fn new(out: W, header: BackupHeader) -> Result<Self, BackupError> {
-        let mut frames = FrameWriter::start(out, MAGIC, FORMAT_VERSION).await?;
+        let mut frames = FrameWriter::start(out, MAGIC, UNPARTITIONED_VERSION).await?;
         frames.frame(&Record::Header(header.clone())).await?;
         Ok(Self {
             frames,
             header,
             count: 0,
             last_key: None,
+            partitions: None,
         })
     }
 
-    /// Appends one key; keys must come in strictly increasing order.
+    /// A backup of a cluster of `count` partitions (format 2); each partition's
+    /// keys follow [`Self::partition`].
+    pub async fn partitioned(
+        out: W,
+        header: BackupHeader,
+        count: u32,
+    ) -> Result<Self, BackupError> {
+        let mut frames = FrameWriter::start(out, MAGIC, FORMAT_VERSION).await?;
+        frames.frame(&Record::Header(header.clone())).await?;
+        frames.frame(&Record::Partitions { count }).await?;
+        Ok(Self {
+            frames,
+            header,
+            count: 0,
+            last_key: None,
+            partitions: Some((count, std::collections::BTreeMap::new())),
+        })
+    }
+
+    /// Begins partition `partition`'s keys, at `revision`: partitions in
+    /// increasing order, each at most once.
+    pub async fn partition(&mut self, partition: u32, revision: u64) -> Result<(), BackupError> {
+        let Some((count, begun)) = self.partitions.as_mut() else {
+            return Err(BackupError::Encode(
+                "a backup of one partition has no partition sections".into(),
+            ));
+        };
+        if partition >= *count || begun.keys().next_back().is_some_and(|p| *p >= partition) {
+            return Err(BackupError::Encode(format!(
+                "partition {partition} out of order or out of range (0..{count})"
+            )));
+        }
+        begun.insert(partition, revision);
+        self.frames
+            .frame(&Record::Partition {
+                partition,
+                revision,
+            })
+            .await?;
+        self.last_key = None;
+        Ok(())
+    }
+
+    /// Appends one key; keys must come in strictly increasing order (within
+    /// their partition, in a partitioned backup).
     pub async fn kv(&mut self, kv: &StoredKv) -> Result<(), BackupError> {
+        if self
+            .partitions
+            .as_ref()
+            .is_some_and(|(_, begun)| begun.is_empty())
+        {
+            return Err(BackupError::Encode(
+                "a key before the first partition section".into(),
+            ));
+        }
         if self.last_key.as_ref().is_some_and(|k| *k >= kv.key) {
             return Err(BackupError::Encode(format!(
                 "keys out of order at {:?}",
@@ -276,6 +358,7 @@ impl<W: AsyncWrite + Unpin> BackupWriter<W> {
                 keys: self.count,
                 bytes,
                 sha256,
+                partitions: self.partitions.map(|(_, begun)| begun),
             },
         ))
     }
@@ -297,16 +380,35 @@ pub struct BackupReader<R> {
     last_key: Option<String>,
     /// Checksum (hex) and size, once the end checked out.
     end: Option<(String, u64)>,
+    /// Format 2: the partition count, and each partition's revision as its
+    /// section is reached.
+    partitions: Option<(u32, std::collections::BTreeMap<u32, u64>)>,
+    /// The partition whose keys are being read (format 2).
+    current: Option<u32>,
 }
 
 impl<R: AsyncRead + Unpin> BackupReader<R> {
     /// Reads and checks the magic, version and header.
     pub async fn open(inner: R) -> Result<Self, BackupError> {
-        let (mut frames, _version) =
+        let (mut frames, version) =
             FrameReader::start(inner, MAGIC, FORMAT_VERSION, "backup").await?;
         let header = match frames.frame::<Record>().await? {
             Record::Header(h) => h,
             _ => return Err(frames.corrupt("the first record is not the header")),
+        };
+        let partitions = if version >= 2 {
+            match frames.frame::<Record>().await? {
+                Record::Partitions { count } if count > 0 => {
+                    Some((count, std::collections::BTreeMap::new()))
+                }
+                _ => {
+                    return Err(frames.corrupt(
+                        "a partitioned backup's second record is not the partition count",
+                    ));
+                }
+            }
+        } else {
+            None
         };
         Ok(Self {
             frames: Some(frames),
@@ -314,6 +416,8 @@ impl<R: AsyncRead + Unpin> BackupReader<R> {
             seen: 0,
             last_key: None,
             end: None,
+            partitions,
+            current: None,
         })
     }
 
@@ -321,12 +425,48 @@ impl<R: AsyncRead + Unpin> BackupReader<R> {
         &self.header
     }
 
+    /// A partitioned cluster's backup: its partition count.
+    pub fn partition_count(&self) -> Option<u32> {
+        self.partitions.as_ref().map(|(c, _)| *c)
+    }
+
+    /// The partition of the key [`Self::next_kv`] returned last, and its
+    /// revision (a partitioned cluster's backup).
+    pub fn partition(&self) -> Option<(u32, u64)> {
+        let p = self.current?;
+        let r = self.partitions.as_ref()?.1.get(&p).copied()?;
+        Some((p, r))
+    }
+
     /// The next key; `None` once the trailer, count, checksum and end of file checked out.
     pub async fn next_kv(&mut self) -> Result<Option<StoredKv>, BackupError> {
         let Some(frames) = self.frames.as_mut() else {
             return Ok(None);
         };
-        match frames.frame::<Record>().await? {
+        let mut record = frames.frame::<Record>().await?;
+        // Partition sections (format 2) are read through to their keys.
+        while let Record::Partition {
+            partition,
+            revision,
+        } = record
+        {
+            let Some((count, seen)) = self.partitions.as_mut() else {
+                return Err(frames.corrupt("a partition section in a backup of one partition"));
+            };
+            if partition >= *count || seen.keys().next_back().is_some_and(|p| *p >= partition) {
+                return Err(frames.corrupt(format!(
+                    "partition {partition} out of order or out of range (0..{count})"
+                )));
+            }
+            seen.insert(partition, revision);
+            self.current = Some(partition);
+            self.last_key = None;
+            record = frames.frame::<Record>().await?;
+        }
+        match record {
+            Record::Kv(_) if self.partitions.is_some() && self.current.is_none() => {
+                Err(frames.corrupt("a key before the first partition section"))
+            }
             Record::Kv(kv) => {
                 if self.last_key.as_ref().is_some_and(|k| *k >= kv.key) {
                     return Err(frames.corrupt(format!("key {:?} out of order", kv.key)));
@@ -334,6 +474,18 @@ impl<R: AsyncRead + Unpin> BackupReader<R> {
                 self.seen += 1;
                 self.last_key = Some(kv.key.clone());
                 Ok(Some(kv))
+            }
+            Record::End { .. }
+                if self
+                    .partitions
+                    .as_ref()
+                    .is_some_and(|(count, seen)| seen.len() != *count as usize) =>
+            {
+                let (count, seen) = self
+                    .partitions
+                    .as_ref()
+                    .map_or((0, 0), |(c, s)| (*c, s.len()));
+                Err(frames.corrupt(format!("the backup holds {seen} of its {count} partitions")))
             }
             Record::End { count } if count == self.seen => {
                 let frames = self
@@ -348,6 +500,8 @@ impl<R: AsyncRead + Unpin> BackupReader<R> {
                 self.seen
             ))),
             Record::Header(_) => Err(frames.corrupt("a second header")),
+            Record::Partitions { .. } => Err(frames.corrupt("a second partition count")),
+            Record::Partition { .. } => Err(frames.corrupt("a partition section out of place")),
         }
     }
 
@@ -368,6 +522,7 @@ impl<R: AsyncRead + Unpin> BackupReader<R> {
             keys: self.seen,
             bytes,
             sha256,
+            partitions: self.partitions.as_ref().map(|(_, seen)| seen.clone()),
         })
     }
 }

@@ -83,6 +83,25 @@ pub async fn compose<W: AsyncWrite + Unpin>(
         ))
     })?;
     let mut reader = BackupReader::open(dest.reader(&base.name).await?).await?;
+    if reader.partition_count().is_some() {
+        // A partitioned cluster has no segments (continuous backup of one is not
+        // built yet): its latest point is its latest full backup, as it is.
+        if target != Target::Latest {
+            return Err(BackupError::NotFound(format!(
+                "{}: a partitioned cluster's backup; restoring one to a revision or time is not built yet (no continuous backup): restore the latest, or a named full backup",
+                base.name
+            )));
+        }
+        drop(reader);
+        let mut out = out;
+        tokio::io::copy(&mut dest.reader(&base.name).await?, &mut out).await?;
+        tokio::io::AsyncWriteExt::flush(&mut out).await?;
+        let summary = BackupReader::open(dest.reader(&base.name).await?)
+            .await?
+            .verify()
+            .await?;
+        return Ok((out, summary));
+    }
     let base_header = reader.header().clone();
     if base_header.cluster_id != cluster {
         return Err(BackupError::Corrupt {

@@ -74,10 +74,10 @@ async fn roundtrip_keeps_header_keys_and_checksum() {
 #[tokio::test]
 async fn newer_formats_and_other_files_are_refused_by_name() {
     let mut bytes = write(3).await;
-    bytes[8..12].copy_from_slice(&2u32.to_be_bytes());
+    bytes[8..12].copy_from_slice(&3u32.to_be_bytes());
     let e = read_all(&bytes).await.expect_err("newer format");
     assert!(
-        e.to_string().contains("format 2") && e.to_string().contains("reads up to 1"),
+        e.to_string().contains("format 3") && e.to_string().contains("reads up to 2"),
         "{e}"
     );
     let e = read_all(b"SQLite format 3\0....")
@@ -172,4 +172,75 @@ async fn segments_with_holes_or_repeats_are_refused() {
     let mut s = segment(5, 2);
     s.revisions[1].changes.clear();
     assert!(s.encode().await.is_err(), "a revision that changes nothing");
+}
+
+async fn write_partitioned(count: u32, sections: &[(u32, u64, &[&str])]) -> Vec<u8> {
+    let mut w = BackupWriter::partitioned(Vec::new(), header(40), count)
+        .await
+        .expect("new");
+    for (p, rev, keys) in sections {
+        w.partition(*p, *rev).await.expect("section");
+        for k in keys.iter() {
+            w.kv(&kv(k, *rev)).await.expect("kv");
+        }
+    }
+    w.finish().await.expect("finish").0
+}
+
+#[tokio::test]
+async fn a_partitioned_backup_names_each_keys_partition_and_revision() {
+    let bytes = write_partitioned(
+        3,
+        &[(0, 12, &["b", "d"]), (1, 40, &[]), (2, 7, &["a", "c"])],
+    )
+    .await;
+    let mut r = BackupReader::open(&bytes[..]).await.expect("open");
+    assert_eq!(r.partition_count(), Some(3));
+    let mut got = Vec::new();
+    while let Some(k) = r.next_kv().await.expect("kv") {
+        got.push((r.partition(), k.key));
+    }
+    assert_eq!(
+        got,
+        vec![
+            (Some((0, 12)), "b".to_string()),
+            (Some((0, 12)), "d".into()),
+            (Some((2, 7)), "a".into()),
+            (Some((2, 7)), "c".into()),
+        ]
+    );
+    let s = r.summary().expect("summary");
+    assert_eq!(s.keys, 4);
+    assert_eq!(
+        s.partitions,
+        Some(std::collections::BTreeMap::from([(0, 12), (1, 40), (2, 7)]))
+    );
+    // A backup of one partition reads as before: no partitions.
+    let plain = BackupReader::open(&write(3).await[..])
+        .await
+        .expect("open")
+        .verify()
+        .await
+        .expect("verify");
+    assert_eq!(plain.partitions, None);
+}
+
+#[tokio::test]
+async fn a_partitioned_backup_missing_a_partition_is_refused() {
+    let bytes = write_partitioned(3, &[(0, 1, &["a"]), (2, 1, &["b"])]).await;
+    let e = BackupReader::open(&bytes[..])
+        .await
+        .expect("open")
+        .verify()
+        .await
+        .expect_err("a partition is missing");
+    assert!(e.to_string().contains("holds 2 of its 3 partitions"), "{e}");
+    // The writer refuses sections out of order and keys before any section.
+    let mut w = BackupWriter::partitioned(Vec::new(), header(1), 2)
+        .await
+        .expect("new");
+    assert!(w.kv(&kv("a", 1)).await.is_err());
+    w.partition(1, 1).await.expect("section");
+    assert!(w.partition(0, 1).await.is_err());
+    assert!(w.partition(2, 1).await.is_err());
 }

@@ -323,6 +323,14 @@ impl Config {
             ));
         }
         self.recovery.validate(&self.cluster_id)?;
+        if self.recovery.force_new_cluster_from.is_some() && self.partitions > 1 {
+            // Each partition's group can lose its quorum on its own; recovering
+            // only the cluster's group would form a cluster without their keys.
+            return Err(field_err(
+                "recovery.force_new_cluster_from",
+                "forced recovery of a partitioned cluster (partitions > 1) is not built yet; restore its latest backup into a new cluster instead",
+            ));
+        }
         if self.data_dir.as_os_str().is_empty() {
             return Err(field_err("data_dir", "must not be empty"));
         }

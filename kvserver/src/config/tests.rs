@@ -358,4 +358,15 @@ fn forced_recovery_needs_a_new_cluster_id() {
         .expect_err("node without cluster")
         .to_string();
     assert!(e.contains("recovery.node_id"), "{e}");
+    // Not for a partitioned cluster: its partitions' groups would be lost.
+    let e = loader()
+        .set("recovery.force_new_cluster_from", "orders-old", "flag")
+        .set("partitions", "4", "flag")
+        .load()
+        .expect_err("partitioned")
+        .to_string();
+    assert!(
+        e.contains("recovery.force_new_cluster_from") && e.contains("partitioned"),
+        "{e}"
+    );
 }

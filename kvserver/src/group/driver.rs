@@ -197,6 +197,33 @@ async fn drive(groups: &Groups, map: &PlacementMap) -> Result<(), String> {
         if config.partitions <= 1 {
             return Ok(());
         }
+        // A restored cluster: this node holds the backup, so it forms every
+        // partition from it alone, at once; the replicas are copied to the other
+        // members as they join (`super::rebalance`), like lost replicas are.
+        if groups
+            .restoring()
+            .await
+            .map_err(|e| e.to_string())?
+            .is_some()
+        {
+            let me = groups.ctx.node_id;
+            let first = PlacementMap {
+                epoch: 1,
+                partitions: config.partitions,
+                replication_factor: config.replication_factor,
+                assigned: (0..config.partitions)
+                    .map(|_| crate::placement::map::Assignment {
+                        hosts: vec![me],
+                        formed: false,
+                    })
+                    .collect(),
+            };
+            tracing::info!(
+                partitions = first.partitions,
+                "placing the restored partitions on this node, to be copied to the members as they join"
+            );
+            return place(groups, first).await;
+        }
         // The partition count is fixed when the cluster is created: keys a cluster
         // of one group already holds would vanish behind a new map.
         if groups.cluster_revision() > 0 {

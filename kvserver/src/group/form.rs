@@ -15,6 +15,25 @@ use crate::command::NodeId;
 use crate::raft;
 
 impl Groups {
+    /// The backup this node restored the cluster from, when it did: its
+    /// partitions' groups are formed from it (`crate::restore`). Only the node
+    /// that restored the cluster's own group has it recorded, and it is the
+    /// one the restore's map names as every partition's first host.
+    pub(super) async fn restoring(&self) -> Result<Option<std::path::PathBuf>, GroupError> {
+        let Some(path) = self.ctx.config.restore_from.clone() else {
+            return Ok(None);
+        };
+        let restored =
+            self.cluster_store
+                .restored_from()
+                .await
+                .map_err(|source| GroupError::Store {
+                    group: super::CLUSTER_GROUP,
+                    source,
+                })?;
+        Ok(restored.map(|_| path))
+    }
+
     /// Forms group `id` with `members` as its voters (this node among them), as a
     /// cluster is formed: this node initializes it alone, then adds each other
     /// member as a learner (which must have opened the group) and, once they are
@@ -50,6 +69,15 @@ impl Groups {
             return Ok(g);
         }
         if !raft::initialized(&g.raft) {
+            let restore = self.restoring().await?;
+            let select = |p| crate::store::Select::Partition {
+                partition: p,
+                count: self.ctx.config.partitions,
+            };
+            let restore = restore
+                .as_deref()
+                .zip(super::group_partition(id))
+                .map(|(path, p)| (path, select(p)));
             crate::restore::initialize(
                 &g.raft,
                 &g.store,
@@ -57,7 +85,7 @@ impl Groups {
                 me,
                 &self.ctx.config.cluster_id,
                 BTreeMap::from([(me, own)]),
-                None,
+                restore,
             )
             .await
             .map_err(|e| raft_err(e.to_string()))?;

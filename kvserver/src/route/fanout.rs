@@ -60,6 +60,41 @@ pub async fn scope(state: &AppState, raw: &Raw, partition: Option<u32>) -> Resul
     }
 }
 
+/// Where a request for a group's whole state (a backup) is served: it is
+/// never relayed buffered, so it says where instead of answering.
+pub enum Whole {
+    /// By this group, on this node: the cluster's, or a partition's it hosts.
+    Group(Target),
+    /// Partition `p`, by a node that hosts it.
+    Relay(PartitionId, Arc<PlacementMap>),
+    /// Every partition.
+    All(Arc<PlacementMap>),
+}
+
+/// The scope of a request for a whole state that names `partition` (or not).
+pub fn whole(state: &AppState, raw: &Raw, partition: Option<u32>) -> Result<Whole, ApiError> {
+    match (super::target::placement(state)?, partition) {
+        (None, None | Some(0)) => Ok(Whole::Group(Target::cluster(state))),
+        (None, Some(p)) => Err(ApiError::bad(
+            "invalid_parameter",
+            format!("partition: {p} is not a partition of this cluster, which has one (0)"),
+        )),
+        (Some(map), Some(p)) if p >= map.partitions => Err(ApiError::bad(
+            "invalid_parameter",
+            format!(
+                "partition: {p} is not a partition of this cluster (0..{})",
+                map.partitions
+            ),
+        )),
+        (Some(map), Some(p)) => match super::target::here(state, raw, &map, p) {
+            Some(t) => Ok(Whole::Group(t)),
+            None if super::target::routed(raw) => Err(super::target::wrong_node(state, &map, p)),
+            None => Ok(Whole::Relay(p, map)),
+        },
+        (Some(map), None) => Ok(Whole::All(map)),
+    }
+}
+
 /// One partition's part, served on this node.
 pub enum Part<T> {
     Done(T),

@@ -45,7 +45,6 @@ pub use self::read::read;
 pub use self::target::Located;
 pub use self::target::Target;
 pub use self::target::locate;
-pub use self::target::unpartitioned;
 pub use self::write::write;
 
 /// Time a client write may wait for commit before the API gives up on it.

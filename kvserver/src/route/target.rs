@@ -150,7 +150,6 @@ pub async fn locate_partition(
     map: &crate::placement::map::PlacementMap,
     p: PartitionId,
 ) -> Result<Located, ApiError> {
-    let id = partition_group(p);
     let hosts: Vec<NodeId> = map.of(p).map(|a| a.hosts.clone()).unwrap_or_default();
     if !map.of(p).is_some_and(|a| a.formed) {
         return Err(ApiError::Unavailable {
@@ -159,34 +158,11 @@ pub async fn locate_partition(
             retry: true,
         });
     }
-    // A replica still being copied here (a learner) serves nothing while a voter
-    // can: a stale read of it could miss keys written long ago (the chaos
-    // campaign's partitioned mode, seed 200, listed a learner's partial copy). A
-    // request routed here is served regardless, rather than passed on again.
-    let routed = raw.headers.contains_key(ROUTED_BY) || raw.forwarded();
-    if let Some(g) = state
-        .groups
-        .get(id)
-        .filter(|g| hosts.contains(&state.id) && (routed || voter_here(state, g)))
-    {
-        return Ok(Located::Here(Target {
-            group: id,
-            partition: Some(p),
-            raft: g.raft.clone(),
-            store: g.store.clone(),
-            writes: g.writes.clone(),
-            reads: g.reads.clone(),
-        }));
+    if let Some(t) = here(state, raw, map, p) {
+        return Ok(Located::Here(t));
     }
-    if routed {
-        return Err(ApiError::Unavailable {
-            code: "wrong_node",
-            message: format!(
-                "node {} does not host partition {p} at placement epoch {} (its hosts: {hosts:?}); retry",
-                state.id, map.epoch
-            ),
-            retry: true,
-        });
+    if routed(raw) {
+        return Err(wrong_node(state, map, p));
     }
     let mut last = None;
     for host in hosts.iter().filter(|h| **h != state.id) {
@@ -202,6 +178,58 @@ pub async fn locate_partition(
     }))
 }
 
+/// Whether another node routed `raw` here (or forwarded it to this node as
+/// the leader): it is served here or refused, never passed on again.
+pub(crate) fn routed(raw: &Raw) -> bool {
+    raw.headers.contains_key(ROUTED_BY) || raw.forwarded()
+}
+
+/// Partition `p`'s group on this node, if it serves `raw` here: it hosts the
+/// partition under `map`, and votes in its group (a replica still being copied
+/// here serves nothing while a voter can: a stale read of it could miss keys
+/// written long ago; the chaos campaign's partitioned mode, seed 200, listed a
+/// learner's partial copy) or the request was routed here (served regardless,
+/// rather than passed on again).
+pub(crate) fn here(
+    state: &AppState,
+    raw: &Raw,
+    map: &crate::placement::map::PlacementMap,
+    p: PartitionId,
+) -> Option<Target> {
+    let id = partition_group(p);
+    let hosted = map.of(p).is_some_and(|a| a.hosts.contains(&state.id));
+    let g = state
+        .groups
+        .get(id)
+        .filter(|g| hosted && (routed(raw) || voter_here(state, g)))?;
+    Some(Target {
+        group: id,
+        partition: Some(p),
+        raft: g.raft.clone(),
+        store: g.store.clone(),
+        writes: g.writes.clone(),
+        reads: g.reads.clone(),
+    })
+}
+
+/// The refusal of a routed request for partition `p`, which this node does not
+/// host: one of the two maps is stale, and the client's retry finds it.
+pub(crate) fn wrong_node(
+    state: &AppState,
+    map: &crate::placement::map::PlacementMap,
+    p: PartitionId,
+) -> ApiError {
+    let hosts: Vec<NodeId> = map.of(p).map(|a| a.hosts.clone()).unwrap_or_default();
+    ApiError::Unavailable {
+        code: "wrong_node",
+        message: format!(
+            "node {} does not host partition {p} at placement epoch {} (its hosts: {hosts:?}); retry",
+            state.id, map.epoch
+        ),
+        retry: true,
+    }
+}
+
 /// Whether this node's replica of `g` votes: only then does it serve a client
 /// that could be served elsewhere (see [`locate_partition`]).
 pub(crate) fn voter_here(state: &AppState, g: &crate::group::Group) -> bool {
@@ -210,17 +238,4 @@ pub(crate) fn voter_here(state: &AppState, g: &crate::group::Group) -> bool {
         .membership()
         .voter_ids()
         .any(|v| v == state.id)
-}
-
-/// The cluster group, for the calls that span every key and do not span
-/// partitions yet (backup): served only in a cluster of one partition.
-pub fn unpartitioned(state: &AppState) -> Result<Target, ApiError> {
-    match placement(state)? {
-        None => Ok(Target::cluster(state)),
-        Some(_) => Err(ApiError::Unavailable {
-            code: "fanout_pending",
-            message: "backups of a partitioned cluster are being built (docs/partitions.md); until then they are served by clusters of one partition only".into(),
-            retry: false,
-        }),
-    }
 }

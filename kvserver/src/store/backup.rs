@@ -32,6 +32,49 @@ use crate::backup::BackupWriter;
 /// `raft_meta` row naming the backup a store was restored from (its summary, JSON).
 const RESTORED_FROM: &str = "restored_from";
 
+/// Which of a backup's keys a store takes when it is restored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Select {
+    /// Every key: a cluster of one partition (from any backup, a partitioned
+    /// cluster's included), at the backup's highest revision.
+    All,
+    /// The keys that fall in `partition` of `count` partitions: one partition's
+    /// group. At that partition's own revision when the backup has the same
+    /// count (each key is where it was); else the keys are placed anew by hash
+    /// and the partition starts at the backup's highest revision, which every
+    /// key's revisions are at or below.
+    Partition { partition: u32, count: u32 },
+    /// None: the cluster group of a partitioned cluster (it holds the map, not
+    /// keys), at revision 0.
+    Nothing,
+}
+
+impl Select {
+    fn takes(&self, key: &str) -> bool {
+        match self {
+            Select::All => true,
+            Select::Partition { partition, count } => {
+                crate::placement::hash::partition_of(key.as_bytes(), *count) == *partition
+            }
+            Select::Nothing => false,
+        }
+    }
+
+    /// The revision the store starts at after taking its keys of `summary`.
+    fn revision(&self, summary: &BackupSummary) -> u64 {
+        match self {
+            Select::All => summary.header.revision,
+            Select::Nothing => 0,
+            Select::Partition { partition, count } => summary
+                .partitions
+                .as_ref()
+                .filter(|p| p.len() == *count as usize)
+                .and_then(|p| p.get(partition).copied())
+                .unwrap_or(summary.header.revision),
+        }
+    }
+}
+
 impl Store {
     /// Writes a backup of the current state into `out`.
     pub async fn backup_into<W: AsyncWrite + Unpin>(
@@ -77,6 +120,7 @@ impl Store {
         &self,
         path: &Path,
         cluster_id: &str,
+        select: Select,
     ) -> Result<BackupSummary, StoreError> {
         let file = tokio::fs::File::open(path).await.map_err(|e| {
             StoreError::RestoreRefused(format!("cannot open {}: {e}", path.display()))
@@ -110,12 +154,14 @@ impl Store {
         }
         let file = tokio::fs::File::open(path).await?;
         let mut reader = BackupReader::open(tokio::io::BufReader::new(file)).await?;
-        let revision = reader.header().revision;
+        let revision = select.revision(&checked);
         let mut w = self.write_batch(Durability::Sync, true).await?;
         let mut table = TableReplace::new(&mut w);
         // A key is provisional until the end checks out; nothing commits before.
         while let Some(kv) = reader.next_kv().await? {
-            table.push(kv).await?;
+            if select.takes(&kv.key) {
+                table.push(kv).await?;
+            }
         }
         table.finish().await?;
         let summary = reader.summary()?;

@@ -52,6 +52,7 @@ pub mod sm;
 pub mod snapshot;
 pub mod watch;
 
+pub use self::backup::Select;
 pub(crate) use self::read::KV_COLUMNS;
 pub(crate) use self::read::is_expired;
 pub(crate) use self::read::row_to_kv;

@@ -106,7 +106,9 @@ pub struct BackupSpec {
     #[serde(default)]
     pub retention: RetentionSpec,
     /// Ship every committed change to the destination (point-in-time restore to any
-    /// revision or moment after the oldest kept full backup).
+    /// revision or moment after the oldest kept full backup). Not yet for a
+    /// partitioned cluster (`spec.partitions` > 1): set it to false there; its
+    /// scheduled full backups hold every partition.
     #[serde(default = "default_true")]
     pub continuous: bool,
     /// Continuous backup ships changes at least this often: what a total loss of the

@@ -392,6 +392,11 @@ fn config_value(kvc: &KVCluster) -> Result<serde_json::Value, BuildError> {
                 replicas: kvc.spec.replicas,
             });
         }
+        if kvc.spec.backup.as_ref().is_some_and(|b| b.continuous) {
+            return Err(BuildError::Invalid(
+                "spec.backup.continuous: point-in-time backup of a partitioned cluster (spec.partitions > 1) is not built yet; scheduled full backups are".into(),
+            ));
+        }
         cfg["partitions"] = kvc.spec.partitions.into();
         cfg["replication_factor"] = kvc.spec.replication_factor.into();
     }

@@ -553,4 +553,18 @@ fn partitions_reach_the_members_config_and_scaling_restarts_nobody() {
     );
     // With one partition the factor is not used, and not checked.
     assert!(config_yaml(&kvc("{replicas: 1}")).is_ok());
+    // Point-in-time backup of a partitioned cluster is refused, by field;
+    // scheduled full backups are taken.
+    let s3 = "destination: {s3: {bucket: b, credentialsSecret: s}}";
+    let e = config_yaml(&kvc(&format!(
+        "{{replicas: 3, partitions: 4, backup: {{{s3}}}}}"
+    )))
+    .expect_err("continuous is on by default");
+    assert!(e.to_string().starts_with("spec.backup.continuous"), "{e}");
+    assert!(
+        config_yaml(&kvc(&format!(
+            "{{replicas: 3, partitions: 4, backup: {{{s3}, continuous: false}}}}"
+        )))
+        .is_ok()
+    );
 }
