@@ -30,10 +30,10 @@ use serde_json::json;
 use super::MIN;
 use super::NS;
 
-const BUCKET: &str = "kvc-e2e-backups";
+pub(super) const BUCKET: &str = "kvc-e2e-backups";
 pub(super) const KEYS: u64 = 300;
 
-fn s3_endpoint() -> anyhow::Result<String> {
+pub(super) fn s3_endpoint() -> anyhow::Result<String> {
     std::env::var("E2E_S3_ENDPOINT")
         .context("E2E_S3_ENDPOINT (an S3-protocol server reachable from pods) is required")
 }

@@ -302,12 +302,7 @@ pub(super) async fn open(
         match spec {
             Spec::Local(p, g) => {
                 let from = position.0.get(&p).copied();
-                let s = subscribe(&g, p, from).await.map_err(|e| match e {
-                    Refused::Api(e) => e,
-                    Refused::Answer(_) | Refused::Retry(_) => {
-                        ApiError::Internal("unreachable".into())
-                    }
-                })?;
+                let s = subscribe(&g, p, from).await?;
                 position.0.insert(p, s.1);
                 opened.push((Spec::Local(p, g), Opened::Local(Some(s))));
             }
@@ -359,23 +354,19 @@ enum Refused {
 }
 
 /// Subscribes to hosted partition `p`'s changes after `from` (default: now).
-async fn subscribe(g: &Group, p: PartitionId, from: Option<u64>) -> Result<LocalStart, Refused> {
+async fn subscribe(g: &Group, p: PartitionId, from: Option<u64>) -> Result<LocalStart, ApiError> {
     // Subscribe before reading the current revision: nothing applied after it can be missed.
     let feed = g.store.subscribe();
     let now = g.store.revision();
     let from = from.unwrap_or(now);
-    let first = g
-        .store
-        .history(from, from, 0)
-        .await
-        .map_err(|e| Refused::Api(e.into()))?;
+    let first = g.store.history(from, from, 0).await?;
     if from < first.compacted {
         tracing::debug!(partition = p, from, "watch position compacted");
-        return Err(Refused::Api(ApiError::Gone {
+        return Err(ApiError::Gone {
             requested: from,
             oldest: first.compacted + 1,
             revision: now,
-        }));
+        });
     }
     Ok((feed, from, now))
 }
@@ -534,7 +525,7 @@ async fn run(
                 Opened::Local(Some(s)) => Ok(s),
                 _ => {
                     let from = sink.position().and_then(|pos| pos.0.get(&p).copied());
-                    subscribe(&g, p, from).await
+                    subscribe(&g, p, from).await.map_err(Refused::Api)
                 }
             };
             let ended = match start {
