@@ -179,6 +179,78 @@ pub fn moved(old: Option<&PartitionsStatus>, new: &PartitionsStatus) -> Option<(
     ))
 }
 
+/// Each partition's replicas (pods), as observed: what [`moves`] compares.
+pub type Placement = BTreeMap<u32, Vec<u64>>;
+
+/// The placement `info` shows.
+pub fn placement_of(info: &PartitionsInfo) -> Placement {
+    info.items
+        .iter()
+        .map(|i| {
+            let mut nodes = i.nodes.clone();
+            nodes.sort_unstable();
+            (i.partition, nodes)
+        })
+        .collect()
+}
+
+/// At most this many move Events per observation; more are summed up in one.
+pub const MAX_MOVE_EVENTS: usize = 16;
+
+/// One Event note per partition whose replicas changed pods between two
+/// observations ("partition 7: pod 5 added, pod 2 removed"), in partition
+/// order; past [`MAX_MOVE_EVENTS`], the rest in one note. kvserver makes the
+/// moves itself, learner first; the operator reports what it saw change.
+pub fn moves(old: &Placement, new: &Placement) -> Vec<String> {
+    let mut notes: Vec<String> = Vec::new();
+    let mut more = Vec::new();
+    for (p, after) in new {
+        let Some(before) = old.get(p) else { continue };
+        let added: Vec<u64> = after
+            .iter()
+            .copied()
+            .filter(|n| !before.contains(n))
+            .collect();
+        let removed: Vec<u64> = before
+            .iter()
+            .copied()
+            .filter(|n| !after.contains(n))
+            .collect();
+        if added.is_empty() && removed.is_empty() {
+            continue;
+        }
+        if notes.len() + 1 >= MAX_MOVE_EVENTS {
+            more.push(*p);
+            continue;
+        }
+        let list = |v: &[u64]| {
+            v.iter()
+                .map(|n| n.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let mut parts = Vec::new();
+        if !added.is_empty() {
+            parts.push(format!("pod {} added", list(&added)));
+        }
+        if !removed.is_empty() {
+            parts.push(format!("pod {} removed", list(&removed)));
+        }
+        notes.push(format!(
+            "partition {p}: {} (replicas now on pods {})",
+            parts.join(", "),
+            list(after)
+        ));
+    }
+    if !more.is_empty() {
+        notes.push(format!(
+            "{} more partitions moved replicas: {more:?}",
+            more.len()
+        ));
+    }
+    notes
+}
+
 /// Why the spec's partition count cannot hold for this cluster, if it cannot.
 pub fn fixed_count_problem(spec_partitions: i32, info: &PartitionsInfo) -> Option<String> {
     let has = if is_partitioned(info) {
@@ -268,6 +340,36 @@ mod tests {
         assert!(
             note.contains("pod 2: 1 → 0") && note.contains("pod 3: 0 → 1"),
             "{note}"
+        );
+    }
+
+    #[test]
+    fn each_partition_that_moved_gets_an_event() {
+        let old = placement_of(&info(vec![
+            item(0, &[0, 1, 2], &[0, 1, 2], &[], Some(0)),
+            item(1, &[0, 1, 2], &[0, 1, 2], &[], Some(1)),
+        ]));
+        let new = placement_of(&info(vec![
+            item(0, &[0, 1, 2], &[0, 1, 2], &[], Some(0)),
+            item(1, &[0, 1, 5], &[0, 1, 5], &[], Some(1)),
+        ]));
+        assert!(moves(&old, &old).is_empty());
+        assert_eq!(
+            moves(&old, &new),
+            vec!["partition 1: pod 5 added, pod 2 removed (replicas now on pods 0, 1, 5)"]
+        );
+        // A learner being added shows as added; many moves are capped.
+        let wide_old: Placement = (0..40).map(|p| (p, vec![0, 1, 2])).collect();
+        let wide_new: Placement = (0..40).map(|p| (p, vec![0, 1, 2, 3])).collect();
+        let notes = moves(&wide_old, &wide_new);
+        assert_eq!(notes.len(), MAX_MOVE_EVENTS);
+        assert!(
+            notes[0].starts_with("partition 0: pod 3 added"),
+            "{notes:?}"
+        );
+        assert!(
+            notes[MAX_MOVE_EVENTS - 1].starts_with("25 more partitions"),
+            "{notes:?}"
         );
     }
 

@@ -164,7 +164,7 @@ pub(super) async fn scale_partitioned(ctx: &mut Ctx) -> anyhow::Result<()> {
             *reasons.entry(e.reason.unwrap_or_default()).or_default() += 1;
         }
     }
-    for r in ["MemberDemoted", "ReplicasMoved"] {
+    for r in ["MemberDemoted", "ReplicasMoved", "ReplicaMoved"] {
         anyhow::ensure!(reasons.contains_key(r), "no {r} event: {reasons:?}");
     }
 

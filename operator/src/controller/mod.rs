@@ -156,6 +156,11 @@ pub struct Context {
     /// The ClusterRoleBinding that lets members review ServiceAccount tokens
     /// (`crate::reviewers`).
     pub reviewer_binding: String,
+    /// Each partitioned cluster's placement as last observed (by uid), to
+    /// report each partition whose replicas moved (`crate::partitions::moves`).
+    /// In memory: after an operator restart the first observation sets it.
+    pub placements:
+        std::sync::Mutex<std::collections::HashMap<String, crate::partitions::Placement>>,
 }
 
 impl Context {
@@ -179,8 +184,38 @@ impl Context {
                 .filter(|n| !n.is_empty()),
             watched: None,
             reviewer_binding: crate::reviewers::DEFAULT_BINDING.into(),
+            placements: Default::default(),
         }
     }
+}
+
+/// Clusters whose placement is remembered at most (see [`partition_moves`]).
+const MAX_REMEMBERED: usize = 4096;
+
+/// The partitions whose replicas moved since this cluster was last observed
+/// (one note each, see `crate::partitions::moves`), remembering this observation.
+fn partition_moves(
+    ctx: &Context,
+    kvc: &KVCluster,
+    seen: Option<&kvserver::model::PartitionsInfo>,
+) -> Vec<String> {
+    let Some(info) = seen.filter(|p| crate::partitions::is_partitioned(p)) else {
+        return Vec::new();
+    };
+    let now = crate::partitions::placement_of(info);
+    let uid = kvc.uid().unwrap_or_default();
+    let mut all = ctx.placements.lock().unwrap_or_else(|p| p.into_inner());
+    // Deleted clusters are never seen again (their objects are collected by
+    // owner references, with no hook here): bound what they leave behind.
+    if all.len() >= MAX_REMEMBERED && !all.contains_key(&uid) {
+        all.clear();
+    }
+    let notes = all
+        .get(&uid)
+        .map(|before| crate::partitions::moves(before, &now))
+        .unwrap_or_default();
+    all.insert(uid, now);
+    notes
 }
 
 /// Records an event on the KVCluster (`kubectl describe kvc`); a failure to record
@@ -442,6 +477,9 @@ async fn reconcile_inner(kvc: &KVCluster, ctx: &Context) -> Result<Action, Recon
             crate::partitions::moved(kvc.status.as_ref().and_then(|s| s.partitions.as_ref()), p)
     {
         publish_event(ctx, kvc, EventType::Normal, reason, note).await;
+    }
+    for note in partition_moves(ctx, kvc, seen.partitions.as_ref()) {
+        publish_event(ctx, kvc, EventType::Normal, "ReplicaMoved".into(), note).await;
     }
     // kvserver moves replicas on its own: while it does, look again soon.
     let rebalancing = status
