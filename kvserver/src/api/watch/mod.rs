@@ -21,9 +21,12 @@
 //! - [`local`]: one group's history, then its live feed, on this node.
 //! - [`merged`]: a watch spanning partitions: its parts here and on other
 //!   nodes, resumed elsewhere when a replica moves.
+//! - [`plan`]: which partitions such a watch spans, where it starts, and which
+//!   node serves each part.
 
 mod local;
 mod merged;
+mod plan;
 mod sink;
 
 use std::sync::Arc;
