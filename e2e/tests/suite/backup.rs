@@ -139,6 +139,22 @@ async fn list_volume(ctx: &Ctx, pod: &str, claim: &str) -> anyhow::Result<Value>
     Ok(out)
 }
 
+/// Waits until KVCluster `name`'s restore finished, and fails at once, with its
+/// reason, when the restore Job failed.
+pub(super) async fn restore_completed(ctx: &Ctx, name: &str) -> anyhow::Result<()> {
+    let (restore, _) = ctx
+        .wait_for(&format!("{name}: restore finished"), 5 * MIN, || async {
+            let st = ctx.kvc(NS, name).await?.status.unwrap_or_default();
+            Ok(match st.restore {
+                Some(r) if r.phase == "Completed" || r.phase == "Failed" => Ok(r),
+                other => Err(format!("{other:?}")),
+            })
+        })
+        .await?;
+    anyhow::ensure!(restore.phase == "Completed", "{name} restore: {restore:?}");
+    Ok(())
+}
+
 pub(super) async fn backups(ctx: &mut Ctx) -> anyhow::Result<()> {
     let started = Instant::now();
     let endpoint = s3_endpoint()?;
@@ -247,21 +263,7 @@ pub(super) async fn backups(ctx: &mut Ctx) -> anyhow::Result<()> {
     }))?;
     let t0 = Instant::now();
     super::create_kvc(ctx, &restored).await?;
-    // A failed restore Job fails the scenario at once, with its reason.
-    let (restore, _) = ctx
-        .wait_for("orders-restored: restore finished", 5 * MIN, || async {
-            let st = ctx
-                .kvc(NS, "orders-restored")
-                .await?
-                .status
-                .unwrap_or_default();
-            Ok(match st.restore {
-                Some(r) if r.phase == "Completed" || r.phase == "Failed" => Ok(r),
-                other => Err(format!("{other:?}")),
-            })
-        })
-        .await?;
-    anyhow::ensure!(restore.phase == "Completed", "restore: {restore:?}");
+    restore_completed(ctx, "orders-restored").await?;
     let converged = ctx
         .wait_converged(NS, "orders-restored", 3, 5 * MIN)
         .await?;

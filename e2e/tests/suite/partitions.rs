@@ -286,20 +286,7 @@ async fn backup_and_restore(ctx: &mut Ctx) -> anyhow::Result<serde_json::Value> 
         }
     }))?;
     super::create_kvc(ctx, &restored).await?;
-    let (restore, _) = ctx
-        .wait_for("shards-restored: restore finished", 5 * MIN, || async {
-            let st = ctx
-                .kvc(NS, "shards-restored")
-                .await?
-                .status
-                .unwrap_or_default();
-            Ok(match st.restore {
-                Some(r) if r.phase == "Completed" || r.phase == "Failed" => Ok(r),
-                other => Err(format!("{other:?}")),
-            })
-        })
-        .await?;
-    anyhow::ensure!(restore.phase == "Completed", "restore: {restore:?}");
+    super::backup::restore_completed(ctx, "shards-restored").await?;
     ctx.wait_converged(NS, "shards-restored", 3, 5 * MIN)
         .await?;
     // Formed on the first pod, then copied: every pod ends up holding replicas.

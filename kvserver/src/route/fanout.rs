@@ -40,10 +40,19 @@ pub enum Scope {
     All(Arc<PlacementMap>),
 }
 
-/// The scope of a request that names `partition` (or not).
-pub async fn scope(state: &AppState, raw: &Raw, partition: Option<u32>) -> Result<Scope, ApiError> {
+/// What a request that names `partition` (or not) asks for, checked.
+enum Asked {
+    /// The cluster's one group (a cluster of one partition).
+    Cluster,
+    /// Partition `p` of a partitioned cluster.
+    One(Arc<PlacementMap>, PartitionId),
+    /// Every partition.
+    All(Arc<PlacementMap>),
+}
+
+fn asked(state: &AppState, partition: Option<u32>) -> Result<Asked, ApiError> {
     match (super::target::placement(state)?, partition) {
-        (None, None | Some(0)) => Ok(Scope::One(Located::Here(Target::cluster(state)))),
+        (None, None | Some(0)) => Ok(Asked::Cluster),
         (None, Some(p)) => Err(ApiError::bad(
             "invalid_parameter",
             format!("partition: {p} is not a partition of this cluster, which has one (0)"),
@@ -55,9 +64,18 @@ pub async fn scope(state: &AppState, raw: &Raw, partition: Option<u32>) -> Resul
                 map.partitions
             ),
         )),
-        (Some(map), Some(p)) => Ok(Scope::One(locate_partition(state, raw, &map, p).await?)),
-        (Some(map), None) => Ok(Scope::All(map)),
+        (Some(map), Some(p)) => Ok(Asked::One(map, p)),
+        (Some(map), None) => Ok(Asked::All(map)),
     }
+}
+
+/// The scope of a request that names `partition` (or not).
+pub async fn scope(state: &AppState, raw: &Raw, partition: Option<u32>) -> Result<Scope, ApiError> {
+    Ok(match asked(state, partition)? {
+        Asked::Cluster => Scope::One(Located::Here(Target::cluster(state))),
+        Asked::One(map, p) => Scope::One(locate_partition(state, raw, &map, p).await?),
+        Asked::All(map) => Scope::All(map),
+    })
 }
 
 /// Where a request for a group's whole state (a backup) is served: it is
@@ -73,26 +91,17 @@ pub enum Whole {
 
 /// The scope of a request for a whole state that names `partition` (or not).
 pub fn whole(state: &AppState, raw: &Raw, partition: Option<u32>) -> Result<Whole, ApiError> {
-    match (super::target::placement(state)?, partition) {
-        (None, None | Some(0)) => Ok(Whole::Group(Target::cluster(state))),
-        (None, Some(p)) => Err(ApiError::bad(
-            "invalid_parameter",
-            format!("partition: {p} is not a partition of this cluster, which has one (0)"),
-        )),
-        (Some(map), Some(p)) if p >= map.partitions => Err(ApiError::bad(
-            "invalid_parameter",
-            format!(
-                "partition: {p} is not a partition of this cluster (0..{})",
-                map.partitions
-            ),
-        )),
-        (Some(map), Some(p)) => match super::target::here(state, raw, &map, p) {
-            Some(t) => Ok(Whole::Group(t)),
-            None if super::target::routed(raw) => Err(super::target::wrong_node(state, &map, p)),
-            None => Ok(Whole::Relay(p, map)),
+    Ok(match asked(state, partition)? {
+        Asked::Cluster => Whole::Group(Target::cluster(state)),
+        Asked::One(map, p) => match super::target::here(state, raw, &map, p) {
+            Some(t) => Whole::Group(t),
+            None if super::target::routed(raw) => {
+                return Err(super::target::wrong_node(state, &map, p));
+            }
+            None => Whole::Relay(p, map),
         },
-        (Some(map), None) => Ok(Whole::All(map)),
-    }
+        Asked::All(map) => Whole::All(map),
+    })
 }
 
 /// One partition's part, served on this node.
