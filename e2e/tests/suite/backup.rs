@@ -139,6 +139,37 @@ async fn list_volume(ctx: &Ctx, pod: &str, claim: &str) -> anyhow::Result<Value>
     Ok(out)
 }
 
+/// Creates `KVClusterBackup` `name` of cluster `cluster` (deleted with its
+/// object) and waits until it completed or failed: its status.
+pub(super) async fn on_demand(
+    ctx: &Ctx,
+    name: &str,
+    cluster: &str,
+    timeout: Duration,
+) -> anyhow::Result<operator::backup::crd::KVClusterBackupStatus> {
+    let kvcbs: Api<KVClusterBackup> = Api::namespaced(ctx.client.clone(), NS);
+    let b: KVClusterBackup = serde_json::from_value(json!({
+        "apiVersion": "kvcluster.io/v1alpha1", "kind": "KVClusterBackup",
+        "metadata": {"name": name, "namespace": NS},
+        "spec": {"cluster": cluster, "deletionPolicy": "Delete"},
+    }))?;
+    kvcbs.create(&PostParams::default(), &b).await?;
+    let (done, _) = ctx
+        .wait_for(
+            &format!("KVClusterBackup {name} completed"),
+            timeout,
+            || async {
+                let st = kvcbs.get(name).await?.status.unwrap_or_default();
+                Ok(match st.phase.as_deref() {
+                    Some("Completed") | Some("Failed") => Ok(st),
+                    other => Err(format!("phase {other:?}")),
+                })
+            },
+        )
+        .await?;
+    Ok(done)
+}
+
 /// Waits until KVCluster `name`'s restore finished, and fails at once, with its
 /// reason, when the restore Job failed.
 pub(super) async fn restore_completed(ctx: &Ctx, name: &str) -> anyhow::Result<()> {
@@ -292,30 +323,7 @@ pub(super) async fn backups(ctx: &mut Ctx) -> anyhow::Result<()> {
     super::operator_available(ctx, NS, "orders-restored-backup").await?;
     // An on-demand backup, deleted with its object.
     let kvcbs: Api<KVClusterBackup> = Api::namespaced(ctx.client.clone(), NS);
-    let b: KVClusterBackup = serde_json::from_value(json!({
-        "apiVersion": "kvcluster.io/v1alpha1", "kind": "KVClusterBackup",
-        "metadata": {"name": "before-upgrade", "namespace": NS},
-        "spec": {"cluster": "orders-restored", "deletionPolicy": "Delete"},
-    }))?;
-    kvcbs.create(&PostParams::default(), &b).await?;
-    let (done, _) = ctx
-        .wait_for(
-            "KVClusterBackup before-upgrade completed",
-            2 * MIN,
-            || async {
-                let st = kvcbs
-                    .get("before-upgrade")
-                    .await?
-                    .status
-                    .unwrap_or_default();
-                Ok(match st.phase.as_deref() {
-                    Some("Completed") => Ok(st),
-                    Some("Failed") => Ok(st),
-                    other => Err(format!("phase {other:?}")),
-                })
-            },
-        )
-        .await?;
+    let done = on_demand(ctx, "before-upgrade", "orders-restored", 2 * MIN).await?;
     anyhow::ensure!(
         done.phase.as_deref() == Some("Completed") && done.revision == Some(deleted_at - 1),
         "on-demand backup: {done:?}"

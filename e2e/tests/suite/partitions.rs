@@ -252,21 +252,7 @@ async fn backup_and_restore(ctx: &mut Ctx) -> anyhow::Result<serde_json::Value> 
     .await?;
     super::operator_available(ctx, NS, &format!("{NAME}-backup")).await?;
     let kvcbs: Api<KVClusterBackup> = Api::namespaced(ctx.client.clone(), NS);
-    let b: KVClusterBackup = serde_json::from_value(json!({
-        "apiVersion": "kvcluster.io/v1alpha1", "kind": "KVClusterBackup",
-        "metadata": {"name": "shards-full", "namespace": NS},
-        "spec": {"cluster": NAME, "deletionPolicy": "Delete"},
-    }))?;
-    kvcbs.create(&PostParams::default(), &b).await?;
-    let (done, _) = ctx
-        .wait_for("KVClusterBackup shards-full completed", 3 * MIN, || async {
-            let st = kvcbs.get("shards-full").await?.status.unwrap_or_default();
-            Ok(match st.phase.as_deref() {
-                Some("Completed") | Some("Failed") => Ok(st),
-                other => Err(format!("phase {other:?}")),
-            })
-        })
-        .await?;
+    let done = super::backup::on_demand(ctx, "shards-full", NAME, 3 * MIN).await?;
     anyhow::ensure!(
         done.phase.as_deref() == Some("Completed"),
         "on-demand backup of the partitioned cluster: {done:?}"
